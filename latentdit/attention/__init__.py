@@ -13,7 +13,8 @@ ATTENTION_MODES = ("exact", "poly", "auto")
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, mode: str = "exact",
-              scale: float | None = None, eps: float = 1e-3) -> torch.Tensor:
+              scale: float | None = None, eps: float = 1e-3,
+              logit_bound: float | None = None) -> torch.Tensor:
     """softmax(scale * q k^T) v with the method chosen by ``mode``."""
     if mode not in ATTENTION_MODES:
         raise ValueError(f"unknown attention mode {mode!r}; choose one of {ATTENTION_MODES}")
