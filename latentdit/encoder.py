@@ -1,0 +1,90 @@
+"""The linear latent encoder/decoder W_B of eq. (2.5).
+
+W_B in R^{D x d0} has orthonormal columns: the encoder is h = W_B^T x, the decoder x = W_B h. It is
+initialised from PCA of the training data (the top-d0 eigenvectors of the *uncentred* second
+moment E[x x^T], since the paper's subspace passes through the origin) or at random, and is either
+frozen or learned. A learned W_B stays exactly orthonormal through torch's orthogonal
+parametrisation (Householder products), so every optimiser step stays on the Stiefel manifold.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrizations
+
+from latentdit.errors import ConfigError
+
+
+def pca_basis(x: torch.Tensor, d0: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-d0 eigenvectors of E[x x^T] (D x d0) and the fraction of energy they retain."""
+    n, D = x.shape
+    if d0 > D:
+        raise ConfigError(f"latent dimension d0={d0} is larger than the data dimension D={D}; lower encoder.latent_dim")
+    if d0 > n:
+        raise ConfigError(f"latent dimension d0={d0} is larger than the number of samples n={n}; "
+                          "lower encoder.latent_dim or provide more data")
+    x = x.to(torch.float64)
+    if D <= n:
+        evals, evecs = torch.linalg.eigh(x.T @ x / n)
+        evals, evecs = evals.flip(0), evecs.flip(1)
+    else:  # fewer samples than dimensions: use the thin SVD
+        _, svals, vh = torch.linalg.svd(x, full_matrices=False)
+        evals, evecs = svals**2 / n, vh.T
+    W = evecs[:, :d0]
+    # deterministic sign: largest-magnitude entry of each column positive
+    idx = W.abs().argmax(0)
+    W = W * torch.sign(W[idx, torch.arange(d0)])[None]
+    retained = (evals[:d0].clamp_min(0).sum() / evals.clamp_min(0).sum().clamp_min(1e-300)).item()
+    return W.to(torch.float32), retained
+
+
+class _Stiefel(nn.Module):
+    """Holds a D x d0 weight whose columns are kept orthonormal by a parametrisation."""
+
+    def __init__(self, W: torch.Tensor):
+        super().__init__()
+        self.lin = nn.Linear(W.shape[1], W.shape[0], bias=False)  # weight is (D, d0)
+        with torch.no_grad():
+            self.lin.weight.copy_(W)
+        parametrizations.orthogonal(self.lin, "weight", orthogonal_map="householder",
+                                    use_trivialization=False)
+        with torch.no_grad():
+            self.lin.weight = W  # re-set through the parametrisation (right_inverse)
+
+    def forward(self) -> torch.Tensor:
+        return self.lin.weight
+
+
+class LinearEncoder(nn.Module):
+    """W_B: encode h = W_B^T x (N, d0), decode x = W_B h (N, D)."""
+
+    def __init__(self, ambient_dim: int, latent_dim: int, *, learn: bool = False,
+                 init: torch.Tensor | None = None, generator: torch.Generator | None = None):
+        super().__init__()
+        if latent_dim > ambient_dim:
+            raise ConfigError(f"encoder.latent_dim={latent_dim} is larger than the data dimension "
+                              f"D={ambient_dim}")
+        if init is None:
+            a = torch.randn(ambient_dim, latent_dim, generator=generator, dtype=torch.float64)
+            init = torch.linalg.qr(a)[0].to(torch.float32)
+        if init.shape != (ambient_dim, latent_dim):
+            raise ConfigError(f"encoder init has shape {tuple(init.shape)}, expected ({ambient_dim}, {latent_dim})")
+        self.ambient_dim, self.latent_dim, self.learn = ambient_dim, latent_dim, learn
+        if learn:
+            self.stiefel = _Stiefel(init.float())
+        else:
+            self.register_buffer("W_frozen", init.float().clone())
+
+    @property
+    def W_B(self) -> torch.Tensor:
+        """The current D x d0 orthonormal matrix."""
+        return self.stiefel() if self.learn else self.W_frozen
+
+    def encode(self, x: torch.Tensor, W: torch.Tensor | None = None) -> torch.Tensor:
+        """h = W_B^T x, batched as x @ W_B: (N, D) -> (N, d0)."""
+        return x @ (self.W_B if W is None else W)
+
+    def decode(self, h: torch.Tensor, W: torch.Tensor | None = None) -> torch.Tensor:
+        """x = W_B h, batched as h @ W_B^T: (N, d0) -> (N, D)."""
+        return h @ (self.W_B if W is None else W).T

@@ -1,0 +1,229 @@
+"""Transformer backbones f_T acting on the token matrix X (N, L, d).
+
+Two blocks behind ``ModelConfig.block``:
+
+- ``paper``: the class T^{r,m,l} of Sec. 3 exactly: residual multi-head attention with r heads of
+  size m and *no* 1/sqrt(m) temperature and no LayerNorm, a residual ReLU feed-forward of width l, a
+  positional encoding E added once, and (our choice, the paper leaves t open) an additive time
+  embedding before every block.
+- ``dit``: the practical DiT block: tokens embedded to a hidden width, LayerNorm with adaLN-Zero
+  scale/shift/gate from the time (and label) embedding, fused qkv, scaled_dot_product_attention
+  with the 1/sqrt(head_dim) scale, optional QK-normalisation with a capped learnable temperature so
+  that |logit| <= tau^2 <= tau_max^2 by construction (the bounded-entry regime of Sec. 4).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from latentdit.attention import attention
+
+
+class TimestepEmbedder(nn.Module):
+    """Sinusoidal features of log t followed by a 2-layer MLP: t (N,) -> (N, width)."""
+
+    def __init__(self, width: int, freq_dim: int = 128, max_period: float = 1e4):
+        super().__init__()
+        self.freq_dim, self.max_period = freq_dim, max_period
+        self.mlp = nn.Sequential(nn.Linear(freq_dim, width), nn.SiLU(), nn.Linear(width, width))
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        # log t spans about [-7, 2.3] for t in [1e-3, 10]; scale it to the usual [0, 1000]-ish range
+        c = 100.0 * (torch.log(t.to(self.mlp[0].weight.dtype)) + 8.0)
+        half = self.freq_dim // 2
+        freqs = torch.exp(-math.log(self.max_period) * torch.arange(half, device=t.device, dtype=c.dtype) / half)
+        args = c[:, None] * freqs[None]
+        return self.mlp(torch.cat([torch.cos(args), torch.sin(args)], dim=-1))
+
+
+class LabelEmbedder(nn.Module):
+    """Class labels -> (N, width); index ``num_classes`` is the null class used for guidance."""
+
+    def __init__(self, num_classes: int, width: int):
+        super().__init__()
+        self.num_classes = num_classes
+        self.table = nn.Embedding(num_classes + 1, width)
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        return self.table(y)
+
+
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return x * (1 + scale[:, None]) + shift[:, None]
+
+
+class DiTBlock(nn.Module):
+    """LayerNorm + adaLN-Zero conditioned attention and MLP on (N, L, hidden)."""
+
+    def __init__(self, hidden: int, heads: int, mlp_ratio: float, *, attention_mode: str = "exact",
+                 attention_eps: float = 1e-3, qk_norm: bool = False, tau_max: float = 1.7):
+        super().__init__()
+        self.heads, self.head_dim = heads, hidden // heads
+        self.attention_mode, self.attention_eps = attention_mode, attention_eps
+        self.qk_norm, self.tau_max = qk_norm, tau_max
+        self.norm1 = nn.LayerNorm(hidden, elementwise_affine=False, eps=1e-6)
+        self.qkv = nn.Linear(hidden, 3 * hidden)
+        self.proj = nn.Linear(hidden, hidden)
+        self.norm2 = nn.LayerNorm(hidden, elementwise_affine=False, eps=1e-6)
+        width = int(hidden * mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(hidden, width), nn.GELU(approximate="tanh"), nn.Linear(width, hidden))
+        self.adaLN = nn.Sequential(nn.SiLU(), nn.Linear(hidden, 6 * hidden))
+        if qk_norm:
+            # tau = tau_max * sigmoid(raw) <= tau_max; start where tau^2 = 1/sqrt(head_dim)-like scale
+            self.tau_raw = nn.Parameter(torch.zeros(heads))
+
+    def temperature(self) -> torch.Tensor:
+        """Per-head tau with |logit| <= tau^2 (only with qk_norm)."""
+        return self.tau_max * torch.sigmoid(self.tau_raw)
+
+    def logit_bound(self) -> float | None:
+        """A bound on |logit| known before running (QK-norm), else None."""
+        return float(self.temperature().max().detach()) ** 2 if self.qk_norm else None
+
+    def attn(self, x: torch.Tensor) -> torch.Tensor:
+        n, L, w = x.shape
+        qkv = self.qkv(x).reshape(n, L, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)  # each (N, heads, L, head_dim)
+        scale = None
+        bound = None
+        if self.qk_norm:
+            tau = self.temperature()[None, :, None, None]
+            q = nn.functional.normalize(q, dim=-1) * tau
+            k = nn.functional.normalize(k, dim=-1) * tau
+            scale = 1.0
+            if self.attention_mode != "exact":
+                bound = self.logit_bound()
+        o = attention(q, k, v, mode=self.attention_mode, scale=scale, eps=self.attention_eps,
+                      logit_bound=bound)
+        return self.proj(o.transpose(1, 2).reshape(n, L, w))
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        shift1, scale1, gate1, shift2, scale2, gate2 = self.adaLN(c).chunk(6, dim=-1)
+        x = x + gate1[:, None] * self.attn(modulate(self.norm1(x), shift1, scale1))
+        x = x + gate2[:, None] * self.mlp(modulate(self.norm2(x), shift2, scale2))
+        return x
+
+
+class DiTBackbone(nn.Module):
+    """Token embedding -> K DiT blocks -> adaLN final layer: (N, L, d) -> (N, L, d)."""
+
+    def __init__(self, num_tokens: int, token_dim: int, hidden: int, depth: int, heads: int,
+                 mlp_ratio: float, num_classes: int = 0, **attn_kwargs):
+        super().__init__()
+        self.embed = nn.Linear(token_dim, hidden)
+        self.pos = nn.Parameter(torch.zeros(1, num_tokens, hidden))
+        self.t_embed = TimestepEmbedder(hidden)
+        self.y_embed = LabelEmbedder(num_classes, hidden) if num_classes > 0 else None
+        self.blocks = nn.ModuleList(DiTBlock(hidden, heads, mlp_ratio, **attn_kwargs) for _ in range(depth))
+        self.final_norm = nn.LayerNorm(hidden, elementwise_affine=False, eps=1e-6)
+        self.final_adaLN = nn.Sequential(nn.SiLU(), nn.Linear(hidden, 2 * hidden))
+        self.out = nn.Linear(hidden, token_dim)
+        self.initialize()
+
+    def initialize(self) -> None:
+        """DiT's initialisation: Xavier linears, small positional table, zeroed adaLN and output."""
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias) if m.bias is not None else None
+        nn.init.normal_(self.pos, std=0.02)
+        nn.init.normal_(self.t_embed.mlp[0].weight, std=0.02)
+        nn.init.normal_(self.t_embed.mlp[2].weight, std=0.02)
+        if self.y_embed is not None:
+            nn.init.normal_(self.y_embed.table.weight, std=0.02)
+        for blk in self.blocks:
+            nn.init.zeros_(blk.adaLN[-1].weight)
+            nn.init.zeros_(blk.adaLN[-1].bias)
+        nn.init.zeros_(self.final_adaLN[-1].weight)
+        nn.init.zeros_(self.final_adaLN[-1].bias)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, X: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.embed(X) + self.pos  # (N, L, hidden)
+        c = self.t_embed(t)  # (N, hidden)
+        if self.y_embed is not None and y is not None:
+            c = c + self.y_embed(y)
+        for blk in self.blocks:
+            x = blk(x, c)
+        shift, scale = self.final_adaLN(c).chunk(2, dim=-1)
+        return self.out(modulate(self.final_norm(x), shift, scale))
+
+
+class PaperAttention(nn.Module):
+    """Attn(X) = X + sum_i W_O^i W_V^i X softmax((W_K^i X)^T (W_Q^i X)) (Sec. 3, column form).
+
+    In row form with heads stacked: X + softmax(Q K^T) V W_O^T, scale 1 (no 1/sqrt(m)).
+    ``entry_bound`` B_e (Def. 3.2) clips the entries of W_K X and W_Q X smoothly to (-B_e, B_e), so
+    |logit| <= m B_e^2 holds by construction.
+    """
+
+    def __init__(self, d: int, r: int, m: int, *, entry_bound: float | None = None,
+                 attention_mode: str = "exact", attention_eps: float = 1e-3):
+        super().__init__()
+        self.r, self.m, self.entry_bound = r, m, entry_bound
+        self.attention_mode, self.attention_eps = attention_mode, attention_eps
+        self.W_Q = nn.Linear(d, r * m, bias=False)
+        self.W_K = nn.Linear(d, r * m, bias=False)
+        self.W_V = nn.Linear(d, r * m, bias=False)
+        self.W_O = nn.Linear(r * m, d, bias=False)
+
+    def forward(self, X: torch.Tensor) -> torch.Tensor:
+        n, L, _ = X.shape
+
+        def heads(z: torch.Tensor) -> torch.Tensor:
+            return z.reshape(n, L, self.r, self.m).transpose(1, 2)  # (N, r, L, m)
+
+        q, k, v = heads(self.W_Q(X)), heads(self.W_K(X)), heads(self.W_V(X))
+        bound = None
+        if self.entry_bound is not None:
+            b = self.entry_bound
+            q, k = b * torch.tanh(q / b), b * torch.tanh(k / b)
+            bound = self.m * b * b
+        o = attention(q, k, v, mode=self.attention_mode, scale=1.0, eps=self.attention_eps,
+                      logit_bound=bound)
+        return X + self.W_O(o.transpose(1, 2).reshape(n, L, self.r * self.m))
+
+
+class PaperFeedForward(nn.Module):
+    """FF(Y) = Y + W_2 ReLU(W_1 Y + b_1 1^T) + b_2 1^T with W_1 in R^{l x d} (Sec. 3)."""
+
+    def __init__(self, d: int, l: int):
+        super().__init__()
+        self.W_1, self.W_2 = nn.Linear(d, l), nn.Linear(l, d)
+
+    def forward(self, Y: torch.Tensor) -> torch.Tensor:
+        return Y + self.W_2(torch.relu(self.W_1(Y)))
+
+
+class PaperBackbone(nn.Module):
+    """f_T(X) = FF_K o Attn_K o ... o FF_1 o Attn_1 (X + E), with an additive time embedding per block."""
+
+    def __init__(self, num_tokens: int, token_dim: int, depth: int, r: int, m: int, l: int,
+                 num_classes: int = 0, entry_bound: float | None = None, **attn_kwargs):
+        super().__init__()
+        self.num_tokens, self.token_dim = num_tokens, token_dim
+        self.E = nn.Parameter(0.02 * torch.randn(1, num_tokens, token_dim))
+        width = 64
+        self.t_embed = TimestepEmbedder(width)
+        self.y_embed = LabelEmbedder(num_classes, width) if num_classes > 0 else None
+        self.t_proj = nn.ModuleList(nn.Linear(width, num_tokens * token_dim) for _ in range(depth))
+        self.attn = nn.ModuleList(PaperAttention(token_dim, r, m, entry_bound=entry_bound, **attn_kwargs)
+                                  for _ in range(depth))
+        self.ff = nn.ModuleList(PaperFeedForward(token_dim, l) for _ in range(depth))
+        for p in self.t_proj:
+            nn.init.zeros_(p.weight)
+            nn.init.zeros_(p.bias)
+
+    def forward(self, X: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        c = self.t_embed(t)
+        if self.y_embed is not None and y is not None:
+            c = c + self.y_embed(y)
+        X = X + self.E
+        for proj, attn, ff in zip(self.t_proj, self.attn, self.ff):
+            X = X + proj(c).reshape(-1, self.num_tokens, self.token_dim)
+            X = ff(attn(X))
+        return X

@@ -1,0 +1,118 @@
+"""The latent DiT score network of eq. (2.5):
+
+    s_W(x, t) = ( W_B f(W_B^T x, t) - x ) / sigma(t),     f = R^{-1} o f_T o R.
+
+The exact optimum is f*(h, t) = sigma(t) grad log p_t^h(h) + h = beta(t) E[h0 | h_t = h], so f is a
+latent "x0-predictor". With ``precondition=True`` (default) f is written EDM-style around the
+linear-Gaussian optimum for a latent of per-coordinate second moment v:
+
+    f(h, t) = c_skip(t) h + c_out(t) R^{-1} f_T( R(c_in(t) h), t ),
+    c_skip = beta^2 v / (beta^2 v + sigma),  c_out = beta sqrt(v sigma / (beta^2 v + sigma)),
+    c_in = 1 / sqrt(beta^2 v + sigma),
+
+which is still a function of (h, t) in the paper's class; ``precondition=False`` gives f = R^{-1} f_T R.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+import torch
+from torch import nn
+
+from latentdit.config import ModelConfig
+from latentdit.diffusion import add_noise, beta, sigma, weight
+from latentdit.encoder import LinearEncoder
+from latentdit.models.blocks import DiTBackbone, PaperBackbone
+from latentdit.models.reshape import Reshape
+
+
+def preconditioning(t: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(c_skip, c_out, c_in) of the module docstring for times t (N,) and latent second moment v."""
+    b2, s = beta(t) ** 2, sigma(t)
+    denom = b2 * v + s
+    return b2 * v / denom, (b2 * v * s / denom).sqrt(), denom.rsqrt()
+
+
+def score_from_f(x: torch.Tensor, decoded_f: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Eq. (2.5): s = (W_B f - x) / sigma(t), given W_B f (N, D)."""
+    return (decoded_f - x) / sigma(t)[:, None]
+
+
+class LatentScoreNet(nn.Module):
+    """s_W(x, t) of eq. (2.5): an encoder W_B, the reshape R and a transformer f_T."""
+
+    def __init__(self, cfg: ModelConfig, ambient_dim: int, latent_dim: int, *,
+                 encoder_init: torch.Tensor | None = None, learn_encoder: bool = False,
+                 latent_second_moment: float = 1.0, generator: torch.Generator | None = None):
+        super().__init__()
+        self.cfg = cfg
+        self.ambient_dim, self.latent_dim = ambient_dim, latent_dim
+        self.encoder = LinearEncoder(ambient_dim, latent_dim, learn=learn_encoder, init=encoder_init,
+                                     generator=generator)
+        self.reshape = Reshape(latent_dim, cfg.patch, cfg.patching)
+        L, d = self.reshape.num_tokens, self.reshape.token_dim
+        if cfg.block == "dit":
+            self.backbone = DiTBackbone(L, d, cfg.hidden, cfg.depth, cfg.heads, cfg.mlp_ratio,
+                                        num_classes=cfg.num_classes, attention_mode=cfg.attention,
+                                        attention_eps=cfg.attention_eps, qk_norm=cfg.qk_norm,
+                                        tau_max=cfg.tau_max)
+        else:
+            self.backbone = PaperBackbone(L, d, cfg.depth, cfg.paper_heads, cfg.paper_head_dim, cfg.paper_ff,
+                                          num_classes=cfg.num_classes, entry_bound=cfg.paper_entry_bound,
+                                          attention_mode=cfg.attention, attention_eps=cfg.attention_eps)
+        self.register_buffer("latent_var", torch.tensor(float(latent_second_moment)))
+
+    @property
+    def num_classes(self) -> int:
+        return self.cfg.num_classes
+
+    @property
+    def W_B(self) -> torch.Tensor:
+        return self.encoder.W_B
+
+    def f(self, h: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """The latent network f(h, t) = R^{-1} f_T(R h) (with preconditioning if enabled): (N, d0)."""
+        t = _as_times(t, h)
+        if self.cfg.precondition:
+            c_skip, c_out, c_in = preconditioning(t, self.latent_var)
+            F = self.reshape.inverse(self.backbone(self.reshape(c_in[:, None] * h), t, y))
+            return c_skip[:, None] * h + c_out[:, None] * F
+        return self.reshape.inverse(self.backbone(self.reshape(h), t, y))
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """The score s_W(x, t) of eq. (2.5), (N, D)."""
+        t = _as_times(t, x)
+        W = self.W_B
+        return score_from_f(x, self.encoder.decode(self.f(self.encoder.encode(x, W), t, y), W), t)
+
+    score = forward
+
+    def denoise(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """Tweedie's x0 estimate (x + sigma s) / beta = W_B f / beta, (N, D)."""
+        t = _as_times(t, x)
+        W = self.W_B
+        return self.encoder.decode(self.f(self.encoder.encode(x, W), t, y), W) / beta(t)[:, None]
+
+    def loss(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, y: torch.Tensor | None = None,
+             weighting: str = "edm") -> torch.Tensor:
+        """gamma(t) || s_W(x_t, t) - (beta x0 - x_t)/sigma ||^2 / D, averaged over the batch (eq. 2.3).
+
+        Computed in the equivalent latent form gamma/sigma^2 ||W_B f(W_B^T x_t, t) - beta x0||^2, which
+        avoids the division by sigma(t) and the cancellation of x_t.
+        """
+        xt = add_noise(x0, t, noise)
+        W = self.W_B
+        res = self.encoder.decode(self.f(self.encoder.encode(xt, W), t, y), W) - beta(t)[:, None] * x0
+        c_out2 = preconditioning(t, self.latent_var)[1] ** 2 if weighting == "edm" else None
+        w = weight(t, weighting, c_out2) / sigma(t) ** 2
+        return (w * res.pow(2).mean(dim=1)).mean()
+
+    def config_dict(self) -> dict:
+        return {"model": asdict(self.cfg), "ambient_dim": self.ambient_dim, "latent_dim": self.latent_dim,
+                "learn_encoder": self.encoder.learn}
+
+
+def _as_times(t: torch.Tensor | float, like: torch.Tensor) -> torch.Tensor:
+    t = torch.as_tensor(t, dtype=like.dtype, device=like.device)
+    return t.expand(like.shape[0]) if t.ndim == 0 else t
