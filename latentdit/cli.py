@@ -1,0 +1,188 @@
+"""Command-line interface: ``latentdit {train, sample, evaluate, bench, demo, rates}``.
+
+Errors a user can fix (bad config, bad data, missing run, ...) print one line and exit with status 2;
+``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from pathlib import Path
+
+from latentdit.errors import CheckpointError, ConfigError, LatentDitError
+
+DELEGATED = {  # subcommand -> module with main(argv) -> int
+    "demo": "latentdit.experiments.demo",
+    "rates": "latentdit.experiments.rates",
+}
+BENCHES = {"attention": "latentdit.bench.attention", "model": "latentdit.bench.model",
+           "sampler": "latentdit.bench.sampler"}
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="latentdit", description="Latent diffusion transformers (eq. 2.5 of Hu et al. 2024).")
+    p.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a score network (resumes an existing run directory)")
+    t.add_argument("--config", type=Path, help="TOML, YAML or JSON config file (defaults if omitted)")
+    t.add_argument("--out", type=Path, required=True, help="run directory")
+    t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set model.depth=6 (repeatable)")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    s = sub.add_parser("sample", help="draw samples from a trained run")
+    s.add_argument("--run", type=Path, required=True)
+    s.add_argument("--num", type=int, default=1000)
+    s.add_argument("--steps", type=int, default=None)
+    s.add_argument("--sampler", default=None, help="em | ei | heun | ddim | dpm2m")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale")
+    s.add_argument("--label", type=int, action="append", default=None,
+                   help="class label(s) for conditional models, cycled over the samples")
+    s.add_argument("--out", type=Path, required=True, help="output .npy (or .npz with labels)")
+
+    e = sub.add_parser("evaluate", help="metrics of a trained run (ground truth or real data)")
+    e.add_argument("--run", type=Path, required=True)
+    e.add_argument("--out", type=Path, required=True, help="metrics.json")
+    e.add_argument("--num", type=int, default=None, help="number of generated samples")
+    e.add_argument("--sampler", default=None)
+    e.add_argument("--steps", type=int, default=None)
+    e.add_argument("--seed", type=int, default=None)
+
+    b = sub.add_parser("bench", help="benchmarks: attention | model | sampler")
+    b.add_argument("which", choices=sorted(BENCHES))
+    b.add_argument("rest", nargs=argparse.REMAINDER)
+
+    for name, help_ in (("demo", "train on MNIST and write samples.png + metrics.json"),
+                        ("rates", "measure the paper's statistical rates")):
+        d = sub.add_parser(name, help=help_, add_help=False)
+        d.add_argument("rest", nargs=argparse.REMAINDER)
+    return p
+
+
+def _delegate(module: str, argv: list[str]) -> int:
+    try:
+        mod = importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        if e.name == module:
+            raise LatentDitError(f"{module} is not available in this installation") from e
+        raise
+    return int(mod.main(argv) or 0)
+
+
+def _cmd_train(a: argparse.Namespace) -> int:
+    from latentdit.config import Config, load_config
+    from latentdit.train import check_run_dir, train
+
+    check_run_dir(a.out)
+    if (a.out / "config.json").is_file() and a.config is None:
+        import json
+
+        cfg = Config.from_dict(json.loads((a.out / "config.json").read_text()))  # resume as it was
+        if a.overrides:
+            from latentdit.config import apply_overrides
+
+            cfg = Config.from_dict(apply_overrides(cfg.to_dict(), a.overrides))
+    else:
+        cfg = load_config(a.config, a.overrides)
+    train(cfg, a.out, progress=None if not a.quiet else False)
+    print(f"run written to {a.out} (export in {a.out / 'model'})")
+    return 0
+
+
+def _cmd_sample(a: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+
+    from latentdit.evaluate import generate
+    from latentdit.pipeline import from_pretrained
+
+    if a.num <= 0:
+        raise ConfigError(f"--num {a.num} must be > 0")
+    if a.steps is not None and a.steps <= 0:
+        raise ConfigError(f"--steps {a.steps} must be > 0")
+    if a.out.suffix not in (".npy", ".npz"):
+        raise ConfigError(f"--out {str(a.out)!r} must end in .npy or .npz")
+    model, cfg, meta = from_pretrained(a.run)
+    labels = None
+    if model.num_classes > 0:
+        chosen = a.label if a.label else list(range(model.num_classes))
+        bad = [c for c in chosen if not 0 <= c < model.num_classes]
+        if bad:
+            raise ConfigError(f"--label {bad[0]} is out of range; the model has classes 0..{model.num_classes - 1}")
+        labels = torch.tensor(chosen)[torch.arange(a.num) % len(chosen)]
+    elif a.label:
+        raise ConfigError("--label given but the model is not class-conditional")
+    try:
+        x = generate(model, cfg, a.num, sampler=a.sampler, steps=a.steps, seed=a.seed, labels=labels,
+                     guidance=a.guidance, progress=sys.stderr.isatty())
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
+    if "normalisation" in meta:
+        from latentdit.data.normalise import Normalisation
+
+        x = Normalisation.from_dict(meta["normalisation"]).invert(x)
+    arr = x.cpu().numpy()
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = a.out.with_name(a.out.name + ".tmp" + a.out.suffix)
+    if a.out.suffix == ".npz":
+        np.savez(tmp, x=arr, **({"labels": labels.numpy()} if labels is not None else {}))
+    else:
+        np.save(tmp, arr)
+    os.replace(tmp, a.out)
+    print(f"wrote {arr.shape[0]} samples of dimension {arr.shape[1]} to {a.out}")
+    return 0
+
+
+def _cmd_evaluate(a: argparse.Namespace) -> int:
+    import json
+
+    from latentdit.evaluate import evaluate_run
+
+    if not a.run.is_dir():
+        raise CheckpointError(f"run directory {str(a.run)!r} does not exist")
+    kw = {k: v for k, v in (("num_samples", a.num), ("sampler", a.sampler), ("steps", a.steps),
+                            ("seed", a.seed)) if v is not None}
+    if a.sampler is not None:
+        from latentdit.sampling import get_sampler
+
+        try:
+            get_sampler(a.sampler)
+        except ValueError as e:
+            raise ConfigError(str(e)) from e
+    if any(v <= 0 for k, v in kw.items() if k in ("num_samples", "steps")):
+        raise ConfigError("--num and --steps must be > 0")
+    m = evaluate_run(a.run, a.out, progress=sys.stderr.isatty(), **kw)
+    print(json.dumps({k: v for k, v in m.items() if not isinstance(v, (dict, list))}, indent=2))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "train":
+            return _cmd_train(args)
+        if args.command == "sample":
+            return _cmd_sample(args)
+        if args.command == "evaluate":
+            return _cmd_evaluate(args)
+        if args.command == "bench":
+            return _delegate(BENCHES[args.which], args.rest)
+        return _delegate(DELEGATED[args.command], args.rest)
+    except LatentDitError as e:
+        if args.debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; the last checkpoint is kept and `latentdit train --out RUN` resumes", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
