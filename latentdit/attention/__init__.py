@@ -1,21 +1,135 @@
-"""Attention kernels: exact (torch SDPA) and the polynomial method of Alman & Song.
+"""Attention kernels: exact (torch SDPA) and the polynomial method of Alman & Song (Sec. 4).
 
 Public entry point: :func:`attention` with tensors shaped like ``scaled_dot_product_attention``:
-q (..., L_q, m), k (..., L_k, m), v (..., L_k, m_v).
+q (..., L_q, m), k (..., L_k, m), v (..., L_k, m_v); it computes softmax(scale q k^T) v.
+
+Scale convention: ``scale=None`` means 1/sqrt(m) (SDPA's); the paper's block has no temperature and
+passes ``scale=1.0``. All bounds (``logit_bound``, ``Certificate.R``) are on ``|scale <q, k>|``.
+
+Modes:
+
+- ``"exact"``: torch SDPA.
+- ``"poly"``: always the polynomial method (:mod:`latentdit.attention.poly`) with the lowest degree
+  whose certified relative error on [-R, R] is <= eps; ValueError if none up to the maximum degree.
+- ``"auto"``: the polynomial method when the criterion (:func:`certify`) certifies eps *and* the
+  cost model predicts it faster at this size; otherwise exact, with the reason recorded in
+  :func:`attention_stats` and one warning per process (until :func:`reset_attention_stats`).
+
+``eps`` bounds the relative error of every kernel entry exp(logit); it implies
+|out_i - exact_i| <= eps / (1 - eps) * max_j |v_j - exact_i| per coordinate.
 """
 
 from __future__ import annotations
 
+import threading
+import warnings
+from collections import Counter
+from dataclasses import dataclass, field
+
 import torch
 import torch.nn.functional as F
 
+from latentdit.attention.criterion import (MAX_DEGREE, POLY_KINDS, Certificate, ExpPoly, certify,
+                                           choose_exp_poly, default_scale, quantize_bound)
+from latentdit.attention.exact import reference_attention, reference_attention_grads
+from latentdit.attention.performer import performer_attention
+from latentdit.attention.poly import poly_attention
+
 ATTENTION_MODES = ("exact", "poly", "auto")
+
+__all__ = ["ATTENTION_MODES", "POLY_KINDS", "AttentionStats", "Certificate", "ExpPoly", "attention",
+           "attention_stats", "certify", "choose_exp_poly", "performer_attention", "poly_attention",
+           "reference_attention", "reference_attention_grads", "reset_attention_stats"]
+
+
+@dataclass
+class AttentionStats:
+    """Counts of attention calls by the method that ran, and why "auto" fell back to exact."""
+
+    exact: int = 0
+    poly: int = 0
+    fallback_reasons: Counter = field(default_factory=Counter)  # code -> count
+    fallback_messages: dict = field(default_factory=dict)         # code -> latest full message
+    last_certificate: Certificate | None = None
+    warned: bool = False
+
+    def as_dict(self) -> dict:
+        return {"exact": self.exact, "poly": self.poly, "fallbacks": sum(self.fallback_reasons.values()),
+                "fallback_reasons": dict(self.fallback_reasons),
+                "fallback_messages": dict(self.fallback_messages),
+                "last_certificate": None if self.last_certificate is None else self.last_certificate.as_dict()}
+
+
+_STATS = AttentionStats()
+_LOCK = threading.Lock()
+
+
+def attention_stats() -> AttentionStats:
+    """The process-wide statistics (a live object; use ``.as_dict()`` for a snapshot)."""
+    return _STATS
+
+
+def reset_attention_stats() -> None:
+    """Zero the counts and re-arm the single fallback warning."""
+    global _STATS
+    with _LOCK:
+        _STATS = AttentionStats()
+
+
+def _record(method: str, cert: Certificate | None = None) -> None:
+    warn = False
+    with _LOCK:
+        if method == "poly":
+            _STATS.poly += 1
+        else:
+            _STATS.exact += 1
+        if cert is not None:
+            _STATS.last_certificate = cert
+        reason = "" if cert is None or method == "poly" else cert.reason
+        if reason:
+            _STATS.fallback_reasons[cert.code] += 1
+            _STATS.fallback_messages[cert.code] = reason
+            if not _STATS.warned:
+                _STATS.warned = warn = True
+    if warn:
+        warnings.warn(f"attention(mode='auto') fell back to exact attention: {reason}. Further "
+                      "fallbacks are counted in latentdit.attention.attention_stats() without warning.",
+                      RuntimeWarning, stacklevel=3)
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, mode: str = "exact",
               scale: float | None = None, eps: float = 1e-3,
-              logit_bound: float | None = None) -> torch.Tensor:
-    """softmax(scale * q k^T) v with the method chosen by ``mode``."""
+              logit_bound: float | None = None, kind: str = "chebyshev",
+              max_degree: int = MAX_DEGREE) -> torch.Tensor:
+    """softmax(scale * q k^T) v with the method chosen by ``mode``.
+
+    ``logit_bound``: a bound on |scale <q, k>| known by construction (e.g. QK-norm with temperature
+    tau gives tau**2); the degree is then chosen without inspecting q, k (no host synchronisation,
+    and keys are not centred). ``kind``: "chebyshev" (relative minimax, the default) or "taylor"
+    (even degree). Works under autograd and on any device.
+    """
     if mode not in ATTENTION_MODES:
         raise ValueError(f"unknown attention mode {mode!r}; choose one of {ATTENTION_MODES}")
-    return F.scaled_dot_product_attention(q, k, v, scale=scale)
+    if kind not in POLY_KINDS:
+        raise ValueError(f"unknown polynomial kind {kind!r}; choose one of {POLY_KINDS}")
+    if mode == "exact":
+        _record("exact")
+        return F.scaled_dot_product_attention(q, k, v, scale=scale)
+    if q.shape[-1] != k.shape[-1]:
+        raise ValueError(f"q and k must have the same head size, got {q.shape[-1]} and {k.shape[-1]}")
+    if logit_bound is not None:
+        logit_bound = float(logit_bound)
+        if not logit_bound >= 0:
+            raise ValueError(f"logit_bound must be a non-negative number, got {logit_bound}")
+    s = default_scale(q.shape[-1], scale)
+    cert = certify(q, k, s, eps, logit_bound=logit_bound, v_dim=v.shape[-1], kind=kind,
+                   max_degree=max_degree)
+    if mode == "poly" and not cert.certified:
+        raise ValueError(f"attention(mode='poly'): {cert.reason}. Lower the logit bound (e.g. QK-norm "
+                         "with a capped temperature), raise eps or max_degree, or use mode='auto'.")
+    if mode == "auto" and not cert.ok:
+        _record("exact", cert)
+        return F.scaled_dot_product_attention(q, k, v, scale=scale)
+    poly = choose_exp_poly(cert.R_used, float(eps), kind, max_degree)
+    _record("poly", cert)
+    return poly_attention(q, k, v, poly, scale=s, center=cert.centered, norms=cert.norms)
