@@ -3,15 +3,15 @@
 W_B in R^{D x d0} has orthonormal columns: the encoder is h = W_B^T x, the decoder x = W_B h. It is
 initialised from PCA of the training data (the top-d0 eigenvectors of the *uncentred* second
 moment E[x x^T], since the paper's subspace passes through the origin) or at random, and is either
-frozen or learned. A learned W_B stays exactly orthonormal through torch's orthogonal
-parametrisation (Householder products), so every optimiser step stays on the Stiefel manifold.
+frozen or learned. A learned W_B is the orthonormal factor of an unconstrained D x d0 parameter A
+(W_B = qf(A), the QR retraction with diag(R) > 0), so every optimiser step stays on the Stiefel
+manifold and the gradient flows through the differentiable thin QR.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.nn.utils import parametrizations
 
 from latentdit.errors import ConfigError
 
@@ -40,20 +40,16 @@ def pca_basis(x: torch.Tensor, d0: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class _Stiefel(nn.Module):
-    """Holds a D x d0 weight whose columns are kept orthonormal by a parametrisation."""
+    """A D x d0 matrix with orthonormal columns: W = qf(A) for an unconstrained parameter A."""
 
     def __init__(self, W: torch.Tensor):
         super().__init__()
-        self.lin = nn.Linear(W.shape[1], W.shape[0], bias=False)  # weight is (D, d0)
-        with torch.no_grad():
-            self.lin.weight.copy_(W)
-        parametrizations.orthogonal(self.lin, "weight", orthogonal_map="householder",
-                                    use_trivialization=False)
-        with torch.no_grad():
-            self.lin.weight = W  # re-set through the parametrisation (right_inverse)
+        self.A = nn.Parameter(W.clone())  # qf(W) = W for an orthonormal W
 
     def forward(self) -> torch.Tensor:
-        return self.lin.weight
+        Q, R = torch.linalg.qr(self.A)
+        # sign convention diag(R) > 0 makes qf unique and continuous in A
+        return Q * torch.sign(torch.diagonal(R)).where(torch.diagonal(R) != 0, torch.ones_like(torch.diagonal(R)))
 
 
 class LinearEncoder(nn.Module):
@@ -66,7 +62,11 @@ class LinearEncoder(nn.Module):
             raise ConfigError(f"encoder.latent_dim={latent_dim} is larger than the data dimension "
                               f"D={ambient_dim}")
         if init is None:
-            a = torch.randn(ambient_dim, latent_dim, generator=generator, dtype=torch.float64)
+            # a stream derived from the generator, so that a random encoder never coincides with a
+            # ground-truth subspace drawn by the same construction from the same seed
+            seed = int(torch.randint(0, 2**62, (1,), generator=generator)) ^ 0x5DEECE66D
+            a = torch.randn(ambient_dim, latent_dim, generator=torch.Generator().manual_seed(seed),
+                            dtype=torch.float64)
             init = torch.linalg.qr(a)[0].to(torch.float32)
         if init.shape != (ambient_dim, latent_dim):
             raise ConfigError(f"encoder init has shape {tuple(init.shape)}, expected ({ambient_dim}, {latent_dim})")

@@ -129,3 +129,13 @@ def test_frozen_encoder_has_no_gradient():
     W = m.W_B
     assert torch.allclose(W.T @ W, torch.eye(4), atol=1e-5)
     assert math.isclose(float(sigma(torch.tensor(0.5, dtype=torch.float64))), 1 - math.exp(-0.5), rel_tol=1e-12)
+
+
+def test_random_encoder_is_not_the_ground_truth_of_the_same_seed():
+    from latentdit.encoder import LinearEncoder
+    from latentdit.metrics.distances import subspace_error
+
+    g = SubspaceGMM.random(64, 4, 2, seed=0)
+    enc = LinearEncoder(64, 4, learn=True, generator=torch.Generator().manual_seed(0))
+    # a Haar-random 4-plane in R^64 overlaps B by about d0^2/D = 0.25: error about 2 d0 - 0.5
+    assert subspace_error(enc.W_B.detach(), g.B) > 5.0
