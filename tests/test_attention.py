@@ -19,6 +19,15 @@ from latentdit.attention.criterion import (MAX_RANK, best_split, certified_relat
 from latentdit.attention.poly import make_plan, poly_attention
 
 
+@pytest.fixture(autouse=True)
+def _one_thread(_seed_and_threads):
+    """Tiny kernels: one intra-op thread avoids OpenMP barrier stalls on a shared machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def explicit_attention(q, k, v, scale):
     """softmax(scale q k^T) v in float64 with the L x L matrix written out."""
     logits = scale * q.double() @ k.double().transpose(-2, -1)
@@ -311,3 +320,17 @@ def test_cuda_matches_cpu():
     assert (out.double().cpu() - ref).norm() / ref.norm() < 1e-3
     out.sum().backward()
     assert qc.grad.is_cuda and torch.isfinite(qc.grad).all()
+
+
+def test_tuned_split_is_used_and_exact():
+    from latentdit.attention import poly as poly_mod
+    q, k, v = rand_qkv((1, 2, 40, 3), 40, 3, seed=6)
+    p = choose_exp_poly(quantize_bound(data_logit_bound(q, k, 0.5)[0]), 1e-9)
+    try:
+        sp = poly_mod.tune_split(3, p.degree, 3, n=2, L=64, dtype=torch.float64, repeats=1)
+        assert sp in poly_mod.candidate_splits(3, p.degree, 3)
+        assert poly_mod.choose_split(3, p.degree, 3, q.device) == sp
+        out = poly_attention(q, k, v, p, scale=0.5)
+    finally:
+        poly_mod._TUNED_SPLITS.clear()
+    assert (out - explicit_attention(q, k, v, 0.5)).abs().max() < 1e-7

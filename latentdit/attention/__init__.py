@@ -33,13 +33,13 @@ from latentdit.attention.criterion import (MAX_DEGREE, POLY_KINDS, Certificate, 
                                            choose_exp_poly, default_scale, quantize_bound)
 from latentdit.attention.exact import reference_attention, reference_attention_grads
 from latentdit.attention.performer import performer_attention
-from latentdit.attention.poly import poly_attention
+from latentdit.attention.poly import poly_attention, tune_split
 
 ATTENTION_MODES = ("exact", "poly", "auto")
 
 __all__ = ["ATTENTION_MODES", "POLY_KINDS", "AttentionStats", "Certificate", "ExpPoly", "attention",
            "attention_stats", "certify", "choose_exp_poly", "performer_attention", "poly_attention",
-           "reference_attention", "reference_attention_grads", "reset_attention_stats"]
+           "reference_attention", "reference_attention_grads", "reset_attention_stats", "tune_split"]
 
 
 @dataclass
@@ -121,6 +121,9 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, mode: str = 
         logit_bound = float(logit_bound)
         if not logit_bound >= 0:
             raise ValueError(f"logit_bound must be a non-negative number, got {logit_bound}")
+    if q.numel() == 0 or k.numel() == 0:  # nothing to approximate: empty batch or sequence
+        _record("exact")
+        return F.scaled_dot_product_attention(q, k, v, scale=scale)
     s = default_scale(q.shape[-1], scale)
     cert = certify(q, k, s, eps, logit_bound=logit_bound, v_dim=v.shape[-1], kind=kind,
                    max_degree=max_degree)

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from latentdit.attention.criterion import ExpPoly, best_split, rank
+from latentdit.attention.criterion import ExpPoly, _row_cost, best_split, rank, split_ranks
 
 FEATURE_BUDGET_CPU = 1 << 20   # elements of the largest per-chunk temporary (4 MiB in fp32)
 FEATURE_BUDGET_CUDA = 1 << 25
@@ -161,6 +161,51 @@ def _device_tables(plan: Plan, coeffs: tuple[float, ...], device: torch.device, 
     src = torch.tensor(plan.deriv_src, device=device)
     fac = torch.tensor(plan.deriv_fac, dtype=dtype, device=device)
     return W, src, fac
+
+
+# --------------------------------------------------------------------------- split tuning
+_TUNED_SPLITS: dict[tuple[int, int, int, str], tuple[str, int]] = {}
+
+
+def candidate_splits(m: int, g: int, mv: int, top: int = 3) -> list[tuple[str, int]]:
+    """The ``top`` factorisations with the lowest modelled cost, plus the unsplit one."""
+    cands = [("degree", g2) for g2 in range(0, min(g, 3) + 1)] + [("vars", p) for p in range(1, m)]
+    cands = [sp for sp in cands if math.prod(split_ranks(m, g, sp)) <= 16 * rank(m, g)]
+    best = sorted(cands, key=lambda sp: (_row_cost(m, g, mv, sp), sp))[:top]
+    return best + ([("degree", 0)] if ("degree", 0) not in best else [])
+
+
+def tune_split(m: int, g: int, mv: int, *, n: int = 4, L: int = 4096, device: torch.device | str = "cpu",
+               dtype: torch.dtype = torch.float32, repeats: int = 3) -> tuple[str, int]:
+    """Time the forward of the candidate factorisations on random data (n x L rows, interleaved
+    repeats, median) and remember the fastest for (m, g, mv, device type); :func:`poly_attention`
+    then uses it instead of the cost model's choice. Returns the chosen split."""
+    import time
+    device = torch.device(device)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.nn.functional.normalize(torch.randn(2, n, L, m, generator=gen), dim=-1).to(device, dtype)
+    v = torch.randn(n, L, mv, generator=gen).to(device, dtype)
+    coeffs = tuple(1.0 / math.factorial(d) for d in range(g + 1))
+    cands = candidate_splits(m, g, mv)
+    times: dict = {sp: [] for sp in cands}
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    with torch.no_grad():
+        for rep in range(repeats + 1):
+            for sp in cands:
+                sync()
+                t0 = time.perf_counter()
+                PolyAttentionFunction.apply(x[0], x[1], v, coeffs, make_plan(m, g, sp), None)
+                sync()
+                if rep:  # the first round warms up
+                    times[sp].append(time.perf_counter() - t0)
+    best = min(cands, key=lambda sp: sorted(times[sp])[len(times[sp]) // 2])
+    _TUNED_SPLITS[(m, g, mv, device.type)] = best
+    return best
+
+
+def choose_split(m: int, g: int, mv: int, device: torch.device) -> tuple[str, int]:
+    """The tuned factorisation if :func:`tune_split` ran for this case, else the cost model's."""
+    return _TUNED_SPLITS.get((m, g, mv, device.type)) or best_split(m, g, mv)
 
 
 # --------------------------------------------------------------------------- kernels
@@ -382,9 +427,11 @@ def poly_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, poly: ExpP
     else:
         aq = ak = 0.0
     n = math.prod(batch) if len(batch) else 1
+    if n == 0 or Lq == 0:
+        return (v.new_zeros(*batch, Lq, mv) + 0 * (q.sum() + k.sum() + v.sum())).to(out_dtype)
     xq = (q * aq).expand(*batch, Lq, m).reshape(n, Lq, m)
     xk = (k * ak).expand(*batch, Lk, m).reshape(n, Lk, m)
     vv = v.expand(*batch, Lk, mv).reshape(n, Lk, mv)
-    plan = make_plan(m, poly.degree, best_split(m, poly.degree, mv) if split is None else tuple(split))
+    plan = make_plan(m, poly.degree, choose_split(m, poly.degree, mv, q.device) if split is None else tuple(split))
     out = PolyAttentionFunction.apply(xq, xk, vv, poly.coeffs, plan, chunk)
     return out.reshape(*batch, Lq, mv).to(out_dtype)

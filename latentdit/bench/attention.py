@@ -35,7 +35,7 @@ from tqdm import tqdm
 from latentdit.attention import certify, choose_exp_poly, performer_attention
 from latentdit.attention.criterion import best_split, data_logit_bound, exp_poly, quantize_bound, rank
 from latentdit.attention.exact import reference_attention, reference_attention_grads
-from latentdit.attention.poly import poly_attention
+from latentdit.attention.poly import choose_split, poly_attention, tune_split
 
 HEADS = 4
 CONFIGS = ((4, 3.0), (8, 1.5))  # (head size, |logit| bound after centring)
@@ -101,12 +101,17 @@ def fit_exponent(Ls: list[int], ts: list[float]) -> float | None:
 def timing_sweep(args: argparse.Namespace, bar: tqdm) -> dict:
     results = []
     certificates = []
+    tuned = {}
     for m, R in CONFIGS:
         for L in args.lengths:
             run = Runner(L, m, R, args)
+            if args.tune and m not in tuned:  # pick the fastest factorisation on this machine (untimed)
+                tuned[m] = tune_split(m, run.poly.degree, m, n=HEADS, L=min(4096, max(args.lengths)))
             certificates.append({"head_dim": m, "L": L, **{k: v for k, v in run.cert.as_dict().items()
                                                           if k not in ("norms",)},
-                                 "split": list(best_split(m, run.poly.degree, m))})
+                                 "split": list(choose_split(m, run.poly.degree, m, run.q.device)),
+                                 "split_cost_model": list(best_split(m, run.poly.degree, m)),
+                                 "split_tuned": bool(args.tune)})
             sub = None
             if L > args.full_error_max_L:
                 sub = torch.randperm(L, generator=torch.Generator().manual_seed(args.seed))[:args.error_rows]
@@ -131,7 +136,22 @@ def timing_sweep(args: argparse.Namespace, bar: tqdm) -> dict:
                                     **({"grad_rel_errors": errors.get(mt + "_grads")} if pas == "fwdbwd" else {})})
                 del outs
     _extrapolate_exact(results, args)
-    return {"results": results, "certificates": certificates}
+    single = None
+    if args.exact_single_L and args.exact_single_L > args.exact_max_L:
+        # one (not a median) exact forward at a length where it is otherwise extrapolated, to check
+        # the extrapolation; head size 4 only
+        m, R = CONFIGS[0]
+        q, k, v = make_inputs(args.exact_single_L, m, R, seed=args.seed)
+        with torch.no_grad():
+            t0 = time.perf_counter()
+            F.scaled_dot_product_attention(q, k, v)
+            dt = time.perf_counter() - t0
+        bar.update(1)
+        ext = next((r for r in results if r["method"] == "exact" and r["head_dim"] == m and r["pass"] == "fwd"
+                    and r["L"] == args.exact_single_L), None)
+        single = {"L": args.exact_single_L, "head_dim": m, "pass": "fwd", "time_s": dt,
+                  "extrapolated_s": None if ext is None else ext["median_s"]}
+    return {"results": results, "certificates": certificates, "exact_single_run": single}
 
 
 def _errors(run: Runner, outs: dict, pas: str, sub, args) -> dict:
@@ -207,50 +227,52 @@ def phase_sweep(args: argparse.Namespace, bar: tqdm) -> dict:
                          "predicted_speedup": cert.predicted_speedup, "criterion_ok": cert.ok,
                          "reason": cert.reason})
             bar.update(1)
-    return {"head_dim": m, "fixed_degree_fitted_for": fixed_R, "rows": rows}
+    return {"head_dim": m, "eps": args.eps, "fixed_degree_fitted_for": fixed_R, "rows": rows}
 
 
-def plot_timing(data: dict, path: Path) -> None:
+def plot(data: dict, phase: dict | None, path: Path) -> None:
+    """One PNG: timing (forward, forward+backward) on top, the phase transition below."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+    rows_n = 1 if phase is None else 2
+    fig, axes = plt.subplots(rows_n, 2, figsize=(12, 4.5 * rows_n), squeeze=False)
     colors = {"exact": "C0", "poly": "C1", "performer": "C2"}
-    for ax, pas in zip(axes, ("fwd", "fwdbwd")):
+    for ax, pas in zip(axes[0], ("fwd", "fwdbwd")):
         for m, R in CONFIGS:
             for mt in METHODS:
                 rows = sorted((r for r in data["results"] if r["method"] == mt and r["head_dim"] == m
                                and r["pass"] == pas), key=lambda r: r["L"])
-                if not rows:
+                meas = [r for r in rows if not r["extrapolated"]]
+                if not meas:
                     continue
                 ls = "-" if m == 4 else "--"
-                ax.plot([r["L"] for r in rows if not r["extrapolated"]],
-                        [r["median_s"] for r in rows if not r["extrapolated"]], ls, marker="o",
+                ax.plot([r["L"] for r in meas], [r["median_s"] for r in meas], ls, marker="o",
                         color=colors[mt], label=f"{mt}, head {m}, |logit|<={R:g}")
                 ext = [r for r in rows if r["extrapolated"]]
                 if ext:
-                    last = [r for r in rows if not r["extrapolated"]][-1:]
-                    ax.plot([r["L"] for r in last + ext], [r["median_s"] for r in last + ext], ":",
+                    ax.plot([r["L"] for r in meas[-1:] + ext], [r["median_s"] for r in meas[-1:] + ext], ":",
                             marker="x", color=colors[mt])
+        single = data.get("exact_single_run")
+        if single and pas == single["pass"]:
+            ax.plot([single["L"]], [single["time_s"]], "s", mfc="none", color=colors["exact"],
+                    label="exact, head 4, one measured run")
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xlabel("sequence length L")
+        ax.set_ylabel("median time [s]  (x: extrapolated)")
         ax.set_title({"fwd": "forward", "fwdbwd": "forward + backward"}[pas] + f" ({HEADS} heads, fp32)")
         ax.grid(True, which="both", alpha=0.3)
-    axes[0].set_ylabel("median time [s]  (x: extrapolated)")
-    axes[0].legend(fontsize=7)
+    axes[0][0].legend(fontsize=7)
+    if phase is not None:
+        _plot_phase(phase, axes[1])
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
-def plot_phase(phase: dict, path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+def _plot_phase(phase: dict, axes) -> None:
     Ls = sorted({r["L"] for r in phase["rows"]})
     for i, L in enumerate(Ls):
         rows = sorted((r for r in phase["rows"] if r["L"] == L), key=lambda r: r["bound"])
@@ -278,12 +300,9 @@ def plot_phase(phase: dict, path: Path) -> None:
         if r["certified_degree"] is not None:
             ax2.annotate(f"g={r['certified_degree']}", (r["bound"], max(r["predicted_speedup"], 1e-3)),
                          fontsize=6, textcoords="offset points", xytext=(0, 5))
-    ax2.set_title(f"criterion for eps: degree and predicted speed-up")
+    ax2.set_title(f"criterion for eps={phase['eps']:g}: degree and predicted speed-up (head size 4)")
     ax2.legend(fontsize=7)
     ax2.grid(True, which="both", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def _summary(data: dict) -> dict:
@@ -303,6 +322,7 @@ def _summary(data: dict) -> dict:
 
     out = {}
     Lmid = 16384 if any(r["L"] == 16384 for r in res) else max(r["L"] for r in res if r["extrapolated"] is False)
+    out["summary_L"] = Lmid  # the "_16384" keys refer to this length (smaller only with --quick/--lengths)
     s, _ = speed(Lmid, 4, "fwd")
     out["speedup_fwd_16384"] = s
     s, _ = speed(Lmid, 4, "fwdbwd")
@@ -318,6 +338,8 @@ def _summary(data: dict) -> dict:
         rows_b = sorted((r for r in res if r["method"] == mt and r["head_dim"] == 4 and r["pass"] == "fwdbwd"
                          and not r["extrapolated"]), key=lambda r: r["L"])
         out[f"exponent_{mt}_fwdbwd"] = fit_exponent([r["L"] for r in rows_b], [r["median_s"] for r in rows_b])
+        big = [r for r in rows if r["L"] >= 4096]  # without the fixed per-call costs of short sequences
+        out[f"exponent_{mt}_L_ge_4096"] = fit_exponent([r["L"] for r in big], [r["median_s"] for r in big])
     Lmax = max(r["L"] for r in res)
     s, ext = speed(Lmax, 4, "fwd")
     out[f"speedup_fwd_{Lmax}"], out[f"speedup_fwd_{Lmax}_exact_extrapolated"] = s, ext
@@ -337,9 +359,8 @@ def _summary(data: dict) -> dict:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="latentdit bench attention", description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", required=True, type=Path, help="results JSON file")
-    ap.add_argument("--plot", type=Path, default=None, help="timing plot PNG (default: next to --out)")
-    ap.add_argument("--phase-plot", type=Path, default=None,
-                    help="phase-transition plot PNG (default: <out stem>_phase.png)")
+    ap.add_argument("--plot", type=Path, default=None,
+                    help="PNG with the timing and phase-transition plots (default: --out with .png)")
     ap.add_argument("--quick", action="store_true", help="small fast sweep (smoke test)")
     ap.add_argument("--repeats", type=int, default=3, help="timed repeats per method (median reported)")
     ap.add_argument("--seed", type=int, default=0)
@@ -353,14 +374,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="largest L for timing exact forward (beyond: extrapolated)")
     ap.add_argument("--exact-fwdbwd-max-L", type=int, default=None,
                     help="largest L for timing exact forward+backward (beyond: extrapolated)")
+    ap.add_argument("--exact-single-L", type=int, default=None,
+                    help="also time one exact forward (head size 4) at this extrapolated length "
+                         "(default: the largest L; 0: skip)")
+    ap.add_argument("--no-tune", dest="tune", action="store_false",
+                    help="use the cost model's factorisation instead of timing the candidates first")
     ap.add_argument("--no-phase", action="store_true", help="skip the phase-transition sweep")
     args = ap.parse_args(argv)
     if args.repeats < 1:
         ap.error("--repeats must be >= 1")
     quick = args.quick
     args.lengths = args.lengths or ([256, 512, 1024] if quick else [1024, 4096, 16384, 65536])
-    args.exact_max_L = args.exact_max_L or (1024 if quick else 65536)
+    args.exact_max_L = args.exact_max_L or (1024 if quick else 16384)
     args.exact_fwdbwd_max_L = args.exact_fwdbwd_max_L or (1024 if quick else 16384)
+    if args.exact_single_L is None:
+        args.exact_single_L = 0 if quick else max(args.lengths)
     args.full_error_max_L = 16384
     args.grad_error_max_L = 16384
     args.error_rows = 256 if quick else 2048
@@ -368,7 +396,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.phase_bounds = [0.5, 1.5, 3.0, 5.0] if quick else [0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0]
     args.phase_max_rank = 2000 if quick else 6000
     args.plot = args.plot or args.out.with_suffix(".png")
-    args.phase_plot = args.phase_plot or args.out.with_name(args.out.stem + "_phase.png")
     return args
 
 
@@ -388,6 +415,7 @@ def main(argv: list[str] | None = None) -> int:
         for L in args.lengths:
             for pas, lim in (("fwd", args.exact_max_L), ("fwdbwd", args.exact_fwdbwd_max_L)):
                 n_timing += args.repeats * (len(METHODS) - (0 if L <= lim else 1))
+    n_timing += int(bool(args.exact_single_L) and args.exact_single_L > args.exact_max_L)
     n_phase = 0 if args.no_phase else len(args.phase_lengths) * len(args.phase_bounds)
     t0, load0 = time.time(), _load()
     with tqdm(total=n_timing + n_phase, desc="bench attention", file=sys.stderr) as bar:
@@ -407,15 +435,14 @@ def main(argv: list[str] | None = None) -> int:
         "wall_s": time.time() - t0,
         "results": data["results"],
         "certificates": data["certificates"],
+        "exact_single_run": data["exact_single_run"],
         "phase_transition": phase,
     }
     report["machine"]["load_average_end"] = _load()
     args.out.write_text(json.dumps(report, indent=1))
-    plot_timing(data, args.plot)
-    if phase is not None:
-        plot_phase(phase, args.phase_plot)
-    print(json.dumps({k: v for k, v in summary.items()}, indent=1))
-    print(f"wrote {args.out}, {args.plot}" + ("" if phase is None else f", {args.phase_plot}"))
+    plot(data, phase, args.plot)
+    print(json.dumps(summary, indent=1))
+    print(f"wrote {args.out} and {args.plot}")
     return 0
 
 
