@@ -33,7 +33,11 @@ from latentdit.sampling import get_sampler, sample, time_grid
 
 def model_score_fn(model: LatentScoreNet, y: torch.Tensor | None = None, guidance: float = 1.0):
     """Adapt a network to ``score_fn(x, t)``; with labels and guidance != 1, classifier-free guidance
-    s = s_uncond + w (s_cond - s_uncond) on the whole output."""
+    s = s_uncond + w (s_cond - s_uncond) on the whole output. A class-conditional model sampled
+    without labels gets the null class, the unconditional model it was trained as (label dropout)."""
+    if y is None and model.num_classes > 0:
+        return lambda x, t: model(x, t, torch.full((x.shape[0],), model.num_classes, dtype=torch.long,
+                                                  device=x.device))
     if y is None or guidance == 1.0:
         return lambda x, t: model(x, t, y)
     null = torch.full_like(y, model.num_classes)

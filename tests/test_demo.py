@@ -1,0 +1,198 @@
+"""The real-data demo end to end (tiny, with a stand-in feature network), the Gaussian latent
+baseline, classifier-free guidance, label dropout, and own data through the CLI with a config."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from latentdit.config import Config, load_config
+from latentdit.encoder import pca_basis
+from latentdit.evaluate import model_score_fn
+from latentdit.experiments import real as real_mod
+from latentdit.experiments.demo import DEMO_CONFIG, main as demo_main
+from latentdit.experiments.real import GaussianLatentBaseline, balanced_labels, retained_variance
+from latentdit.models.score import LatentScoreNet
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class StubFeatures:
+    """A cheap, deterministic stand-in for Inception: a fixed random ReLU layer on the pixels."""
+
+    def __init__(self, *args, **kwargs):
+        self.calls = 0
+
+    def features(self, images, batch_size=32, progress=False):
+        self.calls += 1
+        x = torch.as_tensor(np.asarray(images), dtype=torch.float32).reshape(len(images), -1)
+        g = torch.Generator().manual_seed(0)
+        w = torch.randn(x.shape[1], 16, generator=g)
+        return torch.relu(x @ w)
+
+
+def test_demo_config_file_matches_module():
+    assert load_config(ROOT / "configs" / "mnist.toml") == Config.from_dict(DEMO_CONFIG)
+    cfg = Config.from_dict(DEMO_CONFIG)
+    assert cfg.encoder.latent_dim == 64 and cfg.data.conditional and cfg.sample.guidance > 1
+    assert cfg.eval.num_samples >= 2000 and 0 < cfg.train.time_limit <= 600
+
+
+def test_demo_quick_digits_writes_everything(tmp_path, monkeypatch):
+    monkeypatch.setenv("LATENTDIT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr("latentdit.metrics.fid.InceptionFeatures", StubFeatures)
+    out = tmp_path / "demo"
+    rc = demo_main(["--out", str(out), "--data", "digits", "--quick", "--quiet", "--device", "cpu",
+                    "--set", "train.steps=10", "--set", "train.batch_size=32", "--set", "eval.num_samples=120",
+                    "--set", "eval.steps=6"])
+    assert rc == 0
+    m = json.loads((out / "metrics.json").read_text())
+    for key in ("fid", "fid_reference", "fid_gaussian_baseline", "classifier_accuracy", "classifier_test_accuracy",
+                "train_seconds", "pca_retained_variance", "pca_retained_energy", "classifier_accuracy_unguided",
+                "w2_data", "w2_data_reference", "w2_data_gaussian_baseline"):
+        assert key in m and np.isfinite(m[key]), key
+    assert m["num_samples"] == 120 and m["latent_dim"] == 36 and m["guidance"] == 2.0
+    assert 0 < m["pca_retained_variance"] <= m["pca_retained_energy"] <= 1
+    assert m["classifier_test_accuracy"] > 0.5  # a classifier trained on real digits works
+    assert (out / "samples.png").is_file() and (out / "baseline.png").is_file()
+    with np.load(out / "samples.npz") as z:
+        assert z["x"].shape == (120, 64) and z["labels"].tolist() == balanced_labels(120, 10).tolist()
+    assert list((tmp_path / "cache").glob("features_*.npy"))  # real features cached
+    from PIL import Image
+
+    with Image.open(out / "samples.png") as im:  # 10 rows (one per class) of 10 tiles
+        w, h = im.size
+    assert h > w * 0.9 and abs(h - w) < 0.2 * w
+
+
+def test_cached_features_reused(tmp_path):
+    ext = StubFeatures()
+    images = torch.rand(10, 8, 8)
+    a = real_mod.cached_features(images, ext, cache=tmp_path)
+    b = real_mod.cached_features(images, ext, cache=tmp_path)
+    assert ext.calls == 1 and torch.equal(a, b)
+    real_mod.cached_features(images * 0.5, ext, cache=tmp_path)
+    assert ext.calls == 2
+
+
+def test_gaussian_baseline_matches_latent_covariance():
+    g = torch.Generator().manual_seed(0)
+    x = (torch.randn(500, 3, generator=g) ** 3) @ torch.randn(3, 12, generator=g) + 0.3 * torch.randn(500, 12, generator=g)
+    W, _ = pca_basis(x, 5)
+    base = GaussianLatentBaseline.fit(x, W)
+    h = x.double() @ W.double()
+    assert torch.allclose(base.mean, h.mean(0), atol=1e-12)
+    assert torch.allclose(base.cov, torch.cov(h.T), atol=1e-12)  # closed form: the data's latent covariance
+    assert torch.allclose(base._root @ base._root.T, base.cov, atol=1e-10)
+    s = base.sample(200_000, torch.Generator().manual_seed(1)).double()
+    hs = s @ W.double()
+    assert torch.allclose(hs @ W.double().T, s, atol=1e-4)  # samples lie in span(W_B)
+    assert torch.allclose(torch.cov(hs.T), base.cov, atol=0.05 * base.cov.diagonal().max().item())
+    assert torch.allclose(hs.mean(0), base.mean, atol=0.02 * base.cov.diagonal().max().sqrt().item())
+
+
+def test_retained_variance_closed_form():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1000, 6, generator=g) * torch.tensor([3.0, 2.0, 1.0, 0.5, 0.1, 0.1]) + 1.0
+    W = torch.eye(6)[:, :2]
+    r = retained_variance(x, W)
+    xc = x.double() - x.double().mean(0)
+    assert r["pca_retained_variance"] == pytest.approx(float(xc[:, :2].pow(2).sum() / xc.pow(2).sum()), rel=1e-9)
+    assert r["pca_retained_energy"] == pytest.approx(float(x[:, :2].double().pow(2).sum() / x.double().pow(2).sum()),
+                                                     rel=1e-9)
+    assert retained_variance(x, torch.eye(6))["pca_retained_variance"] == pytest.approx(1.0)
+
+
+def _tiny_conditional(num_classes=3, D=8, d0=4):
+    cfg = Config.from_dict({"model": {"hidden": 16, "depth": 1, "heads": 2, "patch": 2, "num_classes": num_classes}})
+    torch.manual_seed(0)
+    model = LatentScoreNet(cfg.model, D, d0).eval()
+    with torch.no_grad():  # adaLN-Zero starts at zero: randomise so that the label matters
+        for p in model.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    return model
+
+
+def test_guidance_on_whole_output_by_hand():
+    model = _tiny_conditional()
+    x, t = torch.randn(6, 8), torch.full((6,), 0.7)
+    y = torch.tensor([0, 1, 2, 0, 1, 2])
+    null = torch.full_like(y, 3)
+    with torch.no_grad():
+        s_c, s_u = model(x, t, y), model(x, t, null)
+        assert not torch.allclose(s_c, s_u)  # the label changes the output
+        for w in (0.0, 1.0, 2.5):
+            guided = model_score_fn(model, y, w)(x, t)
+            by_hand = s_u + w * (s_c - s_u)  # the whole score, including the -x / sigma(t) term
+            assert torch.allclose(guided, by_hand, atol=1e-5), w
+        # a conditional model sampled without labels is its null-class (unconditional) model
+        assert torch.allclose(model_score_fn(model, None, 1.0)(x, t), s_u, atol=1e-6)
+
+
+def test_training_drops_labels_to_the_null_class(tmp_path):
+    from latentdit.train import Trainer
+
+    cfg = Config.from_dict({"data": {"source": "digits", "conditional": True}, "encoder": {"latent_dim": 16},
+                            "model": {"hidden": 16, "depth": 1, "heads": 2, "class_dropout": 0.25},
+                            "train": {"batch_size": 512, "device": "cpu"}})
+    tr = Trainer(cfg, tmp_path / "run", progress=False)
+    seen = []
+    loss = tr.model.loss
+    tr.model.loss = lambda x0, t, noise, y, weighting="edm": (seen.append(y.clone()), loss(x0, t, noise, y, weighting))[1]
+    for _ in range(3):
+        tr.train_step()
+    y = torch.cat(seen)
+    assert tr.model.num_classes == 10
+    frac = (y == 10).float().mean().item()
+    assert 0.18 < frac < 0.32  # ~ class_dropout of the labels are the null class
+    assert y.min() >= 0 and y.max() <= 10
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "latentdit", *map(str, args)], capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_own_images_and_vectors_via_cli_with_config_only(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "pngs"
+    folder.mkdir()
+    for i in range(40):  # mixed sizes, grayscale and RGB
+        h, w = (12 + (i % 4) * 5, 10 + (i % 3) * 7)
+        arr = (rng.random((h, w, 3)) * 255).astype(np.uint8)
+        im = Image.fromarray(arr) if i % 2 else Image.fromarray(arr[..., 0])
+        im.save(folder / f"img_{i}.png")
+    vec = tmp_path / "vectors.npy"
+    np.save(vec, rng.standard_normal((300, 3)) @ rng.standard_normal((3, 23)) + 5.0)
+    tiny = ["--set", "train.steps=4", "--set", "train.checkpoint_every=4", "--set", "optim.warmup_steps=2",
+            "--set", "train.batch_size=16", "--set", "model.hidden=16", "--set", "model.depth=1"]
+
+    run = tmp_path / "run_images"
+    r = _cli("train", "--config", ROOT / "configs" / "images.toml", "--out", run, "--quiet",
+             "--set", f"data.path={folder}", "--set", "data.image_size=16", "--set", "encoder.latent_dim=16", *tiny)
+    assert r.returncode == 0, r.stderr
+    r = _cli("sample", "--run", run, "--num", 8, "--steps", 4, "--out", tmp_path / "img.npy")
+    assert r.returncode == 0, r.stderr
+    x = np.load(tmp_path / "img.npy")
+    assert x.shape == (8, 16 * 16 * 3) and np.isfinite(x).all()  # mixed modes -> RGB, resized to 16 x 16
+
+    run = tmp_path / "run_vectors"
+    r = _cli("train", "--config", ROOT / "configs" / "vectors.toml", "--out", run, "--quiet",
+             "--set", f"data.path={vec}", *tiny)
+    assert r.returncode == 0, r.stderr
+    r = _cli("sample", "--run", run, "--num", 10, "--steps", 4, "--out", tmp_path / "vec.npy")
+    assert r.returncode == 0, r.stderr
+    v = np.load(tmp_path / "vec.npy")
+    assert v.shape == (10, 23) and np.isfinite(v).all()
+    assert abs(v.mean() - 5.0) < 3.0  # back in the data's own units (standardisation undone)
+    r = _cli("evaluate", "--run", run, "--out", tmp_path / "m.json", "--num", 40, "--steps", 4)
+    assert r.returncode == 0, r.stderr
+    m = json.loads((tmp_path / "m.json").read_text())
+    assert {"w2_data", "w2_data_reference", "w2_data_gaussian_baseline", "pca_retained_variance"} <= set(m)
+    assert "fid" not in m
