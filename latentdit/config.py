@@ -55,6 +55,10 @@ class EncoderConfig:
     latent_dim: int = 16  # d0 of the model
     init: str = "pca"  # pca | random
     learn: bool = False  # learn W_B (kept orthonormal) or keep it frozen
+    # learning-rate multiplier of a learned encoder: Adam moves every entry of the D x d0 parameter
+    # by about lr per step while the entries are O(1/sqrt(D)); a larger rate finds the subspace in
+    # a few hundred steps and the LR decay then removes the jitter
+    lr_scale: float = 5.0
 
 
 @dataclass

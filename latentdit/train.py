@@ -47,6 +47,16 @@ def lr_lambda(cfg: Config):
 
 
 @torch.no_grad()
+def param_groups(model: torch.nn.Module, cfg: Config) -> list[dict]:
+    """The network's parameters at optim.lr and a learned encoder's at optim.lr * encoder.lr_scale."""
+    enc = [p for n, p in model.named_parameters() if n.startswith("encoder.") and p.requires_grad]
+    rest = [p for n, p in model.named_parameters() if not n.startswith("encoder.") and p.requires_grad]
+    groups = [{"params": rest}]
+    if enc:
+        groups.append({"params": enc, "lr": cfg.optim.lr * cfg.encoder.lr_scale})
+    return groups
+
+
 def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
     for pe, pm in zip(ema.parameters(), model.parameters()):
         pe.lerp_(pm.detach(), 1 - decay)
@@ -117,8 +127,8 @@ class Trainer:
         init_gen = torch.Generator().manual_seed(tc.seed)
         self.model = build_model(cfg, self.data, generator=init_gen).to(self.device)
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay,
-                                     betas=(cfg.optim.beta1, cfg.optim.beta2))
+        self.opt = torch.optim.AdamW(param_groups(self.model, cfg), lr=cfg.optim.lr,
+                                     weight_decay=cfg.optim.weight_decay, betas=(cfg.optim.beta1, cfg.optim.beta2))
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(cfg))
         self.gen = torch.Generator(device=self.device).manual_seed(tc.seed + 17)
         self.order = DataOrder(self.data.x.shape[0], min(tc.batch_size, self.data.x.shape[0]), tc.seed)
