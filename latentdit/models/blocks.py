@@ -52,7 +52,13 @@ class LabelEmbedder(nn.Module):
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    return x * (1 + scale[:, None]) + shift[:, None]
+    """x (1 + scale) + shift with per-sample (N, hidden) scale/shift broadcast over tokens: one fused op."""
+    return torch.addcmul(shift[:, None], x, 1 + scale[:, None])
+
+
+def gated_residual(x: torch.Tensor, gate: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """x + gate y with a per-sample (N, hidden) gate broadcast over tokens: one fused op."""
+    return torch.addcmul(x, gate[:, None], y)
 
 
 class DiTBlock(nn.Module):
@@ -102,9 +108,8 @@ class DiTBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         shift1, scale1, gate1, shift2, scale2, gate2 = self.adaLN(c).chunk(6, dim=-1)
-        x = x + gate1[:, None] * self.attn(modulate(self.norm1(x), shift1, scale1))
-        x = x + gate2[:, None] * self.mlp(modulate(self.norm2(x), shift2, scale2))
-        return x
+        x = gated_residual(x, gate1, self.attn(modulate(self.norm1(x), shift1, scale1)))
+        return gated_residual(x, gate2, self.mlp(modulate(self.norm2(x), shift2, scale2)))
 
 
 class DiTBackbone(nn.Module):
