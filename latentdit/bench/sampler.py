@@ -1,0 +1,185 @@
+"""Sampler quality per network evaluation: latent W2 to the truth vs NFE for every sampler.
+
+``latentdit bench sampler --out FILE.json [--quick] [--run RUN_DIR]``
+
+Ground truth: the subspace Gaussian mixture x = B h in R^64, h a 4-dimensional mixture of 4
+components (:class:`latentdit.data.gmm.SubspaceGMM`, seed 0), whose noised score is exact. Every
+sampler starts from N(0, I) at T = 10 and stops at T0 = 1e-3; the target is the law of h at T0.
+For each sampler and NFE budget we draw 4000 samples, project them on the subspace (B^T x; for a
+trained model (W_B U)^T x with U the best alignment) and measure the exact W2 (POT EMD) to 4000 fresh
+true latents. References in the same run:
+
+- ``w2_reference``: W2 between two independent true sets of the same size (the sampling floor);
+- ``w2_em1000``: 1000-step Euler-Maruyama (the paper's sampler, App. D.1).
+
+``nfe_to_match_em1000[s]`` is the smallest NFE in the sweep with W2 <= 1.1 * w2_em1000 (None if none).
+Acceptance figures (exact score): off-subspace variance of each sampler at its largest NFE vs
+1 - exp(-T0) (within 10%), W2 / w2_reference <= 1.2, and dpm2m at 20 NFE within 10% of em1000.
+A PNG plot is written beside the JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from latentdit.data.gmm import SubspaceGMM
+from latentdit.metrics.distances import (aligned_latent, expected_off_subspace_variance, off_subspace_variance,
+                                         w2)
+from latentdit.sampling import SAMPLERS, CountingScore, DEFAULT_GRID, get_sampler, nfe_per_step, time_grid
+
+FULL = dict(D=64, d0=4, K=4, n=4000, T0=1e-3, T=10.0, nfes=[5, 10, 20, 50], em_steps=1000)
+QUICK = dict(D=64, d0=4, K=4, n=100, T0=1e-3, T=10.0, nfes=[4], em_steps=20)
+TOL = 0.10
+
+
+def run_sampler(score_fn, name: str, nfe: int, n: int, D: int, T0: float, T: float, dtype, seed: int = 0):
+    """(samples (n, D), NFE actually used, seconds) for sampler ``name`` with about ``nfe`` evaluations."""
+    steps = max(1, nfe // nfe_per_step(name))
+    ts = time_grid(T0, T, steps, DEFAULT_GRID[name])
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, D, generator=g, dtype=dtype)
+    counted = CountingScore(score_fn)
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        out = get_sampler(name)(counted, x, ts, generator=g)
+    return out, counted.calls, time.perf_counter() - t0
+
+
+def sweep(score_fn, W: torch.Tensor, truth: SubspaceGMM, p: dict, dtype, label: str) -> dict:
+    """W2 vs NFE for every sampler plus the em1000 reference, with one score function."""
+    g = torch.Generator().manual_seed(123)
+    target = truth.sample_latent(p["n"], p["T0"], generator=g)
+    var_expected = expected_off_subspace_variance(p["T0"])
+
+    def measure(name: str, nfe: int) -> dict:
+        x, used, secs = run_sampler(score_fn, name, nfe, p["n"], truth.ambient_dim, p["T0"], p["T"], dtype)
+        lat = aligned_latent(x, W, truth.B)
+        r = {"nfe": used, "w2": w2(lat, target), "off_subspace_var": off_subspace_variance(x, W),
+             "seconds": secs}
+        print(f"[{label}] {name:6s} NFE {used:5d}: W2 {r['w2']:.4f}  off-var {r['off_subspace_var']:.3e}"
+              f"  ({secs:.1f}s)", flush=True)
+        return r
+
+    em = measure("em", p["em_steps"])
+    curves = {s: [measure(s, nfe) for nfe in p["nfes"]] for s in SAMPLERS}
+    match = {}
+    for s, rows in curves.items():
+        ok = [r["nfe"] for r in rows if r["w2"] <= (1 + TOL) * em["w2"]]
+        match[s] = min(ok) if ok else None
+    return {"w2_em1000": em["w2"], "em1000": em, "curves": curves, "nfe_to_match_em1000": match,
+            "off_subspace_var_expected": var_expected, "target_size": p["n"]}
+
+
+def acceptance(res: dict, w2_ref: float, p: dict) -> dict:
+    """The core acceptance figures of the exact-score sweep."""
+    exp = res["off_subspace_var_expected"]
+    out = {"off_subspace_var": {}, "w2_over_reference": {}}
+    for s, rows in res["curves"].items():
+        last = rows[-1]
+        out["off_subspace_var"][s] = {"nfe": last["nfe"], "value": last["off_subspace_var"], "expected": exp,
+                                      "rel_error": abs(last["off_subspace_var"] / exp - 1),
+                                      "ok": abs(last["off_subspace_var"] / exp - 1) <= TOL}
+        out["w2_over_reference"][s] = {"nfe": last["nfe"], "ratio": last["w2"] / w2_ref,
+                                       "ok": last["w2"] / w2_ref <= 1.2}
+    out["em1000_off_subspace_var_rel_error"] = abs(res["em1000"]["off_subspace_var"] / exp - 1)
+    out["em1000_w2_over_reference"] = res["w2_em1000"] / w2_ref
+    d20 = [r for r in res["curves"]["dpm2m"] if r["nfe"] == 20]
+    if d20:
+        out["dpm2m_nfe20_w2"] = d20[0]["w2"]
+        out["dpm2m_nfe20_over_em1000"] = d20[0]["w2"] / res["w2_em1000"]
+        out["dpm2m_nfe20_ok"] = d20[0]["w2"] <= (1 + TOL) * res["w2_em1000"]
+    return out
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [k for k in ("exact", "trained") if k in results]
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.2), squeeze=False)
+    for ax, key in zip(axes[0], panels):
+        res = results[key]
+        for s, rows in res["curves"].items():
+            ax.plot([r["nfe"] for r in rows], [r["w2"] for r in rows], marker="o", label=s)
+        em = res["w2_em1000"]
+        ax.axhline(em, color="k", ls="--", lw=1, label=f"em, {res['em1000']['nfe']} NFE")
+        ax.axhspan(em, (1 + TOL) * em, color="k", alpha=0.08)
+        if "w2_reference" in res:
+            ax.axhline(res["w2_reference"], color="gray", ls=":", lw=1, label="true vs true")
+        ax.set_xscale("log")
+        ax.set_xlabel("network evaluations (NFE)")
+        ax.set_ylabel("latent W2 to the truth")
+        ax.set_title(f"{key} score")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="latentdit bench sampler", description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, required=True, help="JSON file to write (the PNG goes beside it)")
+    ap.add_argument("--quick", action="store_true", help="100 samples, one NFE budget, em with 20 steps (a smoke test)")
+    ap.add_argument("--run", type=Path, default=None, help="a run directory trained on a gmm config")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="torch CPU threads (0 = torch's default); 1 is steadier on an oversubscribed machine")
+    args = ap.parse_args(argv)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    p = QUICK if args.quick else FULL
+    t_start = time.perf_counter()
+    truth = SubspaceGMM.random(p["D"], p["d0"], p["K"], seed=0)
+    g = torch.Generator().manual_seed(7)
+    w2_ref = w2(truth.sample_latent(p["n"], p["T0"], generator=g), truth.sample_latent(p["n"], p["T0"], generator=g))
+    print(f"reference W2 (true vs true, n={p['n']}): {w2_ref:.4f}", flush=True)
+    results = {}
+    exact = sweep(truth.score_fn(), truth.B, truth, p, torch.float64, "exact")
+    exact["w2_reference"] = w2_ref
+    exact["acceptance"] = acceptance(exact, w2_ref, p)
+    results["exact"] = exact
+    if args.run is not None:
+        from latentdit.errors import CheckpointError
+        from latentdit.pipeline import build_ground_truth, from_pretrained
+
+        model_dir = args.run / "model" if (args.run / "model").is_dir() else args.run
+        model, cfg, _ = from_pretrained(model_dir)
+        if cfg.data.source != "gmm":
+            raise CheckpointError(f"run {str(args.run)!r} was trained on data.source={cfg.data.source!r}; "
+                                  "the sampler benchmark needs a gmm run")
+        model.eval()
+        gt = build_ground_truth(cfg)
+        pt = dict(p, D=gt.ambient_dim, d0=gt.latent_dim, T0=cfg.diffusion.T0, T=cfg.diffusion.T)
+        g = torch.Generator().manual_seed(7)
+        ref_t = w2(gt.sample_latent(pt["n"], pt["T0"], generator=g), gt.sample_latent(pt["n"], pt["T0"], generator=g))
+
+        def score(x, t):
+            return model(x.float(), t.float()).to(x.dtype)
+
+        trained = sweep(score, model.W_B.detach(), gt, pt, torch.float32, "trained")
+        trained["w2_reference"] = ref_t
+        trained["run"] = str(args.run)
+        results["trained"] = trained
+    report = {"nfe_to_match_em1000": exact["nfe_to_match_em1000"], "w2_em1000": exact["w2_em1000"],
+              "w2_reference": w2_ref, "acceptance": exact["acceptance"], "params": p, "tolerance": TOL,
+              "results": results, "seconds": time.perf_counter() - t_start, "threads": torch.get_num_threads(),
+              "loadavg_after": os.getloadavg()}
+    if "trained" in results:
+        report["trained_nfe_to_match_em1000"] = results["trained"]["nfe_to_match_em1000"]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    png = args.out.with_suffix(".png")
+    plot(results, png)
+    print(f"wrote {args.out} and {png}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
