@@ -53,7 +53,8 @@ def test_demo_quick_digits_writes_everything(tmp_path, monkeypatch):
     m = json.loads((out / "metrics.json").read_text())
     for key in ("fid", "fid_reference", "fid_gaussian_baseline", "classifier_accuracy", "classifier_test_accuracy",
                 "train_seconds", "pca_retained_variance", "pca_retained_energy", "classifier_accuracy_unguided",
-                "w2_data", "w2_data_reference", "w2_data_gaussian_baseline"):
+                "w2_data", "w2_data_reference", "w2_data_gaussian_baseline", "classifier_fd",
+                "classifier_fd_reference", "classifier_fd_gaussian_baseline"):
         assert key in m and np.isfinite(m[key]), key
     assert m["num_samples"] == 120 and m["latent_dim"] == 36 and m["guidance"] == 2.0
     assert 0 < m["pca_retained_variance"] <= m["pca_retained_energy"] <= 1
