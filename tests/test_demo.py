@@ -197,3 +197,13 @@ def test_own_images_and_vectors_via_cli_with_config_only(tmp_path):
     m = json.loads((tmp_path / "m.json").read_text())
     assert {"w2_data", "w2_data_reference", "w2_data_gaussian_baseline", "pca_retained_variance"} <= set(m)
     assert "fid" not in m
+
+
+def test_w2_equal_matches_optimal_transport():
+    from latentdit.experiments.real import w2_equal
+    from latentdit.metrics.distances import w2
+
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(60, 5, generator=g), torch.randn(60, 5, generator=g) + 0.5
+    assert w2_equal(a, b) == pytest.approx(w2(a, b), rel=1e-9)
+    assert w2_equal(a, a) == pytest.approx(0.0, abs=1e-12)
