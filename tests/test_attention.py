@@ -247,6 +247,24 @@ def test_gradcheck_float64(m, split):
     assert torch.autograd.gradcheck(f, (q, k, v), eps=1e-6, atol=1e-8, rtol=1e-6)
 
 
+def test_gradcheck_public_api_with_construction_time_bound():
+    """The QK-norm path of the model: |logit| <= bound by construction, degree fixed in advance."""
+    q, k, v = rand_qkv((1, 2, 5, 4), 6, 2, offset=0.0, seed=8)
+    q, k = 0.9 * F.normalize(q, dim=-1), 0.9 * F.normalize(k, dim=-1)
+    q, k, v = (x.detach().requires_grad_() for x in (q, k, v))
+
+    def f(q, k, v):
+        return attention(q, k, v, mode="poly", scale=1.0, logit_bound=1.0, eps=1e-6)
+
+    assert torch.autograd.gradcheck(f, (q, k, v), eps=1e-6, atol=1e-8, rtol=1e-6)
+    # and the gradients are those of exact attention up to the certified approximation
+    d = torch.randn(1, 2, 5, 2, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    gp = torch.autograd.grad(f(q, k, v), (q, k, v), d)
+    ge = torch.autograd.grad(explicit_attention(q, k, v, 1.0), (q, k, v), d)
+    for a, b in zip(gp, ge):
+        assert (a - b).norm() / b.norm() < 1e-5
+
+
 @pytest.mark.parametrize("m", [2, 4])
 def test_gradients_match_exact_attention(m):
     q, k, v = rand_qkv((2, 2, 37, m), 41, 3, seed=9)
