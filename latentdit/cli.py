@@ -90,7 +90,8 @@ def _cmd_train(a: argparse.Namespace) -> int:
     else:
         cfg = load_config(a.config, a.overrides)
     train(cfg, a.out, progress=None if not a.quiet else False)
-    print(f"run written to {a.out} (export in {a.out / 'model'})")
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"run written to {a.out} (export in {a.out / 'model'})")
     return 0
 
 
@@ -144,7 +145,8 @@ def _cmd_evaluate(a: argparse.Namespace) -> int:
     from latentdit.evaluate import evaluate_run
 
     if not a.run.is_dir():
-        raise CheckpointError(f"run directory {str(a.run)!r} does not exist")
+        raise CheckpointError(f"run directory {str(a.run)!r} does not exist; check the path or train first "
+                              "with `latentdit train --out RUN`")
     kw = {k: v for k, v in (("num_samples", a.num), ("sampler", a.sampler), ("steps", a.steps),
                             ("seed", a.seed)) if v is not None}
     if a.sampler is not None:
@@ -161,21 +163,9 @@ def _cmd_evaluate(a: argparse.Namespace) -> int:
     return 0
 
 
-def _split_delegated(argv: list[str]) -> argparse.Namespace | None:
-    """Delegated subcommands (demo, rates, bench NAME) are split off before parsing: argparse's
-    REMAINDER cannot start with an option, so `latentdit rates --out DIR` would be rejected."""
-    debug = argv[:1] == ["--debug"]
-    rest = argv[1:] if debug else argv
-    if rest and rest[0] in DELEGATED:
-        return argparse.Namespace(debug=debug, command=rest[0], which=None, rest=rest[1:])
-    if len(rest) > 1 and rest[0] == "bench" and rest[1] in BENCHES:
-        return argparse.Namespace(debug=debug, command="bench", which=rest[1], rest=rest[2:])
-    return None
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = _split_delegated(argv) or _parser().parse_args(argv)
+    args = _parser().parse_args(argv)
     try:
         if args.command == "train":
             return _cmd_train(args)
