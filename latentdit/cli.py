@@ -163,9 +163,21 @@ def _cmd_evaluate(a: argparse.Namespace) -> int:
     return 0
 
 
+def _split_delegated(argv: list[str]) -> argparse.Namespace | None:
+    """Delegated subcommands (demo, rates, bench NAME) are split off before parsing: argparse's
+    REMAINDER cannot start with an option, so `latentdit rates --out DIR` would be rejected."""
+    debug = argv[:1] == ["--debug"]
+    rest = argv[1:] if debug else argv
+    if rest and rest[0] in DELEGATED:
+        return argparse.Namespace(debug=debug, command=rest[0], which=None, rest=rest[1:])
+    if len(rest) > 1 and rest[0] == "bench" and rest[1] in BENCHES:
+        return argparse.Namespace(debug=debug, command="bench", which=rest[1], rest=rest[2:])
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = _parser().parse_args(argv)
+    args = _split_delegated(argv) or _parser().parse_args(argv)
     try:
         if args.command == "train":
             return _cmd_train(args)

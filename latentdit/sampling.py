@@ -17,7 +17,7 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
-from latentdit.diffusion import ScoreFn, beta, log_snr, sigma, t_from_log_snr
+from latentdit.diffusion import ScoreFn, log_snr, t_from_log_snr
 from latentdit.errors import ConfigError
 
 GRIDS = ("uniform", "log", "logsnr")
@@ -49,13 +49,28 @@ def time_grid(T0: float, T: float, steps: int, kind: str = "log", *, device=None
     return ts.to(device=device, dtype=dtype)
 
 
-def _steps(ts: torch.Tensor, progress: bool, desc: str):
-    it = range(len(ts) - 1)
+def _steps(n: int, progress: bool, desc: str):
+    it = range(n)
     return tqdm(it, desc=desc, leave=False, dynamic_ncols=True) if progress else it
 
 
-def _t(tk: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    return tk.to(x.dtype).expand(x.shape[0])
+def _times(ts: torch.Tensor) -> list[float]:
+    """The grid as Python floats, read once: per-step coefficients are then plain float arithmetic
+    instead of a dozen 0-d tensor operations (and host synchronisations) per step."""
+    return [float(t) for t in ts.detach().cpu().tolist()]
+
+
+def _t(t: float, x: torch.Tensor) -> torch.Tensor:
+    """The time t broadcast to the batch, (N,) in x's dtype and device (a stride-0 view)."""
+    return torch.tensor(t, dtype=x.dtype, device=x.device).expand(x.shape[0])
+
+
+def _sigma(t: float) -> float:
+    return -math.expm1(-t)
+
+
+def _log_snr(t: float) -> float:
+    return -0.5 * t - 0.5 * math.log(_sigma(t))
 
 
 def _noise(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
@@ -68,9 +83,11 @@ def euler_maruyama(score_fn: ScoreFn, x: torch.Tensor, ts: torch.Tensor, *,
 
     y_{k+1} = y_k + h (y_k / 2 + s(y_k, t_k)) + sqrt(h) z_k.  One score evaluation per step.
     """
-    for k in _steps(ts, progress, "euler-maruyama"):
-        h = float(ts[k] - ts[k + 1])
-        x = x + h * (0.5 * x + score_fn(x, _t(ts[k], x))) + math.sqrt(h) * _noise(x, generator)
+    t = _times(ts)
+    for k in _steps(len(t) - 1, progress, "euler-maruyama"):
+        h = t[k] - t[k + 1]
+        drift = torch.add(score_fn(x, _t(t[k], x)), x, alpha=0.5)
+        x = torch.add(x, drift, alpha=h).add_(_noise(x, generator), alpha=math.sqrt(h))
     return x
 
 
@@ -80,10 +97,12 @@ def exponential_integrator(score_fn: ScoreFn, x: torch.Tensor, ts: torch.Tensor,
 
     y_{k+1} = e^{h/2} y_k + 2 (e^{h/2} - 1) s(y_k, t_k) + sqrt(e^h - 1) z_k.
     """
-    for k in _steps(ts, progress, "exp-integrator"):
-        h = float(ts[k] - ts[k + 1])
+    t = _times(ts)
+    for k in _steps(len(t) - 1, progress, "exp-integrator"):
+        h = t[k] - t[k + 1]
         a = math.exp(0.5 * h)
-        x = a * x + 2.0 * (a - 1.0) * score_fn(x, _t(ts[k], x)) + math.sqrt(math.expm1(h)) * _noise(x, generator)
+        s = score_fn(x, _t(t[k], x))
+        x = torch.add(a * x, s, alpha=2.0 * (a - 1.0)).add_(_noise(x, generator), alpha=math.sqrt(math.expm1(h)))
     return x
 
 
@@ -93,36 +112,37 @@ def heun_ode(score_fn: ScoreFn, x: torch.Tensor, ts: torch.Tensor, *,
 
     Two score evaluations per step (2 * steps in all).
     """
-    def drift(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return -0.5 * x - 0.5 * score_fn(x, _t(t, x))
+    def drift(x: torch.Tensor, t: float) -> torch.Tensor:
+        return torch.add(x, score_fn(x, _t(t, x))).mul_(-0.5)
 
-    for k in _steps(ts, progress, "heun"):
-        dt = float(ts[k + 1] - ts[k])  # negative
-        d1 = drift(x, ts[k])
-        x_pred = x + dt * d1
-        x = x + 0.5 * dt * (d1 + drift(x_pred, ts[k + 1]))
+    t = _times(ts)
+    for k in _steps(len(t) - 1, progress, "heun"):
+        dt = t[k + 1] - t[k]  # negative
+        d1 = drift(x, t[k])
+        x_pred = torch.add(x, d1, alpha=dt)
+        x = torch.add(x, d1.add_(drift(x_pred, t[k + 1])), alpha=0.5 * dt)
     return x
 
 
-def _x0_estimate(score_fn: ScoreFn, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+def _x0_estimate(score_fn: ScoreFn, x: torch.Tensor, t: float) -> torch.Tensor:
     """Tweedie: E[x0 | x_t] = (x + sigma(t) s(x, t)) / beta(t)."""
-    tt = _t(t, x)
-    return (x + sigma(tt)[:, None] * score_fn(x, tt)) / beta(tt)[:, None]
+    return torch.add(x, score_fn(x, _t(t, x)), alpha=_sigma(t)).div_(math.exp(-0.5 * t))
 
 
-def _data_step(x: torch.Tensor, x0: torch.Tensor, t: torch.Tensor, t_next: torch.Tensor) -> torch.Tensor:
+def _data_step(x: torch.Tensor, x0: torch.Tensor, t: float, t_next: float) -> torch.Tensor:
     """First-order exact-linear step of the probability-flow ODE in data-prediction form:
     x' = sqrt(sigma'/sigma) x + beta' (1 - e^{-h}) x0, h = lambda(t') - lambda(t)."""
-    h = float(log_snr(t_next) - log_snr(t))
-    ratio = math.sqrt(float(sigma(t_next) / sigma(t)))
-    return ratio * x + float(beta(t_next)) * (-math.expm1(-h)) * x0
+    h = _log_snr(t_next) - _log_snr(t)
+    ratio = math.sqrt(_sigma(t_next) / _sigma(t))
+    return torch.add(ratio * x, x0, alpha=math.exp(-0.5 * t_next) * (-math.expm1(-h)))
 
 
 def ddim(score_fn: ScoreFn, x: torch.Tensor, ts: torch.Tensor, *,
          generator: torch.Generator | None = None, progress: bool = False) -> torch.Tensor:
     """Deterministic DDIM step (eta = 0): x' = beta' x0_hat + sqrt(sigma') eps_hat, one NFE per step."""
-    for k in _steps(ts, progress, "ddim"):
-        x = _data_step(x, _x0_estimate(score_fn, x, ts[k]), ts[k], ts[k + 1])
+    t = _times(ts)
+    for k in _steps(len(t) - 1, progress, "ddim"):
+        x = _data_step(x, _x0_estimate(score_fn, x, t[k]), t[k], t[k + 1])
     return x
 
 
@@ -134,17 +154,18 @@ def dpm_solver_2m(score_fn: ScoreFn, x: torch.Tensor, ts: torch.Tensor, *,
     lambda: D' = (1 + 1/(2r)) D_k - 1/(2r) D_{k-1}, r = h_{k-1}/h_k. The last step is first order
     (more stable at few steps). One score evaluation per step.
     """
+    t = _times(ts)
     prev_x0, prev_h = None, None
-    n = len(ts) - 1
-    for k in _steps(ts, progress, "dpm-solver-2m"):
-        x0 = _x0_estimate(score_fn, x, ts[k])
-        h = float(log_snr(ts[k + 1]) - log_snr(ts[k]))
+    n = len(t) - 1
+    for k in _steps(n, progress, "dpm-solver-2m"):
+        x0 = _x0_estimate(score_fn, x, t[k])
+        h = _log_snr(t[k + 1]) - _log_snr(t[k])
         if prev_x0 is None or k == n - 1:
             d = x0
         else:
-            r = prev_h / h
-            d = (1 + 0.5 / r) * x0 - (0.5 / r) * prev_x0
-        x = _data_step(x, d, ts[k], ts[k + 1])
+            c = 0.5 * h / prev_h  # 1 / (2r)
+            d = torch.add((1 + c) * x0, prev_x0, alpha=-c)
+        x = _data_step(x, d, t[k], t[k + 1])
         prev_x0, prev_h = x0, h
     return x
 
