@@ -353,4 +353,4 @@ def validate(cfg: Config) -> None:
                               f"{cfg.data.ambient_dim}; the latent subspace must fit in R^D")
         if cfg.encoder.latent_dim > cfg.data.ambient_dim:
             raise ConfigError(f"encoder.latent_dim={cfg.encoder.latent_dim} is larger than data.ambient_dim="
-                              f"{cfg.data.ambient_dim}")
+                              f"{cfg.data.ambient_dim}; lower encoder.latent_dim")

@@ -21,3 +21,7 @@ class DataError(LatentDitError, ValueError):
 
 class CheckpointError(LatentDitError, ValueError):
     """A missing, corrupt or incompatible checkpoint, export or run directory."""
+
+
+class DivergenceError(LatentDitError, FloatingPointError):
+    """Training produced a NaN or infinite loss; the last good checkpoint is kept."""

@@ -149,7 +149,7 @@ def from_pretrained(path: str | Path, *, device: str | torch.device = "cpu") -> 
         state = load_file(str(w_file))
     except (SafetensorError, OSError, RuntimeError) as e:
         raise CheckpointError(f"{str(w_file)!r} is truncated or corrupt ({e}); re-export it from the "
-                              "run's checkpoint") from e
+                              "run's newest checkpoint with `latentdit train --out RUN`") from e
     mcfg = cfg.model
     model = LatentScoreNet(mcfg, meta["ambient_dim"], meta["latent_dim"], learn_encoder=cfg.encoder.learn)
     try:
