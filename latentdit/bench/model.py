@@ -16,9 +16,10 @@ size, batch, class conditioning) and timed on the CPU in fp32, interleaved in on
   layers, encoder/decoder, q k^T and attention-times-values); ``tests/test_bench.py`` checks it
   against ``torch.utils.flop_counter``. Diffusers' forward FLOPs are counted with the flop counter.
 - peak memory: each (network, operation) runs in a fresh subprocess that builds the network and
-  its inputs, reads ``ru_maxrss``, runs the operation twice and reads ``ru_maxrss`` again; the
-  difference is the extra resident memory the operation needed on top of the network (for a training
-  step: activations, gradients and optimiser state). ``tracemalloc`` does not see torch's allocations.
+  its inputs, returns freed heap (malloc_trim), reads VmRSS, resets the kernel's peak-RSS mark
+  (/proc/self/clear_refs), runs the operation twice and reads VmHWM; the difference is the extra
+  resident memory the operation needed on top of the network (for a training step: activations,
+  gradients and optimiser state). ``tracemalloc`` does not see torch's allocations.
 
 diffusers is the optional ``bench`` extra (``pip install diffusers``); it is imported only here.
 """
@@ -182,15 +183,43 @@ def matmul_gflops(n: int, repeats: int) -> float:
     return 2 * n**3 / statistics.median(times) / 1e9
 
 
+def _status_kib(field: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:  # pragma: no cover - not Linux
+        pass
+    return None
+
+
 def _peak_memory_child(which: str, op: str, c: dict, threads: int) -> int:
-    """In this (fresh) process: extra max RSS (bytes) of running op twice on top of the built network."""
+    """In this (fresh) process: extra peak RSS (bytes) of running op twice on top of the built network.
+
+    Freed heap is returned first (malloc_trim), the kernel's peak-RSS mark is reset
+    (/proc/self/clear_refs, "5"), and the result is VmHWM after the op minus VmRSS before it. Where
+    that is not available it falls back to the ru_maxrss difference (a lower bound).
+    """
+    import ctypes
+
     torch.set_num_threads(threads)
     ops = make_ops(which, c)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:  # pragma: no cover - not glibc
+        pass
+    before_rss = _status_kib("VmRSS")
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        reset = True
+    except OSError:  # pragma: no cover
+        reset = False
+    before_max = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     ops[op]()
     ops[op]()
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return max(0, after - before) * 1024  # ru_maxrss is in KiB on Linux
+    if reset and before_rss is not None:
+        return max(0, _status_kib("VmHWM") - before_rss) * 1024
+    return max(0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before_max) * 1024  # KiB on Linux
 
 
 def peak_memory(which: str, op: str, c: dict) -> int | None:

@@ -115,6 +115,7 @@ def plot(results: dict, path: Path) -> None:
         if "w2_reference" in res:
             ax.axhline(res["w2_reference"], color="gray", ls=":", lw=1, label="true vs true")
         ax.set_xscale("log")
+        ax.set_yscale("log")
         ax.set_xlabel("network evaluations (NFE)")
         ax.set_ylabel("latent W2 to the truth")
         ax.set_title(f"{key} score")
