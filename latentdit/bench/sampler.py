@@ -16,6 +16,10 @@ true latents. References in the same run:
 Acceptance figures (exact score): off-subspace variance of each sampler at its largest NFE vs
 1 - exp(-T0) (within 10%), W2 / w2_reference <= 1.2, and dpm2m at 20 NFE within 10% of em1000.
 A PNG plot is written beside the JSON.
+
+``core_acceptance`` (also alone with ``--core-only``) checks each sampler at the step budget it is
+meant for (em and ei 1000 steps, heun and ddim 100 steps, dpm2m 20 steps): off-subspace variance
+within 10% of 1 - exp(-T0), latent W2 <= 1.2 x w2_reference, and dpm2m at 20 NFE within 10% of em1000.
 """
 
 from __future__ import annotations
@@ -98,6 +102,30 @@ def acceptance(res: dict, w2_ref: float, p: dict) -> dict:
     return out
 
 
+CORE_STEPS = {"em": 1000, "ei": 1000, "heun": 100, "ddim": 100, "dpm2m": 20}
+
+
+def core_acceptance(truth: SubspaceGMM, p: dict, w2_ref: float) -> dict:
+    """Every sampler with the exact score at its intended step budget (CORE_STEPS)."""
+    g = torch.Generator().manual_seed(123)
+    target = truth.sample_latent(p["n"], p["T0"], generator=g)
+    exp = expected_off_subspace_variance(p["T0"])
+    rows = {}
+    for name, steps in CORE_STEPS.items():
+        x, used, secs = run_sampler(truth.score_fn(), name, steps * nfe_per_step(name), p["n"], truth.ambient_dim,
+                                    p["T0"], p["T"], torch.float64)
+        var, dist = off_subspace_variance(x, truth.B), w2(aligned_latent(x, truth.B, truth.B), target)
+        rows[name] = {"steps": steps, "nfe": used, "w2": dist, "w2_over_reference": dist / w2_ref,
+                      "off_subspace_var": var, "off_subspace_var_rel_error": abs(var / exp - 1),
+                      "ok": abs(var / exp - 1) <= TOL and dist / w2_ref <= 1.2}
+        print(f"[core] {name:6s} {steps:5d} steps: W2 {dist:.4f} ({dist / w2_ref:.3f} x ref)  "
+              f"off-var {var:.4e} (expected {exp:.4e})", flush=True)
+    ratio = rows["dpm2m"]["w2"] / rows["em"]["w2"]
+    return {"samplers": rows, "w2_reference": w2_ref, "off_subspace_var_expected": exp,
+            "dpm2m_20_over_em1000": ratio, "dpm2m_20_ok": ratio <= 1 + TOL,
+            "all_ok": all(r["ok"] for r in rows.values()) and ratio <= 1 + TOL}
+
+
 def plot(results: dict, path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
@@ -130,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, required=True, help="JSON file to write (the PNG goes beside it)")
     ap.add_argument("--quick", action="store_true", help="100 samples, one NFE budget, em with 20 steps (a smoke test)")
     ap.add_argument("--run", type=Path, default=None, help="a run directory trained on a gmm config")
+    ap.add_argument("--core-only", action="store_true",
+                    help="only the per-sampler acceptance at each sampler's intended step budget")
     ap.add_argument("--threads", type=int, default=0,
                     help="torch CPU threads (0 = torch's default); 1 is steadier on an oversubscribed machine")
     args = ap.parse_args(argv)
@@ -141,6 +171,13 @@ def main(argv: list[str] | None = None) -> int:
     g = torch.Generator().manual_seed(7)
     w2_ref = w2(truth.sample_latent(p["n"], p["T0"], generator=g), truth.sample_latent(p["n"], p["T0"], generator=g))
     print(f"reference W2 (true vs true, n={p['n']}): {w2_ref:.4f}", flush=True)
+    if args.core_only:
+        core = core_acceptance(truth, p, w2_ref)
+        core.update(params=p, seconds=time.perf_counter() - t_start)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(core, indent=2) + "\n")
+        print(f"core acceptance {'passed' if core['all_ok'] else 'FAILED'}; wrote {args.out}")
+        return 0 if core["all_ok"] else 1
     results = {}
     exact = sweep(truth.score_fn(), truth.B, truth, p, torch.float64, "exact")
     exact["w2_reference"] = w2_ref
@@ -168,7 +205,8 @@ def main(argv: list[str] | None = None) -> int:
         trained["w2_reference"] = ref_t
         trained["run"] = str(args.run)
         results["trained"] = trained
-    report = {"nfe_to_match_em1000": exact["nfe_to_match_em1000"], "w2_em1000": exact["w2_em1000"],
+    core = core_acceptance(truth, p, w2_ref) if not args.quick else None
+    report = {"core_acceptance": core, "nfe_to_match_em1000": exact["nfe_to_match_em1000"], "w2_em1000": exact["w2_em1000"],
               "w2_reference": w2_ref, "acceptance": exact["acceptance"], "params": p, "tolerance": TOL,
               "results": results, "seconds": time.perf_counter() - t_start, "threads": torch.get_num_threads(),
               "loadavg_after": os.getloadavg()}
