@@ -384,6 +384,10 @@ def _finalise(raw: _Raw, *, normalise: str, max_items: int | None, seed: int) ->
     order = np.random.default_rng(seed).permutation(len(x)) if raw.shuffle else np.arange(len(x))
     if max_items is not None:
         order = order[:max_items]
+    big = float(np.abs(x).max())
+    if big > 1e15:  # float32 overflows at 3.4e38, and standardising sums the squares of the values
+        raise DataError(f"{raw.name}: values up to {big:.3g} are too large for float32 training; "
+                        "rescale the data (e.g. divide by its maximum) before loading")
     xt = torch.from_numpy(np.ascontiguousarray(x[order], dtype=np.float32))  # (N, D)
     norm = Normalisation.fit(xt, normalise)
     lt = None
