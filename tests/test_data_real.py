@@ -222,11 +222,5 @@ def test_bad_image_folders(tmp_path):
 
 
 def test_values_beyond_float32_training_range_are_a_data_error():
-    import numpy as np
-    import pytest
-
-    from latentdit.data.real import from_array
-    from latentdit.errors import DataError
-
     with pytest.raises(DataError, match="too large for float32"):
         from_array(np.array([[3.4e38, 1.0], [0.0, 2.0]]))
