@@ -1,13 +1,11 @@
 """Score network of eq. (2.5): reshape, blocks, encoder, and the exact-score limit."""
 
-import math
 
 import pytest
 import torch
 
 from latentdit.config import ModelConfig
 from latentdit.data.gmm import SubspaceGMM
-from latentdit.diffusion import sigma
 from latentdit.errors import ConfigError
 from latentdit.models.blocks import PaperAttention
 from latentdit.models.reshape import Reshape, resolve_patching
@@ -128,7 +126,6 @@ def test_frozen_encoder_has_no_gradient():
     assert all(not p.requires_grad for p in m.encoder.parameters())
     W = m.W_B
     assert torch.allclose(W.T @ W, torch.eye(4), atol=1e-5)
-    assert math.isclose(float(sigma(torch.tensor(0.5, dtype=torch.float64))), 1 - math.exp(-0.5), rel_tol=1e-12)
 
 
 def test_random_encoder_is_not_the_ground_truth_of_the_same_seed():
