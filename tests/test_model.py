@@ -1,6 +1,5 @@
 """Score network of eq. (2.5): reshape, blocks, encoder, and the exact-score limit."""
 
-
 import pytest
 import torch
 
