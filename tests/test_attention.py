@@ -352,3 +352,11 @@ def test_tuned_split_is_used_and_exact():
     finally:
         poly_mod._TUNED_SPLITS.clear()
     assert (out - explicit_attention(q, k, v, 0.5)).abs().max() < 1e-7
+
+
+def test_exact_attention_compiles_without_graph_breaks():
+    """mode='exact' traces into one torch.compile graph (the call counter must not split it)."""
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 5, 4, generator=g, dtype=torch.float64) for _ in range(3))
+    f = torch.compile(lambda q, k, v: attention(q, k, v, mode="exact"), fullgraph=True, backend="eager")
+    torch.testing.assert_close(f(q, k, v), explicit_attention(q, k, v, 0.5), rtol=1e-5, atol=1e-6)

@@ -65,7 +65,10 @@ _LOCK = threading.Lock()
 
 
 def attention_stats() -> AttentionStats:
-    """The process-wide statistics (a live object; use ``.as_dict()`` for a snapshot)."""
+    """The process-wide statistics (a live object; use ``.as_dict()`` for a snapshot).
+
+    Calls traced by ``torch.compile`` are not counted (the counter's lock would split the graph).
+    """
     return _STATS
 
 
@@ -77,6 +80,8 @@ def reset_attention_stats() -> None:
 
 
 def _record(method: str, cert: Certificate | None = None) -> None:
+    if torch.compiler.is_compiling():
+        return  # a lock would break a torch.compile graph; compiled calls are not counted
     warn = False
     with _LOCK:
         if method == "poly":
