@@ -82,7 +82,7 @@ def _cmd_train(a: argparse.Namespace) -> int:
     if (a.out / "config.json").is_file() and a.config is None:
         import json
 
-        cfg = Config.from_dict(json.loads((a.out / "config.json").read_text()))  # resume as it was
+        cfg = Config.from_saved(json.loads((a.out / "config.json").read_text()))  # resume as it was
         if a.overrides:
             from latentdit.config import apply_overrides
 

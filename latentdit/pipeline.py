@@ -142,7 +142,7 @@ def from_pretrained(path: str | Path, *, device: str | torch.device = "cpu") -> 
                               "train first with `latentdit train --out RUN`")
     try:
         meta = json.loads(cfg_file.read_text())
-        cfg = Config.from_dict(meta["config"])
+        cfg = Config.from_saved(meta["config"])
     except (json.JSONDecodeError, KeyError) as e:
         raise CheckpointError(f"{str(cfg_file)!r} is not a latentdit export config: {e}") from e
     try:

@@ -272,7 +272,7 @@ class Trainer:
         }
 
     def load_state_dict(self, s: dict) -> None:
-        saved = Config.from_dict(s["config"])
+        saved = Config.from_saved(s["config"])
         for section in ("data", "encoder", "model", "diffusion"):
             if getattr(saved, section) != getattr(self.cfg, section):
                 raise CheckpointError(f"the checkpoints in {str(self.run)!r} were trained with a different "

@@ -40,6 +40,7 @@ def test_unknown_key_names_closest(tmp_path):
 @pytest.mark.parametrize("override,match", [
     ("diffusion.T0=0", "T0"), ("diffusion.T0=20", "T0"), ("train.steps=0", "steps"),
     ("sample.sampler=foo", "sampler"), ("model.attention=fast", "attention"), ("model.depth=two", "depth"),
+    ("model.activation=relu", "activation"),
 ])
 def test_invalid_values(override, match):
     with pytest.raises(ConfigError, match=match):
@@ -49,3 +50,11 @@ def test_invalid_values(override, match):
 def test_missing_file_is_config_error(tmp_path):
     with pytest.raises(ConfigError, match="not found|does not exist|no such"):
         load_config(tmp_path / "nope.toml")
+
+
+def test_saved_configs_from_before_activation_keep_the_tanh_gelu():
+    old = Config().to_dict()
+    del old["model"]["activation"]
+    assert Config.from_saved(old).model.activation == "gelu_tanh"  # what that network was trained with
+    assert Config.from_dict(old).model.activation == "gelu"  # a new config gets today's default
+    assert Config.from_saved(Config().to_dict()) == Config()

@@ -135,3 +135,40 @@ def test_random_encoder_is_not_the_ground_truth_of_the_same_seed():
     enc = LinearEncoder(64, 4, learn=True, generator=torch.Generator().manual_seed(0))
     # a Haar-random 4-plane in R^64 overlaps B by about d0^2/D = 0.25: error about 2 d0 - 0.5
     assert subspace_error(enc.W_B.detach(), g.B) > 5.0
+
+
+@pytest.mark.parametrize("activation", ["gelu", "gelu_tanh"])
+def test_dit_mlp_activation_is_the_closed_form_gelu(activation):
+    """The MLP nonlinearity is x Phi(x) (exact) or the tanh formula of Hendrycks & Gimpel."""
+    cfg = ModelConfig(hidden=8, depth=1, heads=2, patch=2, activation=activation)
+    act = LatentScoreNet(cfg, 4, 4).backbone.blocks[0].mlp[1]
+    x = torch.linspace(-4, 4, 101, dtype=torch.float64)
+    if activation == "gelu":
+        want = x * 0.5 * (1 + torch.erf(x / 2**0.5))
+    else:
+        want = 0.5 * x * (1 + torch.tanh((2 / torch.pi) ** 0.5 * (x + 0.044715 * x**3)))
+    torch.testing.assert_close(act(x), want, rtol=0, atol=1e-12)
+
+
+def test_export_from_before_activation_loads_the_network_it_saved(tmp_path):
+    """An export whose config predates ``model.activation`` is rebuilt with the tanh GELU it used."""
+    import json
+
+    from latentdit.config import Config
+    from latentdit.pipeline import from_pretrained, save_pretrained
+
+    cfg = Config.from_dict({"data": {"ambient_dim": 8, "latent_dim": 4}, "encoder": {"latent_dim": 4},
+                            "model": {"hidden": 16, "depth": 1, "heads": 2, "activation": "gelu_tanh"}})
+    torch.manual_seed(0)
+    model = LatentScoreNet(cfg.model, 8, 4).eval()
+    for p in model.parameters():  # non-zero everywhere so the activation matters
+        torch.nn.init.normal_(p, std=0.5)
+    save_pretrained(model, cfg, tmp_path)
+    meta = json.loads((tmp_path / "config.json").read_text())
+    del meta["config"]["model"]["activation"]
+    (tmp_path / "config.json").write_text(json.dumps(meta))
+    loaded, loaded_cfg, _ = from_pretrained(tmp_path)
+    assert loaded_cfg.model.activation == "gelu_tanh"
+    x, t = torch.randn(16, 8), torch.full((16,), 0.5)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x, t), model(x, t), rtol=0, atol=0)

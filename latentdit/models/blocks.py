@@ -64,8 +64,9 @@ def gated_residual(x: torch.Tensor, gate: torch.Tensor, y: torch.Tensor) -> torc
 class DiTBlock(nn.Module):
     """LayerNorm + adaLN-Zero conditioned attention and MLP on (N, L, hidden)."""
 
-    def __init__(self, hidden: int, heads: int, mlp_ratio: float, *, attention_mode: str = "exact",
-                 attention_eps: float = 1e-3, qk_norm: bool = False, tau_max: float = 1.7):
+    def __init__(self, hidden: int, heads: int, mlp_ratio: float, *, activation: str = "gelu",
+                 attention_mode: str = "exact", attention_eps: float = 1e-3, qk_norm: bool = False,
+                 tau_max: float = 1.7):
         super().__init__()
         self.heads, self.head_dim = heads, hidden // heads
         self.attention_mode, self.attention_eps = attention_mode, attention_eps
@@ -75,7 +76,7 @@ class DiTBlock(nn.Module):
         self.proj = nn.Linear(hidden, hidden)
         self.norm2 = nn.LayerNorm(hidden, elementwise_affine=False, eps=1e-6)
         width = int(hidden * mlp_ratio)
-        self.mlp = nn.Sequential(nn.Linear(hidden, width), nn.GELU(approximate="tanh"), nn.Linear(width, hidden))
+        self.mlp = nn.Sequential(nn.Linear(hidden, width), nn.GELU(approximate="tanh" if activation == "gelu_tanh" else "none"), nn.Linear(width, hidden))
         self.adaLN = nn.Sequential(nn.SiLU(), nn.Linear(hidden, 6 * hidden))
         if qk_norm:
             # tau = tau_max * sigmoid(raw) <= tau_max; start where tau^2 = 1/sqrt(head_dim)-like scale
