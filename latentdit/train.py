@@ -81,9 +81,24 @@ def param_groups(model: torch.nn.Module, cfg: Config) -> list[dict]:
 
 
 @torch.no_grad()
+def make_optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.AdamW:
+    """AdamW over :func:`param_groups`, with the fused kernel (one pass over all parameters).
+
+    The default single-tensor AdamW on the CPU runs a dozen elementwise ops per parameter tensor;
+    the fused kernel does the same update in one pass. With the multi-tensor EMA below it makes the
+    demo's training step 1.09x faster (docs/bench/train_step.py).
+    """
+    kw = dict(lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay, betas=(cfg.optim.beta1, cfg.optim.beta2))
+    try:
+        return torch.optim.AdamW(param_groups(model, cfg), fused=True, **kw)
+    except (RuntimeError, TypeError):  # a device or dtype without the fused kernel
+        return torch.optim.AdamW(param_groups(model, cfg), **kw)
+
+
 def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
-    for pe, pm in zip(ema.parameters(), model.parameters()):
-        pe.lerp_(pm.detach(), 1 - decay)
+    """ema <- decay ema + (1 - decay) model, over all parameters in one multi-tensor op."""
+    pe = list(ema.parameters())
+    torch._foreach_lerp_(pe, [p.detach() for p in model.parameters()], 1 - decay)
     for be, bm in zip(ema.buffers(), model.buffers()):
         be.copy_(bm)
 
@@ -233,8 +248,7 @@ class Trainer:
         init_gen = torch.Generator().manual_seed(tc.seed)
         self.model = build_model(cfg, self.data, generator=init_gen).to(self.device)
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
-        self.opt = torch.optim.AdamW(param_groups(self.model, cfg), lr=cfg.optim.lr,
-                                     weight_decay=cfg.optim.weight_decay, betas=(cfg.optim.beta1, cfg.optim.beta2))
+        self.opt = make_optimizer(self.model, cfg)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(cfg))
         # one stream for times, noise and label dropout: the same on every rank (see the class docstring)
         self.gen = torch.Generator(device=self.device).manual_seed(tc.seed + 17)
