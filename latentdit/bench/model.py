@@ -8,7 +8,7 @@ size, batch, class conditioning) and timed on the CPU in fp32, interleaved in on
 
 - forward: one no-grad evaluation in eval mode.
 - training step: zero_grad, forward, loss, backward, AdamW step (the same optimiser settings for
-  both; no clipping or EMA). Ours uses :meth:`LatentScoreNet.loss` (eq. 2.3 in latent form, EDM
+  both; no clipping or EMA). ``--compile`` adds both training steps under ``torch.compile``. Ours uses :meth:`LatentScoreNet.loss` (eq. 2.3 in latent form, EDM
   weighting), diffusers an epsilon-prediction MSE on the noised image.
 - matmul probe: median GFLOP/s of a square fp32 ``torch.mm`` in the same run; the forward FLOPs
   utilisation is (analytic forward FLOPs / forward time) / that rate.
@@ -233,13 +233,28 @@ def peak_memory(which: str, op: str, c: dict) -> int | None:
     return int(r.stdout.strip().splitlines()[-1])
 
 
-def bench_config(name: str, c: dict, repeats: int, mm_n: int, memory: bool) -> dict:
-    """Interleaved medians for one matched configuration (plus the matmul probe in the same loop)."""
+def bench_config(name: str, c: dict, repeats: int, mm_n: int, memory: bool, compile: bool = False) -> dict:
+    """Interleaved medians for one matched configuration (plus the matmul probe in the same loop).
+
+    With ``compile`` both networks are also built a second time, wrapped by ``torch.compile``
+    (default inductor mode), and their training steps join the interleaved loop.
+    """
     ours, theirs = make_ops("ours", c), make_ops("diffusers", c)
     p_ours, p_theirs = num_params(ours["model"]), num_params(theirs["model"])
     print(f"[{name}] {c}: parameters ours {p_ours:,}  diffusers {p_theirs:,}", flush=True)
     jobs = {"ours_fwd": ours["fwd"], "diffusers_fwd": theirs["fwd"],
             "ours_train": ours["train"], "diffusers_train": theirs["train"]}
+    compile_s = {}
+    if compile:
+        for which in ("ours", "diffusers"):
+            ops = make_ops(which, c)
+            # ours as train.compile does it (the transformer; the step calls model.loss, not forward)
+            (ops["model"].backbone if which == "ours" else ops["model"]).compile()
+            t0 = time.perf_counter()
+            ops["train"]()  # traces and compiles forward and backward
+            compile_s[which] = time.perf_counter() - t0
+            print(f"[{name}] compiled {which} in {compile_s[which]:.1f} s", flush=True)
+            jobs[f"{which}_compiled_train"] = ops["train"]
     for f in jobs.values():  # warm-up (allocations, optimiser state, kernel selection)
         f()
     times: dict[str, list[float]] = {k: [] for k in jobs}
@@ -275,6 +290,13 @@ def bench_config(name: str, c: dict, repeats: int, mm_n: int, memory: bool) -> d
         "ours_fwd_gflops": flops["total"] / med["ours_fwd"] / 1e9,
         "diffusers_fwd_gflops": theirs_counted / med["diffusers_fwd"] / 1e9,
     }
+    if compile:
+        out["compile_seconds"] = compile_s
+        out["ours_compiled_train_samples_per_s"] = n / med["ours_compiled_train"]
+        out["diffusers_compiled_train_samples_per_s"] = n / med["diffusers_compiled_train"]
+        out["train_speedup_compiled"] = med["diffusers_compiled_train"] / med["ours_compiled_train"]
+        out["compile_gain_ours"] = med["ours_train"] / med["ours_compiled_train"]
+        out["compile_gain_diffusers"] = med["diffusers_train"] / med["diffusers_compiled_train"]
     out["ours_fwd_mfu"] = out["ours_fwd_gflops"] / gflops
     out["diffusers_fwd_mfu"] = out["diffusers_fwd_gflops"] / gflops
     if memory:
@@ -285,6 +307,11 @@ def bench_config(name: str, c: dict, repeats: int, mm_n: int, memory: bool) -> d
           f"{out['ours_train_samples_per_s']:.1f} diffusers {out['diffusers_train_samples_per_s']:.1f} "
           f"(x{out['train_speedup']:.2f});  matmul {gflops:.1f} GFLOP/s, ours fwd "
           f"{out['ours_fwd_gflops']:.1f} GFLOP/s = {100 * out['ours_fwd_mfu']:.0f}%", flush=True)
+    if compile:
+        print(f"[{name}] compiled train samples/s ours {out['ours_compiled_train_samples_per_s']:.1f} diffusers "
+              f"{out['diffusers_compiled_train_samples_per_s']:.1f} (x{out['train_speedup_compiled']:.2f}); "
+              f"compile gain ours x{out['compile_gain_ours']:.2f} diffusers x{out['compile_gain_diffusers']:.2f}",
+              flush=True)
     return out
 
 
@@ -296,6 +323,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=None, help="timed repeats per measurement (default 5)")
     ap.add_argument("--configs", default=None, help=f"comma-separated subset of {sorted(CONFIGS)}")
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    ap.add_argument("--compile", action="store_true",
+                    help="also time both training steps under torch.compile (needs a C++ compiler)")
     ap.add_argument("--threads", type=int, default=0,
                     help="torch CPU threads (0 = torch's default); 1 is steadier on an oversubscribed machine")
     args = ap.parse_args(argv)
@@ -316,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     load_before = os.getloadavg()
     memory = not (args.no_memory or args.quick)
-    results = {name: bench_config(name, c, repeats, mm_n, memory) for name, c in configs.items()}
+    results = {name: bench_config(name, c, repeats, mm_n, memory, args.compile) for name, c in configs.items()}
     head = results[HEADLINE] if HEADLINE in results else next(iter(results.values()))
     import diffusers
 
@@ -324,6 +353,7 @@ def main(argv: list[str] | None = None) -> int:
         "ours_train_samples_per_s": head["ours_train_samples_per_s"],
         "diffusers_train_samples_per_s": head["diffusers_train_samples_per_s"],
         "train_speedup": head["train_speedup"],
+        **({"train_speedup_compiled": head["train_speedup_compiled"]} if args.compile else {}),
         "ours_fwd_mfu": head["ours_fwd_mfu"],
         "matmul_gflops": head["matmul_gflops"],
         "headline_config": HEADLINE if HEADLINE in results else next(iter(results)),
