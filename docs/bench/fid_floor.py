@@ -6,8 +6,8 @@ A model of eq. (2.5) generates x = W_B h, so even a perfect latent distribution 
 projections W_B W_B^T x of real images, never the images themselves. For each d0 this script takes
 ``--num`` random real images of the demo's data (MNIST, normalised as for training), projects them
 onto the top-d0 PCA subspace (the demo's frozen encoder) and reports the Inception FID of the
-projections against the whole real set (``fid_projection``): the floor under the demo's ``fid`` at
-that d0. The real set's features come from the demo's cache (``~/.cache/latentdit``).
+projections against the whole real set (``fid_projection``): what a model that learned the latent
+distribution exactly would score at that d0. The real set's features come from the demo's cache (``~/.cache/latentdit``).
 """
 
 from __future__ import annotations
