@@ -80,7 +80,6 @@ def param_groups(model: torch.nn.Module, cfg: Config) -> list[dict]:
     return groups
 
 
-@torch.no_grad()
 def make_optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.AdamW:
     """AdamW over :func:`param_groups`, with the fused kernel (one pass over all parameters).
 
@@ -95,6 +94,7 @@ def make_optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.AdamW:
         return torch.optim.AdamW(param_groups(model, cfg), **kw)
 
 
+@torch.no_grad()
 def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
     """ema <- decay ema + (1 - decay) model, over all parameters in one multi-tensor op."""
     pe = list(ema.parameters())

@@ -28,6 +28,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@torch.no_grad()
 def per_parameter_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
     """The EMA update as it was: one lerp_ per parameter tensor."""
     for pe, pm in zip(ema.parameters(), model.parameters()):

@@ -8,8 +8,9 @@ size, batch, class conditioning) and timed on the CPU in fp32, interleaved in on
 
 - forward: one no-grad evaluation in eval mode.
 - training step: zero_grad, forward, loss, backward, AdamW step (the same optimiser settings for
-  both; no clipping or EMA). ``--compile`` adds both training steps under ``torch.compile``. Ours uses :meth:`LatentScoreNet.loss` (eq. 2.3 in latent form, EDM
-  weighting), diffusers an epsilon-prediction MSE on the noised image.
+  both; no clipping or EMA). Ours uses :meth:`LatentScoreNet.loss` (eq. 2.3 in latent form, EDM
+  weighting), diffusers an epsilon-prediction MSE on the noised image. ``--compile`` adds both
+  training steps under ``torch.compile``.
 - matmul probe: median GFLOP/s of a square fp32 ``torch.mm`` in the same run; the forward FLOPs
   utilisation is (analytic forward FLOPs / forward time) / that rate.
 - FLOPs: :func:`forward_flops` counts every matrix product of our forward analytically (linear

@@ -76,7 +76,8 @@ class DiTBlock(nn.Module):
         self.proj = nn.Linear(hidden, hidden)
         self.norm2 = nn.LayerNorm(hidden, elementwise_affine=False, eps=1e-6)
         width = int(hidden * mlp_ratio)
-        self.mlp = nn.Sequential(nn.Linear(hidden, width), nn.GELU(approximate="tanh" if activation == "gelu_tanh" else "none"), nn.Linear(width, hidden))
+        gelu = nn.GELU(approximate="tanh" if activation == "gelu_tanh" else "none")
+        self.mlp = nn.Sequential(nn.Linear(hidden, width), gelu, nn.Linear(width, hidden))
         self.adaLN = nn.Sequential(nn.SiLU(), nn.Linear(hidden, 6 * hidden))
         if qk_norm:
             # tau = tau_max * sigmoid(raw) <= tau_max; start where tau^2 = 1/sqrt(head_dim)-like scale
