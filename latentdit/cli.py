@@ -41,6 +41,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--sampler", default=None, help="em | ei | heun | ddim | dpm2m")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale")
+    s.add_argument("--denoise", action=argparse.BooleanOptionalAction, default=None,
+                   help="end with Tweedie's E[x0 | x_T0] (default: the run's sample.denoise)")
     s.add_argument("--label", type=int, action="append", default=None,
                    help="class label(s) for conditional models, cycled over the samples")
     s.add_argument("--out", type=Path, required=True, help="output .npy (or .npz with labels)")
@@ -120,7 +122,7 @@ def _cmd_sample(a: argparse.Namespace) -> int:
         raise ConfigError("--label given but the model is not class-conditional")
     try:
         x = generate(model, cfg, a.num, sampler=a.sampler, steps=a.steps, seed=a.seed, labels=labels,
-                     guidance=a.guidance, progress=sys.stderr.isatty())
+                     guidance=a.guidance, denoise=a.denoise, progress=sys.stderr.isatty())
     except ValueError as e:
         raise ConfigError(str(e)) from e
     if "normalisation" in meta:

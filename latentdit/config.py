@@ -136,6 +136,9 @@ class SampleConfig:
     steps: int = 50
     grid: str = "auto"  # auto | uniform | log | logsnr
     guidance: float = 1.0  # classifier-free guidance scale (1 = no guidance)
+    # Return Tweedie's E[x0 | x_T0] (one more NFE) instead of x_T0: no residual noise of scale
+    # sqrt(sigma(T0)). Off by default, the paper's estimator (the law at T0); on for image data.
+    denoise: bool = False
 
 
 @dataclass

@@ -53,14 +53,18 @@ def model_score_fn(model: LatentScoreNet, y: torch.Tensor | None = None, guidanc
 @torch.no_grad()
 def generate(model: LatentScoreNet, cfg: Config, num: int, *, sampler: str | None = None, steps: int | None = None,
              seed: int = 0, labels: torch.Tensor | None = None, guidance: float | None = None,
-             batch_size: int = 4096, progress: bool = False) -> torch.Tensor:
-    """Draw ``num`` samples (N, D) in the model's (normalised) data space."""
+             batch_size: int = 4096, progress: bool = False, denoise: bool | None = None) -> torch.Tensor:
+    """Draw ``num`` samples (N, D) in the model's (normalised) data space.
+
+    ``sampler``, ``steps``, ``guidance`` and ``denoise`` default to ``cfg.sample``.
+    """
     sampler = sampler or cfg.sample.sampler
     get_sampler(sampler)
     steps = steps or cfg.sample.steps
     if steps <= 0:
         raise ValueError(f"steps={steps} must be > 0")
     guidance = cfg.sample.guidance if guidance is None else guidance
+    denoise = cfg.sample.denoise if denoise is None else denoise
     device = next(model.parameters()).device
     gen = torch.Generator(device=device).manual_seed(seed)
     out = []
@@ -70,7 +74,7 @@ def generate(model: LatentScoreNet, cfg: Config, num: int, *, sampler: str | Non
         fn = model_score_fn(model, y, guidance)
         out.append(sample(fn, (n, model.ambient_dim), sampler=sampler, steps=steps, T0=cfg.diffusion.T0,
                           T=cfg.diffusion.T, grid=cfg.sample.grid, generator=gen, device=device,
-                          progress=progress))
+                          progress=progress, denoise=denoise))
     return torch.cat(out)
 
 

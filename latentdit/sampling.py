@@ -3,7 +3,9 @@
 Every sampler has the signature ``sampler(score_fn, x, ts, *, generator=None, progress=False)``
 where ``score_fn(x, t)`` returns grad log p_t(x) for x (N, D) and t (N,), ``x`` is the initial
 state at ``ts[0]`` (normally N(0, I), the OU stationary law) and ``ts`` runs from T down to T0. All
-samplers stop at ts[-1] = T0 (early stopping; no final denoising step). Nothing here knows about
+samplers stop at ts[-1] = T0 (early stopping); :func:`sample` can add one final denoising step,
+Tweedie's estimate E[x0 | x_T0], which removes the residual noise of scale sqrt(sigma(T0)) from every
+direction (the paper's estimator is the law at T0 itself, without it). Nothing here knows about
 models: adapt a network with ``lambda x, t: model(x, t, y)``.
 
 Forward time t decreases along the grid; each step has length h = t_k - t_{k+1} > 0.
@@ -199,12 +201,19 @@ def get_sampler(name: str) -> Sampler:
 @torch.no_grad()
 def sample(score_fn: ScoreFn, shape: tuple[int, ...], *, sampler: str = "dpm2m", steps: int = 50,
            T0: float = 1e-3, T: float = 10.0, grid: str = "auto", generator: torch.Generator | None = None,
-           device=None, dtype: torch.dtype = torch.float32, progress: bool = False) -> torch.Tensor:
-    """Draw y_T ~ N(0, I) and run ``sampler`` on a ``grid`` time grid down to T0."""
+           device=None, dtype: torch.dtype = torch.float32, progress: bool = False,
+           denoise: bool = False) -> torch.Tensor:
+    """Draw y_T ~ N(0, I) and run ``sampler`` on a ``grid`` time grid down to T0.
+
+    ``denoise=True`` returns Tweedie's E[x0 | x_T0] = (x + sigma(T0) s(x, T0)) / beta(T0) instead of
+    x_T0 (one more score evaluation): for a latent model this is W_B f(W_B^T x, T0) / beta(T0), exactly
+    in the latent subspace, with no residual noise off it.
+    """
     fn = get_sampler(name=sampler)
     ts = time_grid(T0, T, steps, DEFAULT_GRID[sampler] if grid == "auto" else grid, device=device)
     x = torch.randn(shape, generator=generator, device=device, dtype=dtype)
-    return fn(score_fn, x, ts, generator=generator, progress=progress)
+    x = fn(score_fn, x, ts, generator=generator, progress=progress)
+    return _x0_estimate(score_fn, x, T0) if denoise else x
 
 
 class CountingScore:

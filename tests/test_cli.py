@@ -31,6 +31,17 @@ def test_train_sample_evaluate(tmp_path):
     assert r.returncode == 0, r.stderr
     x = np.load(out)
     assert x.shape == (64, 32) and np.isfinite(x).all()
+    # --denoise ends with W_B f(W_B^T x, T0) / beta(T0): exactly in the encoder's subspace, whereas
+    # x_T0 keeps noise of variance sigma(T0) off it
+    from latentdit.pipeline import from_pretrained
+
+    W = from_pretrained(run / "model")[0].W_B.detach().double().numpy()
+    out_d = tmp_path / "xd.npy"
+    r = cli("sample", "--run", run, "--num", 64, "--steps", 5, "--sampler", "ddim", "--seed", 1, "--denoise",
+            "--out", out_d)
+    assert r.returncode == 0, r.stderr
+    off = lambda a: np.abs(a - a @ W @ W.T).max()  # noqa: E731
+    assert off(np.load(out_d).astype(np.float64)) < 1e-5 < 1e-2 < off(x.astype(np.float64))
 
     m = tmp_path / "metrics.json"
     r = cli("evaluate", "--run", run, "--out", m)

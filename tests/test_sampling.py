@@ -29,6 +29,24 @@ def test_sampler_reaches_the_noised_data_law_at_T0(name, steps):
     assert x.mean(dim=0).abs().max() < 0.05
 
 
+def test_final_denoise_gives_the_tweedie_law():
+    """x_T0 ~ N(0, b^2 v + s) per coordinate; Tweedie's b v / (b^2 v + s) x_T0 has variance
+    b^2 v^2 / (b^2 v + s): the off-subspace coordinate (v = 0) collapses to exactly 0."""
+    T0_big = 0.3  # large enough that the two laws differ by far more than the sampling error
+    g = torch.Generator().manual_seed(1)
+    c = CountingScore(gaussian_score)
+    x = sample(c, (20000, 3), sampler="dpm2m", steps=40, T0=T0_big, T=T, generator=g, dtype=torch.float64,
+               denoise=True)
+    assert c.calls == 41  # the sampler's 40 plus one for the final estimate
+    tt = torch.tensor(T0_big, dtype=torch.float64)
+    b2, s = beta(tt) ** 2, sigma(tt)
+    expect = b2 * VAR ** 2 / (b2 * VAR + s)
+    got = x.var(dim=0)
+    assert torch.allclose(got[:2], expect[:2], rtol=0.06), (got, expect)
+    assert got[2] < 1e-20
+    assert not torch.allclose(got[:2], (b2 * VAR + s)[:2], rtol=0.2)
+
+
 def test_counting_and_nfe():
     for name in SAMPLERS:
         c = CountingScore(gaussian_score)
