@@ -85,6 +85,10 @@ class ModelConfig:
     qk_norm: bool = False  # DiT block: normalise q, k and use a capped learnable temperature
     tau_max: float = 1.7  # |logit| <= tau^2 <= tau_max^2 when qk_norm is on
     precondition: bool = True  # f = c_skip h + c_out F(c_in h, t) (EDM-style; see models/score.py)
+    # statistics of the latent the preconditioning is built around: scalar (one second moment for all
+    # coordinates) | diagonal (each coordinate's own mean and variance; for latents whose coordinates
+    # differ in scale, such as PCA coordinates of images)
+    precondition_stats: str = "scalar"
     num_classes: int = 0  # > 0 enables class conditioning (a null class is added for guidance)
     class_dropout: float = 0.1  # probability of dropping the label during training
 
@@ -338,6 +342,7 @@ def validate(cfg: Config) -> None:
     _choice(cfg.model.block, ("dit", "paper"), "model.block")
     _choice(cfg.model.patching, ("auto", "2d", "1d"), "model.patching")
     _choice(cfg.model.activation, ("gelu", "gelu_tanh"), "model.activation")
+    _choice(cfg.model.precondition_stats, ("scalar", "diagonal"), "model.precondition_stats")
     _choice(cfg.model.attention, ("exact", "poly", "auto"), "model.attention")
     _choice(cfg.diffusion.weighting, WEIGHTINGS, "diffusion.weighting")
     _choice(cfg.optim.schedule, ("cosine", "constant"), "optim.schedule")

@@ -86,12 +86,19 @@ def build_model(cfg: Config, data: TrainData, *, generator: torch.Generator | No
     x = data.x
     if cfg.encoder.init == "pca":
         W, _ = pca_basis(x, d0)
-        second = float((x.double() @ W.double()).pow(2).sum(1).mean() / d0)
+        h = x.double() @ W.double()
+        second = float(h.pow(2).sum(1).mean() / d0)
     else:
-        W = None
+        W, h = None, None
         second = float(x.double().pow(2).sum(1).mean() / d0)
-    return LatentScoreNet(mcfg, D, d0, encoder_init=W, learn_encoder=cfg.encoder.learn,
-                          latent_second_moment=max(second, 1e-8), generator=generator)
+    model = LatentScoreNet(mcfg, D, d0, encoder_init=W, learn_encoder=cfg.encoder.learn,
+                           latent_second_moment=max(second, 1e-8), generator=generator)
+    if mcfg.precondition_stats == "diagonal":
+        if h is None:  # a random W_B: the statistics of the data's coordinates along it
+            h = x.double() @ model.W_B.detach().double()
+        model.latent_mean.copy_(h.mean(0))
+        model.latent_var.copy_(h.var(0, correction=0).clamp_min(1e-8))
+    return model
 
 
 def resolve_device(name: str) -> torch.device:

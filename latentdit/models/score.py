@@ -11,6 +11,14 @@ linear-Gaussian optimum for a latent of per-coordinate second moment v:
     c_in = 1 / sqrt(beta^2 v + sigma),
 
 which is still a function of (h, t) in the paper's class; ``precondition=False`` gives f = R^{-1} f_T R.
+With ``precondition_stats="scalar"`` v is one number (the mean second moment of the latent
+coordinates). With ``"diagonal"`` every coordinate i has its own mean m_i and variance v_i, and f is
+written around the optimum for h0 ~ N(m, diag(v)), beta E[h0 | h_t = h] = c_skip (h - beta m) + beta m:
+
+    f(h, t) = c_skip (h - beta m) + beta m + c_out R^{-1} f_T( R(c_in (h - beta m)), t ),
+
+with c_skip, c_out, c_in taken coordinate by coordinate, and the ``edm`` loss weights each latent
+coordinate's residual by its own 1 / c_out_i^2 (see :meth:`LatentScoreNet.loss`).
 """
 
 from __future__ import annotations
@@ -28,7 +36,8 @@ from latentdit.models.reshape import Reshape
 
 
 def preconditioning(t: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(c_skip, c_out, c_in) of the module docstring for times t (N,) and latent second moment v."""
+    """(c_skip, c_out, c_in) of the module docstring for times t and latent variance v (broadcast:
+    t (N,) with a scalar v gives (N,); t (N, 1) with v (d0,) gives (N, d0))."""
     b2, s = beta(t) ** 2, sigma(t)
     denom = b2 * v + s
     return b2 * v / denom, (b2 * v * s / denom).sqrt(), denom.rsqrt()
@@ -44,7 +53,10 @@ class LatentScoreNet(nn.Module):
 
     def __init__(self, cfg: ModelConfig, ambient_dim: int, latent_dim: int, *,
                  encoder_init: torch.Tensor | None = None, learn_encoder: bool = False,
-                 latent_second_moment: float = 1.0, generator: torch.Generator | None = None):
+                 latent_second_moment: float = 1.0, latent_mean: torch.Tensor | None = None,
+                 latent_var: torch.Tensor | None = None, generator: torch.Generator | None = None):
+        """``latent_second_moment`` sets the scalar preconditioning; ``latent_mean`` and ``latent_var``
+        (each (d0,)) the diagonal one (``cfg.precondition_stats``; zeros and ones when omitted)."""
         super().__init__()
         self.cfg = cfg
         self.ambient_dim, self.latent_dim = ambient_dim, latent_dim
@@ -61,7 +73,17 @@ class LatentScoreNet(nn.Module):
             self.backbone = PaperBackbone(L, d, cfg.depth, cfg.paper_heads, cfg.paper_head_dim, cfg.paper_ff,
                                           num_classes=cfg.num_classes, entry_bound=cfg.paper_entry_bound,
                                           attention_mode=cfg.attention, attention_eps=cfg.attention_eps)
-        self.register_buffer("latent_var", torch.tensor(float(latent_second_moment)))
+        if cfg.precondition_stats == "diagonal":
+            mean = torch.zeros(latent_dim) if latent_mean is None else torch.as_tensor(latent_mean)
+            var = torch.ones(latent_dim) if latent_var is None else torch.as_tensor(latent_var)
+            if mean.shape != (latent_dim,) or var.shape != (latent_dim,):
+                raise ValueError(f"latent_mean and latent_var must have shape ({latent_dim},), "
+                                 f"got {tuple(mean.shape)} and {tuple(var.shape)}")
+            self.register_buffer("latent_mean", mean.float().clone())
+            self.register_buffer("latent_var", var.float().clamp_min(1e-8))
+        else:
+            self.latent_mean = None
+            self.register_buffer("latent_var", torch.tensor(float(latent_second_moment)))
 
     @property
     def num_classes(self) -> int:
@@ -74,11 +96,16 @@ class LatentScoreNet(nn.Module):
     def f(self, h: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """The latent network f(h, t) = R^{-1} f_T(R h) (with preconditioning if enabled): (N, d0)."""
         t = _as_times(t, h)
-        if self.cfg.precondition:
-            c_skip, c_out, c_in = preconditioning(t, self.latent_var)
-            F = self.reshape.inverse(self.backbone(self.reshape(c_in[:, None] * h), t, y))
-            return c_skip[:, None] * h + c_out[:, None] * F
-        return self.reshape.inverse(self.backbone(self.reshape(h), t, y))
+        if not self.cfg.precondition:
+            return self.reshape.inverse(self.backbone(self.reshape(h), t, y))
+        c_skip, c_out, c_in = preconditioning(t[:, None], self.latent_var)
+        if self.latent_mean is not None:
+            m = beta(t)[:, None] * self.latent_mean
+            hc = h - m
+            F = self.reshape.inverse(self.backbone(self.reshape(c_in * hc), t, y))
+            return torch.addcmul(torch.addcmul(m, c_skip, hc), c_out, F)
+        F = self.reshape.inverse(self.backbone(self.reshape(c_in * h), t, y))
+        return torch.addcmul(c_skip * h, c_out, F)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """The score s_W(x, t) of eq. (2.5), (N, D)."""
@@ -103,10 +130,27 @@ class LatentScoreNet(nn.Module):
         """
         xt = add_noise(x0, t, noise)
         W = self.W_B
-        res = self.encoder.decode(self.f(self.encoder.encode(xt, W), t, y), W) - beta(t)[:, None] * x0
-        c_out2 = preconditioning(t, self.latent_var)[1] ** 2 if weighting == "edm" else None
+        f = self.f(self.encoder.encode(xt, W), t, y)
+        if weighting == "edm" and self.cfg.precondition_stats == "diagonal":
+            # ||W_B f - beta x0||^2 = ||f - beta W_B^T x0||^2 + beta^2 ||x0_perp||^2 (W_B orthonormal);
+            # each latent coordinate weighted by its own 1/c_out_i^2, the part off the subspace by
+            # the mean of those weights
+            b = beta(t)[:, None]
+            h0 = self.encoder.encode(x0, W)
+            inv_c2 = preconditioning(t[:, None], self.latent_var)[1].pow(-2)
+            latent = (inv_c2 * (f - b * h0).pow(2)).sum(dim=1)
+            off = inv_c2.mean(dim=1) * (b * (x0 - self.encoder.decode(h0, W))).pow(2).sum(dim=1)
+            return ((latent + off) / self.ambient_dim).mean()
+        res = self.encoder.decode(f, W) - beta(t)[:, None] * x0
+        c_out2 = preconditioning(t, self._scalar_var())[1] ** 2 if weighting == "edm" else None
         w = weight(t, weighting, c_out2) / sigma(t) ** 2
         return (w * res.pow(2).mean(dim=1)).mean()
+
+    def _scalar_var(self) -> torch.Tensor:
+        """The scalar second moment (the diagonal statistics' mean second moment when diagonal)."""
+        if self.latent_mean is None:
+            return self.latent_var
+        return (self.latent_var + self.latent_mean.pow(2)).mean()
 
     def config_dict(self) -> dict:
         return {"model": asdict(self.cfg), "ambient_dim": self.ambient_dim, "latent_dim": self.latent_dim,
