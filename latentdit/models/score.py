@@ -142,15 +142,9 @@ class LatentScoreNet(nn.Module):
             off = inv_c2.mean(dim=1) * (b * (x0 - self.encoder.decode(h0, W))).pow(2).sum(dim=1)
             return ((latent + off) / self.ambient_dim).mean()
         res = self.encoder.decode(f, W) - beta(t)[:, None] * x0
-        c_out2 = preconditioning(t, self._scalar_var())[1] ** 2 if weighting == "edm" else None
+        c_out2 = preconditioning(t, self.latent_var)[1] ** 2 if weighting == "edm" else None
         w = weight(t, weighting, c_out2) / sigma(t) ** 2
         return (w * res.pow(2).mean(dim=1)).mean()
-
-    def _scalar_var(self) -> torch.Tensor:
-        """The scalar second moment (the diagonal statistics' mean second moment when diagonal)."""
-        if self.latent_mean is None:
-            return self.latent_var
-        return (self.latent_var + self.latent_mean.pow(2)).mean()
 
     def config_dict(self) -> dict:
         return {"model": asdict(self.cfg), "ambient_dim": self.ambient_dim, "latent_dim": self.latent_dim,
