@@ -1,6 +1,6 @@
 """Sample one trained real-data run under several sampling settings and measure each.
 
-    python docs/bench/demo_ablation.py --run runs/demo --num 1000 --out docs/bench/ablation.json \
+    python docs/bench/demo_ablation.py --run runs/demo/run --num 1000 --out docs/bench/ablation.json \
         g=2,d=1,fid=1 g=1.5,d=1 g=2,d=0,s=100,sm=ei
 
 Each setting is a comma-separated list: ``g`` guidance scale, ``d`` 1 for the final Tweedie step
@@ -40,7 +40,8 @@ def main() -> None:
     from latentdit.pipeline import from_pretrained
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--run", type=Path, required=True, help="a run directory or export")
+    ap.add_argument("--run", type=Path, required=True,
+                    help="a run directory or export (for a demo output DIR: DIR/run)")
     ap.add_argument("--num", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--threads", type=int, default=2)
