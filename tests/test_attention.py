@@ -14,9 +14,12 @@ from hypothesis import strategies as st
 
 from latentdit.attention import (ATTENTION_MODES, attention, attention_stats, certify, choose_exp_poly,
                                  performer_attention, reset_attention_stats)
-from latentdit.attention.criterion import (MAX_RANK, best_split, certified_relative_error, data_logit_bound,
-                                           exp_poly, quantize_bound, rank, split_ranks, taylor_error_bound)
-from latentdit.attention.poly import make_plan, poly_attention
+from latentdit.attention import cost, kernels
+from latentdit.attention.certificate import data_logit_bound
+from latentdit.attention.cost import MAX_RANK, best_split, rank, split_ranks
+from latentdit.attention.features import make_plan
+from latentdit.attention.kernels import poly_attention
+from latentdit.attention.polynomials import certified_relative_error, exp_poly, quantize_bound, taylor_error_bound
 
 
 @pytest.fixture(autouse=True)
@@ -341,16 +344,15 @@ def test_cuda_matches_cpu():
 
 
 def test_tuned_split_is_used_and_exact():
-    from latentdit.attention import poly as poly_mod
     q, k, v = rand_qkv((1, 2, 40, 3), 40, 3, seed=6)
     p = choose_exp_poly(quantize_bound(data_logit_bound(q, k, 0.5)[0]), 1e-9)
     try:
-        sp = poly_mod.tune_split(3, p.degree, 3, n=2, L=64, dtype=torch.float64, repeats=1)
-        assert sp in poly_mod.candidate_splits(3, p.degree, 3)
-        assert poly_mod.choose_split(3, p.degree, 3, q.device) == sp
+        sp = kernels.tune_split(3, p.degree, 3, n=2, L=64, dtype=torch.float64, repeats=1)
+        assert sp in cost.candidate_splits(3, p.degree, 3)
+        assert kernels.choose_split(3, p.degree, 3, q.device) == sp
         out = poly_attention(q, k, v, p, scale=0.5)
     finally:
-        poly_mod._TUNED_SPLITS.clear()
+        kernels._TUNED_SPLITS.clear()
     assert (out - explicit_attention(q, k, v, 0.5)).abs().max() < 1e-7
 
 

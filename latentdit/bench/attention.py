@@ -33,9 +33,11 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from latentdit.attention import certify, choose_exp_poly, performer_attention
-from latentdit.attention.criterion import best_split, data_logit_bound, exp_poly, quantize_bound, rank
+from latentdit.attention.certificate import data_logit_bound
+from latentdit.attention.cost import best_split, rank
 from latentdit.attention.exact import reference_attention, reference_attention_grads
-from latentdit.attention.poly import choose_split, poly_attention, tune_split
+from latentdit.attention.kernels import choose_split, poly_attention, tune_split
+from latentdit.attention.polynomials import exp_poly, quantize_bound
 
 HEADS = 4
 CONFIGS = ((4, 3.0), (8, 1.5))  # (head size, |logit| bound after centring)
