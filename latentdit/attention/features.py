@@ -198,4 +198,3 @@ def contract_rows(F2: torch.Tensor | None, Z: torch.Tensor, c: int) -> torch.Ten
         return Z
     n, r2, Lc = F2.shape
     return (Z.view(n, r2, c, Lc) * F2[:, :, None, :]).sum(1)
-

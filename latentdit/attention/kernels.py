@@ -247,4 +247,3 @@ def tune_split(m: int, g: int, mv: int, *, n: int = 4, L: int = 4096, device: to
 def choose_split(m: int, g: int, mv: int, device: torch.device) -> tuple[str, int]:
     """The tuned factorisation if :func:`tune_split` ran for this case, else the cost model's."""
     return _TUNED_SPLITS.get((m, g, mv, device.type)) or best_split(m, g, mv)
-

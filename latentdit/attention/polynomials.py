@@ -230,4 +230,3 @@ def choose_exp_poly(R: float, eps: float, kind: str = "chebyshev", max_degree: i
         if exp_poly(kind, R, g).error_bound <= eps:
             return exp_poly(kind, R, g)
     return None
-
