@@ -4,6 +4,7 @@
 Gaussian mixture of :mod:`latentdit.data.gmm` (x = B h with B a D x d0 matrix of orthonormal
 columns and h a Gaussian mixture in R^d0, so every noised score is closed form) and measures, per
 configuration (D, d0, n, T0, seed):
+
 - ``score_sigma_error``: sigma(t) ||s_W - grad log p_t||_{L2(P_t)} averaged over a log grid of
   t in [T0, T] (the quantity Thm 3.1 bounds by eps sqrt(d0), independent of D);
 - ``score_sigma_sq_error``: the same average of the squared quantity (used for the n-rate of
