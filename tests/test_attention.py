@@ -14,9 +14,12 @@ from hypothesis import strategies as st
 
 from latentdit.attention import (ATTENTION_MODES, attention, attention_stats, certify, choose_exp_poly,
                                  performer_attention, reset_attention_stats)
-from latentdit.attention.criterion import (MAX_RANK, best_split, certified_relative_error, data_logit_bound,
-                                           exp_poly, quantize_bound, rank, split_ranks, taylor_error_bound)
-from latentdit.attention.poly import make_plan, poly_attention
+from latentdit.attention import cost, kernels
+from latentdit.attention.certificate import data_logit_bound
+from latentdit.attention.cost import MAX_RANK, best_split, rank, split_ranks
+from latentdit.attention.features import make_plan
+from latentdit.attention.kernels import poly_attention
+from latentdit.attention.polynomials import certified_relative_error, exp_poly, quantize_bound, taylor_error_bound
 
 
 @pytest.fixture(autouse=True)
@@ -52,12 +55,18 @@ def assert_within_certificate(out, ref, v, error_bound):
 
 
 # --------------------------------------------------------------------------- polynomial bounds
+def grid_rel_error(coeffs, R, points):
+    """max |P(t) exp(-R t) - 1| over ``points`` equispaced t in [-1, 1]: a lower bound on the true
+    maximum, computed without the certificate's machinery."""
+    t = np.linspace(-1, 1, points)
+    return np.abs(np.polyval(np.asarray(coeffs)[::-1], t) * np.exp(-R * t) - 1).max()
+
+
 @pytest.mark.parametrize("R", [0.3, 1.0, 3.0, 6.0])
 @pytest.mark.parametrize("g", [2, 4, 8])
 def test_taylor_closed_form_bound_holds_on_a_grid(R, g):
-    t = np.linspace(-1, 1, 20001)
     p = exp_poly("taylor", R, g)
-    err = np.abs(np.polyval(p.coeffs[::-1], t) * np.exp(-R * t) - 1).max()
+    err = grid_rel_error(p.coeffs, R, 20001)
     assert err <= taylor_error_bound(R, g) * (1 + 1e-9)
     assert err <= p.error_bound * (1 + 1e-9)
     # at t = -1 the remainder is (R^{g+1}/(g+1)!) e^{R - xi R} for some xi in [0, 1]: the bound is
@@ -68,9 +77,8 @@ def test_taylor_closed_form_bound_holds_on_a_grid(R, g):
 @pytest.mark.parametrize("R", [0.5, 1.5, 3.0, 5.0])
 @pytest.mark.parametrize("g", [3, 6, 9])
 def test_chebyshev_certificate_is_an_upper_bound_and_tight(R, g):
-    t = np.linspace(-1, 1, 200001)
     p = exp_poly("chebyshev", R, g)
-    err = np.abs(np.polyval(p.coeffs[::-1], t) * np.exp(-R * t) - 1).max()
+    err = grid_rel_error(p.coeffs, R, 200001)
     assert err <= p.error_bound
     assert p.error_bound <= 1.2 * err + 1e-12
     # relative minimax beats the Taylor remainder by orders of magnitude
@@ -81,8 +89,7 @@ def test_certificate_catches_a_perturbed_polynomial():
     p = exp_poly("chebyshev", 3.0, 8)
     bad = np.array(p.coeffs)
     bad[5] += 1e-3
-    t = np.linspace(-1, 1, 200001)
-    err = np.abs(np.polyval(bad[::-1], t) * np.exp(-3.0 * t) - 1).max()
+    err = grid_rel_error(bad, 3.0, 200001)
     assert certified_relative_error(bad, 3.0) >= err > 10 * p.error_bound
 
 
@@ -341,16 +348,15 @@ def test_cuda_matches_cpu():
 
 
 def test_tuned_split_is_used_and_exact():
-    from latentdit.attention import poly as poly_mod
     q, k, v = rand_qkv((1, 2, 40, 3), 40, 3, seed=6)
     p = choose_exp_poly(quantize_bound(data_logit_bound(q, k, 0.5)[0]), 1e-9)
     try:
-        sp = poly_mod.tune_split(3, p.degree, 3, n=2, L=64, dtype=torch.float64, repeats=1)
-        assert sp in poly_mod.candidate_splits(3, p.degree, 3)
-        assert poly_mod.choose_split(3, p.degree, 3, q.device) == sp
+        sp = kernels.tune_split(3, p.degree, 3, n=2, L=64, dtype=torch.float64, repeats=1)
+        assert sp in cost.candidate_splits(3, p.degree, 3)
+        assert kernels.choose_split(3, p.degree, 3, q.device) == sp
         out = poly_attention(q, k, v, p, scale=0.5)
     finally:
-        poly_mod._TUNED_SPLITS.clear()
+        kernels._TUNED_SPLITS.clear()
     assert (out - explicit_attention(q, k, v, 0.5)).abs().max() < 1e-7
 
 

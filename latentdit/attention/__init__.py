@@ -9,7 +9,7 @@ passes ``scale=1.0``. All bounds (``logit_bound``, ``Certificate.R``) are on ``|
 Modes:
 
 - ``"exact"``: torch SDPA.
-- ``"poly"``: always the polynomial method (:mod:`latentdit.attention.poly`) with the lowest degree
+- ``"poly"``: always the polynomial method (:mod:`latentdit.attention.kernels`) with the lowest degree
   whose certified relative error on [-R, R] is <= eps; ValueError if none up to the maximum degree.
 - ``"auto"``: the polynomial method when the criterion (:func:`certify`) certifies eps *and* the
   cost model predicts it faster at this size; otherwise exact, with the reason recorded in
@@ -29,11 +29,11 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from latentdit.attention.criterion import (MAX_DEGREE, POLY_KINDS, Certificate, ExpPoly, certify,
-                                           choose_exp_poly, default_scale, quantize_bound)
+from latentdit.attention.certificate import Certificate, certify, default_scale
 from latentdit.attention.exact import reference_attention, reference_attention_grads
+from latentdit.attention.kernels import poly_attention, tune_split
 from latentdit.attention.performer import performer_attention
-from latentdit.attention.poly import poly_attention, tune_split
+from latentdit.attention.polynomials import MAX_DEGREE, POLY_KINDS, ExpPoly, choose_exp_poly, quantize_bound
 
 ATTENTION_MODES = ("exact", "poly", "auto")
 

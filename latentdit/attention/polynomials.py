@@ -1,11 +1,10 @@
-"""The efficiency criterion of Sec. 4 (Prop. 4.1-4.2): polynomial approximations of exp with
-certified relative error, the degree they need, and when the polynomial method pays off.
+"""Polynomial approximations of exp with certified relative error, and the degree they need.
 
 Scale convention. Everything here is about logits ``x = scale * <q, k>``. With the certified bound
 ``R >= max |x|`` the logits are rewritten as ``x = R t`` with ``t in [-1, 1]`` and exp is replaced by
 a polynomial ``P(t) ~ exp(R t)`` of degree ``g``. Expanding ``P(<a, b>)`` in monomials of the
 head coordinates gives feature maps of rank ``C(m + g, g)`` (symmetric monomials), see
-:mod:`latentdit.attention.poly`.
+:mod:`latentdit.attention.features`.
 
 Error convention. ``error_bound`` is a certified bound on ``max_{|t| <= 1} |P(t) exp(-R t) - 1|``,
 the relative error of every kernel entry. It implies for every query ``i`` and output coordinate
@@ -32,22 +31,18 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 from numpy.polynomial import chebyshev as npcheb
 from scipy.optimize import linprog
 from scipy.special import iv
 
-import torch
-
 POLY_KINDS = ("chebyshev", "taylor")
 MAX_DEGREE = 24
-MAX_RANK = 1 << 15  # larger feature maps are never faster than exact attention at feasible L
 R_GRID = 64  # the bound R is rounded up to a grid of step ~1 / R_GRID (relative above 1), see quantize_bound
 
 
-# --------------------------------------------------------------------------- exp polynomials
 @dataclass(frozen=True)
 class ExpPoly:
     """A polynomial ``P(t) = sum_d coeffs[d] t^d`` approximating ``exp(R t)`` on ``[-1, 1]``."""
@@ -235,174 +230,3 @@ def choose_exp_poly(R: float, eps: float, kind: str = "chebyshev", max_degree: i
         if exp_poly(kind, R, g).error_bound <= eps:
             return exp_poly(kind, R, g)
     return None
-
-
-# --------------------------------------------------------------------------- cost model
-# Fitted to measurements on a 2-core AVX2 CPU (torch 2.13, fp32, one thread; see docs/attention.md).
-# Only ratios matter for the decision. Exact SDPA costs about EXACT_S_PER_PAIR per (query, key, head);
-# the polynomial method costs, per row of L and per side, r1 feature entries to build plus a GEMM
-# of r1 rows whose per-row cost stays flat up to width ~25 and then grows like width^0.8.
-EXACT_S_PER_PAIR = 2.8e-9
-EXACT_S_PER_PAIR_DIM = 0.08e-9     # times (m + m_v)
-POLY_S_PER_FEATURE = 0.7e-9        # building one feature entry
-POLY_S_PER_GEMM_ROW = 1.8e-9       # one feature entry through a GEMM of width <= 25
-POLY_S_PER_CALL = 3.0e-4           # fixed cost of a polynomial call (criterion, launches)
-
-
-def rank(m: int, g: int) -> int:
-    """Number of monomials of degree <= g in m variables: C(m + g, g)."""
-    return math.comb(m + g, g)
-
-
-def split_ranks(m: int, g: int, split: tuple[str, int]) -> tuple[int, int]:
-    """(r1, r2) of the two factors of a plan (see latentdit.attention.poly.Plan)."""
-    kind, p = split
-    if kind == "degree":
-        return rank(m, g - min(p, g)), rank(m, min(p, g))
-    return rank(p, g), rank(m - p, g)
-
-
-def _row_cost(m: int, g: int, mv: int, split: tuple[str, int]) -> float:
-    """Modelled seconds per row of L per side (keys or queries) and per head."""
-    r1, r2 = split_ranks(m, g, split)
-    width = r2 * (mv + 1)
-    return r1 * (POLY_S_PER_GEMM_ROW * max(1.0, width / 25.0) ** 0.8 + POLY_S_PER_FEATURE) \
-        + r2 * (mv + 2) * POLY_S_PER_FEATURE
-
-
-def best_split(m: int, g: int, mv: int) -> tuple[str, int]:
-    """The factorisation of the degree-g kernel with the lowest modelled cost: ("degree", g2) splits
-    g = g1 + g2, ("vars", m1) separates the first m1 head coordinates from the rest."""
-    cands = [("degree", g2) for g2 in range(0, min(g, 3) + 1)] + [("vars", p) for p in range(1, m)]
-    cands = [sp for sp in cands if math.prod(split_ranks(m, g, sp)) <= 16 * rank(m, g)]
-    return min(cands, key=lambda sp: (_row_cost(m, g, mv, sp), sp))
-
-
-def predicted_times(n: int, Lq: int, Lk: int, m: int, mv: int, g: int | None) -> tuple[float, float]:
-    """(exact, poly) modelled forward times in seconds for n = batch * heads."""
-    exact = n * Lq * Lk * (EXACT_S_PER_PAIR + EXACT_S_PER_PAIR_DIM * (m + mv))
-    if g is None:
-        return exact, float("inf")
-    poly = n * (Lq + Lk) * _row_cost(m, g, mv, best_split(m, g, mv)) + POLY_S_PER_CALL
-    return exact, poly
-
-
-# --------------------------------------------------------------------------- certificate
-@dataclass(frozen=True)
-class Certificate:
-    """Outcome of the criterion for one attention call.
-
-    R: certified bound on max |logit| (after key centering when the data were inspected);
-    R_used: R rounded up to the polynomial cache grid; entry_bound: max |entry| of the balanced
-    query/key vectors whose inner products are the logits (None when not inspected);
-    entry_ratio: entry_bound / sqrt(log L) (Prop. 4.1 wants o(1)); degree, rank: the certified
-    polynomial and C(m + g, g); error_bound: its certified relative error; predicted_speedup:
-    modelled exact / poly time; ok: the polynomial method is certified *and* predicted faster;
-    certified: a degree <= max_degree certifies eps with rank <= MAX_RANK; reason: why not ok
-    ('' when ok); code: the reason's kind ("", "no_degree", "rank_too_large", "not_faster").
-    """
-
-    ok: bool
-    certified: bool
-    reason: str
-    code: str
-    R: float
-    R_used: float
-    entry_bound: float | None
-    sqrt_log_L: float
-    entry_ratio: float | None
-    degree: int | None
-    rank: int | None
-    error_bound: float | None
-    predicted_speedup: float
-    kind: str
-    eps: float
-    head_dim: int
-    Lq: int
-    Lk: int
-    centered: bool
-    norms: tuple[float, float] | None = None  # (max |q_i|, max |k_j - mean k|) when inspected
-
-    def as_dict(self) -> dict:
-        return asdict(self)
-
-
-def default_scale(m: int, scale: float | None) -> float:
-    """SDPA's convention: scale=None means 1/sqrt(m)."""
-    return 1.0 / math.sqrt(m) if scale is None else float(scale)
-
-
-def _upcast(x: torch.Tensor) -> torch.Tensor:
-    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
-
-
-@torch.no_grad()
-def data_logit_bound(q: torch.Tensor, k: torch.Tensor, scale: float) -> tuple[float, float, float, float, float]:
-    """Certified bound on max |scale <q_i, k_j - mean k>| from row norms (Cauchy-Schwarz), no L x L
-    matrix. Returns (R, max |q_i|, max |k_j - mean k|, max |q entry|, max |k - mean k entry|) with a
-    single host synchronisation."""
-    q = _upcast(q)
-    kc = _upcast(k)
-    kc = kc - kc.mean(dim=-2, keepdim=True)
-    stats = torch.stack([torch.linalg.vector_norm(q, dim=-1).amax(), torch.linalg.vector_norm(kc, dim=-1).amax(),
-                         q.abs().amax(), kc.abs().amax()])
-    qa, ka, qi, ki = stats.double().tolist()
-    return abs(scale) * qa * ka, qa, ka, qi, ki
-
-
-def certify(q: torch.Tensor, k: torch.Tensor, scale: float | None = None, eps: float = 1e-3, *,
-            logit_bound: float | None = None, v_dim: int | None = None, kind: str = "chebyshev",
-            max_degree: int = MAX_DEGREE) -> Certificate:
-    """The criterion: a certified logit bound, the degree that guarantees ``eps`` and whether the
-    polynomial method is predicted faster than exact attention at this size.
-
-    With ``logit_bound`` the data are not inspected (no synchronisation) and keys are not centred
-    (a bound on raw logits can double after centring); otherwise R comes from row norms after
-    subtracting the mean key.
-    """
-    m = q.shape[-1]
-    Lq, Lk = q.shape[-2], k.shape[-2]
-    mv = m if v_dim is None else v_dim
-    n = max(1, math.prod(torch.broadcast_shapes(q.shape[:-2], k.shape[:-2])))
-    s = default_scale(m, scale)
-    if logit_bound is not None:
-        R = float(logit_bound)
-        entry = None
-        norms = None
-        centered = False
-    else:
-        R, qa, ka, qi, ki = data_logit_bound(q, k, s)
-        norms = (qa, ka)
-        # balanced vectors q' = q sqrt|s| gamma, k' = k~ sqrt|s| / gamma with max |q'| = max |k'| = sqrt(R)
-        gamma = math.sqrt(ka / qa) if qa > 0 and ka > 0 else 1.0
-        entry = max(qi * math.sqrt(abs(s)) * gamma, ki * math.sqrt(abs(s)) / gamma)
-        centered = True
-    if not math.isfinite(R):
-        raise ValueError(f"logit bound is not finite ({R}); q or k contains inf/nan")
-    R_used = quantize_bound(R)
-    sqrt_log_L = math.sqrt(math.log(max(Lq, Lk, 2)))
-    poly = choose_exp_poly(R_used, float(eps), kind, max_degree)
-    speedup, certified, code = 0.0, False, ""
-    if poly is None:
-        code = "no_degree"
-        reason = (f"no {kind} polynomial of degree <= {max_degree} certifies relative error {eps:g} "
-                  f"for |logit| <= {R:.3g}")
-    elif rank(m, poly.degree) > MAX_RANK:
-        code = "rank_too_large"
-        reason = (f"rank C({m}+{poly.degree},{poly.degree}) = {rank(m, poly.degree)} exceeds the maximum "
-                  f"rank {MAX_RANK}")
-    else:
-        certified = True
-        exact_t, poly_t = predicted_times(n, Lq, Lk, m, mv, poly.degree)
-        speedup = exact_t / poly_t
-        reason = "" if speedup >= 1.0 else (
-            f"rank C({m}+{poly.degree},{poly.degree}) = {rank(m, poly.degree)} gives no speed-up at "
-            f"Lq={Lq}, Lk={Lk} (predicted {speedup:.2g}x)")
-        code = "not_faster" if reason else ""
-    return Certificate(
-        ok=certified and not reason, certified=certified, reason=reason, code=code, R=R,
-        R_used=R_used, entry_bound=entry, sqrt_log_L=sqrt_log_L,
-        entry_ratio=None if entry is None else entry / sqrt_log_L,
-        degree=None if poly is None else poly.degree, rank=None if poly is None else rank(m, poly.degree),
-        error_bound=None if poly is None else poly.error_bound, predicted_speedup=speedup, kind=kind,
-        eps=float(eps), head_dim=m, Lq=Lq, Lk=Lk, centered=centered, norms=norms)

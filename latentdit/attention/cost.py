@@ -1,0 +1,69 @@
+"""The cost model of the polynomial method: feature-map ranks, factorisations of the kernel and
+predicted forward times, used to decide whether the polynomial method pays off at a given size.
+
+Fitted to measurements on a 2-core AVX2 CPU (torch 2.13, fp32, one thread; see docs/attention.md).
+Only ratios matter for the decision. Exact SDPA costs about EXACT_S_PER_PAIR per (query, key, head);
+the polynomial method costs, per row of L and per side, r1 feature entries to build plus a GEMM
+of r1 rows whose per-row cost stays flat up to width ~25 and then grows like width^0.8.
+"""
+
+from __future__ import annotations
+
+import math
+
+MAX_RANK = 1 << 15  # larger feature maps are never faster than exact attention at feasible L
+EXACT_S_PER_PAIR = 2.8e-9
+EXACT_S_PER_PAIR_DIM = 0.08e-9     # times (m + m_v)
+POLY_S_PER_FEATURE = 0.7e-9        # building one feature entry
+POLY_S_PER_GEMM_ROW = 1.8e-9       # one feature entry through a GEMM of width <= 25
+POLY_S_PER_CALL = 3.0e-4           # fixed cost of a polynomial call (criterion, launches)
+
+
+def rank(m: int, g: int) -> int:
+    """Number of monomials of degree <= g in m variables: C(m + g, g)."""
+    return math.comb(m + g, g)
+
+
+def split_ranks(m: int, g: int, split: tuple[str, int]) -> tuple[int, int]:
+    """(r1, r2) of the two factors of a plan (see latentdit.attention.features.Plan)."""
+    kind, p = split
+    if kind == "degree":
+        return rank(m, g - min(p, g)), rank(m, min(p, g))
+    return rank(p, g), rank(m - p, g)
+
+
+def _row_cost(m: int, g: int, mv: int, split: tuple[str, int]) -> float:
+    """Modelled seconds per row of L per side (keys or queries) and per head."""
+    r1, r2 = split_ranks(m, g, split)
+    width = r2 * (mv + 1)
+    return r1 * (POLY_S_PER_GEMM_ROW * max(1.0, width / 25.0) ** 0.8 + POLY_S_PER_FEATURE) \
+        + r2 * (mv + 2) * POLY_S_PER_FEATURE
+
+
+def _ranked_splits(m: int, g: int, mv: int) -> list[tuple[str, int]]:
+    """The factorisations of the degree-g kernel whose slot table stays within 16 times the rank,
+    cheapest modelled cost first: ("degree", g2) splits g = g1 + g2, ("vars", m1) separates the
+    first m1 head coordinates from the rest."""
+    cands = [("degree", g2) for g2 in range(0, min(g, 3) + 1)] + [("vars", p) for p in range(1, m)]
+    cands = [sp for sp in cands if math.prod(split_ranks(m, g, sp)) <= 16 * rank(m, g)]
+    return sorted(cands, key=lambda sp: (_row_cost(m, g, mv, sp), sp))
+
+
+def best_split(m: int, g: int, mv: int) -> tuple[str, int]:
+    """The factorisation of the degree-g kernel with the lowest modelled cost (see _ranked_splits)."""
+    return _ranked_splits(m, g, mv)[0]
+
+
+def candidate_splits(m: int, g: int, mv: int, top: int = 3) -> list[tuple[str, int]]:
+    """The ``top`` factorisations with the lowest modelled cost, plus the unsplit one."""
+    best = _ranked_splits(m, g, mv)[:top]
+    return best + ([("degree", 0)] if ("degree", 0) not in best else [])
+
+
+def predicted_times(n: int, Lq: int, Lk: int, m: int, mv: int, g: int | None) -> tuple[float, float]:
+    """(exact, poly) modelled forward times in seconds for n = batch * heads."""
+    exact = n * Lq * Lk * (EXACT_S_PER_PAIR + EXACT_S_PER_PAIR_DIM * (m + mv))
+    if g is None:
+        return exact, float("inf")
+    poly = n * (Lq + Lk) * _row_cost(m, g, mv, best_split(m, g, mv)) + POLY_S_PER_CALL
+    return exact, poly

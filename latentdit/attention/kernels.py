@@ -1,0 +1,249 @@
+"""The polynomial method (Alman & Song; Sec. 4 of the paper): attention in time linear in L.
+
+With the feature maps ``phi`` and weights ``w`` of :mod:`latentdit.attention.features` the
+attention output is
+
+    out = D^{-1} phi(Q) diag(w) (phi(K)^T [V, 1]),    D = the last column,
+
+linear in L. Implementation (all per batch * head, chunked over L so memory stays bounded):
+
+- With a split ``g = g1 + g2`` the key side is one GEMM against the row-wise Kronecker product
+  ``T = F1(K)^T (F2(K) (x) [V, 1])`` (r1 x r2 (m_v + 1)), the query side
+  ``Y = sum_beta F2_beta(Q) (F1(Q) (W (.) T))_beta``. For head size 4 and g = 8, g2 = 1 turns a
+  rank-495 GEMM of width 5 into a rank-330 GEMM of width 25, which costs the same per row on a
+  CPU, and never builds the top-degree block. The factorisation comes from the cost model
+  (:mod:`latentdit.attention.cost`) unless :func:`tune_split` measured a faster one.
+- Backward (Thm 4.1 in the chained low-rank form): with G = dL/dY, ``dT = W (.) (F1(Q)^T (F2(Q) (x) G))``
+  is again low rank; gradients w.r.t. the features' inputs use the derivative gather tables of the
+  plan, so every pass is linear in L and nothing L x L or L x r (beyond a chunk) is stored.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+
+from latentdit.attention.cost import best_split, candidate_splits
+from latentdit.attention.features import FeatureBuilder, Plan, contract_rows, device_tables, kron_rows, make_plan
+from latentdit.attention.polynomials import ExpPoly
+
+FEATURE_BUDGET_CPU = 1 << 20   # elements of the largest per-chunk temporary (4 MiB in fp32)
+FEATURE_BUDGET_CUDA = 1 << 25
+
+
+def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype in (torch.float32, torch.float64) else torch.float32
+
+
+def chunk_length(n: int, L: int, width: int, device: torch.device, chunk: int | None = None) -> int:
+    """Rows per chunk so that the largest temporary (n x width x rows) fits the feature budget."""
+    if chunk is not None:
+        return max(1, min(int(chunk), L))
+    budget = FEATURE_BUDGET_CUDA if device.type == "cuda" else FEATURE_BUDGET_CPU
+    step = max(1, min(L, max(64, budget // max(1, n * width))))
+    chunks = -(-L // step)
+    return -(-L // chunks)  # balanced chunks: padding is < one row per chunk
+
+
+def _padded_T(x: torch.Tensor, step: int, ones: bool = False) -> torch.Tensor:
+    """(n, L, k) -> (n, k [+1 row of ones], L padded with zeros to a multiple of step)."""
+    n, L, k = x.shape
+    Lp = -(-L // step) * step
+    out = x.new_zeros(n, k + int(ones), Lp)
+    out[:, :k, :L] = x.transpose(1, 2)
+    if ones:
+        out[:, k, :L] = 1.0
+    return out
+
+
+class PolyAttentionFunction(torch.autograd.Function):
+    """out = D^{-1} P(Xq Xk^T) V with P given by its monomial coefficients and a factorisation plan.
+
+    xq (n, Lq, m), xk (n, Lk, m), v (n, Lk, mv); the logits are R <xq_i, xk_j> with |<., .>| <= 1.
+    Padded key rows have V-hat = 0 (no contribution); padded query rows are discarded.
+    """
+
+    @staticmethod
+    def forward(ctx, xq, xk, v, coeffs, plan: Plan, chunk):  # noqa: D401
+        n, Lq, m = xq.shape
+        Lk, mv = v.shape[1], v.shape[2]
+        c = mv + 1
+        W, _, _ = device_tables(plan, coeffs, xq.device, xq.dtype)
+        r1, r2 = plan.r1, plan.r2
+        width = max(r1, r2 * c * (m + 1))
+        acc = _acc_dtype(xq.dtype)
+
+        step = chunk_length(n, Lk, width, xq.device, chunk)
+        xkT, vhT = _padded_T(xk, step), _padded_T(v, step, ones=True)
+        feats = FeatureBuilder(plan, n, step, xq)
+        T = torch.zeros(n, r1, r2 * c, dtype=acc, device=xq.device)
+        for a in range(0, xkT.shape[-1], step):
+            F1, F2 = feats(xkT[:, :, a:a + step])
+            T += torch.bmm(kron_rows(F2, vhT[:, :, a:a + step]), F1.transpose(1, 2)).transpose(1, 2)
+        U = T.to(xq.dtype).view(n, r1, r2, c) * W[None, :, :, None]
+        Ut = U.reshape(n, r1, r2 * c).transpose(1, 2).contiguous()  # (n, r2 c, r1)
+
+        step = chunk_length(n, Lq, width, xq.device, chunk)
+        xqT = _padded_T(xq, step)
+        if feats.x.shape[-1] != step:
+            feats = FeatureBuilder(plan, n, step, xq)
+        Y = xq.new_empty(n, c, xqT.shape[-1])
+        for a in range(0, xqT.shape[-1], step):
+            F1, F2 = feats(xqT[:, :, a:a + step])
+            Y[:, :, a:a + step] = contract_rows(F2, torch.bmm(Ut, F1), c)
+        den = Y[:, mv, :Lq]
+        out = (Y[:, :mv, :Lq] / den[:, None]).transpose(1, 2)
+
+        ctx.plan, ctx.chunk, ctx.coeffs = plan, chunk, coeffs
+        ctx.save_for_backward(xq, xk, v, U, out, den)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dout):
+        xq, xk, v, U, out, den = ctx.saved_tensors
+        plan, chunk = ctx.plan, ctx.chunk
+        need_q, need_k, need_v = ctx.needs_input_grad[:3]
+        n, Lq, m = xq.shape
+        Lk, mv = v.shape[1], v.shape[2]
+        c = mv + 1
+        r1, r2 = plan.r1, plan.r2
+        W, src, fac = device_tables(plan, ctx.coeffs, xq.device, xq.dtype)
+        width = max(r1, r2 * c * (m + 1))
+        acc = _acc_dtype(xq.dtype)
+        dq = dk = dv = None
+
+        # G = dL/dY for Y = [numerator, denominator]: (n, Lq, c)
+        dout = dout.to(xq.dtype)
+        G = torch.cat([dout, -(dout * out).sum(-1, keepdim=True)], -1) / den[:, :, None]
+
+        def deriv(M: torch.Tensor) -> torch.Tensor:
+            """(n, r1, r2, c) coefficients on canonical slots -> (n, r2 m c, r1) of d/dx_i."""
+            flat = torch.cat([M.reshape(n, r1 * r2, c), M.new_zeros(n, 1, c)], 1)
+            D = flat[:, src] * fac[None, :, :, None]  # (n, r1 r2, m, c)
+            return D.view(n, r1, r2 * m * c).transpose(1, 2).contiguous()
+
+        step = chunk_length(n, Lq, width, xq.device, chunk)
+        xqT, GT = _padded_T(xq, step), _padded_T(G, step)
+        feats = FeatureBuilder(plan, n, step, xq)
+        dU = torch.zeros(n, r1, r2 * c, dtype=acc, device=xq.device) if (need_k or need_v) else None
+        Dt = deriv(U) if need_q else None
+        if need_q:
+            dq = xq.new_empty(n, m, xqT.shape[-1])
+        for a in range(0, xqT.shape[-1], step):
+            F1, F2 = feats(xqT[:, :, a:a + step])
+            Ga = GT[:, :, a:a + step]
+            if dU is not None:
+                dU += torch.bmm(kron_rows(F2, Ga), F1.transpose(1, 2)).transpose(1, 2)
+            if need_q:
+                Z = torch.bmm(Dt, F1).view(n, r2 * m, c, step)
+                dq[:, :, a:a + step] = contract_rows(F2, (Z * Ga[:, None]).sum(2), m)
+        if need_q:
+            dq = dq[:, :, :Lq].transpose(1, 2)
+
+        if need_k or need_v:
+            dT = dU.to(xq.dtype).view(n, r1, r2, c) * W[None, :, :, None]
+            parts = [dT.reshape(n, r1, r2 * c).transpose(1, 2)]
+            if need_k:
+                parts.append(deriv(dT))
+            Mt = torch.cat(parts, 1).contiguous()  # (n, r2 c [+ r2 m c], r1)
+            step = chunk_length(n, Lk, width, xq.device, chunk)
+            xkT, vhT = _padded_T(xk, step), _padded_T(v, step, ones=True)
+            if feats.x.shape[-1] != step:
+                feats = FeatureBuilder(plan, n, step, xq)
+            if need_v:
+                dv = xq.new_empty(n, mv, xkT.shape[-1])
+            if need_k:
+                dk = xq.new_empty(n, m, xkT.shape[-1])
+            for a in range(0, xkT.shape[-1], step):
+                F1, F2 = feats(xkT[:, :, a:a + step])
+                Z = torch.bmm(Mt, F1)
+                if need_v:
+                    dv[:, :, a:a + step] = contract_rows(F2, Z[:, :r2 * c], c)[:, :mv]
+                if need_k:
+                    Zk = Z[:, r2 * c:].view(n, r2 * m, c, step)
+                    dk[:, :, a:a + step] = contract_rows(F2, (Zk * vhT[:, None, :, a:a + step]).sum(2), m)
+            dv = None if dv is None else dv[:, :, :Lk].transpose(1, 2)
+            dk = None if dk is None else dk[:, :, :Lk].transpose(1, 2)
+        return dq, dk, dv, None, None, None
+
+
+def poly_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, poly: ExpPoly, *,
+                   scale: float, center: bool = True, norms: tuple[float, float] | None = None,
+                   split: tuple[str, int] | None = None, chunk: int | None = None) -> torch.Tensor:
+    """softmax(scale q k^T) v with exp replaced by ``poly`` (which must cover |logit| <= poly.R).
+
+    q (..., Lq, m), k (..., Lk, m), v (..., Lk, mv) with broadcastable batch dimensions.
+    ``center`` subtracts the mean key (softmax is invariant to it). ``norms`` = (max |q_i|,
+    max |k_j (centred)|) balances the two sides so both feature inputs have norm <= 1; without it
+    both are scaled by sqrt(|scale| / R). The computation runs in float32 for half inputs.
+    """
+    m = q.shape[-1]
+    mv = v.shape[-1]
+    batch = torch.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2])
+    Lq, Lk = q.shape[-2], k.shape[-2]
+    if k.shape[-2] != v.shape[-2]:
+        raise ValueError(f"k and v must have the same length, got {k.shape[-2]} and {v.shape[-2]}")
+    if Lk == 0:
+        raise ValueError("attention over an empty key set is undefined")
+    out_dtype = q.dtype
+    work = torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype
+    q, k, v = q.to(work), k.to(work), v.to(work)
+    if center:
+        k = k - k.mean(dim=-2, keepdim=True)
+    R = poly.R
+    if R > 0:
+        gamma = 1.0
+        if norms is not None and norms[0] > 0 and norms[1] > 0:
+            gamma = math.sqrt(norms[1] / norms[0])
+        aq = scale / math.sqrt(abs(scale) * R) * gamma
+        ak = math.sqrt(abs(scale) / R) / gamma
+    else:
+        aq = ak = 0.0
+    n = math.prod(batch) if len(batch) else 1
+    if n == 0 or Lq == 0:
+        return (v.new_zeros(*batch, Lq, mv) + 0 * (q.sum() + k.sum() + v.sum())).to(out_dtype)
+    xq = (q * aq).expand(*batch, Lq, m).reshape(n, Lq, m)
+    xk = (k * ak).expand(*batch, Lk, m).reshape(n, Lk, m)
+    vv = v.expand(*batch, Lk, mv).reshape(n, Lk, mv)
+    plan = make_plan(m, poly.degree, choose_split(m, poly.degree, mv, q.device) if split is None else tuple(split))
+    out = PolyAttentionFunction.apply(xq, xk, vv, poly.coeffs, plan, chunk)
+    return out.reshape(*batch, Lq, mv).to(out_dtype)
+
+
+# --------------------------------------------------------------------------- split tuning
+_TUNED_SPLITS: dict[tuple[int, int, int, str], tuple[str, int]] = {}
+
+
+def tune_split(m: int, g: int, mv: int, *, n: int = 4, L: int = 4096, device: torch.device | str = "cpu",
+               dtype: torch.dtype = torch.float32, repeats: int = 3) -> tuple[str, int]:
+    """Time the forward of the candidate factorisations on random data (n x L rows, interleaved
+    repeats, median) and remember the fastest for (m, g, mv, device type); :func:`poly_attention`
+    then uses it instead of the cost model's choice. Returns the chosen split."""
+    device = torch.device(device)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.nn.functional.normalize(torch.randn(2, n, L, m, generator=gen), dim=-1).to(device, dtype)
+    v = torch.randn(n, L, mv, generator=gen).to(device, dtype)
+    coeffs = tuple(1.0 / math.factorial(d) for d in range(g + 1))
+    cands = candidate_splits(m, g, mv)
+    times: dict = {sp: [] for sp in cands}
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    with torch.no_grad():
+        for rep in range(repeats + 1):
+            for sp in cands:
+                sync()
+                t0 = time.perf_counter()
+                PolyAttentionFunction.apply(x[0], x[1], v, coeffs, make_plan(m, g, sp), None)
+                sync()
+                if rep:  # the first round warms up
+                    times[sp].append(time.perf_counter() - t0)
+    best = min(cands, key=lambda sp: sorted(times[sp])[len(times[sp]) // 2])
+    _TUNED_SPLITS[(m, g, mv, device.type)] = best
+    return best
+
+
+def choose_split(m: int, g: int, mv: int, device: torch.device) -> tuple[str, int]:
+    """The tuned factorisation if :func:`tune_split` ran for this case, else the cost model's."""
+    return _TUNED_SPLITS.get((m, g, mv, device.type)) or best_split(m, g, mv)
