@@ -1,7 +1,8 @@
 """Command-line interface: ``latentdit {train, sample, evaluate, bench, demo, rates}``.
 
-Errors a user can fix (bad config, bad data, missing run, ...) print one line and exit with status 2;
-``--debug`` shows the traceback instead.
+Errors a user can fix (bad config, bad data, missing run, an output path that cannot be written, a
+full disk, ...) print one line and exit with status 2; ``--debug`` shows the traceback instead. Every
+command checks its output paths before it starts working (``latentdit.io``).
 """
 
 from __future__ import annotations

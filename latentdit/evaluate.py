@@ -125,6 +125,7 @@ def evaluate_run(run: str | Path, out: str | Path | None = None, **kw) -> dict:
 
         metrics = evaluate_real(model, cfg, meta, **kw)
     metrics["train_step"] = meta.get("step")
+    metrics["train_seconds"] = meta.get("train_seconds")  # training wall-clock, from the export
     if out is not None:
         metrics["provenance"] = provenance_end(prov)
         atomic_write_json(out, metrics)

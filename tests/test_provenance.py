@@ -97,7 +97,11 @@ def test_bench_and_evaluate_outputs_carry_provenance(tmp_path):
     _check_record(p)
     assert p["command"] == f"latentdit bench sampler --out {out} --quick --threads 1" and p["threads"] == 1
 
+    t0 = time.time()
     run = train(load_config(ROOT / "configs" / "tiny.toml", ["train.steps=2", "train.checkpoint_every=2"]),
                 tmp_path / "run", progress=False)
+    wall = time.time() - t0
     evaluate_run(run, tmp_path / "m.json", num_samples=16, steps=2)
-    _check_record(json.loads((tmp_path / "m.json").read_text())["provenance"])
+    m = json.loads((tmp_path / "m.json").read_text())
+    _check_record(m["provenance"])
+    assert 0 < m["train_seconds"] <= wall  # the training wall-clock behind a README figure travels along
