@@ -98,3 +98,15 @@ def test_user_errors_exit_2_without_traceback(tmp_path):
     assert not (tmp_path / "r").exists()
     r = cli("--debug", "train", "--config", TINY, "--out", tmp_path / "r", "--set", "model.depht=2")
     assert r.returncode != 0 and "Traceback" in r.stderr
+
+
+def test_readme_test_command_prints_how_many_tests_passed():
+    """README's (and CI's) `python -m pytest -q` must end with an "N passed" line, whatever pyproject's
+    addopts hold (a second -q hides it)."""
+    import re
+
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                        "tests/test_config.py::test_defaults_validate_and_round_trip"],
+                       capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert re.search(r"^1 passed in [\d.]+s", r.stdout.strip().splitlines()[-1]), r.stdout
