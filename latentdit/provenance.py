@@ -8,7 +8,7 @@ Every JSON behind a figure in README.md or docs/ carries a ``"provenance"`` entr
 
 with the keys ``command`` (the command line), ``git_commit`` (``git rev-parse HEAD`` of the source
 tree, or ``latentdit==VERSION`` when the package is installed without git), ``git_dirty`` (tracked
-files differ from that commit; ``None`` when unknown), ``threads`` (torch's intra-op threads at the
+code differs from that commit; results and docs do not count; ``None`` when unknown), ``threads`` (torch's intra-op threads at the
 end), ``host_cpus``, ``loadavg_before`` / ``loadavg_after`` (1, 5 and 15 minute load averages),
 ``started`` (UTC, ISO 8601) and ``seconds`` (wall-clock). ``REQUIRED`` lists the keys a figure's
 JSON must have (checked by the test suite on ``docs/``).
@@ -54,7 +54,9 @@ def git_commit() -> tuple[str, bool | None]:
     """(commit, dirty) of the source tree this package is imported from, else (``latentdit==VERSION``, None)."""
     head = _git("rev-parse", "HEAD")
     if head:
-        status = _git("status", "--porcelain", "--untracked-files=no")
+        # code only: results and docs (.json, .png, .md) rewritten by earlier measurements do not count
+        status = _git("status", "--porcelain", "--untracked-files=no", "--", ".",
+                      ":(exclude)*.json", ":(exclude)*.png", ":(exclude)*.md")
         return head, (None if status is None else bool(status))
     try:
         from importlib.metadata import version
