@@ -1,7 +1,8 @@
 """Command-line interface: ``latentdit {train, sample, evaluate, bench, demo, rates}``.
 
-Errors a user can fix (bad config, bad data, missing run, ...) print one line and exit with status 2;
-``--debug`` shows the traceback instead.
+Errors a user can fix (bad config, bad data, missing run, an output path that cannot be written, a
+full disk, ...) print one line and exit with status 2; ``--debug`` shows the traceback instead. Every
+command checks its output paths before it starts working (``latentdit.io``).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import sys
 from pathlib import Path
 
 from latentdit.errors import CheckpointError, ConfigError, LatentDitError
+from latentdit.io import WRITE_ERRNOS, atomic_write, check_output_dir, check_output_file, describe_write_error
 
 DELEGATED = {  # subcommand -> module with main(argv) -> int
     "demo": "latentdit.experiments.demo",
@@ -20,6 +22,9 @@ DELEGATED = {  # subcommand -> module with main(argv) -> int
 }
 BENCHES = {"attention": "latentdit.bench.attention", "model": "latentdit.bench.model",
            "sampler": "latentdit.bench.sampler"}
+OUTPUTS = {  # delegated command -> (flag, kind) of the paths it writes, checked before it starts
+    "demo": (("--out", "dir"),), "rates": (("--out", "dir"),), "bench": (("--out", "file"), ("--plot", "file")),
+}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -80,6 +85,7 @@ def _cmd_train(a: argparse.Namespace) -> int:
     from latentdit.config import Config, load_config
     from latentdit.train import check_run_dir, train
 
+    check_output_dir(a.out)
     check_run_dir(a.out)
     if (a.out / "config.json").is_file() and a.config is None:
         import json
@@ -104,6 +110,7 @@ def _cmd_sample(a: argparse.Namespace) -> int:
     from latentdit.evaluate import generate
     from latentdit.pipeline import from_pretrained
 
+    check_output_file(a.out)
     if a.num <= 0:
         raise ConfigError(f"--num {a.num} must be > 0")
     if a.steps is not None and a.steps <= 0:
@@ -130,13 +137,10 @@ def _cmd_sample(a: argparse.Namespace) -> int:
 
         x = Normalisation.from_dict(meta["normalisation"]).invert(x)
     arr = x.cpu().numpy()
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = a.out.with_name(a.out.name + ".tmp" + a.out.suffix)
     if a.out.suffix == ".npz":
-        np.savez(tmp, x=arr, **({"labels": labels.numpy()} if labels is not None else {}))
+        atomic_write(a.out, lambda f: np.savez(f, x=arr, **({"labels": labels.numpy()} if labels is not None else {})))
     else:
-        np.save(tmp, arr)
-    os.replace(tmp, a.out)
+        atomic_write(a.out, lambda f: np.save(f, arr))
     print(f"wrote {arr.shape[0]} samples of dimension {arr.shape[1]} to {a.out}")
     return 0
 
@@ -146,6 +150,7 @@ def _cmd_evaluate(a: argparse.Namespace) -> int:
 
     from latentdit.evaluate import evaluate_run
 
+    check_output_file(a.out)
     if not a.run.is_dir():
         raise CheckpointError(f"run directory {str(a.run)!r} does not exist; check the path or train first "
                               "with `latentdit train --out RUN`")
@@ -177,10 +182,25 @@ def _split_delegated(argv: list[str]) -> argparse.Namespace | None:
     return None
 
 
+def _flag_values(argv: list[str], flag: str) -> list[str]:
+    """The values given to ``flag`` (``--out X`` or ``--out=X``) in a delegated command's arguments."""
+    return [argv[i + 1] if x == flag else x[len(flag) + 1:] for i, x in enumerate(argv)
+            if (x == flag and i + 1 < len(argv)) or x.startswith(flag + "=")]
+
+
+def _check_delegated_outputs(command: str, argv: list[str]) -> None:
+    """The output paths a delegated command was given can be written (before it does any work)."""
+    for flag, kind in OUTPUTS.get(command, ()):
+        for value in _flag_values(argv, flag):
+            (check_output_dir if kind == "dir" else check_output_file)(Path(value), flag)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = _split_delegated(argv) or _parser().parse_args(argv)
     try:
+        if args.command in OUTPUTS:
+            _check_delegated_outputs(args.command, args.rest)
         if args.command == "train":
             return _cmd_train(args)
         if args.command == "sample":
@@ -194,6 +214,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # an output that could not be written (disk full, read-only, ...): not a bug
+        if args.debug or e.errno not in WRITE_ERRNOS:
+            raise
+        out = getattr(args, "out", None) or next(iter(_flag_values(getattr(args, "rest", None) or [], "--out")), None)
+        print(f"error: {describe_write_error(e, out)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted; the last checkpoint is kept and `latentdit train --out RUN` resumes", file=sys.stderr)

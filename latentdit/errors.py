@@ -25,3 +25,7 @@ class CheckpointError(LatentDitError, ValueError):
 
 class DivergenceError(LatentDitError, FloatingPointError):
     """Training produced a NaN or infinite loss; the last good checkpoint is kept."""
+
+
+class OutputError(LatentDitError, ValueError):
+    """An output path (``--out``) that cannot be created or written: checked before the work starts."""

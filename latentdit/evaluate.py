@@ -16,18 +16,18 @@ For ground-truth (``gmm``) runs the metrics are:
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from pathlib import Path
 
 import torch
 
 from latentdit.config import Config
+from latentdit.io import atomic_write_json
 from latentdit.metrics.distances import (aligned_latent, expected_off_subspace_variance, off_subspace_variance,
                                          score_errors, subspace_error, w2)
 from latentdit.models.score import LatentScoreNet
 from latentdit.pipeline import build_ground_truth, from_pretrained
+from latentdit.provenance import provenance_end, provenance_start
 from latentdit.sampling import get_sampler, sample, time_grid
 
 
@@ -114,7 +114,9 @@ def evaluate_gmm(model: LatentScoreNet, cfg: Config, *, num_samples: int | None 
 
 
 def evaluate_run(run: str | Path, out: str | Path | None = None, **kw) -> dict:
-    """Evaluate a run directory's export and (optionally) write the metrics as JSON atomically."""
+    """Evaluate a run directory's export and (optionally) write the metrics as JSON atomically, with
+    their provenance (this process's command line, the git commit, threads and load averages)."""
+    prov = provenance_start()
     model, cfg, meta = from_pretrained(run)
     if cfg.data.source == "gmm":
         metrics = evaluate_gmm(model, cfg, **kw)
@@ -123,10 +125,8 @@ def evaluate_run(run: str | Path, out: str | Path | None = None, **kw) -> dict:
 
         metrics = evaluate_real(model, cfg, meta, **kw)
     metrics["train_step"] = meta.get("step")
+    metrics["train_seconds"] = meta.get("train_seconds")  # training wall-clock, from the export
     if out is not None:
-        out = Path(out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_suffix(out.suffix + ".tmp")
-        tmp.write_text(json.dumps(metrics, indent=2) + "\n")
-        os.replace(tmp, out)
+        metrics["provenance"] = provenance_end(prov)
+        atomic_write_json(out, metrics)
     return metrics

@@ -158,13 +158,48 @@ def test_paper_attention_matches_column_formula():
     assert torch.allclose(out, expect, atol=1e-10)
 
 
-def test_paper_entry_bound_bounds_logits():
-    att = PaperAttention(4, 2, 3, entry_bound=0.5)
-    X = 100 * torch.randn(2, 6, 4)
-    q = 0.5 * torch.tanh(att.W_Q(X) / 0.5)
-    k = 0.5 * torch.tanh(att.W_K(X) / 0.5)
-    logits = torch.einsum("nlm,nkm->nlk", q.reshape(2, 6, 2, 3)[:, :, 0], k.reshape(2, 6, 2, 3)[:, :, 0])
-    assert logits.abs().max() <= 3 * 0.25 + 1e-6
+def _logits_used_by(att: PaperAttention, X: torch.Tensor, monkeypatch) -> tuple[torch.Tensor, dict, torch.Tensor]:
+    """Run the real module and capture the q, k, scale and logit bound it hands to the attention kernel."""
+    import latentdit.models.blocks as blocks
+
+    seen = {}
+    real = blocks.attention
+
+    def spy(q, k, v, **kw):
+        seen.update(q=q.detach().clone(), k=k.detach().clone(), **kw)
+        return real(q, k, v, **kw)
+
+    monkeypatch.setattr(blocks, "attention", spy)
+    with torch.no_grad():
+        out = att(X)
+    return seen["scale"] * seen["q"] @ seen["k"].transpose(-1, -2), seen, out
+
+
+def test_paper_entry_bound_bounds_logits(monkeypatch):
+    """With adversarially large W_Q, W_K and inputs, the logits the module actually feeds to softmax stay
+    within m B_e^2 (Def. 3.2), come close to it (the clip saturates, it does not just shrink), and the
+    bound passed on to the kernel is that value; without the bound the same weights give logits ~1e6."""
+    d, r, m, b = 4, 2, 3, 0.5
+    att = PaperAttention(d, r, m, entry_bound=b)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for W in (att.W_Q, att.W_K):
+            W.weight.copy_(1e3 * torch.randn(W.weight.shape, generator=g))
+    X = 100 * torch.randn(2, 6, d, generator=g)
+    X[0, 0] = X[0, 1]  # equal tokens: their q . k is a sum of m squares near B_e^2 each
+    logits, seen, out = _logits_used_by(att, X, monkeypatch)
+    assert seen["scale"] == 1.0 and seen["logit_bound"] == pytest.approx(m * b * b)
+    assert logits.abs().max() <= m * b * b + 1e-6
+    assert logits.abs().max() >= 0.99 * m * b * b
+    # the output is X + W_O softmax(q k^T) v with those very logits (exact attention, closed form)
+    v = att.W_V(X).reshape(2, 6, r, m).transpose(1, 2)
+    ref = X + att.W_O((torch.softmax(logits, -1) @ v).transpose(1, 2).reshape(2, 6, r * m))
+    torch.testing.assert_close(out, ref.detach(), rtol=1e-4, atol=1e-2)
+
+    free = PaperAttention(d, r, m, entry_bound=None)
+    free.load_state_dict(att.state_dict())
+    logits_free, seen_free, _ = _logits_used_by(free, X, monkeypatch)
+    assert seen_free["logit_bound"] is None and logits_free.abs().max() > 1e6
 
 
 def test_learned_encoder_stays_orthonormal_and_moves():

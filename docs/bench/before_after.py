@@ -10,9 +10,9 @@ after back to back, and medians are reported.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
+import sys
 import subprocess
 import time
 import types
@@ -41,6 +41,8 @@ def interleave(fns: dict, repeats: int) -> dict:
 
 
 def main() -> None:
+    from latentdit.io import atomic_write_json, check_output_file
+    from latentdit.provenance import provenance_end, provenance_start
     ap = argparse.ArgumentParser()
     ap.add_argument("--base", default="465c42e")
     ap.add_argument("--out", type=Path, default=Path("docs/bench/before_after.json"))
@@ -49,6 +51,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    check_output_file(args.out)
+    prov = provenance_start(["python", *sys.argv])
     from latentdit import sampling as new_sampling
     from latentdit.bench.model import CONFIGS, _inputs, build_ours
     from latentdit.data.gmm import SubspaceGMM
@@ -118,7 +122,8 @@ def main() -> None:
         same[name] = float((a - b).abs().max())
     out["sampler_max_abs_diff"] = same
     out["loadavg_after"] = os.getloadavg()
-    args.out.write_text(json.dumps(out, indent=2) + "\n")
+    out["provenance"] = provenance_end(prov)
+    atomic_write_json(args.out, out)
     print(f"wrote {args.out}")
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +34,8 @@ def parse_setting(text: str) -> dict:
 
 
 def main() -> None:
+    from latentdit.io import atomic_write_json, check_output_file
+    from latentdit.provenance import provenance_end, provenance_start
     from latentdit.evaluate import generate
     from latentdit.experiments.real import balanced_labels, cache_dir, cached_features, classifier_features, load_real
     from latentdit.metrics.classifier import classifier_accuracy, train_classifier
@@ -49,6 +52,9 @@ def main() -> None:
     ap.add_argument("settings", nargs="+")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.out is not None:
+        check_output_file(args.out)
+    prov = provenance_start(["python", *sys.argv])
     settings = {s: parse_setting(s) for s in args.settings}
 
     model, cfg, _ = from_pretrained(args.run)
@@ -83,8 +89,8 @@ def main() -> None:
         out["settings"][name] = r
         print(name, json.dumps(r), flush=True)
     if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(out, indent=2) + "\n")
+        out["provenance"] = provenance_end(prov)
+        atomic_write_json(args.out, out)
         print(f"wrote {args.out}")
 
 

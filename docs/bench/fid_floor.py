@@ -13,14 +13,16 @@ distribution exactly would score at that d0. The real set's features come from t
 from __future__ import annotations
 
 import argparse
-import json
 import time
+import sys
 from pathlib import Path
 
 import torch
 
 
 def main() -> None:
+    from latentdit.io import atomic_write_json, check_output_file
+    from latentdit.provenance import provenance_end, provenance_start
     from latentdit.encoder import pca_basis
     from latentdit.experiments.demo import DEMO_CONFIG
     from latentdit.experiments.real import cache_dir, cached_features, load_real
@@ -33,6 +35,8 @@ def main() -> None:
     ap.add_argument("--num", type=int, default=2000)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
+    check_output_file(args.out)
+    prov = provenance_start(["python", *sys.argv])
     loaded = load_real(Config.from_dict(DEMO_CONFIG))
     ext = InceptionFeatures("cpu")
     f_real = cached_features(loaded.to_images(loaded.x), ext, cache=cache_dir(), progress=True)
@@ -48,8 +52,8 @@ def main() -> None:
                            "seconds": time.time() - t0}
         print(f"d0={d0}: FID of projected real images {out['dims'][d0]['fid_projection']:.2f} "
               f"(energy retained {retained:.3f})", flush=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=2) + "\n")
+    out["provenance"] = provenance_end(prov)
+    atomic_write_json(args.out, out)
     print(f"wrote {args.out}")
 
 

@@ -12,9 +12,9 @@ question it answers: how fast could our step be if everything but the GEMMs cost
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
+import sys
 from pathlib import Path
 
 import torch
@@ -45,6 +45,8 @@ def summarise(steps: list[dict]) -> dict:
 
 
 def main() -> None:
+    from latentdit.io import atomic_write_json, check_output_file
+    from latentdit.provenance import provenance_end, provenance_start
     from latentdit.bench.model import CONFIGS
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -54,6 +56,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    check_output_file(args.out)
+    prov = provenance_start(["python", *sys.argv])
     c = CONFIGS[args.config]
     out = {"config": args.config, "size": c, "threads": args.threads, "repeats": args.repeats,
            "loadavg_before": os.getloadavg()}
@@ -75,8 +79,8 @@ def main() -> None:
     out["loadavg_after"] = os.getloadavg()
     print(f"profiled speedup x{out['speedup_profiled']:.2f}; if all but our GEMMs were free: "
           f"x{out['floor_speedup']:.2f}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=2) + "\n")
+    out["provenance"] = provenance_end(prov)
+    atomic_write_json(args.out, out)
     print(f"wrote {args.out}")
 
 

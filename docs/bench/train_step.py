@@ -16,9 +16,9 @@ draw, loss, backward, clipping, optimiser, LR schedule, EMA); medians over ``--r
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -63,6 +63,8 @@ def make_trainer(config: Path, variant: str, run: Path, threads: int):
 
 
 def main() -> None:
+    from latentdit.io import atomic_write_json, check_output_file
+    from latentdit.provenance import provenance_end, provenance_start
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path("docs/bench/train_step.json"))
     ap.add_argument("--repeats", type=int, default=7)
@@ -71,6 +73,8 @@ def main() -> None:
     ap.add_argument("--configs", default="mnist,gmm")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    check_output_file(args.out)
+    prov = provenance_start(["python", *sys.argv])
     out: dict = {"threads": args.threads, "steps_per_repeat": args.steps, "repeats": args.repeats,
                  "torch": torch.__version__, "loadavg_before": os.getloadavg(), "configs": {}}
     with tempfile.TemporaryDirectory() as tmp:
@@ -100,8 +104,8 @@ def main() -> None:
                   f"{1e3 * med['after']:.1f}: fused optimiser+EMA x{c['speedup_fused_optimizer_and_ema']:.2f}, "
                   f"erf GELU x{c['speedup_erf_gelu']:.2f}, total x{c['speedup_total']:.2f}", flush=True)
     out["loadavg_after"] = os.getloadavg()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=2) + "\n")
+    out["provenance"] = provenance_end(prov)
+    atomic_write_json(args.out, out)
     print(f"wrote {args.out}")
 
 

@@ -41,6 +41,9 @@ from typing import Callable
 
 import torch
 
+from latentdit.io import atomic_write_json, check_output_file
+from latentdit.provenance import provenance_end, provenance_start
+
 # name -> matched configuration; tokens = (side / patch)^2 of size patch^2, latent d0 = side^2
 CONFIGS: dict[str, dict] = {
     # mid-size: hidden 256, depth 4, 16 tokens, batch 256 (the FLOPs-utilisation configuration)
@@ -328,7 +331,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="also time both training steps under torch.compile (needs a C++ compiler)")
     ap.add_argument("--threads", type=int, default=0,
                     help="torch CPU threads (0 = torch's default); 1 is steadier on an oversubscribed machine")
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = ap.parse_args(argv)
+    check_output_file(args.out)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     _require_diffusers()
@@ -344,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
     if repeats < 1:
         print("error: --repeats must be >= 1", file=sys.stderr)
         return 2
-    load_before = os.getloadavg()
+    prov = provenance_start(["latentdit", "bench", "model", *argv])
     memory = not (args.no_memory or args.quick)
     results = {name: bench_config(name, c, repeats, mm_n, memory, args.compile) for name, c in configs.items()}
     head = results[HEADLINE] if HEADLINE in results else next(iter(results.values()))
@@ -363,11 +368,10 @@ def main(argv: list[str] | None = None) -> int:
         "environment": {"torch": torch.__version__, "diffusers": diffusers.__version__,
                         "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
                         "machine": platform.machine(), "python": platform.python_version(),
-                        "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
                         "optimizer": "AdamW(lr=1e-4, fused=True) for both", "dtype": "float32"},
+        "provenance": provenance_end(prov),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    atomic_write_json(args.out, report)
     print(f"wrote {args.out}")
     return 0
 

@@ -25,8 +25,6 @@ within 10% of 1 - exp(-T0), latent W2 <= 1.2 x w2_reference, and dpm2m at 20 NFE
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -34,8 +32,10 @@ from pathlib import Path
 import torch
 
 from latentdit.data.gmm import SubspaceGMM
+from latentdit.io import atomic_write_json, check_output_file
 from latentdit.metrics.distances import (aligned_latent, expected_off_subspace_variance, off_subspace_variance,
                                          w2)
+from latentdit.provenance import provenance_end, provenance_start
 from latentdit.sampling import SAMPLERS, CountingScore, DEFAULT_GRID, get_sampler, nfe_per_step, time_grid
 
 FULL = dict(D=64, d0=4, K=4, n=4000, T0=1e-3, T=10.0, nfes=[5, 10, 20, 50], em_steps=1000)
@@ -162,9 +162,12 @@ def main(argv: list[str] | None = None) -> int:
                     help="only the per-sampler acceptance at each sampler's intended step budget")
     ap.add_argument("--threads", type=int, default=0,
                     help="torch CPU threads (0 = torch's default); 1 is steadier on an oversubscribed machine")
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = ap.parse_args(argv)
+    check_output_file(args.out)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
+    prov = provenance_start(["latentdit", "bench", "sampler", *argv])
     p = QUICK if args.quick else FULL
     t_start = time.perf_counter()
     truth = SubspaceGMM.random(p["D"], p["d0"], p["K"], seed=0)
@@ -173,9 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"reference W2 (true vs true, n={p['n']}): {w2_ref:.4f}", flush=True)
     if args.core_only:
         core = core_acceptance(truth, p, w2_ref)
-        core.update(params=p, seconds=time.perf_counter() - t_start)
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(core, indent=2) + "\n")
+        core.update(params=p, seconds=time.perf_counter() - t_start, provenance=provenance_end(prov))
+        atomic_write_json(args.out, core)
         print(f"core acceptance {'passed' if core['all_ok'] else 'FAILED'}; wrote {args.out}")
         return 0 if core["all_ok"] else 1
     results = {}
@@ -209,11 +211,10 @@ def main(argv: list[str] | None = None) -> int:
     report = {"core_acceptance": core, "nfe_to_match_em1000": exact["nfe_to_match_em1000"], "w2_em1000": exact["w2_em1000"],
               "w2_reference": w2_ref, "acceptance": exact["acceptance"], "params": p, "tolerance": TOL,
               "results": results, "seconds": time.perf_counter() - t_start, "threads": torch.get_num_threads(),
-              "loadavg_after": os.getloadavg()}
+              "provenance": provenance_end(prov)}
     if "trained" in results:
         report["trained_nfe_to_match_em1000"] = results["trained"]["nfe_to_match_em1000"]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    atomic_write_json(args.out, report)
     png = args.out.with_suffix(".png")
     plot(results, png)
     print(f"wrote {args.out} and {png}")

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from latentdit.config import Config, apply_overrides, read_config_file
 from latentdit.errors import ConfigError
+from latentdit.io import check_output_dir
 
 # The demo's configuration; configs/mnist.toml holds the same values (a test keeps them equal).
 DEMO_CONFIG: dict = {
@@ -145,6 +146,7 @@ def summary(m: dict, out: Path) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    check_output_dir(args.out)  # before training: an output that cannot be written fails at once
     from latentdit.experiments.real import evaluate_real
     from latentdit.pipeline import from_pretrained
     from latentdit.train import check_run_dir, train
