@@ -29,6 +29,8 @@ import torch
 from tqdm import tqdm
 
 from latentdit.bench.attention_report import plot, summarize
+from latentdit.io import atomic_write_json, check_output_file
+from latentdit.provenance import provenance_end, provenance_start
 from latentdit.bench.attention_sweep import CONFIGS, HEADS, METHODS, phase_sweep, timing_sweep
 
 
@@ -87,8 +89,10 @@ def _load() -> list[float] | None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    check_output_file(args.out)
+    check_output_file(args.plot, "--plot")
     torch.set_num_threads(args.threads)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
+    prov = provenance_start(["latentdit", "bench", "attention", *(sys.argv[1:] if argv is None else argv)])
     n_timing = 0
     for m, _ in CONFIGS:
         for L in args.lengths:
@@ -119,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
         "phase_transition": phase,
     }
     report["machine"]["load_average_end"] = _load()
-    args.out.write_text(json.dumps(report, indent=1))
+    report["provenance"] = provenance_end(prov)
+    atomic_write_json(args.out, report, indent=1)
     plot(data, phase, args.plot)
     print(json.dumps(summary, indent=1))
     print(f"wrote {args.out} and {args.plot}")

@@ -20,6 +20,8 @@ from latentdit.experiments.rates.claims import analyse
 from latentdit.experiments.rates.plan import Budget, Plan, config_key, configurations, plan_for
 from latentdit.experiments.rates.report import find_attention_json, summary_dict, write_report
 from latentdit.experiments.rates.store import DB_NAME, RateStore
+from latentdit.io import atomic_write_json
+from latentdit.provenance import provenance_end, provenance_start
 
 
 def tv_to_density(q_samples: np.ndarray, log_p: Callable[[np.ndarray], np.ndarray], p_samples: np.ndarray) -> float:
@@ -327,6 +329,7 @@ def run_rates(out: Path, plan: Plan, *, workers: int = 1, threads: int = 1, prog
     """Run (or resume) the plan's sweeps in ``out`` and write report.md, summary.json and the plots."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    prov = provenance_start()
     store = RateStore(out / DB_NAME)
     t0 = time.time()
     cpu0 = _cpu_total()
@@ -359,9 +362,12 @@ def run_rates(out: Path, plan: Plan, *, workers: int = 1, threads: int = 1, prog
     if rows and estimate and "full_estimate_seconds" not in meta.get("timing", {}):
         meta["timing"].update(estimate_full(max(1, workers), threads))
     if meta.get("timing"):
-        timing_file.write_text(json.dumps(meta["timing"], indent=1) + "\n")
+        if counts["ran"] > 0 or "provenance" not in meta["timing"]:
+            meta["timing"]["provenance"] = provenance_end(prov)
+        atomic_write_json(timing_file, meta["timing"], indent=1)
     analysis = analyse(rows, plan)
     write_report(out, plan, rows, analysis, meta=meta, attention=find_attention_json(attention))
     summary = _json_safe(summary_dict(analysis, plan, meta))
-    (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    summary["provenance"] = provenance_end(prov)
+    atomic_write_json(out / "summary.json", summary, indent=1)
     return summary
