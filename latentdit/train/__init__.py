@@ -1,6 +1,16 @@
-"""Training: denoising score matching with AdamW, warmup + cosine LR, gradient clipping and EMA."""
+"""Training: denoising score matching with AdamW, warmup + cosine LR, gradient clipping and EMA.
 
-from latentdit.train.loop import *  # noqa: F401,F403
-from latentdit.train.loop import (CKPT_DIR, CKPT_FORMAT, KILL_ENV, SAMPLES_DIR, DataOrder, Trainer,  # noqa: F401
-                                  check_run_dir, ema_decay_at, ema_update, global_rng_state, list_checkpoints,
-                                  lr_lambda, make_optimizer, param_groups, set_global_rng_state, train)
+``optim`` (AdamW, LR schedule, EMA), ``checkpoint`` (atomic files, resume state, RNG state),
+``rundir`` (the run directory: check, preparation on resume, lock) and ``loop`` (:class:`Trainer`,
+:func:`train`). Only rank 0 writes into the run directory.
+"""
+
+from latentdit.train.checkpoint import (CKPT_DIR, CKPT_FORMAT, global_rng_state, list_checkpoints, read_latest,
+                                        set_global_rng_state, write_checkpoint)
+from latentdit.train.loop import SAMPLES_DIR, DataOrder, TrainCallbacks, Trainer, train
+from latentdit.train.optim import ema_decay_at, ema_update, lr_lambda, make_optimizer, param_groups
+from latentdit.train.rundir import RunLock, check_run_dir
+
+__all__ = ["CKPT_DIR", "CKPT_FORMAT", "SAMPLES_DIR", "DataOrder", "RunLock", "TrainCallbacks", "Trainer",
+           "check_run_dir", "ema_decay_at", "ema_update", "global_rng_state", "list_checkpoints", "lr_lambda",
+           "make_optimizer", "param_groups", "read_latest", "set_global_rng_state", "train", "write_checkpoint"]
