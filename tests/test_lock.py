@@ -46,6 +46,8 @@ def test_train_on_a_locked_directory_writes_nothing(tmp_path):
         with pytest.raises(ConfigError, match="in use by another training run"):
             train(load_config(TINY, SETS), run, progress=False)
         assert [p.name for p in run.iterdir()] == [".lock"]
+    train(load_config(TINY, SETS), run, progress=False)  # a directory holding only a lock file is a new run
+    assert json.loads((run / "model" / "config.json").read_text())["step"] == 6
 
 
 def test_concurrent_second_run_is_refused_while_the_first_runs(tmp_path):

@@ -5,9 +5,9 @@
 :func:`train`). Only rank 0 writes into the run directory.
 """
 
-from latentdit.train.checkpoint import (CKPT_DIR, CKPT_FORMAT, global_rng_state, list_checkpoints, read_latest,
-                                        set_global_rng_state, write_checkpoint)
-from latentdit.train.loop import SAMPLES_DIR, DataOrder, TrainCallbacks, Trainer, train
+from latentdit.train.checkpoint import (CKPT_DIR, CKPT_FORMAT, DataOrder, global_rng_state, list_checkpoints,
+                                        read_latest, set_global_rng_state, write_checkpoint)
+from latentdit.train.loop import SAMPLES_DIR, TrainCallbacks, Trainer, train
 from latentdit.train.optim import ema_decay_at, ema_update, lr_lambda, make_optimizer, param_groups
 from latentdit.train.rundir import RunLock, check_run_dir
 

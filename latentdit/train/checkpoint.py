@@ -1,4 +1,4 @@
-"""Checkpoint files: atomic writes, listing, reading the newest readable one, and RNG state.
+"""Checkpoint files (atomic writes, listing, reading the newest readable one) and resumable state.
 
 A checkpoint is written to ``step_XXXXXXXX.pt.tmp``, flushed, fsynced and renamed (then the folder
 is fsynced), so a ``step_*.pt`` file is complete or absent. Checkpoints are read with
@@ -93,7 +93,29 @@ def read_latest(run: Path) -> tuple[dict | None, Path | None, list[tuple[Path, s
     return None, None, []
 
 
-# ------------------------------------------------------------------------------------------ RNG state
+# ------------------------------------------------------------- resumable streams: data order, RNG state
+
+
+class DataOrder:
+    """Epoch-wise random permutations from (seed, epoch): resumable from (epoch, position) alone."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, epoch: int = 0, pos: int = 0):
+        self.n, self.bs, self.seed, self.epoch, self.pos = n, batch_size, seed, epoch, pos
+        self._perm = self._make(epoch)
+
+    def _make(self, epoch: int) -> torch.Tensor:
+        return torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 100_003 + epoch))
+
+    def next(self) -> torch.Tensor:
+        if self.pos + self.bs > self.n:  # drop the ragged tail, start a new epoch
+            self.epoch, self.pos = self.epoch + 1, 0
+            self._perm = self._make(self.epoch)
+        idx = self._perm[self.pos:self.pos + self.bs]
+        self.pos += self.bs
+        return idx
+
+    def state(self) -> dict:
+        return {"epoch": self.epoch, "pos": self.pos}
 
 
 def global_rng_state() -> dict:

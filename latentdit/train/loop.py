@@ -2,8 +2,8 @@
 
 Calling :func:`train` on an existing run directory resumes from its newest checkpoint and continues
 exactly: a run killed at any point (even ``kill -9`` during a checkpoint write) and resumed ends with
-the same weights as one never interrupted (bitwise on CPU with a fixed thread count). :func:`train`
-holds the run directory's lock (:class:`latentdit.train.rundir.RunLock`) while it trains.
+the same weights as one never interrupted (bitwise on CPU with a fixed thread count).
+:meth:`Trainer.fit` holds the run directory's lock (:class:`latentdit.train.rundir.RunLock`).
 
 ``train.steps`` is the budget. ``train.time_limit > 0`` (off by default) stops earlier when the
 wall-clock limit is reached; the run then says so on stderr and records ``steps_trained`` and
@@ -32,34 +32,12 @@ from latentdit.diffusion import sample_times
 from latentdit.distributed import DistContext, init_distributed, rank_device
 from latentdit.errors import CheckpointError, ConfigError, DivergenceError
 from latentdit.pipeline import TrainData, build_data, build_model, resolve_device, save_pretrained
-from latentdit.train.checkpoint import (CKPT_FORMAT, global_rng_state, list_checkpoints, read_latest,
+from latentdit.train.checkpoint import (CKPT_FORMAT, DataOrder, global_rng_state, list_checkpoints, read_latest,
                                         set_global_rng_state, write_checkpoint)
 from latentdit.train.optim import ema_decay_at, ema_update, lr_lambda, make_optimizer
 from latentdit.train.rundir import METRICS, RunLock, check_run_dir, prepare_run_dir
 
 SAMPLES_DIR = "samples"
-
-
-class DataOrder:
-    """Epoch-wise random permutations from (seed, epoch): resumable from (epoch, position) alone."""
-
-    def __init__(self, n: int, batch_size: int, seed: int, epoch: int = 0, pos: int = 0):
-        self.n, self.bs, self.seed, self.epoch, self.pos = n, batch_size, seed, epoch, pos
-        self._perm = self._make(epoch)
-
-    def _make(self, epoch: int) -> torch.Tensor:
-        return torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 100_003 + epoch))
-
-    def next(self) -> torch.Tensor:
-        if self.pos + self.bs > self.n:  # drop the ragged tail, start a new epoch
-            self.epoch, self.pos = self.epoch + 1, 0
-            self._perm = self._make(self.epoch)
-        idx = self._perm[self.pos:self.pos + self.bs]
-        self.pos += self.bs
-        return idx
-
-    def state(self) -> dict:
-        return {"epoch": self.epoch, "pos": self.pos}
 
 
 class _Objective(torch.nn.Module):
@@ -233,11 +211,29 @@ class Trainer:
                               f"`latentdit train --out {self.run} --set optim.lr=...`")
 
     def fit(self) -> Path:
-        cfg, tc, main = self.cfg, self.cfg.train, self.dist.is_main
-        state, ckpt, bad = self.read_latest()  # reading only: errors leave the run directory untouched
+        """Train to ``train.steps``, resuming from the newest checkpoint; export; return the run directory.
+
+        Checks and reads first (errors leave the run directory untouched), then holds the run
+        directory's lock (rank 0) for the rest: a run directory in use is a :class:`ConfigError`.
+        """
+        state, ckpt, bad = self.read_latest()
         if state is not None:
             self.load_state_dict(state)
-        self.dist.barrier()
+        lock, refused = RunLock(self.run), None
+        if self.dist.is_main:
+            try:
+                lock.acquire()
+            except ConfigError as e:
+                refused = e
+        try:  # ``any`` is a collective: every rank stops when rank 0 could not lock
+            if self.dist.any(refused is not None, self.device):
+                raise refused or ConfigError(f"--out {str(self.run)!r} is in use by another training run")
+            return self._fit(state, ckpt, bad)
+        finally:
+            lock.release()
+
+    def _fit(self, state: dict | None, ckpt: Path | None, bad: list[tuple[Path, str]]) -> Path:
+        cfg, tc, main = self.cfg, self.cfg.train, self.dist.is_main
         if main:
             prepare_run_dir(self.run, cfg.to_dict(), self.step, ckpt, bad)
         self.dist.barrier()
@@ -367,26 +363,15 @@ def train(cfg: Config, run_dir: str | Path, *, progress: bool | None = None, dat
           callbacks: TrainCallbacks | None = None) -> Path:
     """Train (or resume) a run in ``run_dir``; returns the run directory.
 
-    Holds ``run_dir``'s lock while training: a second run on the same directory is refused with a
-    :class:`ConfigError`. Under ``torchrun`` this joins the process group (gloo on CPU, NCCL on
-    CUDA) and trains data-parallel; only rank 0 takes the lock. ``callbacks``: see :class:`TrainCallbacks`.
+    Holds ``run_dir``'s lock while training (see :meth:`Trainer.fit`): a second run on the same
+    directory is refused with a :class:`ConfigError`. Under ``torchrun`` this joins the process group
+    (gloo on CPU, NCCL on CUDA) and trains data-parallel; only rank 0 takes the lock.
+    ``callbacks``: see :class:`TrainCallbacks`.
     """
     run = Path(run_dir)
     ctx = init_distributed(cfg.train.device)
-    lock = RunLock(run)
     try:
         check_run_dir(run)  # every rank checks before any rank writes (the group init is a barrier)
-        trainer = Trainer(cfg, run, progress=progress, dist=ctx, data=data, callbacks=callbacks)
-        refused = None
-        if ctx.is_main:
-            try:
-                lock.acquire()
-            except ConfigError as e:
-                refused = e
-        if ctx.any(refused is not None, trainer.device):
-            raise refused or ConfigError(f"--out {str(run)!r} is in use by another training run (rank 0 could "
-                                         "not lock it)")
-        return trainer.fit()
+        return Trainer(cfg, run, progress=progress, dist=ctx, data=data, callbacks=callbacks).fit()
     finally:
-        lock.release()
         ctx.shutdown()
