@@ -118,7 +118,9 @@ class OptimConfig:
 class TrainConfig:
     steps: int = 10000
     batch_size: int = 256
-    time_limit: float = 0.0  # seconds; > 0 ends training early (the schedule still uses `steps`)
+    # seconds; 0 = none (the budget is `steps`). > 0 stops earlier at that wall-clock limit (the LR
+    # schedule still spans `steps`); the run then warns and records steps_trained < steps_planned.
+    time_limit: float = 0.0
     ema_decay: float = 0.999
     ema_warmup: bool = True  # decay min(ema_decay, (1 + step) / (10 + step))
     seed: int = 0

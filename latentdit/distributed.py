@@ -8,6 +8,12 @@ How a global batch is split (see :meth:`latentdit.train.Trainer.train_step`): ev
 *same* global batch of indices, times and noise from the same seeded streams and keeps its own
 contiguous slice of ``batch_size / world_size`` items. Gradients are averaged by DDP, so a step on N
 ranks equals a single-process step on the whole global batch up to floating-point summation order.
+
+Restarts (``torchrun --max-restarts N``): when a worker dies, torchrun stops the others and starts
+all of them again, and ``latentdit train --out RUN`` resumes from the newest checkpoint. The
+restarted workers meet in the same torchrun store as the failed attempt, so the process group is
+set up under a key prefix of its own per attempt (``TORCHELASTIC_RESTART_COUNT``): otherwise a new
+worker can read the address of a dead one and fail to connect.
 """
 
 from __future__ import annotations
@@ -86,8 +92,14 @@ def init_distributed(device: str = "auto") -> DistContext:
     backend = "nccl" if cuda else "gloo"
     owns = not dist.is_initialized()
     if owns:
-        dist.init_process_group(backend)
+        dist.init_process_group(backend, store=_attempt_store(rank, world), rank=rank, world_size=world)
     return DistContext(rank=rank, world_size=world, local_rank=local_rank, backend=backend, owns_group=owns)
+
+
+def _attempt_store(rank: int, world: int) -> dist.Store:
+    """The ``env://`` rendezvous store, its keys prefixed by the torchrun attempt (see the module docstring)."""
+    store, _, _ = next(dist.rendezvous("env://", rank=rank, world_size=world))
+    return dist.PrefixStore(f"latentdit/attempt_{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/", store)
 
 
 def rank_device(ctx: DistContext, device: torch.device) -> torch.device:

@@ -17,10 +17,11 @@ from safetensors.torch import load_file
 
 from latentdit.config import load_config
 from latentdit.errors import CheckpointError
-from latentdit.train import KILL_ENV, Trainer, list_checkpoints, train
+from latentdit.train import Trainer, list_checkpoints, train
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tiny.toml"
+DRIVER = ROOT / "tests" / "train_driver.py"
 # 30 steps, a checkpoint every 5 (the newest 2 kept), a log line every 5
 SETS = ["train.checkpoint_every=5", "train.log_every=5", "train.keep_checkpoints=2", "train.threads=1"]
 # (kill point, step the next process resumes from); "N": SIGKILL right after optimiser step N,
@@ -29,11 +30,15 @@ KILLS = [("3", 0), ("save:10", 5), ("12", 10), ("20", 15), ("save:30", 25)]
 
 
 def cli_train(run: Path, kill: str | None) -> subprocess.CompletedProcess:
+    """``latentdit train --out RUN`` in a fresh process; with ``kill``, through the test driver that
+    installs the kill hook (tests/train_driver.py: the same config handling, plus the callbacks)."""
     env = {**os.environ, "PYTHONHASHSEED": "0"}
-    env.pop(KILL_ENV, None)
-    if kill is not None:
-        env[KILL_ENV] = kill
-    args = [sys.executable, "-m", "latentdit", "train", "--out", str(run), "--quiet"]
+    if kill is None:
+        args = [sys.executable, "-m", "latentdit", "train", "--out", str(run), "--quiet"]
+    else:
+        kind, _, n = kill.rpartition(":")
+        flag = "--kill-mid-checkpoint" if kind == "save" else "--kill-after-step"
+        args = [sys.executable, str(DRIVER), "--out", str(run), flag, n]
     if not (run / "config.json").exists():
         args += ["--config", str(TINY)] + [x for s in SETS for x in ("--set", s)]
     return subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)

@@ -39,6 +39,7 @@ def per_parameter_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float
 
 def make_trainer(config: Path, variant: str, run: Path, threads: int):
     import latentdit.train as T
+    import latentdit.train.loop as loop  # Trainer.train_step looks ema_update up in this module
     from latentdit.config import load_config
 
     act = "gelu" if variant == "after" else "gelu_tanh"
@@ -50,14 +51,14 @@ def make_trainer(config: Path, variant: str, run: Path, threads: int):
         tr.sched = torch.optim.lr_scheduler.LambdaLR(tr.opt, T.lr_lambda(cfg))
 
     def steps(n: int) -> None:
-        saved = T.ema_update
+        saved = loop.ema_update
         if variant == "before":
-            T.ema_update = per_parameter_ema
+            loop.ema_update = per_parameter_ema
         try:
             for _ in range(n):
                 tr.train_step()
         finally:
-            T.ema_update = saved
+            loop.ema_update = saved
 
     return steps
 

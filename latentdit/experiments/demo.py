@@ -39,7 +39,7 @@ DEMO_CONFIG: dict = {
               "class_dropout": 0.1},
     "diffusion": {"T0": 1e-3, "T": 10.0, "weighting": "edm"},
     "optim": {"lr": 2e-3, "warmup_steps": 200, "schedule": "cosine", "min_lr_ratio": 0.05, "grad_clip": 1.0},
-    "train": {"steps": 4000, "batch_size": 128, "time_limit": 570.0, "ema_decay": 0.999, "seed": 0,
+    "train": {"steps": 4000, "batch_size": 128, "ema_decay": 0.999, "seed": 0,
               "log_every": 100, "checkpoint_every": 1000, "threads": 2},
     "sample": {"sampler": "dpm2m", "steps": 30, "guidance": 2.0, "denoise": True},
     "eval": {"num_samples": 2000, "sampler": "dpm2m", "steps": 30, "seed": 1234},

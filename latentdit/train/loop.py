@@ -1,40 +1,27 @@
-"""Training: denoising score matching with AdamW, warmup + cosine LR, gradient clipping and EMA.
-
-A run directory is self-describing (only rank 0 writes into it):
-
-    RUN/config.json          resolved configuration (the source of truth)
-    RUN/metrics.jsonl        one JSON line per log step (step, loss, lr, steps/s, eta) and per evaluation
-    RUN/checkpoints/         step_XXXXXXXX.pt: training state (model, EMA, optimiser, LR schedule, step,
-                             every RNG state, data order position); the newest ``train.keep_checkpoints``
-    RUN/samples/             step_XXXXXXXX.npy (and .png for image data): snapshots of the EMA model
-    RUN/tensorboard/         event files when ``train.tensorboard = true``
-    RUN/model/               export: config.json + model.safetensors (EMA weights)
+"""The training loop: :class:`Trainer` (one step, the loop, checkpoints, export) and :func:`train`.
 
 Calling :func:`train` on an existing run directory resumes from its newest checkpoint and continues
 exactly: a run killed at any point (even ``kill -9`` during a checkpoint write) and resumed ends with
 the same weights as one never interrupted (bitwise on CPU with a fixed thread count).
+:meth:`Trainer.fit` holds the run directory's lock (:class:`latentdit.train.rundir.RunLock`).
 
-Checkpoints are written to a temporary file, fsynced and renamed, so a checkpoint file is either
-complete or absent. A checkpoint that is nevertheless unreadable (damaged on disk, copied
-half-way) is reported on stderr, renamed to ``*.corrupt`` and the previous checkpoint is used; if no
-checkpoint is readable, resuming stops with a :class:`CheckpointError` instead of starting over.
-
-Checkpoints are loaded with ``torch.load(weights_only=True)``: tensors and plain containers only.
+``train.steps`` is the budget. ``train.time_limit > 0`` (off by default) stops earlier when the
+wall-clock limit is reached; the run then says so on stderr and records ``steps_trained`` and
+``steps_planned`` in the export metadata and in the last line of metrics.jsonl.
 """
 
 from __future__ import annotations
 
 import copy
 import importlib
-import io
 import json
 import math
-import os
 import random
-import signal
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -45,163 +32,12 @@ from latentdit.diffusion import sample_times
 from latentdit.distributed import DistContext, init_distributed, rank_device
 from latentdit.errors import CheckpointError, ConfigError, DivergenceError
 from latentdit.pipeline import TrainData, build_data, build_model, resolve_device, save_pretrained
+from latentdit.train.checkpoint import (CKPT_FORMAT, DataOrder, global_rng_state, list_checkpoints, read_latest,
+                                        set_global_rng_state, write_checkpoint)
+from latentdit.train.optim import ema_decay_at, ema_update, lr_lambda, make_optimizer
+from latentdit.train.rundir import METRICS, RunLock, check_run_dir, prepare_run_dir
 
-CKPT_DIR = "checkpoints"
 SAMPLES_DIR = "samples"
-CKPT_FORMAT = 2
-# Test hook: "N" kills the process with SIGKILL right after optimiser step N; "save:N" kills it half-way
-# through writing the checkpoint of step N (the temporary file is left half-written).
-KILL_ENV = "LATENTDIT_KILL_AT"
-_STATE_KEYS = {"format", "config", "step", "model", "ema", "opt", "sched", "rng", "order"}
-
-
-def lr_lambda(cfg: Config):
-    """Linear warmup to the base LR, then cosine decay to ``min_lr_ratio`` over ``train.steps``."""
-    o, steps = cfg.optim, cfg.train.steps
-
-    def f(step: int) -> float:
-        if o.warmup_steps > 0 and step < o.warmup_steps:
-            return (step + 1) / o.warmup_steps
-        if o.schedule == "constant":
-            return 1.0
-        p = min(1.0, (step - o.warmup_steps) / max(1, steps - o.warmup_steps))
-        return o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * p))
-
-    return f
-
-
-def param_groups(model: torch.nn.Module, cfg: Config) -> list[dict]:
-    """The network's parameters at optim.lr and a learned encoder's at optim.lr * encoder.lr_scale."""
-    enc = [p for n, p in model.named_parameters() if n.startswith("encoder.") and p.requires_grad]
-    rest = [p for n, p in model.named_parameters() if not n.startswith("encoder.") and p.requires_grad]
-    groups = [{"params": rest}]
-    if enc:
-        groups.append({"params": enc, "lr": cfg.optim.lr * cfg.encoder.lr_scale})
-    return groups
-
-
-def make_optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.AdamW:
-    """AdamW over :func:`param_groups`, with the fused kernel (one pass over all parameters).
-
-    The default single-tensor AdamW on the CPU runs a dozen elementwise ops per parameter tensor;
-    the fused kernel does the same update in one pass. With the multi-tensor EMA below it makes the
-    demo's training step 1.09x faster (docs/bench/train_step.py).
-    """
-    kw = dict(lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay, betas=(cfg.optim.beta1, cfg.optim.beta2))
-    try:
-        return torch.optim.AdamW(param_groups(model, cfg), fused=True, **kw)
-    except (RuntimeError, TypeError):  # a device or dtype without the fused kernel
-        return torch.optim.AdamW(param_groups(model, cfg), **kw)
-
-
-@torch.no_grad()
-def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
-    """ema <- decay ema + (1 - decay) model, over all parameters in one multi-tensor op."""
-    pe = list(ema.parameters())
-    torch._foreach_lerp_(pe, [p.detach() for p in model.parameters()], 1 - decay)
-    for be, bm in zip(ema.buffers(), model.buffers()):
-        be.copy_(bm)
-
-
-def ema_decay_at(cfg: Config, step: int) -> float:
-    d = cfg.train.ema_decay
-    return min(d, (1 + step) / (10 + step)) if cfg.train.ema_warmup else d
-
-
-class DataOrder:
-    """Epoch-wise random permutations from (seed, epoch): resumable from (epoch, position) alone."""
-
-    def __init__(self, n: int, batch_size: int, seed: int, epoch: int = 0, pos: int = 0):
-        self.n, self.bs, self.seed, self.epoch, self.pos = n, batch_size, seed, epoch, pos
-        self._perm = self._make(epoch)
-
-    def _make(self, epoch: int) -> torch.Tensor:
-        return torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 100_003 + epoch))
-
-    def next(self) -> torch.Tensor:
-        if self.pos + self.bs > self.n:  # drop the ragged tail, start a new epoch
-            self.epoch, self.pos = self.epoch + 1, 0
-            self._perm = self._make(self.epoch)
-        idx = self._perm[self.pos:self.pos + self.bs]
-        self.pos += self.bs
-        return idx
-
-    def state(self) -> dict:
-        return {"epoch": self.epoch, "pos": self.pos}
-
-
-def _kill_point() -> tuple[str, int] | None:
-    raw = os.environ.get(KILL_ENV, "").strip()
-    if not raw:
-        return None
-    kind, _, n = raw.rpartition(":")
-    return (kind or "step", int(n))
-
-
-def _die() -> None:
-    os.kill(os.getpid(), signal.SIGKILL)
-
-
-def _fsync_dir(d: Path) -> None:
-    fd = os.open(d, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _atomic_write_bytes(data: bytes | memoryview, path: Path, *, die_midway: bool = False) -> None:
-    """Write ``path`` via ``path.tmp``: write, flush, fsync, rename, fsync the folder."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        half = len(data) // 2
-        f.write(data[:half])
-        if die_midway:
-            f.flush()
-            _die()
-        f.write(data[half:])
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
-def _atomic_save(obj: dict, path: Path, *, die_midway: bool = False) -> None:
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    _atomic_write_bytes(buf.getbuffer(), path, die_midway=die_midway)
-
-
-def list_checkpoints(run: Path) -> list[Path]:
-    d = Path(run) / CKPT_DIR
-    return sorted(d.glob("step_*.pt"), key=lambda p: int(p.stem.split("_")[1])) if d.is_dir() else []
-
-
-# ------------------------------------------------------------------------------------------ RNG state
-
-
-def global_rng_state() -> dict:
-    """torch (CPU and CUDA), numpy and python RNG states as tensors and plain values."""
-    np_state = np.random.get_state()
-    py = random.getstate()
-    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else []
-    return {
-        "torch": torch.get_rng_state(), "cuda": list(cuda),
-        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
-                  "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
-        "python": {"version": int(py[0]), "state": torch.tensor(py[1], dtype=torch.int64), "gauss_next": py[2]},
-    }
-
-
-def set_global_rng_state(s: dict) -> None:
-    torch.set_rng_state(s["torch"])
-    if s["cuda"] and torch.cuda.is_available() and len(s["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(s["cuda"])
-    n = s["numpy"]
-    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
-                         n["cached_gaussian"]))
-    p = s["python"]
-    random.setstate((p["version"], tuple(int(v) for v in p["state"].tolist()), p["gauss_next"]))
 
 
 class _Objective(torch.nn.Module):
@@ -215,6 +51,19 @@ class _Objective(torch.nn.Module):
         return self.model.loss(x0, t, noise, y, weighting=self.weighting)
 
 
+@dataclass
+class TrainCallbacks:
+    """Hooks into a run, called on every rank (tests use them to kill the process at chosen points).
+
+    ``on_step(step)``: right after optimiser step ``step`` (1-based), before it is logged or saved.
+    ``on_checkpoint_write(step, tmp)``: half-way through writing the checkpoint of ``step`` (rank 0
+    only), with half of its bytes written and flushed to the temporary file ``tmp``.
+    """
+
+    on_step: Callable[[int], None] | None = None
+    on_checkpoint_write: Callable[[int, Path], None] | None = None
+
+
 class Trainer:
     """Holds everything a step needs, so that a checkpoint can restore it exactly.
 
@@ -226,8 +75,10 @@ class Trainer:
     """
 
     def __init__(self, cfg: Config, run_dir: str | Path, *, data: TrainData | None = None,
-                 progress: bool | None = None, dist: DistContext | None = None):
+                 progress: bool | None = None, dist: DistContext | None = None,
+                 callbacks: TrainCallbacks | None = None):
         self.cfg, self.run = cfg, Path(run_dir)
+        self.callbacks = callbacks or TrainCallbacks()
         self.dist = dist or DistContext()
         tc = cfg.train
         if tc.threads > 0:
@@ -271,7 +122,6 @@ class Trainer:
             self.objective = DistributedDataParallel(
                 self.objective, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.progress = (sys.stderr.isatty() if progress is None else progress) and self.dist.is_main
-        self._kill = _kill_point()
         self._saved_step = -1
         self._tb = None
 
@@ -307,34 +157,14 @@ class Trainer:
         self._saved_step = self.step
 
     def read_latest(self) -> tuple[dict | None, Path | None, list[tuple[Path, str]]]:
-        """(state, its path, unreadable newer checkpoints) of the newest readable checkpoint.
-
-        Raises :class:`CheckpointError` when checkpoints exist but none can be read.
-        """
-        bad: list[tuple[Path, str]] = []
-        for ckpt in reversed(list_checkpoints(self.run)):
-            try:
-                state = torch.load(ckpt, map_location="cpu", weights_only=True)
-                if not isinstance(state, dict) or not _STATE_KEYS <= set(state):
-                    raise ValueError("not a latentdit training checkpoint")
-            except Exception as e:  # noqa: BLE001 - any read failure means "unreadable"
-                bad.append((ckpt, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:200]))
-                continue
-            return state, ckpt, bad
-        if bad:
-            raise CheckpointError(f"no readable checkpoint in {str(self.run / CKPT_DIR)!r} (newest "
-                                  f"{bad[0][0].name}: {bad[0][1]}); restore the files or use a new --out directory")
-        return None, None, []
+        """(state, its path, unreadable newer checkpoints): see :func:`latentdit.train.checkpoint.read_latest`."""
+        return read_latest(self.run)
 
     def save_checkpoint(self) -> Path:
-        d = self.run / CKPT_DIR
-        d.mkdir(parents=True, exist_ok=True)
-        path = d / f"step_{self.step:08d}.pt"
-        die = self._kill == ("save", self.step)
-        _atomic_save(self.state_dict(), path, die_midway=die)
-        for old in list_checkpoints(self.run)[:-max(1, self.cfg.train.keep_checkpoints)]:
-            old.unlink(missing_ok=True)
-        self._saved_step = self.step
+        hook, step = self.callbacks.on_checkpoint_write, self.step
+        path = write_checkpoint(self.run, step, self.state_dict(), keep=self.cfg.train.keep_checkpoints,
+                                midway=None if hook is None else lambda tmp: hook(step, tmp))
+        self._saved_step = step
         return path
 
     # -------------------------------------------------------------- training
@@ -381,28 +211,50 @@ class Trainer:
                               f"`latentdit train --out {self.run} --set optim.lr=...`")
 
     def fit(self) -> Path:
-        cfg, tc, main = self.cfg, self.cfg.train, self.dist.is_main
-        state, ckpt, bad = self.read_latest()  # reading only: errors leave the run directory untouched
+        """Train to ``train.steps``, resuming from the newest checkpoint; export; return the run directory.
+
+        Checks and reads first (errors leave the run directory untouched), then holds the run
+        directory's lock (rank 0) for the rest: a run directory in use is a :class:`ConfigError`.
+        """
+        state, ckpt, bad = self.read_latest()
         if state is not None:
             self.load_state_dict(state)
-        self.dist.barrier()
+        lock, refused = RunLock(self.run), None
+        if self.dist.is_main:
+            try:
+                lock.acquire()
+            except ConfigError as e:
+                refused = e
+        try:  # ``any`` is a collective: every rank stops when rank 0 could not lock
+            if self.dist.any(refused is not None, self.device):
+                raise refused or ConfigError(f"--out {str(self.run)!r} is in use by another training run")
+            return self._fit(state, ckpt, bad)
+        finally:
+            lock.release()
+
+    def _fit(self, state: dict | None, ckpt: Path | None, bad: list[tuple[Path, str]]) -> Path:
+        cfg, tc, main = self.cfg, self.cfg.train, self.dist.is_main
         if main:
-            self._prepare_run_dir(ckpt, bad)
+            prepare_run_dir(self.run, cfg.to_dict(), self.step, ckpt, bad)
         self.dist.barrier()
         if main and tc.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
             self._tb = SummaryWriter(str(self.run / "tensorboard"), purge_step=self.step + 1)
-        log = open(self.run / "metrics.jsonl", "a") if main else None
+        log = open(self.run / METRICS, "a") if main else None
         t_start, last_t, last_step, losses = time.time(), time.time(), self.step, []
         bar = tqdm(total=tc.steps, initial=self.step, desc="train", dynamic_ncols=True, disable=not self.progress)
         if state is not None and main and not self.progress:
             print(f"resumed from step {self.step} ({ckpt.name})", file=sys.stderr)
+        if main and tc.time_limit > 0:
+            print(f"train.time_limit={tc.time_limit:g}s: training stops at that limit even before "
+                  f"train.steps={tc.steps}", file=sys.stderr)
+        timed_out = False
         try:
             while self.step < tc.steps:
                 loss = self.train_step()
-                if self._kill == ("step", self.step):
-                    _die()
+                if self.callbacks.on_step is not None:
+                    self.callbacks.on_step(self.step)
                 losses.append(loss)
                 bar.update(1)
                 if self.step % tc.log_every == 0 or self.step == tc.steps:
@@ -425,9 +277,10 @@ class Trainer:
                     self._log(log, {"step": self.step, **self.evaluate_snapshot()})
                     last_t = time.time()  # steps/s counts training only
                 if tc.time_limit > 0 and self.dist.any(time.time() - t_start > tc.time_limit, self.device):
-                    if main:
-                        print(f"time limit {tc.time_limit:.0f}s reached at step {self.step}", file=sys.stderr)
+                    timed_out = True
                     break
+            if main:
+                self._log(log, {"step": self.step, **self._budget(), "train_seconds": time.time() - t_start})
         finally:
             bar.close()
             if log is not None:
@@ -437,38 +290,19 @@ class Trainer:
         if main:
             if self._saved_step != self.step:
                 self.save_checkpoint()
-            save_pretrained(self.ema, cfg, self.run / "model", extra={"step": self.step,
+            save_pretrained(self.ema, cfg, self.run / "model", extra={"step": self.step, **self._budget(),
                                                                       "train_seconds": time.time() - t_start,
                                                                       **self._data_meta()})
+            if timed_out:
+                print(f"warning: train.time_limit={tc.time_limit:g}s reached after step {self.step} of "
+                      f"{tc.steps}: the export holds {self.step} trained steps, not {tc.steps}; "
+                      f"`latentdit train --out {self.run}` trains the rest", file=sys.stderr)
         self.dist.barrier()
         return self.run
 
-    def _prepare_run_dir(self, ckpt: Path | None, bad: list[tuple[Path, str]]) -> None:
-        """Rank 0, after all checks: config.json, stale temporaries, unreadable checkpoints, metrics."""
-        self.run.mkdir(parents=True, exist_ok=True)
-        _atomic_write_bytes((json.dumps(self.cfg.to_dict(), indent=2) + "\n").encode(), self.run / "config.json")
-        for tmp in (self.run / CKPT_DIR).glob("*.tmp"):
-            tmp.unlink(missing_ok=True)  # left by a process killed while writing a checkpoint
-        for path, why in bad:
-            print(f"warning: checkpoint {path} is unreadable ({why}); resuming from "
-                  f"{ckpt.name if ckpt else 'the start'}; the file is kept as {path.name}.corrupt", file=sys.stderr)
-            path.rename(path.with_name(path.name + ".corrupt"))
-        self._trim_metrics()
-
-    def _trim_metrics(self) -> None:
-        """Drop metrics lines past the resumed step (they are recomputed) and any torn last line."""
-        p = self.run / "metrics.jsonl"
-        if not p.exists():
-            return
-        keep = []
-        for line in p.read_text().splitlines():
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(rec, dict) and rec.get("step", 0) <= self.step:
-                keep.append(line)
-        _atomic_write_bytes("".join(x + "\n" for x in keep).encode(), p)
+    def _budget(self) -> dict:
+        """The steps trained against those planned (fewer when ``train.time_limit`` stopped the run)."""
+        return {"steps_trained": self.step, "steps_planned": self.cfg.train.steps}
 
     def _log(self, log, rec: dict) -> None:
         log.write(json.dumps(rec) + "\n")
@@ -525,26 +359,19 @@ def _fmt_time(s: float) -> str:
     return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
 
 
-def check_run_dir(out: Path) -> None:
-    """An output path must be new, empty, or an existing run directory (which is then resumed)."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {str(out)!r} exists and is a file; choose a new directory")
-    if out.is_dir() and any(out.iterdir()) and not (out / "config.json").is_file():
-        raise ConfigError(f"--out {str(out)!r} exists and is not a run directory (no config.json); "
-                          "choose a new or empty directory")
-
-
-def train(cfg: Config, run_dir: str | Path, *, progress: bool | None = None,
-          data: TrainData | None = None) -> Path:
+def train(cfg: Config, run_dir: str | Path, *, progress: bool | None = None, data: TrainData | None = None,
+          callbacks: TrainCallbacks | None = None) -> Path:
     """Train (or resume) a run in ``run_dir``; returns the run directory.
 
-    Under ``torchrun`` this joins the process group (gloo on CPU, NCCL on CUDA) and trains data-parallel.
+    Holds ``run_dir``'s lock while training (see :meth:`Trainer.fit`): a second run on the same
+    directory is refused with a :class:`ConfigError`. Under ``torchrun`` this joins the process group
+    (gloo on CPU, NCCL on CUDA) and trains data-parallel; only rank 0 takes the lock.
+    ``callbacks``: see :class:`TrainCallbacks`.
     """
     run = Path(run_dir)
     ctx = init_distributed(cfg.train.device)
     try:
         check_run_dir(run)  # every rank checks before any rank writes (the group init is a barrier)
-        return Trainer(cfg, run, progress=progress, dist=ctx, data=data).fit()
+        return Trainer(cfg, run, progress=progress, dist=ctx, data=data, callbacks=callbacks).fit()
     finally:
         ctx.shutdown()

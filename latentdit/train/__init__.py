@@ -1,0 +1,16 @@
+"""Training: denoising score matching with AdamW, warmup + cosine LR, gradient clipping and EMA.
+
+``optim`` (AdamW, LR schedule, EMA), ``checkpoint`` (atomic files, resume state, RNG state),
+``rundir`` (the run directory: check, preparation on resume, lock) and ``loop`` (:class:`Trainer`,
+:func:`train`). Only rank 0 writes into the run directory.
+"""
+
+from latentdit.train.checkpoint import (CKPT_DIR, CKPT_FORMAT, DataOrder, global_rng_state, list_checkpoints,
+                                        read_latest, set_global_rng_state, write_checkpoint)
+from latentdit.train.loop import SAMPLES_DIR, TrainCallbacks, Trainer, train
+from latentdit.train.optim import ema_decay_at, ema_update, lr_lambda, make_optimizer, param_groups
+from latentdit.train.rundir import RunLock, check_run_dir
+
+__all__ = ["CKPT_DIR", "CKPT_FORMAT", "SAMPLES_DIR", "DataOrder", "RunLock", "TrainCallbacks", "Trainer",
+           "check_run_dir", "ema_decay_at", "ema_update", "global_rng_state", "list_checkpoints", "lr_lambda",
+           "make_optimizer", "param_groups", "read_latest", "set_global_rng_state", "train", "write_checkpoint"]
