@@ -363,8 +363,6 @@ def test_disk_full_during_training_one_line_exit_2(tmp_path, monkeypatch, capsys
     assert not (tmp_path / "out" / "config.json").exists() or json.loads((tmp_path / "out" / "config.json").read_text())
 
 
-@pytest.mark.xfail(strict=True, reason="training's checkpoint writer keeps its *.tmp after a failed write "
-                                       "(removed on resume); it should use latentdit.io.atomic_write_bytes")
 def test_disk_full_during_training_leaves_no_temporary_file(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(os, "fsync", _disk_full)

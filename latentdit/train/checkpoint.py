@@ -8,7 +8,6 @@ is fsynced), so a ``step_*.pt`` file is complete or absent. Checkpoints are read
 from __future__ import annotations
 
 import io
-import os
 import random
 from pathlib import Path
 from typing import Callable
@@ -17,39 +16,32 @@ import numpy as np
 import torch
 
 from latentdit.errors import CheckpointError
+from latentdit.io import atomic_write
 
 CKPT_DIR = "checkpoints"
 CKPT_FORMAT = 2
 STATE_KEYS = {"format", "config", "step", "model", "ema", "opt", "sched", "rng", "order"}
 
 
-def fsync_dir(d: Path) -> None:
-    fd = os.open(d, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def atomic_write_bytes(data: bytes | memoryview, path: Path, *,
                        midway: Callable[[Path], None] | None = None) -> None:
-    """Write ``path`` via ``path.tmp``: write, flush, fsync, rename, fsync the folder.
+    """Write ``path`` through :func:`latentdit.io.atomic_write` (tmp file, fsync, rename, fsync the
+    folder; the tmp file is removed if writing fails).
 
     ``midway(tmp)`` is called with the first half of the bytes written and flushed to ``tmp``: the
     point at which a crash leaves a torn temporary file (tests kill the process there).
     """
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
+
+    def write(f) -> None:
         half = len(data) // 2
         f.write(data[:half])
         if midway is not None:
             f.flush()
             midway(tmp)
         f.write(data[half:])
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
+
+    atomic_write(path, write)
 
 
 def list_checkpoints(run: Path) -> list[Path]:
