@@ -44,7 +44,10 @@ from latentdit.config import Config
 from latentdit.diffusion import sample_times
 from latentdit.distributed import DistContext, init_distributed, rank_device
 from latentdit.errors import CheckpointError, ConfigError, DivergenceError
-from latentdit.pipeline import TrainData, build_data, build_model, resolve_device, save_pretrained
+from latentdit.evaluation.gmm import evaluate_gmm
+from latentdit.models.guidance import drop_labels
+from latentdit.pipeline import (LatentDiTPipeline, TrainData, build_data, build_model, resolve_device,
+                                save_pretrained)
 
 CKPT_DIR = "checkpoints"
 SAMPLES_DIR = "samples"
@@ -355,7 +358,7 @@ class Trainer:
         y = None
         if self.y is not None:
             y = self.y[idx]
-            y = torch.where(drop[mine], torch.full_like(y, self.model.num_classes), y)
+            y = drop_labels(y, drop[mine], self.model.num_classes)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.train.amp and self.device.type == "cuda"):
             loss = self.objective(x0, t, noise, y)
         value = float(self.dist.mean(loss.detach().float()))
@@ -485,8 +488,6 @@ class Trainer:
         Runs on its own seeded generators inside a saved-and-restored RNG context, so periodic
         evaluation never changes the training trajectory.
         """
-        from latentdit.evaluate import evaluate_gmm, generate
-
         cfg, saved = self.cfg, global_rng_state()
         try:
             rec: dict = {}
@@ -496,13 +497,13 @@ class Trainer:
             labels = None
             if self.ema.num_classes > 0:
                 labels = torch.arange(num) % self.ema.num_classes
-            x = generate(self.ema, cfg, num, sampler=cfg.eval.sampler, steps=cfg.eval.steps, seed=cfg.eval.seed,
-                         labels=labels).cpu()
+            pipe = LatentDiTPipeline.from_config(self.ema, cfg, self._data_meta())
+            x = pipe.sample_model_space(num, sampler=cfg.eval.sampler, steps=cfg.eval.steps, seed=cfg.eval.seed,
+                                        labels=labels).cpu()
             out = self.run / SAMPLES_DIR / f"step_{self.step:08d}"
             out.parent.mkdir(parents=True, exist_ok=True)
             loaded = self.data.loaded
-            raw = loaded.norm.invert(x) if loaded is not None else x
-            np.save(out.with_suffix(".npy"), raw.numpy())
+            np.save(out.with_suffix(".npy"), pipe.to_data_space(x).numpy())
             if loaded is not None and loaded.image_shape is not None:
                 from latentdit.data.images import save_image_grid
 

@@ -34,7 +34,9 @@ def parse_setting(text: str) -> dict:
 
 def main() -> None:
     from latentdit.evaluate import generate
-    from latentdit.experiments.real import balanced_labels, cache_dir, cached_features, classifier_features, load_real
+    from latentdit.evaluation.baselines import balanced_labels, classifier_features
+    from latentdit.evaluation.real import load_real
+    from latentdit.metrics.fid import cache_dir, cached_features
     from latentdit.metrics.classifier import classifier_accuracy, train_classifier
     from latentdit.metrics.fid import InceptionFeatures, fid_from_features
     from latentdit.pipeline import from_pretrained

@@ -14,7 +14,7 @@ run of a few minutes.
 DIR receives ``run/`` (the training run: checkpoints, metrics.jsonl, the exported model),
 ``samples.png`` (one row per class), ``baseline.png`` (the Gaussian latent baseline),
 ``samples.npz`` (generated samples in the data's own units, with labels) and ``metrics.json``
-(see :func:`latentdit.experiments.real.evaluate_real`, plus ``train_seconds`` and the run's
+(see :func:`latentdit.evaluation.real.evaluate_real`, plus ``train_seconds`` and the run's
 settings). A short summary is printed.
 """
 
@@ -145,7 +145,7 @@ def summary(m: dict, out: Path) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(list(sys.argv[1:] if argv is None else argv))
-    from latentdit.experiments.real import evaluate_real
+    from latentdit.evaluation.real import evaluate_real
     from latentdit.pipeline import from_pretrained
     from latentdit.train import check_run_dir, train
 
