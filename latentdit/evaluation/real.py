@@ -44,7 +44,8 @@ from latentdit.errors import DataError
 from latentdit.evaluation.baselines import (GaussianLatentBaseline, balanced_labels, classifier_features,
                                             retained_variance, w2_equal)
 from latentdit.metrics.classifier import classifier_accuracy, train_classifier
-from latentdit.metrics.fid import InceptionFeatures, cache_dir, cached_features, fid_from_features
+from latentdit.metrics import fid as fid_metrics
+from latentdit.metrics.fid import cache_dir, cached_features, fid_from_features
 from latentdit.models.score import LatentScoreNet
 from latentdit.pipeline import LatentDiTPipeline
 
@@ -159,7 +160,7 @@ def evaluate_real(model: LatentScoreNet, cfg: Config, meta: dict, *, num_samples
     # ---- FID (image data)
     images = loaded.image_shape is not None
     if fid and images:
-        ext = extractor if extractor is not None else InceptionFeatures(dev)
+        ext = extractor if extractor is not None else fid_metrics.InceptionFeatures(dev)
         cache = cache_dir() if feature_cache is True else (Path(feature_cache) if feature_cache else None)
         t0 = time.time()
         _log(f"Inception features of the real set ({len(loaded)} images; cached after the first run)", progress)
