@@ -36,10 +36,12 @@ from pathlib import Path
 import torch
 
 from latentdit.data.gmm import SubspaceGMM
+from latentdit.errors import CheckpointError
 from latentdit.metrics.distances import (aligned_latent, expected_off_subspace_variance, off_subspace_variance,
                                          w2)
 from latentdit.sampling import (DEFAULT_GRID, DEFAULT_RHO, SAMPLERS, CountingCalls, get_sampler, nfe_per_step,
                                 time_grid)
+from latentdit.pipeline import build_ground_truth, from_pretrained
 
 FULL = dict(D=64, d0=4, K=4, n=4000, T0=1e-3, T=10.0, nfes=[5, 10, 20, 50], em_steps=1000)
 QUICK = dict(D=64, d0=4, K=4, n=100, T0=1e-3, T=10.0, nfes=[4], em_steps=20)
@@ -211,9 +213,6 @@ def main(argv: list[str] | None = None) -> int:
     exact["acceptance"] = acceptance(exact, w2_ref, p)
     results["exact"] = exact
     if args.run is not None:
-        from latentdit.errors import CheckpointError
-        from latentdit.pipeline import build_ground_truth, from_pretrained
-
         model_dir = args.run / "model" if (args.run / "model").is_dir() else args.run
         model, cfg, _ = from_pretrained(model_dir)
         if cfg.data.source != "gmm":

@@ -28,7 +28,11 @@ import time
 from pathlib import Path
 
 from latentdit.config import Config, apply_overrides, read_config_file
+from latentdit.data.real import load_data
 from latentdit.errors import ConfigError
+from latentdit.evaluation.real import evaluate_real
+from latentdit.pipeline import from_pretrained
+from latentdit.train import check_run_dir, train
 
 # The demo's configuration; configs/mnist.toml holds the same values (a test keeps them equal).
 DEMO_CONFIG: dict = {
@@ -97,7 +101,6 @@ def data_overrides(data: str | None, base: dict) -> dict:
         else:
             raise ConfigError(f"--data {data!r}: use a folder of images or a .npy, .npz or .csv file")
         section.update({"source": source, "path": str(path), "n": 0})
-    from latentdit.data.real import load_data
 
     loaded = load_data(section["source"], section.get("path"), normalise=section.get("normalise", "minmax"),
                        max_items=section["n"] or None, seed=section.get("seed", 0))
@@ -145,9 +148,6 @@ def summary(m: dict, out: Path) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(list(sys.argv[1:] if argv is None else argv))
-    from latentdit.evaluation.real import evaluate_real
-    from latentdit.pipeline import from_pretrained
-    from latentdit.train import check_run_dir, train
 
     out: Path = args.out
     if out.exists() and not out.is_dir():
