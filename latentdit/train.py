@@ -44,6 +44,7 @@ from latentdit.config import Config
 from latentdit.diffusion import sample_times
 from latentdit.distributed import DistContext, init_distributed, rank_device
 from latentdit.errors import CheckpointError, ConfigError, DivergenceError
+from latentdit.evaluation.baselines import balanced_labels
 from latentdit.evaluation.gmm import evaluate_gmm
 from latentdit.models.guidance import drop_labels
 from latentdit.pipeline import (LatentDiTPipeline, TrainData, build_data, build_model, resolve_device,
@@ -496,7 +497,7 @@ class Trainer:
                 rec.update({k if k.startswith("eval") else f"eval_{k}": v for k, v in m.items() if isinstance(v, float)})
             labels = None
             if self.ema.num_classes > 0:
-                labels = torch.arange(num) % self.ema.num_classes
+                labels = balanced_labels(num, self.ema.num_classes)
             pipe = LatentDiTPipeline.from_config(self.ema, cfg, self._data_meta())
             x = pipe.sample_model_space(num, sampler=cfg.eval.sampler, steps=cfg.eval.steps, seed=cfg.eval.seed,
                                         labels=labels).cpu()
