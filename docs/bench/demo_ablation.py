@@ -33,13 +33,12 @@ def parse_setting(text: str) -> dict:
 
 
 def main() -> None:
-    from latentdit.evaluate import generate
     from latentdit.evaluation.baselines import balanced_labels, classifier_features
     from latentdit.evaluation.real import load_real
     from latentdit.metrics.fid import cache_dir, cached_features
     from latentdit.metrics.classifier import classifier_accuracy, train_classifier
     from latentdit.metrics.fid import InceptionFeatures, fid_from_features
-    from latentdit.pipeline import from_pretrained
+    from latentdit.pipeline import LatentDiTPipeline, from_pretrained
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run", type=Path, required=True,
@@ -53,7 +52,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     settings = {s: parse_setting(s) for s in args.settings}
 
-    model, cfg, _ = from_pretrained(args.run)
+    model, cfg, meta = from_pretrained(args.run)
+    pipe = LatentDiTPipeline.from_model(model, meta)
     loaded = load_real(cfg)
     W = model.W_B.detach().double()
     real_var = (loaded.x.double() @ W).var(0)
@@ -64,8 +64,8 @@ def main() -> None:
     out = {"run": str(args.run), "num": args.num, "seed": args.seed, "latent_dim": model.latent_dim,
            "classifier_test_accuracy": test_acc, "settings": {}}
     for name, s in settings.items():
-        x = generate(model, cfg, args.num, sampler=s["sampler"], steps=s["steps"], seed=args.seed, labels=labels,
-                     guidance=s["guidance"], denoise=s["denoise"]).cpu()
+        x = pipe.sample_model_space(args.num, sampler=s["sampler"], steps=s["steps"], seed=args.seed, labels=labels,
+                                    guidance=s["guidance"], denoise=s["denoise"]).cpu()
         h = x.double() @ W
         ratio = (h.var(0) / real_var).numpy()
         q = max(len(ratio) // 4, 1)
