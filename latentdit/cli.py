@@ -43,13 +43,16 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--run", type=Path, required=True)
     s.add_argument("--num", type=int, default=1000)
     s.add_argument("--steps", type=int, default=None)
-    s.add_argument("--sampler", default=None, help="em | ei | heun | ddim | dpm2m")
+    s.add_argument("--sampler", default=None, help="em | ei | heun | ddim | dpm2m | dpm3m")
+    s.add_argument("--grid", default=None, help="time grid: auto | uniform | log | logsnr | karras")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale")
     s.add_argument("--denoise", action=argparse.BooleanOptionalAction, default=None,
                    help="end with Tweedie's E[x0 | x_T0] (default: the run's sample.denoise)")
     s.add_argument("--label", type=int, action="append", default=None,
                    help="class label(s) for conditional models, cycled over the samples")
+    s.add_argument("--raw", action="store_true",
+                   help="image data: keep values outside the pixel range (default: clipped to it)")
     s.add_argument("--out", type=Path, required=True, help="output .npy (or .npz with labels)")
 
     e = sub.add_parser("evaluate", help="metrics of a trained run (ground truth or real data)")
@@ -103,39 +106,44 @@ def _cmd_train(a: argparse.Namespace) -> int:
     return 0
 
 
+def _check_sampling_flags(a: argparse.Namespace) -> None:
+    """The sampling flags of ``sample`` and ``evaluate``, checked once here."""
+    from latentdit.sampling import GRIDS, SAMPLERS
+
+    if getattr(a, "num", None) is not None and a.num <= 0:
+        raise ConfigError(f"--num {a.num} must be > 0")
+    if a.steps is not None and a.steps <= 0:
+        raise ConfigError(f"--steps {a.steps} must be > 0")
+    if a.sampler is not None and a.sampler not in SAMPLERS:
+        raise ConfigError(f"--sampler {a.sampler!r} is not one of {list(SAMPLERS)}")
+    grid = getattr(a, "grid", None)
+    if grid is not None and grid not in ("auto", *GRIDS):
+        raise ConfigError(f"--grid {grid!r} is not one of {['auto', *GRIDS]}")
+
+
 def _cmd_sample(a: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
-    from latentdit.evaluate import generate
-    from latentdit.pipeline import from_pretrained
+    from latentdit.pipeline import LatentDiTPipeline
 
     check_output_file(a.out)
-    if a.num <= 0:
-        raise ConfigError(f"--num {a.num} must be > 0")
-    if a.steps is not None and a.steps <= 0:
-        raise ConfigError(f"--steps {a.steps} must be > 0")
+    _check_sampling_flags(a)
     if a.out.suffix not in (".npy", ".npz"):
         raise ConfigError(f"--out {str(a.out)!r} must end in .npy or .npz")
-    model, cfg, meta = from_pretrained(a.run)
+    pipe = LatentDiTPipeline.from_pretrained(a.run)
+    k = pipe.model.num_classes
     labels = None
-    if model.num_classes > 0:
-        chosen = a.label if a.label else list(range(model.num_classes))
-        bad = [c for c in chosen if not 0 <= c < model.num_classes]
+    if k > 0:
+        chosen = a.label if a.label else list(range(k))
+        bad = [c for c in chosen if not 0 <= c < k]
         if bad:
-            raise ConfigError(f"--label {bad[0]} is out of range; the model has classes 0..{model.num_classes - 1}")
+            raise ConfigError(f"--label {bad[0]} is out of range; the model has classes 0..{k - 1}")
         labels = torch.tensor(chosen)[torch.arange(a.num) % len(chosen)]
     elif a.label:
         raise ConfigError("--label given but the model is not class-conditional")
-    try:
-        x = generate(model, cfg, a.num, sampler=a.sampler, steps=a.steps, seed=a.seed, labels=labels,
-                     guidance=a.guidance, denoise=a.denoise, progress=sys.stderr.isatty())
-    except ValueError as e:
-        raise ConfigError(str(e)) from e
-    if "normalisation" in meta:
-        from latentdit.data.normalise import Normalisation
-
-        x = Normalisation.from_dict(meta["normalisation"]).invert(x)
+    x = pipe(a.num, sampler=a.sampler, steps=a.steps, grid=a.grid, seed=a.seed, labels=labels, guidance=a.guidance,
+             denoise=a.denoise, clip=not a.raw, progress=sys.stderr.isatty())
     arr = x.cpu().numpy()
     if a.out.suffix == ".npz":
         atomic_write(a.out, lambda f: np.savez(f, x=arr, **({"labels": labels.numpy()} if labels is not None else {})))
@@ -148,23 +156,15 @@ def _cmd_sample(a: argparse.Namespace) -> int:
 def _cmd_evaluate(a: argparse.Namespace) -> int:
     import json
 
-    from latentdit.evaluate import evaluate_run
+    from latentdit.evaluation import evaluate_run
 
     check_output_file(a.out)
     if not a.run.is_dir():
         raise CheckpointError(f"run directory {str(a.run)!r} does not exist; check the path or train first "
                               "with `latentdit train --out RUN`")
+    _check_sampling_flags(a)
     kw = {k: v for k, v in (("num_samples", a.num), ("sampler", a.sampler), ("steps", a.steps),
                             ("seed", a.seed)) if v is not None}
-    if a.sampler is not None:
-        from latentdit.sampling import get_sampler
-
-        try:
-            get_sampler(a.sampler)
-        except ValueError as e:
-            raise ConfigError(str(e)) from e
-    if any(v <= 0 for k, v in kw.items() if k in ("num_samples", "steps")):
-        raise ConfigError("--num and --steps must be > 0")
     m = evaluate_run(a.run, a.out, progress=sys.stderr.isatty(), **kw)
     print(json.dumps({k: v for k, v in m.items() if not isinstance(v, (dict, list))}, indent=2))
     return 0

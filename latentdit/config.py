@@ -19,7 +19,9 @@ from typing import Any
 
 import yaml
 
+from latentdit.diffusion import WEIGHTINGS
 from latentdit.errors import ConfigError
+from latentdit.sampling import GRIDS, SAMPLERS
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -138,9 +140,10 @@ class TrainConfig:
 
 @dataclass
 class SampleConfig:
-    sampler: str = "dpm2m"  # em | ei | heun | ddim | dpm2m
+    sampler: str = "dpm2m"  # em | ei | heun | ddim | dpm2m | dpm3m
     steps: int = 50
-    grid: str = "auto"  # auto | uniform | log | logsnr
+    grid: str = "auto"  # auto (the sampler's own) | uniform | log | logsnr | karras
+    rho: float = 7.0  # the karras grid's exponent
     guidance: float = 1.0  # classifier-free guidance scale (1 = no guidance)
     # Return Tweedie's E[x0 | x_T0] (one more NFE) instead of x_T0: no residual noise of scale
     # sqrt(sigma(T0)). Off by default, the paper's estimator (the law at T0); on for image data.
@@ -335,9 +338,6 @@ def _choice(value: str, options: typing.Sequence[str], where: str) -> None:
 
 def validate(cfg: Config) -> None:
     """Range and choice checks that need more than a type (one message per problem)."""
-    from latentdit.diffusion import WEIGHTINGS
-    from latentdit.sampling import GRIDS, SAMPLERS
-
     _choice(cfg.data.source, ("gmm", "mnist", "digits", "npy", "npz", "csv", "images"), "data.source")
     _choice(cfg.data.normalise, ("minmax", "standard", "none"), "data.normalise")
     _choice(cfg.encoder.init, ("pca", "random"), "encoder.init")
@@ -351,6 +351,8 @@ def validate(cfg: Config) -> None:
     for where, s in (("sample.sampler", cfg.sample.sampler), ("eval.sampler", cfg.eval.sampler)):
         _choice(s, tuple(SAMPLERS), where)
     _choice(cfg.sample.grid, ("auto", *GRIDS), "sample.grid")
+    if not cfg.sample.rho > 0:
+        raise ConfigError(f"sample.rho={cfg.sample.rho} must be > 0")
     d = cfg.diffusion
     if not d.T0 > 0:
         raise ConfigError(f"diffusion.T0={d.T0} must be > 0 (the early-stopping time)")

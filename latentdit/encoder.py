@@ -13,17 +13,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from latentdit.errors import ConfigError
 
 
 def pca_basis(x: torch.Tensor, d0: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-d0 eigenvectors of E[x x^T] (D x d0) and the fraction of energy they retain."""
     n, D = x.shape
-    if d0 > D:
-        raise ConfigError(f"latent dimension d0={d0} is larger than the data dimension D={D}; lower encoder.latent_dim")
-    if d0 > n:
-        raise ConfigError(f"latent dimension d0={d0} is larger than the number of samples n={n}; "
-                          "lower encoder.latent_dim or provide more data")
+    if not 0 < d0 <= min(n, D):
+        raise ValueError(f"pca_basis: d0={d0} must be in 1..min(N, D) = {min(n, D)} for x of shape {(n, D)}")
     x = x.to(torch.float64)
     if D <= n:
         evals, evecs = torch.linalg.eigh(x.T @ x / n)
@@ -58,9 +54,8 @@ class LinearEncoder(nn.Module):
     def __init__(self, ambient_dim: int, latent_dim: int, *, learn: bool = False,
                  init: torch.Tensor | None = None, generator: torch.Generator | None = None):
         super().__init__()
-        if latent_dim > ambient_dim:
-            raise ConfigError(f"encoder.latent_dim={latent_dim} is larger than the data dimension "
-                              f"D={ambient_dim}")
+        if not 0 < latent_dim <= ambient_dim:
+            raise ValueError(f"LinearEncoder: latent_dim={latent_dim} must be in 1..ambient_dim={ambient_dim}")
         if init is None:
             # a stream derived from the generator, so that a random encoder never coincides with a
             # ground-truth subspace drawn by the same construction from the same seed
@@ -69,7 +64,7 @@ class LinearEncoder(nn.Module):
                             dtype=torch.float64)
             init = torch.linalg.qr(a)[0].to(torch.float32)
         if init.shape != (ambient_dim, latent_dim):
-            raise ConfigError(f"encoder init has shape {tuple(init.shape)}, expected ({ambient_dim}, {latent_dim})")
+            raise ValueError(f"LinearEncoder: init has shape {tuple(init.shape)}, expected ({ambient_dim}, {latent_dim})")
         self.ambient_dim, self.latent_dim, self.learn = ambient_dim, latent_dim, learn
         if learn:
             self.stiefel = _Stiefel(init.float())

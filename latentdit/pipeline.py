@@ -1,167 +1,121 @@
-"""Builds the pieces of a run from its configuration: data, ground truth, model, export/import.
+"""The sampling pipeline: a trained network, its OU schedule and its data normalisation.
 
-``save_pretrained`` / ``from_pretrained`` write and read a self-contained export directory:
-``config.json`` (the resolved :class:`~latentdit.config.Config` plus the model's dimensions) and
-``model.safetensors`` (EMA weights). No pickle is involved, and no training state is needed.
+``LatentDiTPipeline.from_pretrained(path)(num, ...)`` returns samples in DATA space (the
+normalisation undone; image data clipped to their pixel range unless ``clip=False``).
+:meth:`LatentDiTPipeline.sample_model_space` returns the network's own (normalised) space, for
+metrics that compare with the training set as the model saw it.
+
+Building (data, model) lives in :mod:`latentdit.build`, the export format in :mod:`latentdit.export`;
+their public names are re-exported here.
 """
 
 from __future__ import annotations
 
-import json
-import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 
-from latentdit.config import Config
-from latentdit.data.gmm import SubspaceGMM
-from latentdit.encoder import pca_basis
-from latentdit.errors import CheckpointError, ConfigError, DataError
+from latentdit.build import TrainData, build_data, build_ground_truth, build_model, model_dims, resolve_device
+from latentdit.data.normalise import Normalisation
+from latentdit.export import (EXPORT_CONFIG, EXPORT_WEIGHTS, FORMAT_VERSION, IMAGE_SOURCES, from_pretrained,
+                              sampling_defaults, save_pretrained)
+from latentdit.models.guidance import GuidedDenoiser
 from latentdit.models.score import LatentScoreNet
+from latentdit.sampling import DEFAULT_RHO, get_sampler, sample
 
-EXPORT_CONFIG = "config.json"
-EXPORT_WEIGHTS = "model.safetensors"
+__all__ = ["EXPORT_CONFIG", "EXPORT_WEIGHTS", "FORMAT_VERSION", "LatentDiTPipeline", "TrainData", "build_data",
+           "build_ground_truth", "build_model", "from_pretrained", "model_dims", "resolve_device", "save_pretrained"]
 
 
 @dataclass
-class TrainData:
-    """Training data in the model's (normalised) space plus what is known about its law."""
+class LatentDiTPipeline:
+    """model + OU time range + data normalisation + sampling defaults.
 
-    x: torch.Tensor  # (N, D) float32
-    labels: torch.Tensor | None  # (N,) int64
-    num_classes: int
-    gmm: SubspaceGMM | None = None  # the ground truth when data.source == "gmm"
-    loaded: object | None = None  # latentdit.data.real.LoadedData for real data
+    ``defaults`` has the keys of ``sampling.json`` (sampler, steps, grid, rho, guidance, denoise);
+    ``pixel_range`` (lo, hi) is set for image data, whose samples are clipped to it by default.
+    """
 
+    model: LatentScoreNet
+    T0: float = 1e-3
+    T: float = 10.0
+    normalisation: Normalisation | None = None
+    pixel_range: tuple[float, float] | None = None
+    defaults: dict = field(default_factory=dict)
+    image_shape: tuple[int, ...] | None = None
 
-def build_ground_truth(cfg: Config) -> SubspaceGMM:
-    d = cfg.data
-    return SubspaceGMM.random(d.ambient_dim, d.latent_dim, d.components, seed=d.seed)
+    @classmethod
+    def from_pretrained(cls, path: str | Path, *, device: str | torch.device = "cpu") -> "LatentDiTPipeline":
+        """The pipeline of an export or run directory."""
+        model, _, meta = from_pretrained(path, device=device)
+        return cls.from_model(model, meta)
 
+    @classmethod
+    def from_model(cls, model: LatentScoreNet, meta: dict) -> "LatentDiTPipeline":
+        """A pipeline from a network and an export's metadata (as :func:`from_pretrained` returns)."""
+        norm = meta.get("normalisation")
+        pr, shape = meta.get("pixel_range"), meta.get("image_shape")
+        diff = meta.get("diffusion", {})
+        return cls(model, T0=diff.get("T0", 1e-3), T=diff.get("T", 10.0),
+                   normalisation=Normalisation.from_dict(norm) if norm else None,
+                   pixel_range=tuple(pr) if pr else None, defaults=dict(meta.get("sampling", {})),
+                   image_shape=tuple(shape) if shape else None)
 
-def build_data(cfg: Config) -> TrainData:
-    """Load or generate the training set described by ``cfg.data``."""
-    d = cfg.data
-    if d.source == "gmm":
-        gmm = build_ground_truth(cfg)
-        gen = torch.Generator().manual_seed(d.seed + 1)
-        x, comp = gmm.sample(d.n, generator=gen, return_labels=True)
-        labels = comp if d.conditional else None
-        return TrainData(x.float(), labels, d.components if d.conditional else 0, gmm=gmm)
-    from latentdit.data.real import load_data
+    @classmethod
+    def from_config(cls, model: LatentScoreNet, cfg, data_meta: dict | None = None) -> "LatentDiTPipeline":
+        """A pipeline for a network being trained with ``cfg`` (sampling defaults from ``cfg.sample``);
+        ``data_meta`` is the data record of an export (normalisation, image_shape, pixel_range)."""
+        meta = {**(data_meta or {}), "sampling": sampling_defaults(cfg.sample),
+                "diffusion": {"T0": cfg.diffusion.T0, "T": cfg.diffusion.T}}
+        if meta.get("image_shape") and "pixel_range" not in meta and cfg.data.source in IMAGE_SOURCES:
+            meta["pixel_range"] = [0.0, 1.0]
+        return cls.from_model(model, meta)
 
-    loaded = load_data(d.source, d.path, image_size=d.image_size, normalise=d.normalise,
-                       max_items=d.n if d.n > 0 else None, seed=d.seed,
-                       **({"label_column": d.label_column} if d.source == "csv" else {}))
-    labels = loaded.labels if d.conditional else None
-    if d.conditional and labels is None:
-        raise DataError(f"data.conditional=true but the {d.source!r} data carry no labels; "
-                        "set data.conditional=false or provide labels")
-    return TrainData(loaded.x.float(), labels, loaded.num_classes if labels is not None else 0, loaded=loaded)
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
 
+    def _setting(self, name: str, value, fallback):
+        return self.defaults.get(name, fallback) if value is None else value
 
-def model_dims(cfg: Config, data: TrainData) -> tuple[int, int]:
-    D = data.x.shape[1]
-    d0 = cfg.encoder.latent_dim
-    if d0 > D:
-        raise ConfigError(f"encoder.latent_dim={d0} is larger than the data dimension D={D}; lower it")
-    if d0 > data.x.shape[0]:
-        raise ConfigError(f"encoder.latent_dim={d0} is larger than the number of samples "
-                          f"n={data.x.shape[0]}; lower it or provide more data")
-    return D, d0
+    @torch.no_grad()
+    def sample_model_space(self, num: int, *, labels: torch.Tensor | None = None, guidance: float | None = None,
+                           sampler: str | None = None, steps: int | None = None, grid: str | None = None,
+                           rho: float | None = None, denoise: bool | None = None,
+                           generator: torch.Generator | None = None, seed: int | None = None,
+                           batch_size: int = 4096, progress: bool = False) -> torch.Tensor:
+        """``num`` samples (num, D) in the network's normalised space; unset options take the defaults."""
+        if not isinstance(num, int) or num <= 0:
+            raise ValueError(f"sample_model_space: num={num!r} must be a positive integer")
+        if labels is not None and len(labels) != num:
+            raise ValueError(f"sample_model_space: labels has {len(labels)} entries for num={num}")
+        sampler = self._setting("sampler", sampler, "dpm2m")
+        get_sampler(sampler)
+        steps = self._setting("steps", steps, 50)
+        grid, rho = self._setting("grid", grid, "auto"), self._setting("rho", rho, DEFAULT_RHO)
+        guidance = self._setting("guidance", guidance, 1.0)
+        denoise = self._setting("denoise", denoise, False)
+        if generator is None:
+            generator = torch.Generator(device=self.device).manual_seed(0 if seed is None else seed)
+        out = []
+        for start in range(0, num, batch_size):
+            n = min(batch_size, num - start)
+            y = labels[start:start + n].to(self.device) if labels is not None else None
+            fn = GuidedDenoiser(self.model, y, guidance)
+            out.append(sample(fn, (n, self.model.ambient_dim), sampler=sampler, steps=steps, T0=self.T0, T=self.T,
+                              grid=grid, rho=rho, generator=generator, device=self.device, progress=progress,
+                              denoise=denoise))
+        return torch.cat(out)
 
+    def to_data_space(self, x: torch.Tensor, *, clip: bool = True) -> torch.Tensor:
+        """Undo the normalisation; clip image data to the pixel range unless ``clip=False``."""
+        if self.normalisation is not None:
+            x = self.normalisation.invert(x)
+        if clip and self.pixel_range is not None:
+            x = x.clamp(*self.pixel_range)
+        return x
 
-def build_model(cfg: Config, data: TrainData, *, generator: torch.Generator | None = None) -> LatentScoreNet:
-    """The score network of eq. (2.5), its W_B initialised from PCA of the data or at random."""
-    D, d0 = model_dims(cfg, data)
-    mcfg = cfg.model
-    if data.num_classes != mcfg.num_classes:
-        from dataclasses import replace
-
-        mcfg = replace(mcfg, num_classes=data.num_classes)
-        cfg.model = mcfg
-    x = data.x
-    if cfg.encoder.init == "pca":
-        W, _ = pca_basis(x, d0)
-        h = x.double() @ W.double()
-        second = float(h.pow(2).sum(1).mean() / d0)
-    else:
-        W, h = None, None
-        second = float(x.double().pow(2).sum(1).mean() / d0)
-    model = LatentScoreNet(mcfg, D, d0, encoder_init=W, learn_encoder=cfg.encoder.learn,
-                           latent_second_moment=max(second, 1e-8), generator=generator)
-    if mcfg.precondition_stats == "diagonal":
-        if h is None:  # a random W_B: the statistics of the data's coordinates along it
-            h = x.double() @ model.W_B.detach().double()
-        model.latent_mean.copy_(h.mean(0))
-        model.latent_var.copy_(h.var(0, correction=0).clamp_min(1e-8))
-    return model
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"train.device={name!r} but CUDA is not available; use 'cpu' or 'auto'")
-    return dev
-
-
-# ------------------------------------------------------------------------------------------ export
-
-
-def save_pretrained(model: LatentScoreNet, cfg: Config, path: str | Path, extra: dict | None = None) -> None:
-    """Write ``config.json`` and ``model.safetensors`` into ``path`` (atomically, file by file)."""
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    meta = {"config": cfg.to_dict(), "ambient_dim": model.ambient_dim, "latent_dim": model.latent_dim,
-            "num_classes": model.num_classes, **(extra or {})}
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    tmp = path / (EXPORT_WEIGHTS + ".tmp")
-    save_file(state, str(tmp), metadata={"format": "pt", "library": "latentdit"})
-    _fsync(tmp)
-    os.replace(tmp, path / EXPORT_WEIGHTS)
-    tmp = path / (EXPORT_CONFIG + ".tmp")
-    tmp.write_text(json.dumps(meta, indent=2) + "\n")
-    _fsync(tmp)
-    os.replace(tmp, path / EXPORT_CONFIG)
-
-
-def _fsync(p: Path) -> None:
-    with open(p, "rb") as f:
-        os.fsync(f.fileno())
-
-
-def from_pretrained(path: str | Path, *, device: str | torch.device = "cpu") -> tuple[LatentScoreNet, Config, dict]:
-    """Load an export written by :func:`save_pretrained`: (model in eval mode, config, metadata)."""
-    path = Path(path)
-    if (path / "model" / EXPORT_WEIGHTS).exists() and not (path / EXPORT_WEIGHTS).exists():
-        path = path / "model"  # a run directory was given
-    cfg_file, w_file = path / EXPORT_CONFIG, path / EXPORT_WEIGHTS
-    if not path.is_dir():
-        raise CheckpointError(f"{str(path)!r} is not a directory; pass a run directory or an export "
-                              "directory containing config.json and model.safetensors")
-    if not cfg_file.is_file() or not w_file.is_file():
-        raise CheckpointError(f"{str(path)!r} holds no export (config.json and model.safetensors); "
-                              "train first with `latentdit train --out RUN`")
-    try:
-        meta = json.loads(cfg_file.read_text())
-        cfg = Config.from_saved(meta["config"])
-    except (json.JSONDecodeError, KeyError) as e:
-        raise CheckpointError(f"{str(cfg_file)!r} is not a latentdit export config: {e}") from e
-    try:
-        state = load_file(str(w_file))
-    except (SafetensorError, OSError, RuntimeError) as e:
-        raise CheckpointError(f"{str(w_file)!r} is truncated or corrupt ({e}); re-export it from the "
-                              "run's newest checkpoint with `latentdit train --out RUN`") from e
-    mcfg = cfg.model
-    model = LatentScoreNet(mcfg, meta["ambient_dim"], meta["latent_dim"], learn_encoder=cfg.encoder.learn)
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as e:
-        raise CheckpointError(f"weights in {str(w_file)!r} do not match its config.json: "
-                              f"{str(e).splitlines()[0]}") from e
-    return model.to(device).eval(), cfg, meta
+    def __call__(self, num: int, *, clip: bool = True, **kw) -> torch.Tensor:
+        """``num`` samples in data space; ``kw`` as :meth:`sample_model_space` (labels, guidance,
+        sampler, steps, grid, rho, denoise, generator or seed, batch_size, progress)."""
+        return self.to_data_space(self.sample_model_space(num, **kw), clip=clip)

@@ -33,9 +33,18 @@ def test_sampler_bench_quick_writes_all_keys(tmp_path):
     out = tmp_path / "sampler.json"
     assert sampler_bench.main(["--out", str(out), "--quick", "--threads", "1"]) == 0
     d = json.loads(out.read_text())
-    assert set(d["nfe_to_match_em1000"]) == {"em", "ei", "heun", "ddim", "dpm2m"}
+    assert set(d["nfe_to_match_em1000"]) == {"em", "ei", "heun", "ddim", "dpm2m", "dpm3m"}
     assert d["w2_reference"] > 0 and d["w2_em1000"] > 0
     acc = d["acceptance"]
     assert set(acc["off_subspace_var"]) == set(d["nfe_to_match_em1000"])
     assert "w2_over_reference" in acc
     assert (tmp_path / "sampler.png").stat().st_size > 0
+
+
+def test_sampler_bench_core_reports_the_low_nfe_ratio(tmp_path):
+    out = tmp_path / "core.json"
+    sampler_bench.main(["--out", str(out), "--quick", "--core-only", "--threads", "1"])  # 1 if not all_ok
+    d = json.loads(out.read_text())
+    best = d["low_nfe"]["best"]["5"]
+    assert best["nfe"] <= 5 and d["w2_ratio_at_5_nfe"] == best["w2_over_reference"] > 0
+    assert all(r["w2"] >= best["w2"] for r in d["low_nfe"]["rows"] if r["nfe"] <= 5)

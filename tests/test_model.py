@@ -250,8 +250,9 @@ def test_dit_mlp_activation_is_the_closed_form_gelu(activation):
     torch.testing.assert_close(act(x), want, rtol=0, atol=1e-12)
 
 
-def test_export_from_before_activation_loads_the_network_it_saved(tmp_path):
-    """An export whose config predates ``model.activation`` is rebuilt with the tanh GELU it used."""
+def test_format0_export_from_before_activation_loads_the_network_it_saved(tmp_path):
+    """A format-0 export (one config.json with the training config under "config") whose config
+    predates ``model.activation`` is rebuilt with the tanh GELU it used."""
     import json
 
     from latentdit.config import Config
@@ -264,11 +265,53 @@ def test_export_from_before_activation_loads_the_network_it_saved(tmp_path):
     for p in model.parameters():  # non-zero everywhere so the activation matters
         torch.nn.init.normal_(p, std=0.5)
     save_pretrained(model, cfg, tmp_path)
-    meta = json.loads((tmp_path / "config.json").read_text())
-    del meta["config"]["model"]["activation"]
-    (tmp_path / "config.json").write_text(json.dumps(meta))
-    loaded, loaded_cfg, _ = from_pretrained(tmp_path)
-    assert loaded_cfg.model.activation == "gelu_tanh"
+    old = cfg.to_dict()
+    del old["model"]["activation"]
+    (tmp_path / "config.json").write_text(json.dumps({"config": old, "ambient_dim": 8, "latent_dim": 4,
+                                                      "num_classes": 0}))
+    for name in ("training.json", "sampling.json"):
+        (tmp_path / name).unlink()
+    loaded, loaded_cfg, meta = from_pretrained(tmp_path)
+    assert meta["format"] == 0 and loaded.cfg.activation == "gelu_tanh"
     x, t = torch.randn(16, 8), torch.full((16,), 0.5)
     with torch.no_grad():
         torch.testing.assert_close(loaded(x, t), model(x, t), rtol=0, atol=0)
+
+
+def test_format1_export_keeps_model_config_apart_and_refuses_newer_formats(tmp_path):
+    import json
+
+    from latentdit.config import Config
+    from latentdit.errors import CheckpointError
+    from latentdit.pipeline import FORMAT_VERSION, from_pretrained, save_pretrained
+
+    cfg = Config.from_dict({"data": {"ambient_dim": 8, "latent_dim": 4}, "encoder": {"latent_dim": 4},
+                            "model": {"hidden": 16, "depth": 1, "heads": 2}, "sample": {"steps": 7}})
+    model = LatentScoreNet(cfg.model, 8, 4).eval()
+    save_pretrained(model, cfg, tmp_path, extra={"step": 3, "normalisation": {"kind": "none", "shift": 0.0,
+                                                                               "scale": 1.0}})
+    head = json.loads((tmp_path / "config.json").read_text())
+    assert head["format"] == FORMAT_VERSION == 1 and "config" not in head
+    assert head["model"]["hidden"] == 16 and head["data"]["normalisation"]["kind"] == "none"
+    assert json.loads((tmp_path / "sampling.json").read_text())["steps"] == 7
+    assert json.loads((tmp_path / "training.json").read_text())["step"] == 3
+    loaded, loaded_cfg, meta = from_pretrained(tmp_path)
+    assert meta["step"] == 3 and meta["sampling"]["steps"] == 7 and loaded_cfg == cfg
+    head["format"] = FORMAT_VERSION + 1
+    (tmp_path / "config.json").write_text(json.dumps(head))
+    with pytest.raises(CheckpointError, match="export format 2"):
+        from_pretrained(tmp_path)
+
+
+def test_build_model_leaves_the_config_unchanged():
+    import copy
+
+    from latentdit.build import TrainData, build_model
+    from latentdit.config import Config
+
+    cfg = Config.from_dict({"encoder": {"latent_dim": 4}, "model": {"hidden": 16, "depth": 1, "heads": 2}})
+    before = copy.deepcopy(cfg)
+    data = TrainData(torch.randn(64, 8), torch.arange(64) % 3, 3)
+    model = build_model(cfg, data)
+    assert cfg == before and cfg.model.num_classes == 0
+    assert model.num_classes == 3 and model.cfg.num_classes == 3

@@ -90,7 +90,7 @@ def test_default_command_is_this_process_command_line(monkeypatch):
 def test_bench_and_evaluate_outputs_carry_provenance(tmp_path):
     from latentdit.bench import sampler as sampler_bench
     from latentdit.config import load_config
-    from latentdit.evaluate import evaluate_run
+    from latentdit.evaluation import evaluate_run
     from latentdit.train import train
 
     out = tmp_path / "s.json"

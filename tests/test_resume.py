@@ -131,10 +131,9 @@ def test_all_checkpoints_unreadable_is_a_clear_error(reference, tmp_path):
 def test_from_pretrained_in_a_fresh_process_samples(reference):
     code = (
         "import sys, torch\n"
-        "from latentdit.pipeline import from_pretrained\n"
-        "from latentdit.evaluate import generate\n"
+        "from latentdit.pipeline import LatentDiTPipeline, from_pretrained\n"
         "model, cfg, meta = from_pretrained(sys.argv[1])\n"
-        "x = generate(model, cfg, 16, sampler='ddim', steps=4, seed=0)\n"
+        "x = LatentDiTPipeline.from_model(model, meta)(16, sampler='ddim', steps=4, seed=0)\n"
         "assert x.shape == (16, 32) and torch.isfinite(x).all()\n"
         "print(meta['step'], sum(float(v.double().sum()) for v in model.state_dict().values()))\n"
     )

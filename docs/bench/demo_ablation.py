@@ -34,13 +34,14 @@ def parse_setting(text: str) -> dict:
 
 
 def main() -> None:
+    from latentdit.evaluation.baselines import balanced_labels, classifier_features
+    from latentdit.evaluation.real import load_real
     from latentdit.io import atomic_write_json, check_output_file
+    from latentdit.metrics.fid import cache_dir, cached_features
     from latentdit.provenance import provenance_end, provenance_start
-    from latentdit.evaluate import generate
-    from latentdit.experiments.real import balanced_labels, cache_dir, cached_features, classifier_features, load_real
     from latentdit.metrics.classifier import classifier_accuracy, train_classifier
     from latentdit.metrics.fid import InceptionFeatures, fid_from_features
-    from latentdit.pipeline import from_pretrained
+    from latentdit.pipeline import LatentDiTPipeline, from_pretrained
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run", type=Path, required=True,
@@ -57,7 +58,8 @@ def main() -> None:
     prov = provenance_start(["python", *sys.argv])
     settings = {s: parse_setting(s) for s in args.settings}
 
-    model, cfg, _ = from_pretrained(args.run)
+    model, cfg, meta = from_pretrained(args.run)
+    pipe = LatentDiTPipeline.from_model(model, meta)
     loaded = load_real(cfg)
     W = model.W_B.detach().double()
     real_var = (loaded.x.double() @ W).var(0)
@@ -68,8 +70,8 @@ def main() -> None:
     out = {"run": str(args.run), "num": args.num, "seed": args.seed, "latent_dim": model.latent_dim,
            "classifier_test_accuracy": test_acc, "settings": {}}
     for name, s in settings.items():
-        x = generate(model, cfg, args.num, sampler=s["sampler"], steps=s["steps"], seed=args.seed, labels=labels,
-                     guidance=s["guidance"], denoise=s["denoise"]).cpu()
+        x = pipe.sample_model_space(args.num, sampler=s["sampler"], steps=s["steps"], seed=args.seed, labels=labels,
+                                    guidance=s["guidance"], denoise=s["denoise"]).cpu()
         h = x.double() @ W
         ratio = (h.var(0) / real_var).numpy()
         q = max(len(ratio) // 4, 1)

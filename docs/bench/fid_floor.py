@@ -25,7 +25,8 @@ def main() -> None:
     from latentdit.provenance import provenance_end, provenance_start
     from latentdit.encoder import pca_basis
     from latentdit.experiments.demo import DEMO_CONFIG
-    from latentdit.experiments.real import cache_dir, cached_features, load_real
+    from latentdit.evaluation.real import load_real
+    from latentdit.metrics.fid import cache_dir, cached_features
     from latentdit.config import Config
     from latentdit.metrics.fid import InceptionFeatures, fid_from_features
 

@@ -41,7 +41,8 @@ from typing import Callable
 
 import torch
 
-from latentdit.io import atomic_write_json, check_output_file
+from latentdit.bench import parse_bench_args
+from latentdit.io import atomic_write_json
 from latentdit.provenance import provenance_end, provenance_start
 
 # name -> matched configuration; tokens = (side / patch)^2 of size patch^2, latent d0 = side^2
@@ -329,13 +330,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     ap.add_argument("--compile", action="store_true",
                     help="also time both training steps under torch.compile (needs a C++ compiler)")
-    ap.add_argument("--threads", type=int, default=0,
-                    help="torch CPU threads (0 = torch's default); 1 is steadier on an oversubscribed machine")
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = ap.parse_args(argv)
-    check_output_file(args.out)
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
+    args, argv = parse_bench_args(ap, argv)
     _require_diffusers()
     if args.quick:
         configs, repeats, mm_n = QUICK, args.repeats or 2, 256

@@ -4,7 +4,7 @@
 
 Ground truth: the subspace Gaussian mixture x = B h in R^64, h a 4-dimensional mixture of 4
 components (:class:`latentdit.data.gmm.SubspaceGMM`, seed 0), whose noised score is exact. Every
-sampler starts from N(0, I) at T = 10 and stops at T0 = 1e-3; the target is the law of h at T0.
+sampler (driven by the exact denoiser E[x0 | x_t]) starts from N(0, I) at T = 10 and stops at T0 = 1e-3; the target is the law of h at T0.
 For each sampler and NFE budget we draw 4000 samples, project them on the subspace (B^T x; for a
 trained model (W_B U)^T x with U the best alignment) and measure the exact W2 (POT EMD) to 4000 fresh
 true latents. References in the same run:
@@ -18,8 +18,10 @@ Acceptance figures (exact score): off-subspace variance of each sampler at its l
 A PNG plot is written beside the JSON.
 
 ``core_acceptance`` (also alone with ``--core-only``) checks each sampler at the step budget it is
-meant for (em and ei 1000 steps, heun and ddim 100 steps, dpm2m 20 steps): off-subspace variance
-within 10% of 1 - exp(-T0), latent W2 <= 1.2 x w2_reference, and dpm2m at 20 NFE within 10% of em1000.
+meant for (em and ei 1000 steps, heun and ddim 100 steps, dpm2m and dpm3m 20 steps): off-subspace
+variance within 10% of 1 - exp(-T0), latent W2 <= 1.2 x w2_reference, and dpm2m at 20 NFE within
+10% of em1000. Its ``low_nfe`` block runs ddim, dpm2m and dpm3m on the logsnr and karras grids at 5
+and 10 NFE; ``w2_ratio_at_5_nfe`` is the best W2 / w2_reference at <= 5 NFE.
 """
 
 from __future__ import annotations
@@ -32,38 +34,44 @@ from pathlib import Path
 import torch
 
 from latentdit.data.gmm import SubspaceGMM
-from latentdit.io import atomic_write_json, check_output_file
+from latentdit.errors import CheckpointError
+from latentdit.bench import parse_bench_args
+from latentdit.io import atomic_write_json
 from latentdit.metrics.distances import (aligned_latent, expected_off_subspace_variance, off_subspace_variance,
                                          w2)
+from latentdit.pipeline import build_ground_truth, from_pretrained
 from latentdit.provenance import provenance_end, provenance_start
-from latentdit.sampling import SAMPLERS, CountingScore, DEFAULT_GRID, get_sampler, nfe_per_step, time_grid
+from latentdit.sampling import (DEFAULT_GRID, DEFAULT_RHO, SAMPLERS, CountingCalls, get_sampler, nfe_per_step,
+                                time_grid)
 
 FULL = dict(D=64, d0=4, K=4, n=4000, T0=1e-3, T=10.0, nfes=[5, 10, 20, 50], em_steps=1000)
 QUICK = dict(D=64, d0=4, K=4, n=100, T0=1e-3, T=10.0, nfes=[4], em_steps=20)
 TOL = 0.10
 
 
-def run_sampler(score_fn, name: str, nfe: int, n: int, D: int, T0: float, T: float, dtype, seed: int = 0):
-    """(samples (n, D), NFE actually used, seconds) for sampler ``name`` with about ``nfe`` evaluations."""
+def run_sampler(denoiser, name: str, nfe: int, n: int, D: int, T0: float, T: float, dtype, seed: int = 0,
+                grid: str | None = None, rho: float = DEFAULT_RHO):
+    """(samples (n, D), NFE actually used, seconds) for sampler ``name`` with about ``nfe`` evaluations
+    of ``denoiser`` on its default grid (or ``grid``)."""
     steps = max(1, nfe // nfe_per_step(name))
-    ts = time_grid(T0, T, steps, DEFAULT_GRID[name])
+    ts = time_grid(T0, T, steps, grid or DEFAULT_GRID[name], rho=rho)
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, D, generator=g, dtype=dtype)
-    counted = CountingScore(score_fn)
+    counted = CountingCalls(denoiser)
     t0 = time.perf_counter()
     with torch.no_grad():
         out = get_sampler(name)(counted, x, ts, generator=g)
     return out, counted.calls, time.perf_counter() - t0
 
 
-def sweep(score_fn, W: torch.Tensor, truth: SubspaceGMM, p: dict, dtype, label: str) -> dict:
+def sweep(denoiser, W: torch.Tensor, truth: SubspaceGMM, p: dict, dtype, label: str) -> dict:
     """W2 vs NFE for every sampler plus the em1000 reference, with one score function."""
     g = torch.Generator().manual_seed(123)
     target = truth.sample_latent(p["n"], p["T0"], generator=g)
     var_expected = expected_off_subspace_variance(p["T0"])
 
     def measure(name: str, nfe: int) -> dict:
-        x, used, secs = run_sampler(score_fn, name, nfe, p["n"], truth.ambient_dim, p["T0"], p["T"], dtype)
+        x, used, secs = run_sampler(denoiser, name, nfe, p["n"], truth.ambient_dim, p["T0"], p["T"], dtype)
         lat = aligned_latent(x, W, truth.B)
         r = {"nfe": used, "w2": w2(lat, target), "off_subspace_var": off_subspace_variance(x, W),
              "seconds": secs}
@@ -102,7 +110,11 @@ def acceptance(res: dict, w2_ref: float, p: dict) -> dict:
     return out
 
 
-CORE_STEPS = {"em": 1000, "ei": 1000, "heun": 100, "ddim": 100, "dpm2m": 20}
+CORE_STEPS = {"em": 1000, "ei": 1000, "heun": 100, "ddim": 100, "dpm2m": 20, "dpm3m": 20}
+# low-NFE comparison: the ODE solvers in data-prediction form on each grid (rho for karras)
+LOW_NFE = (5, 10)
+LOW_NFE_SETTINGS = [(s, g) for s in ("ddim", "dpm2m", "dpm3m") for g in ("logsnr", "karras")]
+LOW_NFE_RHO = 20.0
 
 
 def core_acceptance(truth: SubspaceGMM, p: dict, w2_ref: float) -> dict:
@@ -112,7 +124,7 @@ def core_acceptance(truth: SubspaceGMM, p: dict, w2_ref: float) -> dict:
     exp = expected_off_subspace_variance(p["T0"])
     rows = {}
     for name, steps in CORE_STEPS.items():
-        x, used, secs = run_sampler(truth.score_fn(), name, steps * nfe_per_step(name), p["n"], truth.ambient_dim,
+        x, used, secs = run_sampler(truth.denoiser(), name, steps * nfe_per_step(name), p["n"], truth.ambient_dim,
                                     p["T0"], p["T"], torch.float64)
         var, dist = off_subspace_variance(x, truth.B), w2(aligned_latent(x, truth.B, truth.B), target)
         rows[name] = {"steps": steps, "nfe": used, "w2": dist, "w2_over_reference": dist / w2_ref,
@@ -121,9 +133,27 @@ def core_acceptance(truth: SubspaceGMM, p: dict, w2_ref: float) -> dict:
         print(f"[core] {name:6s} {steps:5d} steps: W2 {dist:.4f} ({dist / w2_ref:.3f} x ref)  "
               f"off-var {var:.4e} (expected {exp:.4e})", flush=True)
     ratio = rows["dpm2m"]["w2"] / rows["em"]["w2"]
+    low = low_nfe(truth, p, w2_ref, target)
     return {"samplers": rows, "w2_reference": w2_ref, "off_subspace_var_expected": exp,
-            "dpm2m_20_over_em1000": ratio, "dpm2m_20_ok": ratio <= 1 + TOL,
+            "dpm2m_20_over_em1000": ratio, "dpm2m_20_ok": ratio <= 1 + TOL, "low_nfe": low,
+            "w2_ratio_at_5_nfe": low["best"]["5"]["w2_over_reference"],
             "all_ok": all(r["ok"] for r in rows.values()) and ratio <= 1 + TOL}
+
+
+def low_nfe(truth: SubspaceGMM, p: dict, w2_ref: float, target: torch.Tensor) -> dict:
+    """W2 / reference of the ODE solvers at LOW_NFE budgets on each grid, and the best one per budget
+    (budgets are upper bounds: ``best["5"]`` is the best at <= 5 NFE)."""
+    rows = []
+    for nfe in LOW_NFE:
+        for name, grid in LOW_NFE_SETTINGS:
+            x, used, _ = run_sampler(truth.denoiser(), name, nfe, p["n"], truth.ambient_dim, p["T0"], p["T"],
+                                     torch.float64, grid=grid, rho=LOW_NFE_RHO)
+            dist = w2(aligned_latent(x, truth.B, truth.B), target)
+            rows.append({"sampler": name, "grid": grid, "rho": LOW_NFE_RHO if grid == "karras" else None,
+                         "nfe": used, "w2": dist, "w2_over_reference": dist / w2_ref})
+            print(f"[low-nfe] {name:6s} {grid:7s} NFE {used:3d}: W2 {dist:.4f} ({dist / w2_ref:.3f} x ref)", flush=True)
+    best = {str(b): min((r for r in rows if r["nfe"] <= b), key=lambda r: r["w2"]) for b in LOW_NFE}
+    return {"rows": rows, "best": best}
 
 
 def plot(results: dict, path: Path) -> None:
@@ -160,13 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--run", type=Path, default=None, help="a run directory trained on a gmm config")
     ap.add_argument("--core-only", action="store_true",
                     help="only the per-sampler acceptance at each sampler's intended step budget")
-    ap.add_argument("--threads", type=int, default=0,
-                    help="torch CPU threads (0 = torch's default); 1 is steadier on an oversubscribed machine")
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = ap.parse_args(argv)
-    check_output_file(args.out)
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
+    args, argv = parse_bench_args(ap, argv)
     prov = provenance_start(["latentdit", "bench", "sampler", *argv])
     p = QUICK if args.quick else FULL
     t_start = time.perf_counter()
@@ -181,14 +205,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"core acceptance {'passed' if core['all_ok'] else 'FAILED'}; wrote {args.out}")
         return 0 if core["all_ok"] else 1
     results = {}
-    exact = sweep(truth.score_fn(), truth.B, truth, p, torch.float64, "exact")
+    exact = sweep(truth.denoiser(), truth.B, truth, p, torch.float64, "exact")
     exact["w2_reference"] = w2_ref
     exact["acceptance"] = acceptance(exact, w2_ref, p)
     results["exact"] = exact
     if args.run is not None:
-        from latentdit.errors import CheckpointError
-        from latentdit.pipeline import build_ground_truth, from_pretrained
-
         model_dir = args.run / "model" if (args.run / "model").is_dir() else args.run
         model, cfg, _ = from_pretrained(model_dir)
         if cfg.data.source != "gmm":
@@ -200,15 +221,16 @@ def main(argv: list[str] | None = None) -> int:
         g = torch.Generator().manual_seed(7)
         ref_t = w2(gt.sample_latent(pt["n"], pt["T0"], generator=g), gt.sample_latent(pt["n"], pt["T0"], generator=g))
 
-        def score(x, t):
-            return model(x.float(), t.float()).to(x.dtype)
+        def denoiser(x, t):
+            return model.denoise(x.float(), t.float()).to(x.dtype)
 
-        trained = sweep(score, model.W_B.detach(), gt, pt, torch.float32, "trained")
+        trained = sweep(denoiser, model.W_B.detach(), gt, pt, torch.float32, "trained")
         trained["w2_reference"] = ref_t
         trained["run"] = str(args.run)
         results["trained"] = trained
     core = core_acceptance(truth, p, w2_ref) if not args.quick else None
-    report = {"core_acceptance": core, "nfe_to_match_em1000": exact["nfe_to_match_em1000"], "w2_em1000": exact["w2_em1000"],
+    report = {"core_acceptance": core,
+              "w2_ratio_at_5_nfe": core["w2_ratio_at_5_nfe"] if core else None, "nfe_to_match_em1000": exact["nfe_to_match_em1000"], "w2_em1000": exact["w2_em1000"],
               "w2_reference": w2_ref, "acceptance": exact["acceptance"], "params": p, "tolerance": TOL,
               "results": results, "seconds": time.perf_counter() - t_start, "threads": torch.get_num_threads(),
               "provenance": provenance_end(prov)}

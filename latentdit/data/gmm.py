@@ -159,3 +159,13 @@ class SubspaceGMM:
         """f*(h, t) = sigma(t) grad log p_t^h(h) + h = beta(t) E[h0 | h_t = h], the exact optimum of eq. (2.5)."""
         t = torch.as_tensor(t, dtype=torch.float64).expand(h.shape[0])
         return sigma(t)[:, None] * self.latent_score(h, t) + h.to(torch.float64)
+
+    def denoise(self, x: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
+        """The exact posterior mean E[x0 | x_t = x] = B E[h0 | h_t = B^T x] (x0 lies in span B, so the
+        part of x off the subspace carries no information about it), in x's dtype."""
+        h = x.to(torch.float64) @ self.B
+        return (self.posterior_mean(h, t) @ self.B.T).to(x.dtype)
+
+    def denoiser(self):
+        """The exact denoiser as a sampler-ready function D(x, t) with t of shape (N,) or scalar."""
+        return lambda x, t: self.denoise(x, t)

@@ -34,7 +34,7 @@ import csv
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 import torch
@@ -77,19 +77,6 @@ class LoadedData:
         raw = self.norm.invert(x_normalised.detach().to("cpu", torch.float32))
         images = ((raw - lo) / (hi - lo if hi > lo else 1.0)).clamp(0.0, 1.0)
         return images.reshape(-1, *self.image_shape)
-
-    def describe(self) -> dict[str, Any]:
-        """JSON-friendly description for a run config (everything but the data)."""
-        return {
-            "name": self.name,
-            "num_items": len(self),
-            "dim": self.dim,
-            "image_shape": list(self.image_shape) if self.image_shape else None,
-            "num_classes": self.num_classes,
-            "class_names": self.class_names,
-            "pixel_range": list(self.pixel_range) if self.pixel_range else None,
-            "norm": self.norm.to_dict(),
-        }
 
 
 def load_data(source: str, path: str | None = None, *, image_size: int | None = None,

@@ -14,7 +14,7 @@ run of a few minutes.
 DIR receives ``run/`` (the training run: checkpoints, metrics.jsonl, the exported model),
 ``samples.png`` (one row per class), ``baseline.png`` (the Gaussian latent baseline),
 ``samples.npz`` (generated samples in the data's own units, with labels) and ``metrics.json``
-(see :func:`latentdit.experiments.real.evaluate_real`, plus ``train_seconds`` and the run's
+(see :func:`latentdit.evaluation.real.evaluate_real`, plus ``train_seconds`` and the run's
 settings). A short summary is printed.
 """
 
@@ -28,8 +28,13 @@ import time
 from pathlib import Path
 
 from latentdit.config import Config, apply_overrides, read_config_file
+from latentdit.data.real import load_data
 from latentdit.errors import ConfigError
-from latentdit.io import check_output_dir
+from latentdit.evaluation.real import evaluate_real
+from latentdit.io import atomic_write_json, check_output_dir
+from latentdit.pipeline import from_pretrained
+from latentdit.provenance import provenance_end, provenance_start
+from latentdit.train import check_run_dir, train
 
 # The demo's configuration; configs/mnist.toml holds the same values (a test keeps them equal).
 DEMO_CONFIG: dict = {
@@ -98,7 +103,6 @@ def data_overrides(data: str | None, base: dict) -> dict:
         else:
             raise ConfigError(f"--data {data!r}: use a folder of images or a .npy, .npz or .csv file")
         section.update({"source": source, "path": str(path), "n": 0})
-    from latentdit.data.real import load_data
 
     loaded = load_data(section["source"], section.get("path"), normalise=section.get("normalise", "minmax"),
                        max_items=section["n"] or None, seed=section.get("seed", 0))
@@ -147,9 +151,7 @@ def summary(m: dict, out: Path) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     check_output_dir(args.out)  # before training: an output that cannot be written fails at once
-    from latentdit.experiments.real import evaluate_real
-    from latentdit.pipeline import from_pretrained
-    from latentdit.train import check_run_dir, train
+    prov = provenance_start()
 
     out: Path = args.out
     if out.exists() and not out.is_dir():
@@ -170,12 +172,13 @@ def main(argv: list[str] | None = None) -> int:
                                    "classifier_test_accuracy") if k in metrics},
         "train_seconds": train_seconds,
         "train_step": meta.get("step"),
+        "steps_trained": meta.get("steps_trained"),
+        "steps_planned": meta.get("steps_planned"),
         **metrics,
         "train_threads": cfg.train.threads,
         "config": cfg.to_dict(),
     }
-    tmp = out / "metrics.json.tmp"
-    tmp.write_text(json.dumps(metrics, indent=2) + "\n")
-    os.replace(tmp, out / "metrics.json")
+    metrics["provenance"] = provenance_end(prov)
+    atomic_write_json(out / "metrics.json", metrics)
     print(summary(metrics, out))
     return 0

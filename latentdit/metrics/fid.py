@@ -244,3 +244,50 @@ def compute_fid(images_a: np.ndarray | torch.Tensor, images_b: np.ndarray | torc
     mu_a, s_a = image_stats(images_a, extractor, batch_size, cache_path, progress)
     mu_b, s_b = image_stats(images_b, extractor, batch_size, None, progress)
     return fid_from_stats(mu_a, s_a, mu_b, s_b)
+
+
+# ------------------------------------------------------------------------------ feature cache
+
+FEATURE_CACHE_VERSION = "1"
+
+
+def cache_dir() -> Path:
+    """Folder for cached reference features: ``$LATENTDIT_CACHE`` or ``~/.cache/latentdit``."""
+    return Path(os.environ.get("LATENTDIT_CACHE") or Path.home() / ".cache" / "latentdit")
+
+
+def _extractor_key(extractor) -> str:
+    weights = getattr(extractor, "weights_path", None)
+    parts = [type(extractor).__name__, str(getattr(extractor, "quantise", "")), FEATURE_CACHE_VERSION]
+    if weights is not None:
+        weights = Path(weights)
+        parts += [weights.name, str(weights.stat().st_size)]
+    return "|".join(parts)
+
+
+def cached_features(images: torch.Tensor, extractor, *, cache: Path | None = None, batch_size: int = 50,
+                    progress: bool = False) -> torch.Tensor:
+    """Features (N, F) of images (N, H, W[, C]) in [0, 1], read from or written to ``cache``.
+
+    The file name is a hash of the images, their shape and the extractor, so a changed data set
+    or preprocessing never reuses stale features.
+    """
+    if cache is None:
+        return extractor.features(images, batch_size, progress)
+    a = np.ascontiguousarray(images.detach().cpu().numpy(), dtype=np.float32)
+    h = hashlib.sha1(a.tobytes())
+    h.update(repr((a.shape, _extractor_key(extractor))).encode())
+    path = Path(cache) / f"features_{h.hexdigest()[:20]}.npy"
+    if path.is_file():
+        try:
+            f = np.load(path, allow_pickle=False)
+            if f.shape[0] == len(a):
+                return torch.from_numpy(f)
+        except (OSError, ValueError):
+            pass  # unreadable cache: recompute and overwrite
+    f = extractor.features(images, batch_size, progress)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp.npy")
+    np.save(tmp, f.numpy().astype(np.float32))
+    os.replace(tmp, path)
+    return f

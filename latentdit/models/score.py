@@ -3,7 +3,9 @@
     s_W(x, t) = ( W_B f(W_B^T x, t) - x ) / sigma(t),     f = R^{-1} o f_T o R.
 
 The exact optimum is f*(h, t) = sigma(t) grad log p_t^h(h) + h = beta(t) E[h0 | h_t = h], so f is a
-latent "x0-predictor". With ``precondition=True`` (default) f is written EDM-style around the
+latent "x0-predictor", and the network's primary output is the denoiser
+x0_hat(x, t) = W_B f(W_B^T x, t) / beta(t) (:meth:`LatentScoreNet.denoise`); the score is derived
+from it by eq. (2.5) (:func:`latentdit.diffusion.score_from_denoised`). With ``precondition=True`` (default) f is written EDM-style around the
 linear-Gaussian optimum for a latent of per-coordinate second moment v:
 
     f(h, t) = c_skip(t) h + c_out(t) R^{-1} f_T( R(c_in(t) h), t ),
@@ -29,7 +31,7 @@ import torch
 from torch import nn
 
 from latentdit.config import ModelConfig
-from latentdit.diffusion import add_noise, beta, sigma, weight
+from latentdit.diffusion import add_noise, beta, score_from_denoised, sigma, weight
 from latentdit.encoder import LinearEncoder
 from latentdit.models.blocks import DiTBackbone, PaperBackbone
 from latentdit.models.reshape import Reshape
@@ -41,11 +43,6 @@ def preconditioning(t: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, tor
     b2, s = beta(t) ** 2, sigma(t)
     denom = b2 * v + s
     return b2 * v / denom, (b2 * v * s / denom).sqrt(), denom.rsqrt()
-
-
-def score_from_f(x: torch.Tensor, decoded_f: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """Eq. (2.5): s = (W_B f - x) / sigma(t), given W_B f (N, D)."""
-    return (decoded_f - x) / sigma(t)[:, None]
 
 
 class LatentScoreNet(nn.Module):
@@ -107,19 +104,18 @@ class LatentScoreNet(nn.Module):
         F = self.reshape.inverse(self.backbone(self.reshape(c_in * h), t, y))
         return torch.addcmul(c_skip * h, c_out, F)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        """The score s_W(x, t) of eq. (2.5), (N, D)."""
-        t = _as_times(t, x)
-        W = self.W_B
-        return score_from_f(x, self.encoder.decode(self.f(self.encoder.encode(x, W), t, y), W), t)
-
-    score = forward
-
     def denoise(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        """Tweedie's x0 estimate (x + sigma s) / beta = W_B f / beta, (N, D)."""
+        """The network's output: the posterior-mean estimate x0_hat = W_B f(W_B^T x, t) / beta(t), (N, D)."""
         t = _as_times(t, x)
         W = self.W_B
         return self.encoder.decode(self.f(self.encoder.encode(x, W), t, y), W) / beta(t)[:, None]
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """The score s_W(x, t) of eq. (2.5), (N, D), derived from :meth:`denoise`."""
+        t = _as_times(t, x)
+        return score_from_denoised(x, self.denoise(x, t, y), t)
+
+    score = forward
 
     def loss(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, y: torch.Tensor | None = None,
              weighting: str = "edm") -> torch.Tensor:

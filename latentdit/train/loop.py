@@ -19,7 +19,7 @@ import math
 import random
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -28,10 +28,15 @@ import torch
 from tqdm.auto import tqdm
 
 from latentdit.config import Config
+from latentdit.data.images import save_image_grid
 from latentdit.diffusion import sample_times
 from latentdit.distributed import DistContext, init_distributed, rank_device
 from latentdit.errors import CheckpointError, ConfigError, DivergenceError
-from latentdit.pipeline import TrainData, build_data, build_model, resolve_device, save_pretrained
+from latentdit.evaluation.baselines import balanced_labels
+from latentdit.evaluation.gmm import evaluate_gmm
+from latentdit.models.guidance import drop_labels
+from latentdit.pipeline import (LatentDiTPipeline, TrainData, build_data, build_model, resolve_device,
+                                save_pretrained)
 from latentdit.train.checkpoint import (CKPT_FORMAT, DataOrder, global_rng_state, list_checkpoints, read_latest,
                                         set_global_rng_state, write_checkpoint)
 from latentdit.train.optim import ema_decay_at, ema_update, lr_lambda, make_optimizer
@@ -137,6 +142,10 @@ class Trainer:
 
     def load_state_dict(self, s: dict) -> None:
         saved = Config.from_saved(s["config"])
+        if saved.model.num_classes == self.model.num_classes:
+            # checkpoints written before build_model stopped editing the config carry the resolved
+            # class count in [model]; it is the same network
+            saved.model = replace(saved.model, num_classes=self.cfg.model.num_classes)
         for section in ("data", "encoder", "model", "diffusion"):
             if getattr(saved, section) != getattr(self.cfg, section):
                 raise CheckpointError(f"the checkpoints in {str(self.run)!r} were trained with a different "
@@ -185,7 +194,7 @@ class Trainer:
         y = None
         if self.y is not None:
             y = self.y[idx]
-            y = torch.where(drop[mine], torch.full_like(y, self.model.num_classes), y)
+            y = drop_labels(y, drop[mine], self.model.num_classes)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.train.amp and self.device.type == "cuda"):
             loss = self.objective(x0, t, noise, y)
         value = float(self.dist.mean(loss.detach().float()))
@@ -319,8 +328,6 @@ class Trainer:
         Runs on its own seeded generators inside a saved-and-restored RNG context, so periodic
         evaluation never changes the training trajectory.
         """
-        from latentdit.evaluate import evaluate_gmm, generate
-
         cfg, saved = self.cfg, global_rng_state()
         try:
             rec: dict = {}
@@ -329,17 +336,15 @@ class Trainer:
                 rec.update({k if k.startswith("eval") else f"eval_{k}": v for k, v in m.items() if isinstance(v, float)})
             labels = None
             if self.ema.num_classes > 0:
-                labels = torch.arange(num) % self.ema.num_classes
-            x = generate(self.ema, cfg, num, sampler=cfg.eval.sampler, steps=cfg.eval.steps, seed=cfg.eval.seed,
-                         labels=labels).cpu()
+                labels = balanced_labels(num, self.ema.num_classes)
+            pipe = LatentDiTPipeline.from_config(self.ema, cfg, self._data_meta())
+            x = pipe.sample_model_space(num, sampler=cfg.eval.sampler, steps=cfg.eval.steps, seed=cfg.eval.seed,
+                                        labels=labels).cpu()
             out = self.run / SAMPLES_DIR / f"step_{self.step:08d}"
             out.parent.mkdir(parents=True, exist_ok=True)
             loaded = self.data.loaded
-            raw = loaded.norm.invert(x) if loaded is not None else x
-            np.save(out.with_suffix(".npy"), raw.numpy())
+            np.save(out.with_suffix(".npy"), pipe.to_data_space(x).numpy())
             if loaded is not None and loaded.image_shape is not None:
-                from latentdit.data.images import save_image_grid
-
                 save_image_grid(loaded.to_images(x), out.with_suffix(".png"), nrow=8)
             rec["snapshot"] = str(out.relative_to(self.run)) + ".npy"
             return rec
@@ -350,8 +355,11 @@ class Trainer:
         loaded = self.data.loaded
         if loaded is None:
             return {}
-        return {"normalisation": loaded.norm.to_dict(), "image_shape": loaded.image_shape,
+        meta = {"normalisation": loaded.norm.to_dict(), "image_shape": loaded.image_shape,
                 "class_names": loaded.class_names}
+        if loaded.pixel_range is not None:  # otherwise the export decides from data.source
+            meta["pixel_range"] = [float(v) for v in loaded.pixel_range]
+        return meta
 
 
 def _fmt_time(s: float) -> str:

@@ -85,11 +85,11 @@ def run_config(params: dict, threads: int = 0) -> dict:
     import torch
 
     from latentdit.config import Config
-    from latentdit.diffusion import sample_times, sigma
-    from latentdit.evaluate import generate
+    from latentdit.diffusion import OU, sample_times
     from latentdit.metrics.distances import (aligned_latent, expected_off_subspace_variance,
                                              off_subspace_variance, score_errors, subspace_error, w2)
     from latentdit.models.score import LatentScoreNet
+    from latentdit.pipeline import LatentDiTPipeline
     from latentdit.sampling import time_grid
     from latentdit.train import ema_decay_at, ema_update, lr_lambda
 
@@ -155,14 +155,15 @@ def run_config(params: dict, threads: int = 0) -> dict:
         ts = time_grid(T0, b.T, max(b.score_times - 1, 1), "log")
         errs = score_errors(lambda xx, tt: ema(xx, tt), gmm.score,
                             lambda m, tt: gmm.sample(m, tt, generator=eg), ts, b.score_points)
-        xg = generate(ema, cfg, b.eval_samples, sampler="dpm2m", steps=b.sample_steps, seed=1000 + seed).cpu()
+        xg = LatentDiTPipeline.from_config(ema, cfg).sample_model_space(
+            b.eval_samples, sampler="dpm2m", steps=b.sample_steps, seed=1000 + seed).cpu()
     h_gen = aligned_latent(xg, W, gmm.B)
     h_true = gmm.sample_latent(b.eval_samples, T0, generator=eg)
     h_ref = gmm.sample_latent(b.eval_samples, T0, generator=eg)
     # PCA of the training points seen through the forward process at T0
     tt0 = torch.tensor(T0, dtype=torch.float64)
-    x_noisy = torch.exp(-0.5 * tt0) * x_data + sigma(tt0).sqrt() * torch.randn(x_data.shape, generator=eg,
-                                                                                 dtype=torch.float64)
+    x_noisy = OU.beta(tt0) * x_data + OU.sigma(tt0).sqrt() * torch.randn(x_data.shape, generator=eg,
+                                                                          dtype=torch.float64)
     W_noisy = top_subspace(x_noisy, d0)
     out = {
         "score_sigma_error": errs["sigma_err_mean"],

@@ -22,15 +22,13 @@
   features (``classifier_fd``, with ``classifier_fd_reference`` for two real halves and
   ``classifier_fd_gaussian_baseline``), an FID-like figure that costs seconds on a CPU.
 
-Real-set Inception features are cached on disk (keyed by a fingerprint of the images and of the
+Real-set Inception features are cached on disk (:func:`latentdit.metrics.fid.cached_features`) (keyed by a fingerprint of the images and of the
 feature extractor) under ``$LATENTDIT_CACHE`` or ``~/.cache/latentdit``, so the reference
 statistics are computed once per data set.
 """
 
 from __future__ import annotations
 
-import hashlib
-import os
 import sys
 import time
 from pathlib import Path
@@ -38,142 +36,25 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from latentdit.build import build_data
 from latentdit.config import Config
+from latentdit.data.images import save_image_grid, save_samples_npz
 from latentdit.data.real import LoadedData
 from latentdit.errors import DataError
+from latentdit.evaluation.baselines import (GaussianLatentBaseline, balanced_labels, classifier_features,
+                                            retained_variance, w2_equal)
+from latentdit.metrics.classifier import classifier_accuracy, train_classifier
+from latentdit.metrics import fid as fid_metrics
+from latentdit.metrics.fid import cache_dir, cached_features, fid_from_features
 from latentdit.models.score import LatentScoreNet
-
-FEATURE_CACHE_VERSION = "1"
-
-
-# ------------------------------------------------------------------------------------------ helpers
-
+from latentdit.pipeline import LatentDiTPipeline
 
 def load_real(cfg: Config) -> LoadedData:
     """The real data set of a run, loaded and normalised exactly as for training."""
-    from latentdit.pipeline import build_data
-
     loaded = build_data(cfg).loaded
     if loaded is None:
         raise DataError(f"data.source={cfg.data.source!r} is not a real-data source")
     return loaded
-
-
-def retained_variance(x: torch.Tensor, W: torch.Tensor) -> dict[str, float]:
-    """Fractions of the uncentred energy and of the centred variance of rows x (N, D) kept by span(W).
-
-    W (D, d0) has orthonormal columns.
-    """
-    x = x.detach().cpu().double()
-    W = W.detach().cpu().double()
-    energy = float((x @ W).pow(2).sum() / x.pow(2).sum().clamp_min(1e-300))
-    xc = x - x.mean(0)
-    variance = float((xc @ W).pow(2).sum() / xc.pow(2).sum().clamp_min(1e-300))
-    return {"pca_retained_energy": energy, "pca_retained_variance": variance}
-
-
-class GaussianLatentBaseline:
-    """A Gaussian fitted in the encoder's latent space: h ~ N(mean, cov) of W_B^T x, x = W_B h.
-
-    ``mean`` (d0,) and ``cov`` (d0, d0) are the sample mean and (unbiased) covariance of the
-    latent codes of the data, so the baseline matches the data's first two latent moments exactly
-    and differs from the data only in the shape of the latent law.
-    """
-
-    def __init__(self, W: torch.Tensor, mean: torch.Tensor, cov: torch.Tensor):
-        self.W = W.detach().cpu().double()  # (D, d0)
-        self.mean = mean.double()  # (d0,)
-        self.cov = cov.double()  # (d0, d0)
-        evals, evecs = torch.linalg.eigh((self.cov + self.cov.T) / 2)
-        self._root = evecs * evals.clamp_min(0).sqrt()  # cov = root root^T, also when singular
-
-    @classmethod
-    def fit(cls, x: torch.Tensor, W: torch.Tensor) -> "GaussianLatentBaseline":
-        """Fit to rows x (N, D), N >= 2, in the span of W (D, d0)."""
-        if x.shape[0] < 2:
-            raise DataError("the Gaussian baseline needs at least two data points")
-        h = x.detach().cpu().double() @ W.detach().cpu().double()  # (N, d0)
-        return cls(W, h.mean(0), torch.cov(h.T).reshape(h.shape[1], h.shape[1]))
-
-    def sample_latent(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """(n, d0) draws of N(mean, cov), float64."""
-        z = torch.randn(n, self.mean.shape[0], generator=generator, dtype=torch.float64)
-        return self.mean + z @ self._root.T
-
-    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """(n, D) float32 samples W_B h in the normalised data space."""
-        return (self.sample_latent(n, generator) @ self.W.T).float()
-
-
-def balanced_labels(num: int, num_classes: int) -> torch.Tensor:
-    """Labels 0, 1, ..., K-1, 0, 1, ... of length ``num`` (equal counts up to one)."""
-    return torch.arange(num) % num_classes
-
-
-def cache_dir() -> Path:
-    """Folder for cached reference features: ``$LATENTDIT_CACHE`` or ``~/.cache/latentdit``."""
-    return Path(os.environ.get("LATENTDIT_CACHE") or Path.home() / ".cache" / "latentdit")
-
-
-def _extractor_key(extractor) -> str:
-    weights = getattr(extractor, "weights_path", None)
-    parts = [type(extractor).__name__, str(getattr(extractor, "quantise", "")), FEATURE_CACHE_VERSION]
-    if weights is not None:
-        weights = Path(weights)
-        parts += [weights.name, str(weights.stat().st_size)]
-    return "|".join(parts)
-
-
-def cached_features(images: torch.Tensor, extractor, *, cache: Path | None = None, batch_size: int = 50,
-                    progress: bool = False) -> torch.Tensor:
-    """Features (N, F) of images (N, H, W[, C]) in [0, 1], read from or written to ``cache``.
-
-    The file name is a hash of the images, their shape and the extractor, so a changed data set
-    or preprocessing never reuses stale features.
-    """
-    if cache is None:
-        return extractor.features(images, batch_size, progress)
-    a = np.ascontiguousarray(images.detach().cpu().numpy(), dtype=np.float32)
-    h = hashlib.sha1(a.tobytes())
-    h.update(repr((a.shape, _extractor_key(extractor))).encode())
-    path = Path(cache) / f"features_{h.hexdigest()[:20]}.npy"
-    if path.is_file():
-        try:
-            f = np.load(path, allow_pickle=False)
-            if f.shape[0] == len(a):
-                return torch.from_numpy(f)
-        except (OSError, ValueError):
-            pass  # unreadable cache: recompute and overwrite
-    f = extractor.features(images, batch_size, progress)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.npy")
-    np.save(tmp, f.numpy().astype(np.float32))
-    os.replace(tmp, path)
-    return f
-
-
-def w2_equal(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Exact 2-Wasserstein distance between two empirical laws of equally many points (m, D).
-
-    With uniform weights on equal sizes an optimal plan is a permutation (Birkhoff), so W2^2 is
-    the minimum-cost assignment of the squared distances (Hungarian algorithm, scipy).
-    """
-    from scipy.optimize import linear_sum_assignment
-
-    if a.shape != b.shape or a.ndim != 2:
-        raise ValueError(f"need two (m, D) point sets of equal shape, got {tuple(a.shape)} and {tuple(b.shape)}")
-    a64, b64 = a.detach().cpu().double(), b.detach().cpu().double()
-    cost = torch.cdist(a64, b64).pow(2).numpy()
-    rows, cols = linear_sum_assignment(cost)
-    return float(np.sqrt(cost[rows, cols].mean()))
-
-
-@torch.no_grad()
-def classifier_features(clf, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
-    """Penultimate-layer features (N, F) of an evaluation classifier for normalised rows x (N, D)."""
-    clf.eval()
-    body = clf.net[:-1]  # everything but the final linear layer
-    return torch.cat([body(clf._as_input(x[i:i + batch_size].float())) for i in range(0, len(x), batch_size)])
 
 
 def _w2_sizes(num: int, n_real: int, cap: int) -> int:
@@ -209,9 +90,6 @@ def evaluate_real(model: LatentScoreNet, cfg: Config, meta: dict, *, num_samples
     are also written there as ``samples.png`` (one row per class for conditional models) and
     ``samples.npz`` (raw units, with labels), and baseline samples as ``baseline.png``.
     """
-    from latentdit.data.images import save_image_grid, save_samples_npz
-    from latentdit.evaluate import generate
-
     t_start = time.time()
     ec = cfg.eval
     num = num_samples or ec.num_samples
@@ -227,6 +105,7 @@ def evaluate_real(model: LatentScoreNet, cfg: Config, meta: dict, *, num_samples
             raise DataError("the data no longer match the normalisation recorded at training time; "
                             "evaluate with the data the model was trained on")
     model = model.to(dev).eval()
+    pipe = LatentDiTPipeline.from_config(model, cfg, meta)
     W = model.W_B.detach().cpu()
     metrics: dict = {"data": loaded.name, "num_real": len(loaded), "dim": loaded.dim,
                      "latent_dim": model.latent_dim, **retained_variance(loaded.x, W)}
@@ -237,8 +116,8 @@ def evaluate_real(model: LatentScoreNet, cfg: Config, meta: dict, *, num_samples
     _log(f"sampling {num} points ({sampler}, {steps} steps"
          f"{f', guidance {guidance:g}' if conditional else ''})", progress)
     t0 = time.time()
-    x_gen = generate(model, cfg, num, sampler=sampler, steps=steps, seed=seed, labels=labels,
-                     guidance=guidance, progress=progress).cpu()
+    x_gen = pipe.sample_model_space(num, sampler=sampler, steps=steps, seed=seed, labels=labels,
+                                    guidance=guidance, progress=progress).cpu()
     metrics["sample_seconds"] = time.time() - t0
     if not torch.isfinite(x_gen).all():
         raise FloatingPointError("generated samples contain NaN/inf; the model diverged")
@@ -257,8 +136,6 @@ def evaluate_real(model: LatentScoreNet, cfg: Config, meta: dict, *, num_samples
 
     # ---- class-conditional accuracy
     if conditional:
-        from latentdit.metrics.classifier import classifier_accuracy, train_classifier
-
         _log("training the evaluation classifier on real data", progress)
         clf, test_acc = train_classifier(loaded, epochs=classifier_epochs, seed=seed)
         metrics["guidance"] = guidance
@@ -266,8 +143,6 @@ def evaluate_real(model: LatentScoreNet, cfg: Config, meta: dict, *, num_samples
         metrics["classifier_test_accuracy"] = test_acc
         # Frechet distance in the classifier's penultimate features: a cheap FID-like figure
         # (seconds on a CPU) for every labelled data set, next to the Inception FID below.
-        from latentdit.metrics.fid import fid_from_features
-
         f_real, f_gen, f_base = (classifier_features(clf, v) for v in (loaded.x, x_gen, x_base))
         half = len(f_real) // 2
         p = torch.randperm(len(f_real), generator=torch.Generator().manual_seed(seed + 5))
@@ -276,8 +151,8 @@ def evaluate_real(model: LatentScoreNet, cfg: Config, meta: dict, *, num_samples
         metrics["classifier_fd_gaussian_baseline"] = fid_from_features(f_real, f_base)
         if guidance != 1.0:
             n_u = min(num, 1000)
-            x_u = generate(model, cfg, n_u, sampler=sampler, steps=steps, seed=seed + 3, labels=labels[:n_u],
-                           guidance=1.0).cpu()
+            x_u = pipe.sample_model_space(n_u, sampler=sampler, steps=steps, seed=seed + 3, labels=labels[:n_u],
+                                          guidance=1.0).cpu()
             metrics["classifier_accuracy_unguided"] = classifier_accuracy(clf, x_u, labels[:n_u])
         else:
             metrics["classifier_accuracy_unguided"] = metrics["classifier_accuracy"]
@@ -285,9 +160,7 @@ def evaluate_real(model: LatentScoreNet, cfg: Config, meta: dict, *, num_samples
     # ---- FID (image data)
     images = loaded.image_shape is not None
     if fid and images:
-        from latentdit.metrics.fid import InceptionFeatures, fid_from_features
-
-        ext = extractor if extractor is not None else InceptionFeatures(dev)
+        ext = extractor if extractor is not None else fid_metrics.InceptionFeatures(dev)
         cache = cache_dir() if feature_cache is True else (Path(feature_cache) if feature_cache else None)
         t0 = time.time()
         _log(f"Inception features of the real set ({len(loaded)} images; cached after the first run)", progress)
@@ -308,7 +181,7 @@ def evaluate_real(model: LatentScoreNet, cfg: Config, meta: dict, *, num_samples
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        raw = loaded.norm.invert(x_gen)
+        raw = pipe.to_data_space(x_gen)
         save_samples_npz(out / "samples.npz", raw, labels)
         if images:
             per = 10

@@ -1,0 +1,95 @@
+"""Builds the pieces of a run from its configuration: data, ground truth and the model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+
+from latentdit.config import Config
+from latentdit.data.gmm import SubspaceGMM
+from latentdit.data.real import load_data
+from latentdit.encoder import pca_basis
+from latentdit.errors import ConfigError, DataError
+from latentdit.models.score import LatentScoreNet
+
+
+@dataclass
+class TrainData:
+    """Training data in the model's (normalised) space plus what is known about its law."""
+
+    x: torch.Tensor  # (N, D) float32
+    labels: torch.Tensor | None  # (N,) int64
+    num_classes: int
+    gmm: SubspaceGMM | None = None  # the ground truth when data.source == "gmm"
+    loaded: object | None = None  # latentdit.data.real.LoadedData for real data
+
+
+def build_ground_truth(cfg: Config) -> SubspaceGMM:
+    d = cfg.data
+    return SubspaceGMM.random(d.ambient_dim, d.latent_dim, d.components, seed=d.seed)
+
+
+def build_data(cfg: Config) -> TrainData:
+    """Load or generate the training set described by ``cfg.data``."""
+    d = cfg.data
+    if d.source == "gmm":
+        gmm = build_ground_truth(cfg)
+        gen = torch.Generator().manual_seed(d.seed + 1)
+        x, comp = gmm.sample(d.n, generator=gen, return_labels=True)
+        labels = comp if d.conditional else None
+        return TrainData(x.float(), labels, d.components if d.conditional else 0, gmm=gmm)
+    loaded = load_data(d.source, d.path, image_size=d.image_size, normalise=d.normalise,
+                       max_items=d.n if d.n > 0 else None, seed=d.seed,
+                       **({"label_column": d.label_column} if d.source == "csv" else {}))
+    labels = loaded.labels if d.conditional else None
+    if d.conditional and labels is None:
+        raise DataError(f"data.conditional=true but the {d.source!r} data carry no labels; "
+                        "set data.conditional=false or provide labels")
+    return TrainData(loaded.x.float(), labels, loaded.num_classes if labels is not None else 0, loaded=loaded)
+
+
+def model_dims(cfg: Config, data: TrainData) -> tuple[int, int]:
+    D = data.x.shape[1]
+    d0 = cfg.encoder.latent_dim
+    if d0 > D:
+        raise ConfigError(f"encoder.latent_dim={d0} is larger than the data dimension D={D}; lower it")
+    if d0 > data.x.shape[0]:
+        raise ConfigError(f"encoder.latent_dim={d0} is larger than the number of samples "
+                          f"n={data.x.shape[0]}; lower it or provide more data")
+    return D, d0
+
+
+def build_model(cfg: Config, data: TrainData, *, generator: torch.Generator | None = None) -> LatentScoreNet:
+    """The score network of eq. (2.5), its W_B initialised from PCA of the data or at random.
+
+    ``cfg`` is not changed: what is resolved from the data (``num_classes``) is in the returned
+    model's own configuration, ``model.cfg``, which is what an export records.
+    """
+    D, d0 = model_dims(cfg, data)
+    mcfg = replace(cfg.model, num_classes=data.num_classes)
+    x = data.x
+    if cfg.encoder.init == "pca":
+        W, _ = pca_basis(x, d0)
+        h = x.double() @ W.double()
+        second = float(h.pow(2).sum(1).mean() / d0)
+    else:
+        W, h = None, None
+        second = float(x.double().pow(2).sum(1).mean() / d0)
+    model = LatentScoreNet(mcfg, D, d0, encoder_init=W, learn_encoder=cfg.encoder.learn,
+                           latent_second_moment=max(second, 1e-8), generator=generator)
+    if mcfg.precondition_stats == "diagonal":
+        if h is None:  # a random W_B: the statistics of the data's coordinates along it
+            h = x.double() @ model.W_B.detach().double()
+        model.latent_mean.copy_(h.mean(0))
+        model.latent_var.copy_(h.var(0, correction=0).clamp_min(1e-8))
+    return model
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"train.device={name!r} but CUDA is not available; use 'cpu' or 'auto'")
+    return dev

@@ -1,0 +1,31 @@
+"""Exports written before the export format carried a version still load, and give the denoiser
+and score outputs recorded when they were written (tests/data/export_v0/make_reference.py)."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from latentdit.pipeline import from_pretrained
+
+DATA = Path(__file__).parent / "data" / "export_v0"
+sys.path.insert(0, str(DATA))
+from make_reference import inputs  # noqa: E402
+
+REF = json.loads((DATA / "reference.json").read_text())
+
+
+@pytest.mark.parametrize("name", ["tiny", "digits"])
+def test_old_export_reproduces_recorded_outputs(name):
+    model, cfg, meta = from_pretrained(DATA / name)
+    x, t, y = inputs(model.ambient_dim, model.num_classes)
+    ref = REF[name]
+    with torch.no_grad():
+        torch.testing.assert_close(model.denoise(x, t, y), torch.tensor(ref["x0_hat"]), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(model(x, t, y), torch.tensor(ref["score"]), rtol=1e-4, atol=1e-4)
+        if "x0_hat_null" in ref:
+            null = torch.full_like(y, model.num_classes)
+            torch.testing.assert_close(model.denoise(x, t, null), torch.tensor(ref["x0_hat_null"]),
+                                       rtol=1e-5, atol=1e-6)
