@@ -51,6 +51,12 @@ def build_data(cfg: Config) -> TrainData:
         x, comp = gmm.sample(d.n, generator=gen, return_labels=True)
         labels = comp if d.conditional else None
         return TrainData(x.float(), labels, d.components if d.conditional else 0, gmm=gmm)
+    if d.source == "long":  # R^D with B = I; the law itself is in latentdit.data.long
+        from latentdit.data.long import LongMixture
+
+        law = LongMixture.random(d.ambient_dim, d.components, seed=d.seed)
+        x, comp = law.sample(d.n, generator=torch.Generator().manual_seed(d.seed + 1), return_labels=True)
+        return TrainData(x.float(), comp if d.conditional else None, d.components if d.conditional else 0)
     from latentdit.data.real import load_data
 
     loaded = load_data(d.source, d.path, image_size=d.image_size, normalise=d.normalise,
@@ -68,7 +74,7 @@ def model_dims(cfg: Config, data: TrainData) -> tuple[int, int]:
     d0 = cfg.encoder.latent_dim
     if d0 > D:
         raise ConfigError(f"encoder.latent_dim={d0} is larger than the data dimension D={D}; lower it")
-    if d0 > data.x.shape[0]:
+    if d0 > data.x.shape[0] and cfg.encoder.init != "identity":
         raise ConfigError(f"encoder.latent_dim={d0} is larger than the number of samples "
                           f"n={data.x.shape[0]}; lower it or provide more data")
     return D, d0
@@ -84,7 +90,10 @@ def build_model(cfg: Config, data: TrainData, *, generator: torch.Generator | No
         mcfg = replace(mcfg, num_classes=data.num_classes)
         cfg.model = mcfg
     x = data.x
-    if cfg.encoder.init == "pca":
+    if cfg.encoder.init == "identity":
+        W, h = "identity", x.double()
+        second = float(h.pow(2).mean())
+    elif cfg.encoder.init == "pca":
         W, _ = pca_basis(x, d0)
         h = x.double() @ W.double()
         second = float(h.pow(2).sum(1).mean() / d0)
@@ -158,7 +167,8 @@ def from_pretrained(path: str | Path, *, device: str | torch.device = "cpu") -> 
         raise CheckpointError(f"{str(w_file)!r} is truncated or corrupt ({e}); re-export it from the "
                               "run's newest checkpoint with `latentdit train --out RUN`") from e
     mcfg = cfg.model
-    model = LatentScoreNet(mcfg, meta["ambient_dim"], meta["latent_dim"], learn_encoder=cfg.encoder.learn)
+    model = LatentScoreNet(mcfg, meta["ambient_dim"], meta["latent_dim"], learn_encoder=cfg.encoder.learn,
+                           encoder_init="identity" if cfg.encoder.init == "identity" else None)
     try:
         model.load_state_dict(state)
     except RuntimeError as e:

@@ -112,7 +112,15 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, mode: str = 
     tau gives tau**2); the degree is then chosen without inspecting q, k (no host synchronisation,
     and keys are not centred). ``kind``: "chebyshev" (relative minimax, the default) or "taylor"
     (even degree). Works under autograd and on any device.
+
+    ``mode="relu_linear"`` runs a different operator, ReLU linear attention
+    (:mod:`latentdit.attention.linear`, the efficient-DiT baseline): ``scale``, ``eps`` and the
+    bound do not apply, and the call is not counted in :func:`attention_stats`.
     """
+    if mode == "relu_linear":
+        from latentdit.attention.linear import relu_linear_attention
+
+        return relu_linear_attention(q, k, v)
     if mode not in ATTENTION_MODES:
         raise ValueError(f"unknown attention mode {mode!r}; choose one of {ATTENTION_MODES}")
     if kind not in POLY_KINDS:
