@@ -18,7 +18,7 @@ DELEGATED = {  # subcommand -> module with main(argv) -> int
     "demo": "latentdit.experiments.demo",
     "rates": "latentdit.experiments.rates",
 }
-BENCHES = {"attention": "latentdit.bench.attention", "model": "latentdit.bench.model",
+BENCHES = {"attention": "latentdit.bench.attention", "dit": "latentdit.bench.dit", "model": "latentdit.bench.model",
            "sampler": "latentdit.bench.sampler"}
 
 
