@@ -34,5 +34,5 @@ def test_quick_run_writes_the_report(tmp_path, capsys):
     assert 0 < r["rel_error_forward_32"] < 1e-3
     last = r["lengths"][-1]
     assert last["extrapolated"] and "exact_fwd" not in last["median_s"]
-    assert last["planned_poly"] == {"poly": 1} and last["certificate"]["ok"]
+    assert last["planned_poly"] == {"poly": 1} and last["certificate"]["certified"]
     assert out.with_suffix(".png").stat().st_size > 0
