@@ -50,7 +50,7 @@ VARIANTS = {
 }
 # (tokens, steps, batch, eval samples) per part and size; token size 4, so d0 = D = 4 L
 SIZES = {
-    "full": {"short": (64, 2000, 64, 512), "long": (4096, 300, 8, 128)},
+    "full": {"short": (64, 2000, 64, 512), "long": (4096, 200, 4, 32)},
     "quick": {"short": (16, 6, 8, 16), "long": (64, 4, 4, 16)},
 }
 
@@ -169,8 +169,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="tiny lengths and a few steps (a smoke test)")
     ap.add_argument("--parts", nargs="+", default=["a", "b", "c", "d"], choices=["a", "b", "c", "d"])
     ap.add_argument("--seeds", type=int, nargs="+", default=None, help="training seeds (default 0 1 2; quick: 0)")
+    ap.add_argument("--short-steps", type=int, default=None, help="training steps of part (a)")
+    ap.add_argument("--long-steps", type=int, default=None, help="training steps of parts (b)-(d)")
     args = ap.parse_args(argv)
-    sizes = SIZES["quick" if args.quick else "full"]
+    sizes = dict(SIZES["quick" if args.quick else "full"])
+    for key, steps in (("short", args.short_steps), ("long", args.long_steps)):
+        if steps is not None:
+            if steps < 1:
+                print(f"error: --{key}-steps must be >= 1", file=sys.stderr)
+                return 2
+            sizes[key] = (sizes[key][0], steps, *sizes[key][2:])
     seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
     args.out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
