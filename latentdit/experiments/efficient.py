@@ -131,7 +131,6 @@ def run_pair(out: Path, variants: list[str], size: tuple, seeds: list[int]) -> d
     return {"rows": rows, "summary": summary}
 
 
-@torch.no_grad()
 def sample_both(out: Path, size: tuple, seeds: list[int]) -> dict:
     """(c): one criterion model, sampled with poly and with exact attention from the same noise."""
     from latentdit.evaluate import generate
@@ -140,7 +139,7 @@ def sample_both(out: Path, size: tuple, seeds: list[int]) -> dict:
     model, cfg, _, _ = train_variant(out, "criterion", tokens, steps, batch, seeds[0])
     law = _law(cfg)
     res = {}
-    for mode in ("poly", "exact"):
+    for mode in ("poly", "exact"):  # generate() runs without autograd
         set_attention(model, mode)
         res[mode] = generate(model, cfg, n_eval, seed=1000, batch_size=64).double()
     T0 = cfg.diffusion.T0
