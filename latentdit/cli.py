@@ -55,7 +55,7 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--steps", type=int, default=None)
     e.add_argument("--seed", type=int, default=None)
 
-    b = sub.add_parser("bench", help="benchmarks: attention | model | sampler")
+    b = sub.add_parser("bench", help="benchmarks: attention | dit | model | sampler")
     b.add_argument("which", choices=sorted(BENCHES))
     b.add_argument("rest", nargs=argparse.REMAINDER)
 

@@ -16,7 +16,8 @@ the identity encoder), with equal steps, the same data and the same seeds. Varia
 Parts (each writes DIR/<part>.json and prints its progress):
 
 - (a) short L (64 tokens; a few seconds per step): ``criterion`` vs ``unconstrained`` over seeds;
-- (b) long L (4096 tokens): ``criterion`` vs ``exact_same`` at equal steps;
+- (b) long L (4096 tokens): ``criterion`` vs ``exact_same`` at equal steps, and ``exact_same``
+  again stopped at the criterion model's training time (equal wall time);
 - (c) the ``criterion`` model of (b) (of (a) with ``--quick``) sampled with exact and with poly
   attention from the same noise: W2 between the two sample sets, each against the truth, and
   the true-vs-true W2 over seeds (the spread the change must stay under);
@@ -69,18 +70,22 @@ def base_overrides(tokens: int, steps: int, batch: int, seed: int) -> list[str]:
     ]
 
 
-def train_variant(out: Path, variant: str, tokens: int, steps: int, batch: int, seed: int):
-    """Train (or resume) one variant through latentdit.train.train; returns (model, cfg, seconds)."""
+def train_variant(out: Path, variant: str, tokens: int, steps: int, batch: int, seed: int,
+                  time_limit: float = 0.0):
+    """Train (or resume) one variant through latentdit.train.train; returns (model, cfg, wall
+    seconds, training seconds, steps done). ``time_limit`` > 0 stops it after that many seconds
+    (the learning-rate schedule still spans ``steps``)."""
     from latentdit.pipeline import from_pretrained
     from latentdit.train import train
 
-    cfg = load_config(None, base_overrides(tokens, steps, batch, seed) + VARIANTS[variant])
-    run = out / f"{variant}_L{tokens}_s{seed}"
+    extra = [f"train.time_limit={time_limit}"] if time_limit > 0 else []
+    cfg = load_config(None, base_overrides(tokens, steps, batch, seed) + VARIANTS[variant] + extra)
+    run = out / (f"{variant}_L{tokens}_s{seed}" + (f"_wall{time_limit:.0f}" if time_limit > 0 else ""))
     t0 = time.time()
     print(f"train {run.name}: {steps} steps, batch {batch}, d0 {4 * tokens}", flush=True)
     train(cfg, run, progress=False)
     model, cfg, meta = from_pretrained(run)
-    return model, cfg, time.time() - t0, meta.get("train_seconds")
+    return model, cfg, time.time() - t0, meta.get("train_seconds"), meta.get("step")
 
 
 def set_attention(model, mode: str) -> None:
@@ -114,7 +119,7 @@ def run_pair(out: Path, variants: list[str], size: tuple, seeds: list[int]) -> d
     rows = []
     for seed in seeds:
         for v in variants:
-            model, cfg, wall, train_s = train_variant(out, v, tokens, steps, batch, seed)
+            model, cfg, wall, train_s, _ = train_variant(out, v, tokens, steps, batch, seed)
             q = quality(model, cfg, _law(cfg), n_eval, seed)
             rows.append({"variant": v, "seed": seed, "tokens": tokens, "steps": steps, "batch": batch,
                          "train_seconds": train_s, **q})
@@ -131,12 +136,25 @@ def run_pair(out: Path, variants: list[str], size: tuple, seeds: list[int]) -> d
     return {"rows": rows, "summary": summary}
 
 
+def equal_wall_time(out: Path, size: tuple, seed: int, criterion_row: dict) -> dict:
+    """(b) at equal wall time: exact_same stopped after the criterion model's training seconds."""
+    tokens, steps, batch, n_eval = size
+    budget = float(criterion_row["train_seconds"])
+    model, cfg, _, train_s, done = train_variant(out, "exact_same", tokens, steps, batch, seed, time_limit=budget)
+    q = quality(model, cfg, _law(cfg), n_eval, seed)
+    row = {"variant": "exact_same", "seed": seed, "time_limit": budget, "train_seconds": train_s,
+           "steps_done": done, **q}
+    print(f"  exact_same at the criterion's wall time {budget:.0f} s ({done} steps): "
+          f"score_rel_error {q['score_rel_error']:.4f}", flush=True)
+    return row
+
+
 def sample_both(out: Path, size: tuple, seeds: list[int]) -> dict:
     """(c): one criterion model, sampled with poly and with exact attention from the same noise."""
     from latentdit.evaluate import generate
 
     tokens, steps, batch, n_eval = size
-    model, cfg, _, _ = train_variant(out, "criterion", tokens, steps, batch, seeds[0])
+    model, cfg, _, _, _ = train_variant(out, "criterion", tokens, steps, batch, seeds[0])
     law = _law(cfg)
     res = {}
     for mode in ("poly", "exact"):  # generate() runs without autograd
@@ -187,6 +205,7 @@ def main(argv: list[str] | None = None) -> int:
             rep = run_pair(args.out, ["criterion", "unconstrained"], sizes["short"], seeds)
         elif part == "b":
             rep = run_pair(args.out, ["criterion", "exact_same"], sizes["long"], seeds[:1])
+            rep["equal_wall_time"] = equal_wall_time(args.out, sizes["long"], seeds[0], rep["rows"][0])
         elif part == "c":
             rep = sample_both(args.out, sizes["long"], seeds)
         else:
