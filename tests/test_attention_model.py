@@ -3,6 +3,8 @@ choice and its fallback, and ReLU linear attention against its O(L^2) formula.""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from torch import nn
@@ -118,7 +120,9 @@ def test_auto_picks_poly_when_certified():
         bb(torch.randn(1, 1024, 2), torch.tensor([1.0]))
     st = attention_stats()
     assert st.poly == 2 and st.exact == 0
-    assert attention_summary(bb)["runtime"]["poly"] == 2
+    after = attention_summary(bb)
+    assert after["runtime"]["poly"] == 2
+    assert json.loads(json.dumps(after))["planned"] == {"poly": 2}  # JSON-able for metrics/exports
 
 
 def test_auto_falls_back_with_a_reason():
