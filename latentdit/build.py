@@ -8,6 +8,7 @@ import torch
 
 from latentdit.config import Config
 from latentdit.data.gmm import SubspaceGMM
+from latentdit.data.long import LongMixture
 from latentdit.data.real import load_data
 from latentdit.encoder import pca_basis
 from latentdit.errors import ConfigError, DataError
@@ -39,6 +40,10 @@ def build_data(cfg: Config) -> TrainData:
         x, comp = gmm.sample(d.n, generator=gen, return_labels=True)
         labels = comp if d.conditional else None
         return TrainData(x.float(), labels, d.components if d.conditional else 0, gmm=gmm)
+    if d.source == "long":  # R^D with B = I; the law itself is in latentdit.data.long
+        law = LongMixture.random(d.ambient_dim, d.components, seed=d.seed)
+        x, comp = law.sample(d.n, generator=torch.Generator().manual_seed(d.seed + 1), return_labels=True)
+        return TrainData(x.float(), comp if d.conditional else None, d.components if d.conditional else 0)
     loaded = load_data(d.source, d.path, image_size=d.image_size, normalise=d.normalise,
                        max_items=d.n if d.n > 0 else None, seed=d.seed,
                        **({"label_column": d.label_column} if d.source == "csv" else {}))
@@ -54,14 +59,17 @@ def model_dims(cfg: Config, data: TrainData) -> tuple[int, int]:
     d0 = cfg.encoder.latent_dim
     if d0 > D:
         raise ConfigError(f"encoder.latent_dim={d0} is larger than the data dimension D={D}; lower it")
-    if d0 > data.x.shape[0]:
+    if cfg.encoder.init == "identity" and d0 != D:
+        raise ConfigError(f"encoder.init='identity' needs encoder.latent_dim = D = {D} (got {d0}); set "
+                          f"encoder.latent_dim={D} or use encoder.init=pca")
+    if d0 > data.x.shape[0] and cfg.encoder.init != "identity":  # PCA needs n >= d0
         raise ConfigError(f"encoder.latent_dim={d0} is larger than the number of samples "
                           f"n={data.x.shape[0]}; lower it or provide more data")
     return D, d0
 
 
 def build_model(cfg: Config, data: TrainData, *, generator: torch.Generator | None = None) -> LatentScoreNet:
-    """The score network of eq. (2.5), its W_B initialised from PCA of the data or at random.
+    """The score network of eq. (2.5), its W_B initialised from PCA of the data, at random, or the identity.
 
     ``cfg`` is not changed: what is resolved from the data (``num_classes``) is in the returned
     model's own configuration, ``model.cfg``, which is what an export records.
@@ -69,7 +77,10 @@ def build_model(cfg: Config, data: TrainData, *, generator: torch.Generator | No
     D, d0 = model_dims(cfg, data)
     mcfg = replace(cfg.model, num_classes=data.num_classes)
     x = data.x
-    if cfg.encoder.init == "pca":
+    if cfg.encoder.init == "identity":  # W_B = I, never stored (a plain DiT on the data's coordinates)
+        W, h = "identity", x.double()
+        second = float(h.pow(2).mean())
+    elif cfg.encoder.init == "pca":
         W, _ = pca_basis(x, d0)
         h = x.double() @ W.double()
         second = float(h.pow(2).sum(1).mean() / d0)

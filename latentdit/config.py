@@ -37,12 +37,12 @@ class DataConfig:
     mixture); the other sources are real data loaded by :mod:`latentdit.data.real`.
     """
 
-    source: str = "gmm"  # gmm | mnist | digits | npy | npz | csv | images
+    source: str = "gmm"  # gmm | long | mnist | digits | npy | npz | csv | images
     path: str | None = None  # file or folder for npy/npz/csv/images
     n: int = 10000  # number of training points (gmm) or cap on loaded items (0 = all)
-    ambient_dim: int = 256  # D, gmm only
+    ambient_dim: int = 256  # D, gmm and long (long: D = d0 = tokens x token size, B = I)
     latent_dim: int = 16  # d0 of the ground truth, gmm only
-    components: int = 8  # mixture components, gmm only
+    components: int = 8  # mixture components, gmm and long
     seed: int = 0  # seed of the ground-truth model and of data shuffling
     normalise: str = "minmax"  # real data: minmax | standard | none
     image_size: int | None = None  # real image folders: resize to this square size
@@ -55,7 +55,7 @@ class EncoderConfig:
     """The linear latent encoder W_B (D x d0, orthonormal columns)."""
 
     latent_dim: int = 16  # d0 of the model
-    init: str = "pca"  # pca | random
+    init: str = "pca"  # pca | random | identity (W_B = I: needs latent_dim = D, a plain DiT)
     learn: bool = False  # learn W_B (kept orthonormal) or keep it frozen
     # learning-rate multiplier of a learned encoder: Adam moves every entry of the D x d0 parameter
     # by about lr per step while the entries are O(1/sqrt(D)); a larger rate finds the subspace in
@@ -82,7 +82,10 @@ class ModelConfig:
     paper_head_dim: int = 1
     paper_ff: int = 4
     paper_entry_bound: float | None = None  # Def. 3.2: bound |entries| of W_K X, W_Q X (tanh clip)
-    attention: str = "exact"  # exact | poly | auto
+    attention: str = "exact"  # exact | poly | auto | relu_linear (ReLU linear attention, no certificate)
+    # DiT block: per-head query/key size m, apart from the value size hidden / heads (0 = the same).
+    # A small m with QK-norm keeps the polynomial method's rank C(m + g, g) small (Sec. 4).
+    qk_dim: int = 0
     attention_eps: float = 1e-3  # target relative error of the polynomial method
     qk_norm: bool = False  # DiT block: normalise q, k and use a capped learnable temperature
     tau_max: float = 1.7  # |logit| <= tau^2 <= tau_max^2 when qk_norm is on
@@ -338,14 +341,18 @@ def _choice(value: str, options: typing.Sequence[str], where: str) -> None:
 
 def validate(cfg: Config) -> None:
     """Range and choice checks that need more than a type (one message per problem)."""
-    _choice(cfg.data.source, ("gmm", "mnist", "digits", "npy", "npz", "csv", "images"), "data.source")
+    _choice(cfg.data.source, ("gmm", "long", "mnist", "digits", "npy", "npz", "csv", "images"), "data.source")
     _choice(cfg.data.normalise, ("minmax", "standard", "none"), "data.normalise")
-    _choice(cfg.encoder.init, ("pca", "random"), "encoder.init")
+    _choice(cfg.encoder.init, ("pca", "random", "identity"), "encoder.init")
+    if cfg.encoder.init == "identity" and cfg.encoder.learn:
+        raise ConfigError("encoder.init='identity' is a fixed W_B = I; set encoder.learn=false")
     _choice(cfg.model.block, ("dit", "paper"), "model.block")
     _choice(cfg.model.patching, ("auto", "2d", "1d"), "model.patching")
     _choice(cfg.model.activation, ("gelu", "gelu_tanh"), "model.activation")
     _choice(cfg.model.precondition_stats, ("scalar", "diagonal"), "model.precondition_stats")
-    _choice(cfg.model.attention, ("exact", "poly", "auto"), "model.attention")
+    _choice(cfg.model.attention, ("exact", "poly", "auto", "relu_linear"), "model.attention")
+    if cfg.model.qk_dim < 0:
+        raise ConfigError(f"model.qk_dim={cfg.model.qk_dim} must be >= 0 (0 = model.hidden / model.heads)")
     _choice(cfg.diffusion.weighting, WEIGHTINGS, "diffusion.weighting")
     _choice(cfg.optim.schedule, ("cosine", "constant"), "optim.schedule")
     for where, s in (("sample.sampler", cfg.sample.sampler), ("eval.sampler", cfg.eval.sampler)):

@@ -3,7 +3,9 @@
 W_B in R^{D x d0} has orthonormal columns: the encoder is h = W_B^T x, the decoder x = W_B h. It is
 initialised from PCA of the training data (the top-d0 eigenvectors of the *uncentred* second
 moment E[x x^T], since the paper's subspace passes through the origin) or at random, and is either
-frozen or learned. A learned W_B is the orthonormal factor of an unconstrained D x d0 parameter A
+frozen or learned. With ``init="identity"`` (D = d0, a plain DiT on the data's own coordinates)
+W_B = I is never stored: encoding and decoding are the identity map at no cost, and ``W_B`` is
+None. A learned W_B is the orthonormal factor of an unconstrained D x d0 parameter A
 (W_B = qf(A), the QR retraction with diag(R) > 0), so every optimiser step stays on the Stiefel
 manifold and the gradient flows through the differentiable thin QR.
 """
@@ -52,10 +54,19 @@ class LinearEncoder(nn.Module):
     """W_B: encode h = W_B^T x (N, d0), decode x = W_B h (N, D)."""
 
     def __init__(self, ambient_dim: int, latent_dim: int, *, learn: bool = False,
-                 init: torch.Tensor | None = None, generator: torch.Generator | None = None):
+                 init: torch.Tensor | str | None = None, generator: torch.Generator | None = None):
         super().__init__()
         if not 0 < latent_dim <= ambient_dim:
             raise ValueError(f"LinearEncoder: latent_dim={latent_dim} must be in 1..ambient_dim={ambient_dim}")
+        self.identity = isinstance(init, str) and init == "identity"
+        if self.identity:
+            if latent_dim != ambient_dim or learn:
+                raise ValueError(f"LinearEncoder: init='identity' needs latent_dim = ambient_dim = {ambient_dim} "
+                                 f"(got {latent_dim}) and learn=False")
+            self.ambient_dim, self.latent_dim, self.learn = ambient_dim, latent_dim, False
+            return
+        if isinstance(init, str):
+            raise ValueError(f"LinearEncoder: unknown init {init!r}; pass a tensor, None or 'identity'")
         if init is None:
             # a stream derived from the generator, so that a random encoder never coincides with a
             # ground-truth subspace drawn by the same construction from the same seed
@@ -72,14 +83,20 @@ class LinearEncoder(nn.Module):
             self.register_buffer("W_frozen", init.float().clone())
 
     @property
-    def W_B(self) -> torch.Tensor:
-        """The current D x d0 orthonormal matrix."""
+    def W_B(self) -> torch.Tensor | None:
+        """The current D x d0 orthonormal matrix (None for the identity encoder)."""
+        if self.identity:
+            return None
         return self.stiefel() if self.learn else self.W_frozen
 
     def encode(self, x: torch.Tensor, W: torch.Tensor | None = None) -> torch.Tensor:
         """h = W_B^T x, batched as x @ W_B: (N, D) -> (N, d0)."""
+        if self.identity:
+            return x
         return x @ (self.W_B if W is None else W)
 
     def decode(self, h: torch.Tensor, W: torch.Tensor | None = None) -> torch.Tensor:
         """x = W_B h, batched as h @ W_B^T: (N, d0) -> (N, D)."""
+        if self.identity:
+            return h
         return h @ (self.W_B if W is None else W).T

@@ -3,7 +3,7 @@
 An export (format 1) holds
 
 - ``config.json``: the model's own configuration, ``{"format": 1, "library": "latentdit",
-  "ambient_dim", "latent_dim", "learn_encoder", "model": {...model config with the resolved
+  "ambient_dim", "latent_dim", "learn_encoder", "identity_encoder" (W_B = I, not stored), "model": {...model config with the resolved
   num_classes...}, "diffusion": {"T0", "T"}, "data": {"normalisation", "image_shape",
   "pixel_range", "class_names"}}``: everything needed to rebuild the network and map its samples
   back to data space;
@@ -59,7 +59,8 @@ def save_pretrained(model: LatentScoreNet, cfg: Config, path: str | Path, extra:
     if data["pixel_range"] is None and data["image_shape"] is not None and cfg.data.source in IMAGE_SOURCES:
         data["pixel_range"] = [0.0, 1.0]
     model_cfg = {"format": FORMAT_VERSION, "library": "latentdit", "ambient_dim": model.ambient_dim,
-                 "latent_dim": model.latent_dim, "learn_encoder": model.encoder.learn, "model": asdict(model.cfg),
+                 "latent_dim": model.latent_dim, "learn_encoder": model.encoder.learn,
+                 "identity_encoder": model.encoder.identity, "model": asdict(model.cfg),
                  "diffusion": {"T0": cfg.diffusion.T0, "T": cfg.diffusion.T}, "data": data}
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     atomic_write_bytes(path / EXPORT_WEIGHTS, save(state, metadata={"format": "pt", "library": "latentdit"}))
@@ -135,7 +136,8 @@ def load_export(path: str | Path) -> tuple[dict, Config, dict, dict, dict]:
 def model_from_record(record: dict, state: dict | None = None) -> LatentScoreNet:
     """The network described by a model record, with ``state`` loaded when given."""
     mcfg = ModelConfig(**record["model"])
-    model = LatentScoreNet(mcfg, record["ambient_dim"], record["latent_dim"], learn_encoder=record["learn_encoder"])
+    model = LatentScoreNet(mcfg, record["ambient_dim"], record["latent_dim"], learn_encoder=record["learn_encoder"],
+                           encoder_init="identity" if record.get("identity_encoder", False) else None)
     if state is not None:
         try:
             model.load_state_dict(state)

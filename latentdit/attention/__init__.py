@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from latentdit.attention.certificate import Certificate, certify, default_scale
 from latentdit.attention.exact import reference_attention, reference_attention_grads
 from latentdit.attention.kernels import poly_attention, tune_split
+from latentdit.attention.linear import relu_linear_attention
 from latentdit.attention.performer import performer_attention
 from latentdit.attention.polynomials import MAX_DEGREE, POLY_KINDS, ExpPoly, choose_exp_poly, quantize_bound
 
@@ -112,7 +113,13 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, mode: str = 
     tau gives tau**2); the degree is then chosen without inspecting q, k (no host synchronisation,
     and keys are not centred). ``kind``: "chebyshev" (relative minimax, the default) or "taylor"
     (even degree). Works under autograd and on any device.
+
+    ``mode="relu_linear"`` runs a different operator, ReLU linear attention
+    (:mod:`latentdit.attention.linear`, the efficient-DiT baseline): ``scale``, ``eps`` and the
+    bound do not apply, and the call is not counted in :func:`attention_stats`.
     """
+    if mode == "relu_linear":
+        return relu_linear_attention(q, k, v)
     if mode not in ATTENTION_MODES:
         raise ValueError(f"unknown attention mode {mode!r}; choose one of {ATTENTION_MODES}")
     if kind not in POLY_KINDS:

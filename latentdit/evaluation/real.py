@@ -106,7 +106,8 @@ def evaluate_real(model: LatentScoreNet, cfg: Config, meta: dict, *, num_samples
                             "evaluate with the data the model was trained on")
     model = model.to(dev).eval()
     pipe = LatentDiTPipeline.from_config(model, cfg, meta)
-    W = model.W_B.detach().cpu()
+    # the identity encoder (encoder.init = "identity") stores no basis: W_B = I
+    W = model.W_B.detach().cpu() if model.W_B is not None else torch.eye(model.ambient_dim)
     metrics: dict = {"data": loaded.name, "num_real": len(loaded), "dim": loaded.dim,
                      "latent_dim": model.latent_dim, **retained_variance(loaded.x, W)}
 

@@ -10,6 +10,12 @@ Two blocks behind ``ModelConfig.block``:
   scale/shift/gate from the time (and label) embedding, fused qkv, scaled_dot_product_attention
   with the 1/sqrt(head_dim) scale, optional QK-normalisation with a capped learnable temperature so
   that |logit| <= tau^2 <= tau_max^2 by construction (the bounded-entry regime of Sec. 4).
+  ``qk_dim`` sets the query/key size per head apart from the value size hidden / heads (the
+  paper's W_Q, W_K in R^{m x d} with a small m), which keeps the polynomial method's rank
+  C(m + g, g) small.
+
+:func:`attention_summary` reports, for a built backbone, which kernel each block's attention runs
+with and the certificate the criterion gives it at the model's sequence length.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ import math
 import torch
 from torch import nn
 
-from latentdit.attention import attention
+from latentdit.attention import attention, attention_stats, certify
 
 
 class TimestepEmbedder(nn.Module):
@@ -66,13 +72,14 @@ class DiTBlock(nn.Module):
 
     def __init__(self, hidden: int, heads: int, mlp_ratio: float, *, activation: str = "gelu",
                  attention_mode: str = "exact", attention_eps: float = 1e-3, qk_norm: bool = False,
-                 tau_max: float = 1.7):
+                 tau_max: float = 1.7, qk_dim: int | None = None):
         super().__init__()
         self.heads, self.head_dim = heads, hidden // heads
+        self.qk_dim = self.head_dim if not qk_dim else int(qk_dim)  # per-head query/key size m
         self.attention_mode, self.attention_eps = attention_mode, attention_eps
         self.qk_norm, self.tau_max = qk_norm, tau_max
         self.norm1 = nn.LayerNorm(hidden, elementwise_affine=False, eps=1e-6)
-        self.qkv = nn.Linear(hidden, 3 * hidden)
+        self.qkv = nn.Linear(hidden, 2 * heads * self.qk_dim + hidden)  # fused [q | k | v]
         self.proj = nn.Linear(hidden, hidden)
         self.norm2 = nn.LayerNorm(hidden, elementwise_affine=False, eps=1e-6)
         width = int(hidden * mlp_ratio)
@@ -93,8 +100,13 @@ class DiTBlock(nn.Module):
 
     def attn(self, x: torch.Tensor) -> torch.Tensor:
         n, L, w = x.shape
-        qkv = self.qkv(x).reshape(n, L, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)  # each (N, heads, L, head_dim)
+        h, m = self.heads, self.qk_dim
+        if m == self.head_dim:
+            q, k, v = self.qkv(x).reshape(n, L, 3, h, m).permute(2, 0, 3, 1, 4).unbind(0)
+        else:
+            q, k, v = self.qkv(x).split([h * m, h * m, w], dim=-1)
+            q, k = (z.reshape(n, L, h, m).transpose(1, 2) for z in (q, k))  # (N, heads, L, m)
+            v = v.reshape(n, L, h, self.head_dim).transpose(1, 2)  # (N, heads, L, head_dim)
         scale = None
         bound = None
         if self.qk_norm:
@@ -102,7 +114,7 @@ class DiTBlock(nn.Module):
             q = nn.functional.normalize(q, dim=-1) * tau
             k = nn.functional.normalize(k, dim=-1) * tau
             scale = 1.0
-            if self.attention_mode != "exact":
+            if self.attention_mode in ("poly", "auto"):
                 bound = self.logit_bound()
         o = attention(q, k, v, mode=self.attention_mode, scale=scale, eps=self.attention_eps,
                       logit_bound=bound)
@@ -120,6 +132,7 @@ class DiTBackbone(nn.Module):
     def __init__(self, num_tokens: int, token_dim: int, hidden: int, depth: int, heads: int,
                  mlp_ratio: float, num_classes: int = 0, **attn_kwargs):
         super().__init__()
+        self.num_tokens = num_tokens
         self.embed = nn.Linear(token_dim, hidden)
         self.pos = nn.Parameter(torch.zeros(1, num_tokens, hidden))
         self.t_embed = TimestepEmbedder(hidden)
@@ -234,3 +247,58 @@ class PaperBackbone(nn.Module):
             X = X + proj(c).reshape(-1, self.num_tokens, self.token_dim)
             X = ff(attn(X))
         return X
+
+
+# ------------------------------------------------------------------------------ what runs where
+
+
+def _block_attention(blk: nn.Module) -> dict:
+    """Sizes, mode and the logit bound known by construction of one attention layer."""
+    if isinstance(blk, DiTBlock):
+        bound = blk.logit_bound()
+        return {"block": "dit", "mode": blk.attention_mode, "eps": blk.attention_eps, "heads": blk.heads,
+                "qk_dim": blk.qk_dim, "v_dim": blk.head_dim, "qk_norm": blk.qk_norm,
+                "scale": 1.0 if blk.qk_norm else blk.qk_dim ** -0.5, "logit_bound": bound,
+                "logit_bound_cap": blk.tau_max ** 2 if blk.qk_norm else None}
+    bound = blk.m * blk.entry_bound ** 2 if blk.entry_bound is not None else None
+    return {"block": "paper", "mode": blk.attention_mode, "eps": blk.attention_eps, "heads": blk.r,
+            "qk_dim": blk.m, "v_dim": blk.m, "entry_bound": blk.entry_bound, "scale": 1.0,
+            "logit_bound": bound}
+
+
+def attention_summary(backbone: nn.Module, *, batch: int = 1) -> dict:
+    """A JSON-able record of the attention inside ``backbone`` (a DiT or paper backbone).
+
+    ``layers``: per attention layer its mode, sizes, the bound on |logit| that holds by construction
+    (QK-norm: the current tau^2, never above ``logit_bound_cap`` = tau_max^2; paper block: m B_e^2;
+    None when it depends on the data) and the
+    criterion's certificate at the backbone's sequence length for ``batch`` samples; ``planned``:
+    the kernel each layer runs ("poly", "exact" or "relu_linear"; "auto" resolved by the
+    certificate, "data-dependent" when no bound is known, "raises" for "poly" without a
+    certificate); ``fallback_reasons``: why those layers do not plan poly; ``runtime``: the process-wide counts of :func:`latentdit.attention.attention_stats`.
+    """
+    L = backbone.num_tokens
+    layers, planned, reasons = [], {}, {}
+    for blk in backbone.modules():
+        if not isinstance(blk, (DiTBlock, PaperAttention)):
+            continue
+        rec = _block_attention(blk)
+        rec["certificate"] = None
+        kernel = rec["mode"]
+        if rec["mode"] in ("poly", "auto"):
+            if rec["logit_bound"] is None:
+                kernel = "data-dependent"
+            else:
+                q = torch.empty(batch, rec["heads"], L, rec["qk_dim"], device="meta")
+                cert = certify(q, q, rec["scale"], rec["eps"], logit_bound=rec["logit_bound"],
+                               v_dim=rec["v_dim"])
+                rec["certificate"] = cert.as_dict()
+                ok = cert.ok if rec["mode"] == "auto" else cert.certified
+                kernel = "poly" if ok else ("exact" if rec["mode"] == "auto" else "raises")
+                if not ok:
+                    reasons[cert.code] = cert.reason
+        rec["planned"] = kernel
+        planned[kernel] = planned.get(kernel, 0) + 1
+        layers.append(rec)
+    return {"num_tokens": L, "layers": layers, "planned": planned, "fallback_reasons": reasons,
+            "runtime": attention_stats().as_dict()}

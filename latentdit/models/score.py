@@ -65,7 +65,8 @@ class LatentScoreNet(nn.Module):
             self.backbone = DiTBackbone(L, d, cfg.hidden, cfg.depth, cfg.heads, cfg.mlp_ratio,
                                         num_classes=cfg.num_classes, activation=cfg.activation,
                                         attention_mode=cfg.attention, attention_eps=cfg.attention_eps,
-                                        qk_norm=cfg.qk_norm, tau_max=cfg.tau_max)
+                                        qk_norm=cfg.qk_norm, tau_max=cfg.tau_max,
+                                        qk_dim=cfg.qk_dim)
         else:
             self.backbone = PaperBackbone(L, d, cfg.depth, cfg.paper_heads, cfg.paper_head_dim, cfg.paper_ff,
                                           num_classes=cfg.num_classes, entry_bound=cfg.paper_entry_bound,

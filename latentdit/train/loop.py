@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from latentdit.attention import attention_stats, reset_attention_stats
 from latentdit.config import Config
 from latentdit.data.images import save_image_grid
 from latentdit.diffusion import sample_times
@@ -34,6 +35,7 @@ from latentdit.distributed import DistContext, init_distributed, rank_device
 from latentdit.errors import CheckpointError, ConfigError, DivergenceError
 from latentdit.evaluation.baselines import balanced_labels
 from latentdit.evaluation.gmm import evaluate_gmm
+from latentdit.models.blocks import attention_summary
 from latentdit.models.guidance import drop_labels
 from latentdit.pipeline import (LatentDiTPipeline, TrainData, build_data, build_model, resolve_device,
                                 save_pretrained)
@@ -251,6 +253,7 @@ class Trainer:
 
             self._tb = SummaryWriter(str(self.run / "tensorboard"), purge_step=self.step + 1)
         log = open(self.run / METRICS, "a") if main else None
+        reset_attention_stats()  # the counts logged below are this run's
         t_start, last_t, last_step, losses = time.time(), time.time(), self.step, []
         bar = tqdm(total=tc.steps, initial=self.step, desc="train", dynamic_ncols=True, disable=not self.progress)
         if state is not None and main and not self.progress:
@@ -272,7 +275,7 @@ class Trainer:
                     eta = (tc.steps - self.step) / max(rate, 1e-9)
                     rec = {"step": self.step, "loss": sum(losses) / len(losses),
                            "lr": self.sched.get_last_lr()[0], "steps_per_s": rate, "eta_s": eta,
-                           "time": now - t_start}
+                           "time": now - t_start, **_attention_counts()}
                     if main:
                         self._log(log, rec)
                     bar.set_postfix(loss=f"{rec['loss']:.4f}", steps_s=f"{rate:.1f}")
@@ -299,9 +302,13 @@ class Trainer:
         if main:
             if self._saved_step != self.step:
                 self.save_checkpoint()
+            attn = attention_summary(self.ema.backbone, batch=self.local_batch)
             save_pretrained(self.ema, cfg, self.run / "model", extra={"step": self.step, **self._budget(),
                                                                       "train_seconds": time.time() - t_start,
-                                                                      **self._data_meta()})
+                                                                      "attention": attn, **self._data_meta()})
+            if attn["planned"] != {"exact": len(attn["layers"])}:  # say what ran when it is not plain SDPA
+                print(f"attention: {attn['planned']} layers; calls {_attention_counts()}; fallbacks "
+                      f"{attn['fallback_reasons'] or 'none'}", file=sys.stderr)
             if timed_out:
                 print(f"warning: train.time_limit={tc.time_limit:g}s reached after step {self.step} of "
                       f"{tc.steps}: the export holds {self.step} trained steps, not {tc.steps}; "
@@ -360,6 +367,11 @@ class Trainer:
         if loaded.pixel_range is not None:  # otherwise the export decides from data.source
             meta["pixel_range"] = [float(v) for v in loaded.pixel_range]
         return meta
+
+
+def _attention_counts() -> dict:
+    st = attention_stats()
+    return {"attention_poly": st.poly, "attention_exact": st.exact, "attention_fallbacks": sum(st.fallback_reasons.values())}
 
 
 def _fmt_time(s: float) -> str:

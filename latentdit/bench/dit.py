@@ -1,0 +1,304 @@
+"""The whole latent DiT score network at long sequence lengths: exact vs poly vs ReLU linear attention.
+
+``latentdit bench dit --out FILE.json [--quick] [--repeats N] [--lengths ...]``
+
+One network (the DiT block in the paper's regime: hidden 128, depth 4, 4 heads with query/key
+size 4 and value size 32, QK-norm with tau_max = 1.7, so |logit| <= 2.89 by construction; 1-D
+tokens of size 4, D = d0 = 4 L with the identity encoder, batch 4) is built once per length and
+copied three times with identical weights; the copies differ only in ``model.attention``:
+
+- ``exact``: torch SDPA;
+- ``poly``: the polynomial method with the degree certified for eps = 1e-3 from the QK-norm bound;
+- ``relu_linear``: ReLU linear attention, the efficient-DiT baseline (a different operator).
+
+The zero-initialised layers of DiT (adaLN, output) are given small random weights and every
+temperature is set near tau_max, so that attention shapes the output as in a trained network and
+the bound is the worst case. Measured per length, interleaved (fwd exact, fwd poly, fwd relu,
+train exact, ...), ``--repeats`` times after one warm-up, medians reported:
+
+- forward: one no-grad score evaluation (one NFE) in eval mode;
+- train: zero_grad, the DSM loss of eq. (2.3) (EDM weighting), backward, AdamW step;
+- rel_error_forward: ||f_T poly - f_T exact|| / ||f_T exact|| of the backbone outputs with
+  identical weights (before any training step); ``attention_share`` = ||f_T exact - f_T without
+  attention|| / ||f_T exact|| (every attention branch zeroed) says how much of that output the
+  attention carries;
+- peak memory (unless ``--no-memory``): extra peak RSS of one operation in a fresh subprocess
+  (see :mod:`latentdit.bench.model`).
+
+Exact attention is measured up to ``--exact-max-len`` (default 16384); above it the exact times
+are extrapolated from the two longest measured lengths with t(L) = a L + b L^2 and flagged
+``"extrapolated": true``. ``exponent_poly_train`` is the least-squares slope of log(poly training
+step time) against log L over all lengths.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from latentdit.bench import parse_bench_args
+from latentdit.bench.model import _status_kib
+from latentdit.config import ModelConfig
+from latentdit.models.blocks import attention_summary
+from latentdit.models.score import LatentScoreNet
+from latentdit.provenance import provenance_end, provenance_start
+from latentdit.io import atomic_write_json
+
+MODES = ("exact", "poly", "relu_linear")
+FULL = dict(hidden=128, depth=4, heads=4, qk_dim=4, tau_max=1.7, token=4, batch=4, eps=1e-3,
+            lengths=[1024, 4096, 16384, 65536])
+QUICK = dict(hidden=32, depth=1, heads=2, qk_dim=2, tau_max=1.7, token=4, batch=2, eps=1e-3,
+             lengths=[64, 256, 1024])
+
+
+def build(c: dict, L: int, mode: str, seed: int = 0):
+    """The score network of the module docstring at length L with attention ``mode``."""
+
+    cfg = ModelConfig(block="dit", hidden=c["hidden"], depth=c["depth"], heads=c["heads"], qk_dim=c["qk_dim"],
+                      patch=c["token"], patching="1d", qk_norm=True, tau_max=c["tau_max"], attention=mode,
+                      attention_eps=c["eps"])
+    d0 = c["token"] * L
+    torch.manual_seed(seed)
+    model = LatentScoreNet(cfg, d0, d0, encoder_init="identity")
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for name, p in model.backbone.named_parameters():
+            if name.endswith("tau_raw"):
+                p.fill_(4.0)  # tau = tau_max * sigmoid(4) = 0.98 tau_max
+            elif "adaLN" in name or name.startswith("out."):
+                p.copy_(0.1 * torch.randn(p.shape, generator=g))
+    return model
+
+
+def set_mode(model, mode: str) -> None:
+    model.cfg.attention = mode
+    for blk in model.backbone.blocks:
+        blk.attention_mode = mode
+
+
+def make_ops(model, c: dict, L: int, seed: int = 1) -> dict:
+    """{'fwd', 'train', 'backbone'} closures on fixed inputs for one model copy."""
+    g = torch.Generator().manual_seed(seed)
+    n, d0 = c["batch"], c["token"] * L
+    x, noise = torch.randn(n, d0, generator=g), torch.randn(n, d0, generator=g)
+    t = 1e-3 + 5.0 * torch.rand(n, generator=g)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+    def fwd():
+        model.eval()
+        with torch.no_grad():
+            model(x, t)
+
+    def train():
+        model.train()
+        opt.zero_grad(set_to_none=True)
+        model.loss(x, t, noise, weighting="edm").backward()
+        opt.step()
+
+    def backbone():
+        model.eval()
+        with torch.no_grad():
+            return model.backbone(model.reshape(x), t)
+
+    return {"fwd": fwd, "train": train, "backbone": backbone}
+
+
+def _peak_child(c: dict, L: int, mode: str, op: str, threads: int) -> int:
+    """In a fresh process: extra peak RSS (bytes) of one ``op`` on top of the built network."""
+    import ctypes
+
+
+    torch.set_num_threads(threads)
+    ops = make_ops(build(c, L, mode), c, L)
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:  # pragma: no cover - not glibc
+        pass
+    before = _status_kib("VmRSS")
+    Path("/proc/self/clear_refs").write_text("5")
+    ops[op]()
+    return max(0, _status_kib("VmHWM") - before) * 1024
+
+
+def peak_memory(c: dict, L: int, mode: str, op: str) -> int | None:
+    code = ("import json,sys; from latentdit.bench.dit import _peak_child as f; "
+            "print(f(json.loads(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4], int(sys.argv[5])))")
+    r = subprocess.run([sys.executable, "-c", code, json.dumps(c), str(L), mode, op, str(torch.get_num_threads())],
+                       capture_output=True, text=True, timeout=7200)
+    if r.returncode != 0:
+        print(f"peak memory {mode}/{op} at L={L} failed: {r.stderr.strip().splitlines()[-1:]}", flush=True)
+        return None
+    return int(r.stdout.strip().splitlines()[-1])
+
+
+def bench_length(c: dict, L: int, repeats: int, exact: bool, memory: bool) -> dict:
+    """Interleaved medians at one length (exact only when ``exact``)."""
+
+    modes = [m for m in MODES if exact or m != "exact"]
+    base = build(c, L, "exact")
+    models = {}
+    for m in modes:
+        models[m] = copy.deepcopy(base)
+        set_mode(models[m], m)
+    ops = {m: make_ops(models[m], c, L) for m in modes}
+    plan = attention_summary(models["poly"].backbone, batch=c["batch"])
+    out: dict = {"L": L, "d0": c["token"] * L, "modes": modes, "planned_poly": plan["planned"],
+                 "certificate": plan["layers"][0]["certificate"]}
+    t0 = time.perf_counter()
+    ref = {m: ops[m]["backbone"]() for m in modes}  # identical weights: no training step yet
+    if exact:
+        e = ref["exact"]
+        out["rel_error_forward"] = float((ref["poly"] - e).norm() / e.norm())
+        out["rel_error_forward_relu_linear"] = float((ref["relu_linear"] - e).norm() / e.norm())
+        bare = copy.deepcopy(base)
+        with torch.no_grad():
+            for blk in bare.backbone.blocks:
+                blk.proj.weight.zero_()
+                blk.proj.bias.zero_()
+        out["attention_share"] = float((make_ops(bare, c, L)["backbone"]() - e).norm() / e.norm())
+        del bare
+    print(f"[L={L}] reference forwards {time.perf_counter() - t0:.1f} s; planned {plan['planned']}"
+          + (f"; poly vs exact rel error {out['rel_error_forward']:.2e} (attention share "
+             f"{out['attention_share']:.2f})" if exact else ""), flush=True)
+    jobs = {f"{m}_{op}": ops[m][op] for op in ("fwd", "train") for m in modes}
+    for k, f in jobs.items():  # warm-up: allocations, optimiser state, polynomial fits
+        t0 = time.perf_counter()
+        f()
+        print(f"[L={L}] warm-up {k} {time.perf_counter() - t0:.2f} s", flush=True)
+    times: dict[str, list[float]] = {k: [] for k in jobs}
+    for r in range(repeats):
+        for k, f in jobs.items():
+            t0 = time.perf_counter()
+            f()
+            times[k].append(time.perf_counter() - t0)
+        print(f"[L={L}] repeat {r + 1}/{repeats}: " + "  ".join(f"{k} {v[-1]:.3f}s" for k, v in times.items()),
+              flush=True)
+    out["median_s"] = {k: statistics.median(v) for k, v in times.items()}
+    out["times_s"] = times
+    if memory:
+        out["peak_memory_bytes"] = {f"{m}_{op}": peak_memory(c, L, m, op) for m in modes for op in ("fwd", "train")}
+    return out
+
+
+def _extrapolate(rows: list[dict], key: str, L: int) -> float:
+    """t(L) = a L + b L^2 through the two longest lengths where ``key`` was measured."""
+    pts = [(r["L"], r["median_s"][key]) for r in rows if key in r["median_s"]][-2:]
+    (L1, t1), (L2, t2) = pts
+    b = (t2 / L2 - t1 / L1) / (L2 - L1)
+    a = t1 / L1 - b * L1
+    return max(a * L + b * L * L, t2 * L / L2)
+
+
+def fit_exponent(Ls: list[int], ts: list[float]) -> float:
+    """Least-squares slope of log t against log L."""
+    x, y = [math.log(v) for v in Ls], [math.log(v) for v in ts]
+    mx, my = sum(x) / len(x), sum(y) / len(y)
+    return sum((a - mx) * (b - my) for a, b in zip(x, y)) / sum((a - mx) ** 2 for a in x)
+
+
+def summarise(rows: list[dict], exact_max: int) -> dict:
+    for r in rows:
+        if "exact_fwd" not in r["median_s"]:
+            r["exact_extrapolated_s"] = {k: _extrapolate(rows, k, r["L"]) for k in ("exact_fwd", "exact_train")}
+            r["extrapolated"] = True
+    by_L = {r["L"]: r for r in rows}
+
+    def exact_t(r, op):
+        return r["median_s"].get(f"exact_{op}", r.get("exact_extrapolated_s", {}).get(f"exact_{op}"))
+
+    for r in rows:
+        r["speedup_forward"] = exact_t(r, "fwd") / r["median_s"]["poly_fwd"]
+        r["speedup_train"] = exact_t(r, "train") / r["median_s"]["poly_train"]
+        r["speedup_forward_relu_linear"] = exact_t(r, "fwd") / r["median_s"]["relu_linear_fwd"]
+        r["speedup_train_relu_linear"] = exact_t(r, "train") / r["median_s"]["relu_linear_train"]
+    Ls = sorted(by_L)
+    rep = {"exponent_poly_train": fit_exponent(Ls, [by_L[L]["median_s"]["poly_train"] for L in Ls]),
+           "exponent_poly_forward": fit_exponent(Ls, [by_L[L]["median_s"]["poly_fwd"] for L in Ls])}
+    measured = [L for L in Ls if "exact_fwd" in by_L[L]["median_s"]]
+    if len(measured) >= 2:
+        rep["exponent_exact_train"] = fit_exponent(measured, [by_L[L]["median_s"]["exact_train"] for L in measured])
+    head = 16384 if 16384 in by_L else max(measured)
+    rep[f"speedup_forward_{head}"] = by_L[head]["speedup_forward"]
+    rep[f"speedup_train_{head}"] = by_L[head]["speedup_train"]
+    if "rel_error_forward" in by_L[head]:
+        rep[f"rel_error_forward_{head}"] = by_L[head]["rel_error_forward"]
+    rep["headline_length"] = head
+    return rep
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, op in zip(axes, ("fwd", "train")):
+        for m, col in zip(MODES, ("C3", "C0", "C2")):
+            pts = [(r["L"], r["median_s"][f"{m}_{op}"]) for r in rows if f"{m}_{op}" in r["median_s"]]
+            ax.loglog(*zip(*pts), "o-", color=col, label=m)
+            ext = [(r["L"], r["exact_extrapolated_s"][f"exact_{op}"]) for r in rows if "exact_extrapolated_s" in r]
+            if m == "exact" and ext:
+                ax.loglog([pts[-1][0]] + [e[0] for e in ext], [pts[-1][1]] + [e[1] for e in ext], "x--",
+                          color=col, label="exact (extrapolated)")
+        ax.set_xlabel("tokens L")
+        ax.set_ylabel("seconds")
+        ax.set_title("forward (one NFE)" if op == "fwd" else "training step")
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="latentdit bench dit", description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, required=True, help="JSON file to write (a PNG goes next to it)")
+    ap.add_argument("--quick", action="store_true", help="tiny network and lengths, no memory runs (smoke test)")
+    ap.add_argument("--repeats", type=int, default=None, help="timed repeats per measurement (default 3)")
+    ap.add_argument("--lengths", type=int, nargs="+", default=None, help="token counts L")
+    ap.add_argument("--exact-max-len", type=int, default=16384, help="longest L at which exact is measured")
+    ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    args, argv = parse_bench_args(ap, argv)
+    c = dict(QUICK if args.quick else FULL)
+    lengths = sorted(args.lengths or c.pop("lengths"))
+    c.pop("lengths", None)
+    repeats = args.repeats or (2 if args.quick else 3)
+    if repeats < 1 or any(L < 2 for L in lengths) or len(lengths) < 2:
+        print("error: need --repeats >= 1 and at least two lengths >= 2", file=sys.stderr)
+        return 2
+    if min(lengths) > args.exact_max_len:
+        print("error: --exact-max-len must cover at least the shortest length", file=sys.stderr)
+        return 2
+    memory = not (args.no_memory or args.quick)
+    prov = provenance_start(["latentdit", "bench", "dit", *argv])
+    t_start = time.time()
+    print(f"bench dit: {c}, lengths {lengths}, repeats {repeats}, threads {torch.get_num_threads()}", flush=True)
+    rows = [bench_length(c, L, repeats, L <= args.exact_max_len, memory) for L in lengths]
+    report = {**summarise(rows, args.exact_max_len), "config": c, "lengths": rows, "repeats": repeats,
+              "exact_max_len": args.exact_max_len,
+              "wall_seconds": time.time() - t_start,
+              "environment": {"torch": torch.__version__, "cpu_count": os.cpu_count(),
+                              "machine": platform.machine(), "python": platform.python_version(),
+                              "dtype": "float32"}}
+    report["provenance"] = provenance_end(prov)
+    atomic_write_json(args.out, report)
+    plot(rows, args.out.with_suffix(".png"))
+    head = report["headline_length"]
+    print(f"L={head}: forward x{report[f'speedup_forward_{head}']:.1f}, train x{report[f'speedup_train_{head}']:.1f} "
+          f"(poly vs exact); poly train exponent {report['exponent_poly_train']:.2f}; wrote {args.out}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

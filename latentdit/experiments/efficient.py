@@ -1,0 +1,218 @@
+"""Quality of the almost-linear-time DiT against exact attention, trained side by side.
+
+``python -m latentdit.experiments.efficient --out DIR [--quick] [--parts a b c d] [--seeds ...]``
+
+Every model is trained by :func:`latentdit.train.train` (the one training path) from a
+:class:`~latentdit.config.Config` on the long-sequence ground truth (``data.source = "long"``, B = I,
+the identity encoder), with equal steps, the same data and the same seeds. Variants differ only in
+``[model]`` keys:
+
+- ``criterion``: the paper's regime, criterion by construction: query/key size ``qk_dim`` (2),
+  QK-norm with tau_max = 1.7 (|logit| <= 2.89), the polynomial method forward and backward;
+- ``unconstrained``: exact attention, full head size, no QK-norm (today's DiT);
+- ``exact_same``: the ``criterion`` architecture trained with exact attention;
+- ``relu_linear``: the ``criterion`` architecture with ReLU linear attention (no certificate).
+
+Parts (each writes DIR/<part>.json and prints its progress):
+
+- (a) short L (64 tokens; a few seconds per step): ``criterion`` vs ``unconstrained`` over seeds;
+- (b) long L (4096 tokens): ``criterion`` vs ``exact_same`` at equal steps, and ``exact_same``
+  again stopped at the criterion model's training time (equal wall time);
+- (c) the ``criterion`` model of (b) (of (a) with ``--quick``) sampled with exact and with poly
+  attention from the same noise: W2 between the two sample sets, each against the truth, and
+  the true-vs-true W2 over seeds (the spread the change must stay under);
+- (d) ``relu_linear`` trained as in (b).
+
+Metrics: ``score_rel_error`` (||s - grad log p_t|| / ||grad log p_t|| on x_t ~ p_t, averaged over
+a log grid of t; the closed form of :mod:`latentdit.data.long`), ``w2`` of generated samples
+against fresh true samples at T0 and ``w2_reference`` (true vs true, same sizes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from latentdit.config import load_config
+from latentdit.data.long import LongMixture
+from latentdit.metrics.distances import score_errors, w2
+from latentdit.pipeline import LatentDiTPipeline, from_pretrained
+from latentdit.sampling import time_grid
+from latentdit.train import train
+
+VARIANTS = {
+    "criterion": ["model.qk_dim=2", "model.qk_norm=true", "model.tau_max=1.7", "model.attention=poly"],
+    "unconstrained": ["model.qk_dim=0", "model.qk_norm=false", "model.attention=exact"],
+    "exact_same": ["model.qk_dim=2", "model.qk_norm=true", "model.tau_max=1.7", "model.attention=exact"],
+    "relu_linear": ["model.qk_dim=2", "model.qk_norm=false", "model.attention=relu_linear"],
+}
+# (tokens, steps, batch, eval samples) per part and size; token size 4, so d0 = D = 4 L
+SIZES = {
+    "full": {"short": (64, 2000, 64, 512), "long": (4096, 200, 4, 32)},
+    "quick": {"short": (16, 6, 8, 16), "long": (64, 4, 4, 16)},
+}
+
+
+def base_overrides(tokens: int, steps: int, batch: int, seed: int) -> list[str]:
+    d0 = 4 * tokens
+    return [
+        "data.source=long", f"data.ambient_dim={d0}", "data.components=8", "data.n=2000", "data.seed=0",
+        "encoder.init=identity", f"encoder.latent_dim={d0}", "encoder.learn=false",
+        "model.block=dit", "model.patch=4", "model.patching=1d", "model.hidden=64", "model.depth=2",
+        "model.heads=8", "model.mlp_ratio=2.0",
+        f"train.steps={steps}", f"train.batch_size={batch}", f"train.seed={seed}", "train.threads=2",
+        "train.log_every=10", "train.checkpoint_every=0", "optim.lr=1e-3",
+        f"optim.warmup_steps={max(1, steps // 20)}", "train.ema_decay=0.99",
+        "sample.sampler=dpm2m", "sample.steps=20", "eval.score_times=6",
+    ]
+
+
+def train_variant(out: Path, variant: str, tokens: int, steps: int, batch: int, seed: int,
+                  time_limit: float = 0.0):
+    """Train (or resume) one variant through latentdit.train.train; returns (model, cfg, wall
+    seconds, training seconds, steps done). ``time_limit`` > 0 stops it after that many seconds
+    (the learning-rate schedule still spans ``steps``)."""
+    extra = [f"train.time_limit={time_limit}"] if time_limit > 0 else []
+    cfg = load_config(None, base_overrides(tokens, steps, batch, seed) + VARIANTS[variant] + extra)
+    run = out / (f"{variant}_L{tokens}_s{seed}" + (f"_wall{time_limit:.0f}" if time_limit > 0 else ""))
+    t0 = time.time()
+    print(f"train {run.name}: {steps} steps, batch {batch}, d0 {4 * tokens}", flush=True)
+    train(cfg, run, progress=False)
+    model, cfg, meta = from_pretrained(run)
+    return model, cfg, time.time() - t0, meta.get("train_seconds"), meta.get("step")
+
+
+def set_attention(model, mode: str) -> None:
+    for blk in model.backbone.blocks:
+        blk.attention_mode = mode
+
+
+@torch.no_grad()
+def quality(model, cfg, law: LongMixture, n_eval: int, seed: int) -> dict:
+    """Score error against the closed form and W2 of generated vs true samples at T0."""
+    gen = torch.Generator().manual_seed(seed + 7)
+    ts = time_grid(cfg.diffusion.T0, cfg.diffusion.T, max(cfg.eval.score_times - 1, 1), "log")
+    errs = score_errors(lambda x, t: model(x, t), law.score, lambda n, t: law.sample(n, t, generator=gen),
+                        ts, n_eval)
+    x = LatentDiTPipeline.from_config(model, cfg).sample_model_space(n_eval, seed=seed, batch_size=64).double()
+    T0 = cfg.diffusion.T0
+    truth, ref = law.sample(n_eval, T0, generator=gen), law.sample(n_eval, T0, generator=gen)
+    return {"score_rel_error": errs["rel_err_mean"], "score_sigma_error": errs["sigma_err_mean"],
+            "score_rel_error_by_t": dict(zip(map(str, errs["t"]), errs["rel_err"])),
+            "w2": w2(x, truth), "w2_reference": w2(ref, truth)}
+
+
+def _law(cfg) -> LongMixture:
+    return LongMixture.random(cfg.data.ambient_dim, cfg.data.components, seed=cfg.data.seed)
+
+
+def run_pair(out: Path, variants: list[str], size: tuple, seeds: list[int]) -> dict:
+    tokens, steps, batch, n_eval = size
+    rows = []
+    for seed in seeds:
+        for v in variants:
+            model, cfg, wall, train_s, _ = train_variant(out, v, tokens, steps, batch, seed)
+            q = quality(model, cfg, _law(cfg), n_eval, seed)
+            rows.append({"variant": v, "seed": seed, "tokens": tokens, "steps": steps, "batch": batch,
+                         "train_seconds": train_s, **q})
+            print(f"  {v} seed {seed}: score_rel_error {q['score_rel_error']:.4f}  w2 {q['w2']:.3f} "
+                  f"(reference {q['w2_reference']:.3f})  train {train_s:.0f} s", flush=True)
+    summary = {}
+    for v in variants:
+        mine = [r for r in rows if r["variant"] == v]
+        summary[v] = {k: sum(r[k] for r in mine) / len(mine) for k in ("score_rel_error", "w2", "w2_reference")}
+    if len(variants) >= 2:
+        a, b = variants[:2]
+        summary["score_error_ratio"] = summary[a]["score_rel_error"] / summary[b]["score_rel_error"]
+        summary["ratio_of"] = f"{a} / {b}"
+    return {"rows": rows, "summary": summary}
+
+
+def equal_wall_time(out: Path, size: tuple, seed: int, criterion_row: dict) -> dict:
+    """(b) at equal wall time: exact_same stopped after the criterion model's training seconds."""
+    tokens, steps, batch, n_eval = size
+    budget = float(criterion_row["train_seconds"])
+    model, cfg, _, train_s, done = train_variant(out, "exact_same", tokens, steps, batch, seed, time_limit=budget)
+    q = quality(model, cfg, _law(cfg), n_eval, seed)
+    row = {"variant": "exact_same", "seed": seed, "time_limit": budget, "train_seconds": train_s,
+           "steps_done": done, **q}
+    print(f"  exact_same at the criterion's wall time {budget:.0f} s ({done} steps): "
+          f"score_rel_error {q['score_rel_error']:.4f}", flush=True)
+    return row
+
+
+def sample_both(out: Path, size: tuple, seeds: list[int]) -> dict:
+    """(c): one criterion model, sampled with poly and with exact attention from the same noise."""
+    tokens, steps, batch, n_eval = size
+    model, cfg, _, _, _ = train_variant(out, "criterion", tokens, steps, batch, seeds[0])
+    law = _law(cfg)
+    res = {}
+    pipe = LatentDiTPipeline.from_config(model, cfg)
+    for mode in ("poly", "exact"):  # sampling runs without autograd
+        set_attention(model, mode)
+        res[mode] = pipe.sample_model_space(n_eval, seed=1000, batch_size=64).double()
+    T0 = cfg.diffusion.T0
+    refs = []
+    for s in seeds + [s + 100 for s in seeds]:
+        g = torch.Generator().manual_seed(5000 + s)
+        refs.append(w2(law.sample(n_eval, T0, generator=g), law.sample(n_eval, T0, generator=g)))
+    truth = law.sample(n_eval, T0, generator=torch.Generator().manual_seed(4242))
+    mean = sum(refs) / len(refs)
+    spread = (sum((r - mean) ** 2 for r in refs) / max(1, len(refs) - 1)) ** 0.5
+    rep = {"tokens": tokens, "steps": steps, "num_samples": n_eval,
+           "w2_poly_vs_exact": w2(res["poly"], res["exact"]),
+           "w2_poly_vs_truth": w2(res["poly"], truth), "w2_exact_vs_truth": w2(res["exact"], truth),
+           "w2_true_vs_true": refs, "w2_true_vs_true_std": spread,
+           "max_abs_sample_difference": float((res["poly"] - res["exact"]).abs().max())}
+    rep["w2_change"] = abs(rep["w2_poly_vs_truth"] - rep["w2_exact_vs_truth"])
+    rep["w2_change_below_spread"] = rep["w2_change"] < spread
+    print(f"  (c) W2 poly-exact {rep['w2_poly_vs_exact']:.4f}; vs truth poly {rep['w2_poly_vs_truth']:.3f} "
+          f"exact {rep['w2_exact_vs_truth']:.3f}; true-vs-true spread {spread:.3f}", flush=True)
+    return rep
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m latentdit.experiments.efficient", description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, required=True, help="directory for the runs and the JSONs")
+    ap.add_argument("--quick", action="store_true", help="tiny lengths and a few steps (a smoke test)")
+    ap.add_argument("--parts", nargs="+", default=["a", "b", "c", "d"], choices=["a", "b", "c", "d"])
+    ap.add_argument("--seeds", type=int, nargs="+", default=None, help="training seeds (default 0 1 2; quick: 0)")
+    ap.add_argument("--short-steps", type=int, default=None, help="training steps of part (a)")
+    ap.add_argument("--long-steps", type=int, default=None, help="training steps of parts (b)-(d)")
+    args = ap.parse_args(argv)
+    sizes = dict(SIZES["quick" if args.quick else "full"])
+    for key, steps in (("short", args.short_steps), ("long", args.long_steps)):
+        if steps is not None:
+            if steps < 1:
+                print(f"error: --{key}-steps must be >= 1", file=sys.stderr)
+                return 2
+            sizes[key] = (sizes[key][0], steps, *sizes[key][2:])
+    seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
+    args.out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    for part in args.parts:
+        print(f"part ({part})", flush=True)
+        if part == "a":
+            rep = run_pair(args.out, ["criterion", "unconstrained"], sizes["short"], seeds)
+        elif part == "b":
+            rep = run_pair(args.out, ["criterion", "exact_same"], sizes["long"], seeds[:1])
+            rep["equal_wall_time"] = equal_wall_time(args.out, sizes["long"], seeds[0], rep["rows"][0])
+        elif part == "c":
+            rep = sample_both(args.out, sizes["long"], seeds)
+        else:
+            rep = run_pair(args.out, ["relu_linear", "exact_same"], sizes["long"], seeds[:1])
+        rep.update({"command": "python -m latentdit.experiments.efficient " +
+                    " ".join(sys.argv[1:] if argv is None else argv), "quick": args.quick,
+                    "threads": torch.get_num_threads()})
+        (args.out / f"{part}.json").write_text(json.dumps(rep, indent=2) + "\n")
+        print(f"wrote {args.out / (part + '.json')} ({time.time() - t0:.0f} s so far)", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
