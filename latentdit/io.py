@@ -136,3 +136,14 @@ def describe_write_error(e: OSError, out: str | os.PathLike | None = None) -> st
                                                                             errno.EFBIG)
             else "choose another output path")
     return f"cannot write {where}: {e.strerror or e}; {hint}"
+
+
+def save_figure(fig, path: str | os.PathLike, *, dpi: int = 110) -> Path:
+    """Lay out a matplotlib figure, write it as a PNG atomically and close it."""
+    import matplotlib.pyplot as plt  # plotting is needed only by the commands that draw
+
+    try:
+        fig.tight_layout()
+        return atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=dpi))
+    finally:
+        plt.close(fig)

@@ -23,12 +23,8 @@ from latentdit.attention.polynomials import certified_relative_error, exp_poly, 
 
 
 @pytest.fixture(autouse=True)
-def _one_thread(_seed_and_threads):
-    """Tiny kernels: one intra-op thread avoids OpenMP barrier stalls on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread(one_thread):
     yield
-    torch.set_num_threads(threads)
 
 
 def explicit_attention(q, k, v, scale):

@@ -16,11 +16,8 @@ from latentdit.pipeline import build_data, build_model, from_pretrained
 
 
 @pytest.fixture(autouse=True)
-def _one_thread(_seed_and_threads):
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread(one_thread):
     yield
-    torch.set_num_threads(threads)
 
 
 def _direct_log_density(law: LongMixture, h: torch.Tensor, t: float) -> torch.Tensor:

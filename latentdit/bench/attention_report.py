@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from latentdit.io import save_figure
 from latentdit.bench.attention_sweep import CONFIGS, HEADS, METHODS
 
 
@@ -55,9 +56,7 @@ def plot(data: dict, phase: dict | None, path: Path) -> None:
     axes[0][0].legend(fontsize=7)
     if phase is not None:
         _plot_phase(phase, axes[1])
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
 
 
 def _plot_phase(phase: dict, axes) -> None:

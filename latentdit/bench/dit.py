@@ -33,13 +33,11 @@ step time) against log L over all lengths.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import math
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import time
@@ -47,13 +45,13 @@ from pathlib import Path
 
 import torch
 
-from latentdit.bench import parse_bench_args
+from latentdit.bench import bench_parser, interleaved_times, medians, parse_bench_args
 from latentdit.bench.model import _status_kib
 from latentdit.config import ModelConfig
 from latentdit.models.blocks import attention_summary
 from latentdit.models.score import LatentScoreNet
 from latentdit.provenance import provenance_end, provenance_start
-from latentdit.io import atomic_write_json
+from latentdit.io import atomic_write_json, save_figure
 
 MODES = ("exact", "poly", "relu_linear")
 FULL = dict(hidden=128, depth=4, heads=4, qk_dim=4, tau_max=1.7, token=4, batch=4, eps=1e-3,
@@ -176,15 +174,8 @@ def bench_length(c: dict, L: int, repeats: int, exact: bool, memory: bool) -> di
         t0 = time.perf_counter()
         f()
         print(f"[L={L}] warm-up {k} {time.perf_counter() - t0:.2f} s", flush=True)
-    times: dict[str, list[float]] = {k: [] for k in jobs}
-    for r in range(repeats):
-        for k, f in jobs.items():
-            t0 = time.perf_counter()
-            f()
-            times[k].append(time.perf_counter() - t0)
-        print(f"[L={L}] repeat {r + 1}/{repeats}: " + "  ".join(f"{k} {v[-1]:.3f}s" for k, v in times.items()),
-              flush=True)
-    out["median_s"] = {k: statistics.median(v) for k, v in times.items()}
+    times = interleaved_times(jobs, repeats, f"L={L}")
+    out["median_s"] = medians(times)
     out["times_s"] = times
     if memory:
         out["peak_memory_bytes"] = {f"{m}_{op}": peak_memory(c, L, m, op) for m in modes for op in ("fwd", "train")}
@@ -256,15 +247,11 @@ def plot(rows: list[dict], path: Path) -> None:
         ax.set_ylabel("seconds")
         ax.set_title("forward (one NFE)" if op == "fwd" else "training step")
         ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="latentdit bench dit", description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path, required=True, help="JSON file to write (a PNG goes next to it)")
-    ap.add_argument("--quick", action="store_true", help="tiny network and lengths, no memory runs (smoke test)")
+    ap = bench_parser("dit", __doc__, quick_help="tiny network and lengths, no memory runs (smoke test)")
     ap.add_argument("--repeats", type=int, default=None, help="timed repeats per measurement (default 3)")
     ap.add_argument("--lengths", type=int, nargs="+", default=None, help="token counts L")
     ap.add_argument("--exact-max-len", type=int, default=16384, help="longest L at which exact is measured")

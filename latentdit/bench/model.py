@@ -27,7 +27,6 @@ diffusers is the optional ``bench`` extra (``pip install diffusers``); it is imp
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -41,7 +40,7 @@ from typing import Callable
 
 import torch
 
-from latentdit.bench import parse_bench_args
+from latentdit.bench import bench_parser, interleaved_times, medians, parse_bench_args
 from latentdit.io import atomic_write_json
 from latentdit.provenance import provenance_end, provenance_start
 
@@ -144,35 +143,35 @@ def make_ops(which: str, c: dict) -> dict[str, Callable[[], None]]:
     v = _inputs(c)
     if which == "ours":
         m = build_ours(c)
-        opt = _optimizer(m)
 
-        def fwd():
-            m.eval()
-            with torch.no_grad():
-                m(v["x"], v["t"], v["y"])
+        def forward():
+            return m(v["x"], v["t"], v["y"])
 
-        def train():
-            m.train()
-            opt.zero_grad(set_to_none=True)
-            m.loss(v["x"], v["t"], v["noise"], v["y"], weighting="edm").backward()
-            opt.step()
+        def loss():
+            return m.loss(v["x"], v["t"], v["noise"], v["y"], weighting="edm")
     else:
         m = build_diffusers(c)
-        opt = _optimizer(m)
         noise = v["noise"].reshape_as(v["img"])
         a = torch.rand(c["batch"], 1, 1, 1, generator=torch.Generator().manual_seed(2))
 
-        def fwd():
-            m.eval()
-            with torch.no_grad():
-                m(v["img"], v["steps"], v["y"])
+        def forward():
+            return m(v["img"], v["steps"], v["y"])
 
-        def train():
-            m.train()
-            opt.zero_grad(set_to_none=True)
+        def loss():
             xt = a.sqrt() * v["img"] + (1 - a).sqrt() * noise
-            torch.nn.functional.mse_loss(m(xt, v["steps"], v["y"]).sample, noise).backward()
-            opt.step()
+            return torch.nn.functional.mse_loss(m(xt, v["steps"], v["y"]).sample, noise)
+    opt = _optimizer(m)
+
+    def fwd():
+        m.eval()
+        with torch.no_grad():
+            forward()
+
+    def train():
+        m.train()
+        opt.zero_grad(set_to_none=True)
+        loss().backward()
+        opt.step()
     return {"fwd": fwd, "train": train, "model": m}
 
 
@@ -262,17 +261,9 @@ def bench_config(name: str, c: dict, repeats: int, mm_n: int, memory: bool, comp
             jobs[f"{which}_compiled_train"] = ops["train"]
     for f in jobs.values():  # warm-up (allocations, optimiser state, kernel selection)
         f()
-    times: dict[str, list[float]] = {k: [] for k in jobs}
     mm: list[float] = []
-    for r in range(repeats):
-        mm.append(matmul_gflops(mm_n, 3))
-        for k, f in jobs.items():
-            t0 = time.perf_counter()
-            f()
-            times[k].append(time.perf_counter() - t0)
-        print(f"[{name}] repeat {r + 1}/{repeats}: " + "  ".join(f"{k} {v[-1]:.3f}s" for k, v in times.items()),
-              flush=True)
-    med = {k: statistics.median(v) for k, v in times.items()}
+    times = interleaved_times(jobs, repeats, name, before_repeat=lambda: mm.append(matmul_gflops(mm_n, 3)))
+    med = medians(times)
     n = c["batch"]
     flops = forward_flops(c)
     small = dict(c, batch=2)
@@ -321,10 +312,8 @@ def bench_config(name: str, c: dict, repeats: int, mm_n: int, memory: bool, comp
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="latentdit bench model", description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path, required=True, help="JSON file to write")
-    ap.add_argument("--quick", action="store_true",
-                    help="tiny configuration, 2 repeats, no memory subprocesses (a smoke test)")
+    ap = bench_parser("model", __doc__, quick_help="tiny configuration, 2 repeats, no memory subprocesses (a smoke test)",
+                      out_help="JSON file to write")
     ap.add_argument("--repeats", type=int, default=None, help="timed repeats per measurement (default 5)")
     ap.add_argument("--configs", default=None, help=f"comma-separated subset of {sorted(CONFIGS)}")
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")

@@ -26,7 +26,6 @@ and 10 NFE; ``w2_ratio_at_5_nfe`` is the best W2 / w2_reference at <= 5 NFE.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -35,8 +34,8 @@ import torch
 
 from latentdit.data.gmm import SubspaceGMM
 from latentdit.errors import CheckpointError
-from latentdit.bench import parse_bench_args
-from latentdit.io import atomic_write_json
+from latentdit.bench import bench_parser, parse_bench_args
+from latentdit.io import atomic_write_json, save_figure
 from latentdit.metrics.distances import (aligned_latent, expected_off_subspace_variance, off_subspace_variance,
                                          w2)
 from latentdit.pipeline import build_ground_truth, from_pretrained
@@ -178,15 +177,11 @@ def plot(results: dict, path: Path) -> None:
         ax.set_ylabel("latent W2 to the truth")
         ax.set_title(f"{key} score")
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="latentdit bench sampler", description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path, required=True, help="JSON file to write (the PNG goes beside it)")
-    ap.add_argument("--quick", action="store_true", help="100 samples, one NFE budget, em with 20 steps (a smoke test)")
+    ap = bench_parser("sampler", __doc__, quick_help="100 samples, one NFE budget, em with 20 steps (a smoke test)")
     ap.add_argument("--run", type=Path, default=None, help="a run directory trained on a gmm config")
     ap.add_argument("--core-only", action="store_true",
                     help="only the per-sampler acceptance at each sampler's intended step budget")

@@ -243,7 +243,7 @@ def _load_csv(p: Path, label_column: int | str | None) -> _Raw:
         except ValueError:
             label_name = str(label_column)
     has_header = label_name is not None or not all(
-        _is_number(c) for j, c in enumerate(rows[0][1]) if label_idx is None or j != label_idx % width)
+        _parses(c, float) for j, c in enumerate(rows[0][1]) if label_idx is None or j != label_idx % width)
     header = [c.strip() for c in rows[0][1]] if has_header else None
     if has_header:
         rows = rows[1:]
@@ -275,21 +275,14 @@ def _load_csv(p: Path, label_column: int | str | None) -> _Raw:
         raise DataError(f"{p} has no data rows or no feature columns; give at least one row of numbers")
     lab = None
     if label_idx is not None:
-        lab = np.array([int(v) for v in labels]) if all(_is_int(v) for v in labels) else np.array(labels)
+        lab = np.array([int(v) for v in labels]) if all(_parses(v, int) for v in labels) else np.array(labels)
     return _Raw(np.array(values), lab, None, None, None, p.name, where=lambda i: f"line {line_of[i]}")
 
 
-def _is_number(s: str) -> bool:
+def _parses(s: str, kind: type) -> bool:
+    """Whether ``kind(s)`` (int or float) reads the text ``s``."""
     try:
-        float(s)
-        return True
-    except ValueError:
-        return False
-
-
-def _is_int(s: str) -> bool:
-    try:
-        int(s)
+        kind(s)
         return True
     except ValueError:
         return False

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from latentdit.io import save_figure
 from latentdit.experiments.rates.claims import CLAIMS, Claim, rows_for
 from latentdit.experiments.rates.plan import Plan, config_key
 
@@ -40,9 +41,7 @@ def _plot_claim(entry: dict, c: Claim, rows: list[dict], plan: Plan, path: Path)
     ax.set_ylabel(c.ylabel)
     ax.set_title(c.title, fontsize=9)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
 
 
 def _fmt(v) -> str:
@@ -96,9 +95,7 @@ def attention_section(path: Path | None, out_dir: Path) -> list[str]:
     ax.set_ylabel("relative error")
     ax.set_title("Polynomial attention: error vs entry bound", fontsize=9)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out_dir / "attention_phase.png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, out_dir / "attention_phase.png", dpi=110)
     cols = [k for k in ("L", "bound", "true_max_logit", "rel_error_fixed_degree", "certified_degree",
                         "certified_rank", "rel_error_certified", "criterion_ok") if k in rows[0]]
     lines += [f"Source: `{path}`. A polynomial of fixed degree keeps a small error while the entries stay "
