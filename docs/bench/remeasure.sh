@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Re-measures the committed figures of README.md and docs/ in one go, one command after another
+# (never two at once), on an idle machine: check `uptime` first. Each command writes its JSON with
+# a provenance record (command, git commit, threads, load average before and after).
+#   bash docs/bench/remeasure.sh            # everything below, about 45 minutes on 2 cores
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+uptime
+rm -rf runs/gmm runs/gmm-learned
+# ground-truth acceptance (README "Ground-truth acceptance run")
+latentdit train --config configs/gmm.toml --out runs/gmm --quiet
+latentdit evaluate --run runs/gmm --out docs/bench/gmm_pca_metrics.json
+latentdit train --config configs/gmm.toml --out runs/gmm-learned --set encoder.init=random --set encoder.learn=true --quiet
+latentdit evaluate --run runs/gmm-learned --out docs/bench/gmm_learned_metrics.json
+# samplers with the exact score, each at its intended budget, and the low-NFE block
+latentdit bench sampler --core-only --threads 1 --out docs/bench/sampler_core.json
+# the quick rates sweep (README "Measuring the paper's statistical rates")
+rm -f docs/rates-quick/rates.sqlite
+latentdit rates --out docs/rates-quick --quick --workers 2 --no-progress
+# training and forward speed against diffusers' DiT (docs/performance.md)
+latentdit bench model --out docs/bench/model.json --threads 1 --compile
+latentdit bench model --out docs/bench/model_threads2.json --threads 2 --no-memory
+python docs/bench/profile_step.py --out docs/bench/profile_step.json --threads 1
+python docs/bench/train_step.py --out docs/bench/train_step.json --threads 1
+# the whole score network at long sequence lengths (docs/efficient-dit.md)
+latentdit bench dit --out docs/bench/dit.json --lengths 1024 4096 16384 --repeats 2 --no-memory
+uptime
