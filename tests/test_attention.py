@@ -362,3 +362,23 @@ def test_exact_attention_compiles_without_graph_breaks():
     q, k, v = (torch.randn(2, 3, 5, 4, generator=g, dtype=torch.float64) for _ in range(3))
     f = torch.compile(lambda q, k, v: attention(q, k, v, mode="exact"), fullgraph=True, backend="eager")
     torch.testing.assert_close(f(q, k, v), explicit_attention(q, k, v, 0.5), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("m, mv", [(4, 32), (32, 4), (2, 8)])
+@pytest.mark.parametrize("scale", [None, 1.0, 0.3])
+def test_exact_attention_with_unequal_head_sizes_matches_the_formula(m, mv, scale):
+    """Query/key size m != value size: the zero-padded SDPA call against softmax(scale q k^T) v written
+    out in float64 (scale None = 1/sqrt(m) of the true m, not of the padded size), values and
+    gradients."""
+    g = torch.Generator().manual_seed(m * 100 + mv)
+    q, k = (torch.randn(2, 3, n, m, generator=g, dtype=torch.float64, requires_grad=True) for n in (37, 29))
+    v = torch.randn(2, 3, 29, mv, generator=g, dtype=torch.float64, requires_grad=True)
+    out = attention(q, k, v, mode="exact", scale=scale)
+    s = m ** -0.5 if scale is None else scale
+    want = torch.softmax(s * q @ k.transpose(-2, -1), dim=-1) @ v
+    torch.testing.assert_close(out, want, rtol=1e-10, atol=1e-12)
+    dout = torch.randn_like(want)
+    got = torch.autograd.grad(out, (q, k, v), dout)
+    ref = torch.autograd.grad(want, (q, k, v), dout)
+    for a, b in zip(got, ref):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)

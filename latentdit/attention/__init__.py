@@ -40,7 +40,7 @@ ATTENTION_MODES = ("exact", "poly", "auto")
 
 __all__ = ["ATTENTION_MODES", "POLY_KINDS", "AttentionStats", "Certificate", "ExpPoly", "attention",
            "attention_stats", "certify", "choose_exp_poly", "performer_attention", "poly_attention",
-           "reference_attention", "reference_attention_grads", "reset_attention_stats", "tune_split"]
+           "reference_attention", "reference_attention_grads", "reset_attention_stats", "sdpa", "tune_split"]
 
 
 @dataclass
@@ -103,6 +103,23 @@ def _record(method: str, cert: Certificate | None = None) -> None:
                       RuntimeWarning, stacklevel=3)
 
 
+def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None) -> torch.Tensor:
+    """Exact attention through torch SDPA, also when the query/key size m differs from the value size.
+
+    SDPA's fused (flash) kernels need one head size; with another it falls back to a path that
+    holds the whole (L_q, L_k) matrix, about 17 GB at L = 16384 for 16 heads. Zero-padding the
+    smaller of (q, k) and v to the larger size changes no logit and no output coordinate, so the
+    fused kernel runs; the scale is taken from the true m.
+    """
+    m, mv = q.shape[-1], v.shape[-1]
+    if m == mv or q.numel() == 0 or k.numel() == 0 or m != k.shape[-1]:
+        return F.scaled_dot_product_attention(q, k, v, scale=scale)
+    scale = default_scale(m, scale)
+    if m < mv:
+        return F.scaled_dot_product_attention(F.pad(q, (0, mv - m)), F.pad(k, (0, mv - m)), v, scale=scale)
+    return F.scaled_dot_product_attention(q, k, F.pad(v, (0, m - mv)), scale=scale)[..., :mv]
+
+
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, mode: str = "exact",
               scale: float | None = None, eps: float = 1e-3,
               logit_bound: float | None = None, kind: str = "chebyshev",
@@ -126,7 +143,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, mode: str = 
         raise ValueError(f"unknown polynomial kind {kind!r}; choose one of {POLY_KINDS}")
     if mode == "exact":
         _record("exact")
-        return F.scaled_dot_product_attention(q, k, v, scale=scale)
+        return sdpa(q, k, v, scale)
     if q.shape[-1] != k.shape[-1]:
         raise ValueError(f"q and k must have the same head size, got {q.shape[-1]} and {k.shape[-1]}")
     if logit_bound is not None:
@@ -135,7 +152,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, mode: str = 
             raise ValueError(f"logit_bound must be a non-negative number, got {logit_bound}")
     if q.numel() == 0 or k.numel() == 0:  # nothing to approximate: empty batch or sequence
         _record("exact")
-        return F.scaled_dot_product_attention(q, k, v, scale=scale)
+        return sdpa(q, k, v, scale)
     s = default_scale(q.shape[-1], scale)
     cert = certify(q, k, s, eps, logit_bound=logit_bound, v_dim=v.shape[-1], kind=kind,
                    max_degree=max_degree)
@@ -144,7 +161,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, mode: str = 
                          "with a capped temperature), raise eps or max_degree, or use mode='auto'.")
     if mode == "auto" and not cert.ok:
         _record("exact", cert)
-        return F.scaled_dot_product_attention(q, k, v, scale=scale)
+        return sdpa(q, k, v, scale)
     poly = choose_exp_poly(cert.R_used, float(eps), kind, max_degree)
     _record("poly", cert)
     return poly_attention(q, k, v, poly, scale=s, center=cert.centered, norms=cert.norms)
