@@ -19,12 +19,8 @@ FIGURE_JSONS = sorted([*ROOT.glob("docs/bench/*.json"), *ROOT.glob("docs/rates-q
 # (then it leaves this list: an entry that has gained its provenance fails the test below).
 LEGACY = {
     "docs/bench/ablation_d256.json", "docs/bench/ablation_d256_diagonal.json", "docs/bench/ablation_d256_g15.json",
-    "docs/bench/ablation_d256_hidden256.json", "docs/bench/ablation_d64.json", "docs/bench/attention.json",
-    "docs/bench/demo_d256_metrics.json", "docs/bench/demo_metrics.json",
-    "docs/bench/fid_floor.json", "docs/bench/fid_floor_n1000.json", "docs/bench/gmm_learned_metrics.json",
-    "docs/bench/gmm_pca_metrics.json", "docs/bench/model.json", "docs/bench/model_threads2.json",
-    "docs/bench/profile_step.json", "docs/bench/sampler.json", "docs/bench/sampler_core.json",
-    "docs/bench/train_step.json", "docs/rates-quick/summary.json", "docs/rates-quick/timing.json",
+    "docs/bench/ablation_d256_hidden256.json", "docs/bench/ablation_d64.json", "docs/bench/demo_d256_metrics.json",
+    "docs/bench/demo_metrics.json", "docs/bench/fid_floor.json", "docs/bench/fid_floor_n1000.json",
 }
 
 
