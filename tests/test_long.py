@@ -146,3 +146,4 @@ def test_efficient_experiment_quick_part_c(tmp_path):
     rep = json.loads((tmp_path / "c.json").read_text())
     assert rep["w2_poly_vs_exact"] < rep["w2_true_vs_true_std"]
     assert rep["w2_change_below_spread"] and rep["w2_poly_vs_truth"] > 0
+    assert rep["provenance"]["command"].startswith("python -m latentdit.experiments.efficient --quick")

@@ -31,7 +31,6 @@ against fresh true samples at T0 and ``w2_reference`` (true vs true, same sizes)
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -40,8 +39,10 @@ import torch
 
 from latentdit.config import load_config
 from latentdit.data.long import LongMixture
+from latentdit.io import atomic_write_json
 from latentdit.metrics.distances import score_errors, w2
 from latentdit.pipeline import LatentDiTPipeline, from_pretrained
+from latentdit.provenance import provenance_end, provenance_start
 from latentdit.sampling import time_grid
 from latentdit.train import train
 
@@ -195,7 +196,9 @@ def main(argv: list[str] | None = None) -> int:
     seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
     args.out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
+    command = ["python", "-m", "latentdit.experiments.efficient", *(sys.argv[1:] if argv is None else argv)]
     for part in args.parts:
+        prov = provenance_start(command)
         print(f"part ({part})", flush=True)
         if part == "a":
             rep = run_pair(args.out, ["criterion", "unconstrained"], sizes["short"], seeds)
@@ -206,10 +209,8 @@ def main(argv: list[str] | None = None) -> int:
             rep = sample_both(args.out, sizes["long"], seeds)
         else:
             rep = run_pair(args.out, ["relu_linear", "exact_same"], sizes["long"], seeds[:1])
-        rep.update({"command": "python -m latentdit.experiments.efficient " +
-                    " ".join(sys.argv[1:] if argv is None else argv), "quick": args.quick,
-                    "threads": torch.get_num_threads()})
-        (args.out / f"{part}.json").write_text(json.dumps(rep, indent=2) + "\n")
+        rep.update({"quick": args.quick, "provenance": provenance_end(prov)})
+        atomic_write_json(args.out / f"{part}.json", rep)
         print(f"wrote {args.out / (part + '.json')} ({time.time() - t0:.0f} s so far)", flush=True)
     return 0
 
