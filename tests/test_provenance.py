@@ -20,7 +20,7 @@ FIGURE_JSONS = sorted([*ROOT.glob("docs/bench/*.json"), *ROOT.glob("docs/rates-q
 LEGACY = {
     "docs/bench/ablation_d256.json", "docs/bench/ablation_d256_diagonal.json", "docs/bench/ablation_d256_g15.json",
     "docs/bench/ablation_d256_hidden256.json", "docs/bench/ablation_d64.json", "docs/bench/demo_d256_metrics.json",
-    "docs/bench/demo_metrics.json", "docs/bench/fid_floor.json", "docs/bench/fid_floor_n1000.json",
+    "docs/bench/fid_floor.json", "docs/bench/fid_floor_n1000.json",
 }
 
 
