@@ -24,6 +24,9 @@ class TrainData:
     num_classes: int
     gmm: SubspaceGMM | None = None  # the ground truth when data.source == "gmm"
     loaded: object | None = None  # latentdit.data.real.LoadedData for real data
+    # latentdit.autoencoder.FirstStage when encoder.kind = "autoencoder": x then holds its scaled
+    # latent rows (N, c h w) and ``loaded`` the images
+    first_stage: object | None = None
 
 
 def build_ground_truth(cfg: Config) -> SubspaceGMM:
@@ -71,11 +74,20 @@ def model_dims(cfg: Config, data: TrainData) -> tuple[int, int]:
 def build_model(cfg: Config, data: TrainData, *, generator: torch.Generator | None = None) -> LatentScoreNet:
     """The score network of eq. (2.5), its W_B initialised from PCA of the data, at random, or the identity.
 
+    With an autoencoder first stage (``data.first_stage``) the data are its latent rows; with
+    ``encoder.init = "identity"`` the tokens are its c x p x p latent patches (p = ``model.patch``).
+
     ``cfg`` is not changed: what is resolved from the data (``num_classes``) is in the returned
     model's own configuration, ``model.cfg``, which is what an export records.
     """
     D, d0 = model_dims(cfg, data)
     mcfg = replace(cfg.model, num_classes=data.num_classes)
+    stage = data.first_stage
+    if stage is not None and cfg.encoder.init == "identity":
+        # the whole autoencoder latent: its rows are laid out in c x p x p patches (p = model.patch), so
+        # 1-D tokens of c p p consecutive coordinates are exactly the latent patches
+        c, p = stage.latent_shape[0], stage.layout_patch
+        mcfg = replace(mcfg, patching="1d", patch=c * p * p)
     x = data.x
     if cfg.encoder.init == "identity":  # W_B = I, never stored (a plain DiT on the data's coordinates)
         W, h = "identity", x.double()

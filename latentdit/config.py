@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from latentdit.autoencoder.config import AutoencoderConfig, validate_autoencoder
 from latentdit.diffusion import WEIGHTINGS
 from latentdit.errors import ConfigError
 from latentdit.sampling import GRIDS, SAMPLERS
@@ -52,8 +53,11 @@ class DataConfig:
 
 @dataclass
 class EncoderConfig:
-    """The linear latent encoder W_B (D x d0, orthonormal columns)."""
+    """The linear W_B (D x d0, orthonormal columns), on the data or (``kind="autoencoder"``) inside
+    the scaled latent of a learned conv autoencoder ([autoencoder], :mod:`latentdit.autoencoder`),
+    where D = c h w; ``init="identity"`` then models the whole latent in c x p x p patch tokens."""
 
+    kind: str = "linear"  # linear (W_B on the data) | autoencoder (W_B on a learned conv latent)
     latent_dim: int = 16  # d0 of the model
     init: str = "pca"  # pca | random | identity (W_B = I: needs latent_dim = D, a plain DiT)
     learn: bool = False  # learn W_B (kept orthonormal) or keep it frozen
@@ -166,6 +170,7 @@ class EvalConfig:
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -344,6 +349,8 @@ def validate(cfg: Config) -> None:
     _choice(cfg.data.source, ("gmm", "long", "mnist", "digits", "npy", "npz", "csv", "images"), "data.source")
     _choice(cfg.data.normalise, ("minmax", "standard", "none"), "data.normalise")
     _choice(cfg.encoder.init, ("pca", "random", "identity"), "encoder.init")
+    _choice(cfg.encoder.kind, ("linear", "autoencoder"), "encoder.kind")
+    validate_autoencoder(cfg.autoencoder, cfg.encoder.kind, cfg.data.source)
     if cfg.encoder.init == "identity" and cfg.encoder.learn:
         raise ConfigError("encoder.init='identity' is a fixed W_B = I; set encoder.learn=false")
     _choice(cfg.model.block, ("dit", "paper"), "model.block")

@@ -12,6 +12,12 @@ An export (format 1) holds
   (step, seconds), for reference and for evaluation;
 - ``model.safetensors``: the weights (EMA), no pickle.
 
+Format 2 is format 1 with a learned first stage (``encoder.kind = "autoencoder"``): config.json
+gains ``"first_stage": {"kind", "weights", "config"}`` and the export holds that stage's
+``autoencoder.safetensors`` and ``autoencoder.json`` (:class:`latentdit.autoencoder.FirstStage`);
+the network's ``ambient_dim`` is then the latent's c h w. Exports without a first stage are still
+written as format 1, so that every version that reads format 1 reads them.
+
 Format 0 is the layout before the format was versioned: one ``config.json`` holding the whole
 training configuration under ``"config"`` beside the dimensions and the data record. Its model
 section is read as written then, where a DiT block without ``activation`` used the tanh GELU.
@@ -27,12 +33,14 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
+from latentdit.autoencoder.stage import STAGE_CONFIG, STAGE_WEIGHTS, FirstStage
 from latentdit.config import Config, ModelConfig, SampleConfig
 from latentdit.errors import CheckpointError, ConfigError
 from latentdit.io import atomic_write_bytes, atomic_write_json
 from latentdit.models.score import LatentScoreNet
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 1  # an export without a first stage
+FIRST_STAGE_FORMAT = 2  # an export with a learned first stage
 EXPORT_CONFIG = "config.json"
 EXPORT_SAMPLING = "sampling.json"
 EXPORT_TRAINING = "training.json"
@@ -46,8 +54,10 @@ def sampling_defaults(sc: SampleConfig) -> dict:
     return asdict(sc)
 
 
-def save_pretrained(model: LatentScoreNet, cfg: Config, path: str | Path, extra: dict | None = None) -> None:
-    """Write a format-1 export of ``model`` (trained with ``cfg``) into ``path``, file by file atomically.
+def save_pretrained(model: LatentScoreNet, cfg: Config, path: str | Path, extra: dict | None = None,
+                    first_stage=None) -> None:
+    """Write a format-1 export of ``model`` (trained with ``cfg``) into ``path``, file by file atomically;
+    format 2 with ``first_stage`` (a :class:`latentdit.autoencoder.FirstStage`), whose files go first.
 
     ``extra`` holds training metadata; its keys ``normalisation``, ``image_shape``, ``pixel_range``
     and ``class_names`` (the data record) go into the model config, the rest into ``training.json``.
@@ -58,14 +68,18 @@ def save_pretrained(model: LatentScoreNet, cfg: Config, path: str | Path, extra:
     data = {k: extra.pop(k, None) for k in DATA_KEYS}
     if data["pixel_range"] is None and data["image_shape"] is not None and cfg.data.source in IMAGE_SOURCES:
         data["pixel_range"] = [0.0, 1.0]
-    model_cfg = {"format": FORMAT_VERSION, "library": "latentdit", "ambient_dim": model.ambient_dim,
+    version = FORMAT_VERSION if first_stage is None else FIRST_STAGE_FORMAT
+    model_cfg = {"format": version, "library": "latentdit", "ambient_dim": model.ambient_dim,
                  "latent_dim": model.latent_dim, "learn_encoder": model.encoder.learn,
                  "identity_encoder": model.encoder.identity, "model": asdict(model.cfg),
                  "diffusion": {"T0": cfg.diffusion.T0, "T": cfg.diffusion.T}, "data": data}
+    if first_stage is not None:
+        first_stage.save(path)
+        model_cfg["first_stage"] = {"kind": "conv_autoencoder", "weights": STAGE_WEIGHTS, "config": STAGE_CONFIG}
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     atomic_write_bytes(path / EXPORT_WEIGHTS, save(state, metadata={"format": "pt", "library": "latentdit"}))
     atomic_write_json(path / EXPORT_TRAINING, {"config": cfg.to_dict(), **extra})
-    atomic_write_json(path / EXPORT_SAMPLING, {"format": FORMAT_VERSION, **sampling_defaults(cfg.sample)})
+    atomic_write_json(path / EXPORT_SAMPLING, {"format": version, **sampling_defaults(cfg.sample)})
     atomic_write_json(path / EXPORT_CONFIG, model_cfg)  # last: marks a complete export
 
 
@@ -114,14 +128,14 @@ def load_export(path: str | Path) -> tuple[dict, Config, dict, dict, dict]:
     try:
         if version == 0:
             record, cfg, sampling, meta = _read_v0(head)
-        elif version == 1:
+        elif version in (FORMAT_VERSION, FIRST_STAGE_FORMAT):
             training = _read_json(path / EXPORT_TRAINING)
             cfg = Config.from_saved(training["config"])
             sampling = {k: v for k, v in _read_json(path / EXPORT_SAMPLING).items() if k != "format"}
             record, meta = head, {k: v for k, v in training.items() if k != "config"}
         else:
             raise CheckpointError(f"{str(path / EXPORT_CONFIG)!r} has export format {version!r}; this version of "
-                                  f"latentdit reads formats 0..{FORMAT_VERSION}: upgrade latentdit")
+                                  f"latentdit reads formats 0..{FIRST_STAGE_FORMAT}: upgrade latentdit")
     except (KeyError, TypeError, ConfigError) as e:
         raise CheckpointError(f"{str(path / EXPORT_CONFIG)!r} is not a latentdit export config: {e}") from e
     try:
@@ -130,6 +144,8 @@ def load_export(path: str | Path) -> tuple[dict, Config, dict, dict, dict]:
         raise CheckpointError(f"{str(path / EXPORT_WEIGHTS)!r} is truncated or corrupt ({e}); re-export it from "
                               "the run's newest checkpoint with `latentdit train --out RUN`") from e
     meta["format"] = version
+    if record.get("first_stage"):
+        meta["first_stage"] = FirstStage.load(path)
     return record, cfg, sampling, meta, state
 
 
@@ -150,8 +166,9 @@ def from_pretrained(path: str | Path, *, device: str | torch.device = "cpu") -> 
     """Load an export (any format version): (model in eval mode, training config, metadata).
 
     The metadata hold the training record (``step``, ...), ``format``, the data record
-    (``normalisation``, ``image_shape``, ``pixel_range``, ``class_names``) and ``sampling``, the
-    sampling defaults.
+    (``normalisation``, ``image_shape``, ``pixel_range``, ``class_names``), ``sampling``, the
+    sampling defaults, and for format 2 ``first_stage``, the :class:`latentdit.autoencoder.FirstStage`
+    that maps the network's latent rows to the data.
     """
     record, cfg, sampling, meta, state = load_export(path)
     model = model_from_record(record, state)

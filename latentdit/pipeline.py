@@ -1,9 +1,11 @@
 """The sampling pipeline: a trained network, its OU schedule and its data normalisation.
 
-``LatentDiTPipeline.from_pretrained(path)(num, ...)`` returns samples in DATA space (the
-normalisation undone; image data clipped to their pixel range unless ``clip=False``).
-:meth:`LatentDiTPipeline.sample_model_space` returns the network's own (normalised) space, for
-metrics that compare with the training set as the model saw it.
+``LatentDiTPipeline.from_pretrained(path)(num, ...)`` returns samples in DATA space (decoded by
+the first stage when there is one, the normalisation undone; image data clipped to their pixel
+range unless ``clip=False``). :meth:`LatentDiTPipeline.sample_model_space` returns the network's
+own space (the normalised data, or the autoencoder's scaled latent rows), and
+:meth:`LatentDiTPipeline.decode` maps that space to the normalised data, for metrics that compare
+with the training set as the model saw it.
 
 Building (data, model) lives in :mod:`latentdit.build`, the export format in :mod:`latentdit.export`;
 their public names are re-exported here.
@@ -16,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from latentdit.autoencoder.stage import FirstStage
 from latentdit.build import TrainData, build_data, build_ground_truth, build_model, model_dims, resolve_device
 from latentdit.data.normalise import Normalisation
 from latentdit.export import (EXPORT_CONFIG, EXPORT_WEIGHTS, FORMAT_VERSION, IMAGE_SOURCES, from_pretrained,
@@ -43,6 +46,7 @@ class LatentDiTPipeline:
     pixel_range: tuple[float, float] | None = None
     defaults: dict = field(default_factory=dict)
     image_shape: tuple[int, ...] | None = None
+    first_stage: FirstStage | None = None  # the autoencoder of encoder.kind = "autoencoder"
 
     @classmethod
     def from_pretrained(cls, path: str | Path, *, device: str | torch.device = "cpu") -> "LatentDiTPipeline":
@@ -59,13 +63,15 @@ class LatentDiTPipeline:
         return cls(model, T0=diff.get("T0", 1e-3), T=diff.get("T", 10.0),
                    normalisation=Normalisation.from_dict(norm) if norm else None,
                    pixel_range=tuple(pr) if pr else None, defaults=dict(meta.get("sampling", {})),
-                   image_shape=tuple(shape) if shape else None)
+                   image_shape=tuple(shape) if shape else None, first_stage=meta.get("first_stage"))
 
     @classmethod
-    def from_config(cls, model: LatentScoreNet, cfg, data_meta: dict | None = None) -> "LatentDiTPipeline":
+    def from_config(cls, model: LatentScoreNet, cfg, data_meta: dict | None = None,
+                    first_stage: FirstStage | None = None) -> "LatentDiTPipeline":
         """A pipeline for a network being trained with ``cfg`` (sampling defaults from ``cfg.sample``);
-        ``data_meta`` is the data record of an export (normalisation, image_shape, pixel_range)."""
-        meta = {**(data_meta or {}), "sampling": sampling_defaults(cfg.sample),
+        ``data_meta`` is the data record of an export (normalisation, image_shape, pixel_range),
+        ``first_stage`` the autoencoder when the network models its latent."""
+        meta = {**(data_meta or {}), "first_stage": first_stage, "sampling": sampling_defaults(cfg.sample),
                 "diffusion": {"T0": cfg.diffusion.T0, "T": cfg.diffusion.T}}
         if meta.get("image_shape") and "pixel_range" not in meta and cfg.data.source in IMAGE_SOURCES:
             meta["pixel_range"] = [0.0, 1.0]
@@ -107,8 +113,18 @@ class LatentDiTPipeline:
                               denoise=denoise))
         return torch.cat(out)
 
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalised data rows (N, D) -> the network's space (the first stage's latent rows, if any)."""
+        return x if self.first_stage is None else self.first_stage.encode_vectors(x).to(x.device)
+
+    def decode(self, x: torch.Tensor) -> torch.Tensor:
+        """The network's space -> normalised data rows (N, D): the first stage's decoder, if any."""
+        return x if self.first_stage is None else self.first_stage.decode_vectors(x).to(x.device)
+
     def to_data_space(self, x: torch.Tensor, *, clip: bool = True) -> torch.Tensor:
-        """Undo the normalisation; clip image data to the pixel range unless ``clip=False``."""
+        """Samples of the network's space in data units: decoded (:meth:`decode`), the normalisation
+        undone; image data clipped to the pixel range unless ``clip=False``."""
+        x = self.decode(x)
         if self.normalisation is not None:
             x = self.normalisation.invert(x)
         if clip and self.pixel_range is not None:

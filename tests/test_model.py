@@ -297,9 +297,11 @@ def test_format1_export_keeps_model_config_apart_and_refuses_newer_formats(tmp_p
     assert json.loads((tmp_path / "training.json").read_text())["step"] == 3
     loaded, loaded_cfg, meta = from_pretrained(tmp_path)
     assert meta["step"] == 3 and meta["sampling"]["steps"] == 7 and loaded_cfg == cfg
-    head["format"] = FORMAT_VERSION + 1
+    from latentdit.export import FIRST_STAGE_FORMAT
+
+    head["format"] = FIRST_STAGE_FORMAT + 1  # newer than any format this version reads
     (tmp_path / "config.json").write_text(json.dumps(head))
-    with pytest.raises(CheckpointError, match="export format 2"):
+    with pytest.raises(CheckpointError, match="export format 3"):
         from_pretrained(tmp_path)
 
 

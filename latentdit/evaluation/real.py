@@ -108,8 +108,9 @@ def evaluate_real(model: LatentScoreNet, cfg: Config, meta: dict, *, num_samples
     pipe = LatentDiTPipeline.from_config(model, cfg, meta)
     # the identity encoder (encoder.init = "identity") stores no basis: W_B = I
     W = model.W_B.detach().cpu() if model.W_B is not None else torch.eye(model.ambient_dim)
+    space = pipe.encode(loaded.x).cpu()  # the network's data: the autoencoder's latent rows, if any
     metrics: dict = {"data": loaded.name, "num_real": len(loaded), "dim": loaded.dim,
-                     "latent_dim": model.latent_dim, **retained_variance(loaded.x, W)}
+                     "latent_dim": model.latent_dim, **retained_variance(space, W)}
 
     # ---- samples
     conditional = model.num_classes > 0
@@ -117,13 +118,14 @@ def evaluate_real(model: LatentScoreNet, cfg: Config, meta: dict, *, num_samples
     _log(f"sampling {num} points ({sampler}, {steps} steps"
          f"{f', guidance {guidance:g}' if conditional else ''})", progress)
     t0 = time.time()
-    x_gen = pipe.sample_model_space(num, sampler=sampler, steps=steps, seed=seed, labels=labels,
+    z_gen = pipe.sample_model_space(num, sampler=sampler, steps=steps, seed=seed, labels=labels,
                                     guidance=guidance, progress=progress).cpu()
-    metrics["sample_seconds"] = time.time() - t0
-    if not torch.isfinite(x_gen).all():
+    if not torch.isfinite(z_gen).all():
         raise FloatingPointError("generated samples contain NaN/inf; the model diverged")
-    baseline = GaussianLatentBaseline.fit(loaded.x, W)
-    x_base = baseline.sample(num, torch.Generator().manual_seed(seed + 1))
+    x_gen = pipe.decode(z_gen)  # normalised data rows (decoded by the autoencoder, if any)
+    metrics["sample_seconds"] = time.time() - t0
+    baseline = GaussianLatentBaseline.fit(space, W)  # in the network's space, decoded like the samples
+    x_base = pipe.decode(baseline.sample(num, torch.Generator().manual_seed(seed + 1)))
     metrics.update({"num_samples": num, "sampler": sampler, "steps": steps, "seed": seed})
 
     # ---- distances in the data space (any data)
@@ -152,8 +154,8 @@ def evaluate_real(model: LatentScoreNet, cfg: Config, meta: dict, *, num_samples
         metrics["classifier_fd_gaussian_baseline"] = fid_from_features(f_real, f_base)
         if guidance != 1.0:
             n_u = min(num, 1000)
-            x_u = pipe.sample_model_space(n_u, sampler=sampler, steps=steps, seed=seed + 3, labels=labels[:n_u],
-                                          guidance=1.0).cpu()
+            x_u = pipe.decode(pipe.sample_model_space(n_u, sampler=sampler, steps=steps, seed=seed + 3,
+                                                      labels=labels[:n_u], guidance=1.0).cpu())
             metrics["classifier_accuracy_unguided"] = classifier_accuracy(clf, x_u, labels[:n_u])
         else:
             metrics["classifier_accuracy_unguided"] = metrics["classifier_accuracy"]
@@ -182,7 +184,7 @@ def evaluate_real(model: LatentScoreNet, cfg: Config, meta: dict, *, num_samples
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        raw = pipe.to_data_space(x_gen)
+        raw = pipe.to_data_space(z_gen)
         save_samples_npz(out / "samples.npz", raw, labels)
         if images:
             per = 10

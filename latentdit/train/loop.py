@@ -305,7 +305,8 @@ class Trainer:
             attn = attention_summary(self.ema.backbone, batch=self.local_batch)
             save_pretrained(self.ema, cfg, self.run / "model", extra={"step": self.step, **self._budget(),
                                                                       "train_seconds": time.time() - t_start,
-                                                                      "attention": attn, **self._data_meta()})
+                                                                      "attention": attn, **self._data_meta()},
+                            first_stage=self.data.first_stage)
             if attn["planned"] != {"exact": len(attn["layers"])}:  # say what ran when it is not plain SDPA
                 print(f"attention: {attn['planned']} layers; calls {_attention_counts()}; fallbacks "
                       f"{attn['fallback_reasons'] or 'none'}", file=sys.stderr)
@@ -392,6 +393,8 @@ def train(cfg: Config, run_dir: str | Path, *, progress: bool | None = None, dat
     ctx = init_distributed(cfg.train.device)
     try:
         check_run_dir(run)  # every rank checks before any rank writes (the group init is a barrier)
+        from latentdit.autoencoder.fit import prepare_first_stage  # the first stage, if any: trained or loaded
+        data = prepare_first_stage(cfg, run, data, progress=progress, world_size=ctx.world_size)
         return Trainer(cfg, run, progress=progress, dist=ctx, data=data, callbacks=callbacks).fit()
     finally:
         ctx.shutdown()

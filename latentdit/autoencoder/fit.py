@@ -1,0 +1,188 @@
+"""First-stage training: the autoencoder on the training images, then the DiT's latent data.
+
+:func:`prepare_first_stage` is the call :func:`latentdit.train.train` makes before the DiT: with
+``encoder.kind = "autoencoder"`` it trains the autoencoder in RUN/autoencoder/ (or loads it when it
+is already trained there), computes the unit-variance scale on the training latents and returns
+the training data with the scaled latent rows as ``x``. The budget is ``autoencoder.epochs``.
+
+Training resumes exactly like the DiT's: a checkpoint (RUN/autoencoder/checkpoints/step_*.pt,
+written atomically by :func:`latentdit.train.checkpoint.write_checkpoint`) holds the weights, the
+optimiser, the LR schedule, the data order and the noise stream, so a run interrupted at any step
+and resumed ends with the same weights as one never interrupted (bitwise on CPU with a fixed
+thread count). The finished stage is ``autoencoder.safetensors`` + ``autoencoder.json`` there.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from latentdit.autoencoder.model import ConvAutoencoder
+from latentdit.autoencoder.stage import STAGE_CONFIG, FirstStage, latent_scale, padded_side
+from latentdit.build import TrainData, build_data
+from latentdit.config import Config
+from latentdit.errors import CheckpointError, ConfigError
+from latentdit.io import atomic_write_json
+from latentdit.train.checkpoint import (CKPT_FORMAT, DataOrder, global_rng_state, read_latest,
+                                        set_global_rng_state, write_checkpoint)
+from latentdit.train.rundir import RunLock
+
+AE_DIR = "autoencoder"
+
+
+def _lr_factor(step: int, total: int) -> float:
+    """Cosine decay of the learning rate from 1 to 0.1 over the run."""
+    return 0.1 + 0.45 * (1 + math.cos(math.pi * min(step, total) / max(total, 1)))
+
+
+class FirstStageTrainer:
+    """The autoencoder, its optimiser and streams, on the padded training images (N, C, S, S)."""
+
+    def __init__(self, cfg: Config, images: torch.Tensor, folder: str | Path, *, progress: bool = False,
+                 on_step: Callable[[int], None] | None = None):
+        self.cfg, self.a, self.folder = cfg, cfg.autoencoder, Path(folder)
+        self.images, self.progress, self.on_step = images, progress, on_step
+        a = self.a
+        torch.manual_seed(a.seed)
+        self.model = ConvAutoencoder(images.shape[1], a.factor, a.channels, a.width)
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=a.lr, weight_decay=a.weight_decay)
+        n = images.shape[0]
+        self.batch = min(a.batch_size, n)
+        self.total = a.epochs * (n // self.batch)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: _lr_factor(s, self.total))
+        self.order = DataOrder(n, self.batch, a.seed)
+        self.gen = torch.Generator().manual_seed(a.seed + 29)
+        self.step = 0
+
+    def _key(self) -> dict:
+        """What the checkpoints must have been trained with to be resumed."""
+        return {"autoencoder": asdict(self.a), "data": asdict(self.cfg.data), "images": list(self.images.shape)}
+
+    def state_dict(self) -> dict:
+        return {"format": CKPT_FORMAT, "config": self._key(), "step": self.step, "model": self.model.state_dict(),
+                "ema": None, "opt": self.opt.state_dict(), "sched": self.sched.state_dict(),
+                "order": self.order.state(), "rng": {"gen": self.gen.get_state(), **global_rng_state()}}
+
+    def load_state_dict(self, s: dict) -> None:
+        if s["config"] != self._key():
+            raise CheckpointError(f"the autoencoder checkpoints in {str(self.folder)!r} were trained with a different "
+                                  "[autoencoder] or [data] config; use a new --out directory")
+        self.model.load_state_dict(s["model"])
+        self.opt.load_state_dict(s["opt"])
+        self.sched.load_state_dict(s["sched"])
+        self.gen.set_state(s["rng"]["gen"])
+        set_global_rng_state(s["rng"])
+        self.order = DataOrder(self.order.n, self.order.bs, self.a.seed, **s["order"])
+        self.step = s["step"]
+
+    def train_step(self) -> float:
+        x = self.images[self.order.next()]
+        c, h = self.a.channels, x.shape[-1] // self.a.factor
+        noise = torch.randn((x.shape[0], c, h, h), generator=self.gen)
+        logits = self.model(x, noise, self.a.latent_noise)
+        if self.a.loss == "bce":
+            loss = F.binary_cross_entropy_with_logits(logits, x)
+        else:
+            loss = F.mse_loss(torch.sigmoid(logits), x)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        self.sched.step()
+        self.step += 1
+        return float(loss.detach())
+
+    def fit(self) -> ConvAutoencoder:
+        """Train to ``epochs`` from the newest checkpoint; returns the trained network."""
+        state, _, _ = read_latest(self.folder)
+        if state is not None:
+            self.load_state_dict(state)
+        every = self.a.checkpoint_every or max(1, self.total // max(self.a.epochs, 1))
+        bar = tqdm(total=self.total, initial=self.step, desc="autoencoder", dynamic_ncols=True,
+                   disable=not self.progress)
+        try:
+            while self.step < self.total:
+                loss = self.train_step()
+                if self.on_step is not None:
+                    self.on_step(self.step)
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.4f}")
+                if self.step % every == 0 or self.step == self.total:
+                    write_checkpoint(self.folder, self.step, self.state_dict(), keep=2)
+        finally:
+            bar.close()
+        return self.model.eval()
+
+
+def _first_stage_key(cfg: Config, images: torch.Tensor) -> dict:
+    return {"autoencoder": asdict(cfg.autoencoder), "data": asdict(cfg.data), "images": list(images.shape)}
+
+
+def layout_patch(cfg: Config, latent_side: int) -> int:
+    """The latent vectors' patch layout: ``model.patch`` when the DiT models the whole latent, else 1."""
+    if cfg.encoder.init != "identity":
+        return 1
+    p = cfg.model.patch
+    if latent_side % p:
+        raise ConfigError(f"model.patch={p} must divide the autoencoder latent's side {latent_side} "
+                          f"(image side / autoencoder.factor); choose a divisor of {latent_side}")
+    return p
+
+
+def train_first_stage(cfg: Config, data: TrainData, folder: str | Path, *, progress: bool = False,
+                      on_step: Callable[[int], None] | None = None) -> FirstStage:
+    """Train (or resume, or load when finished) the autoencoder of ``cfg`` on ``data`` in ``folder``."""
+    loaded = data.loaded
+    if loaded is None or loaded.image_shape is None or loaded.pixel_range is None:
+        raise ConfigError("encoder.kind='autoencoder' needs image data; use encoder.kind='linear'")
+    a, folder = cfg.autoencoder, Path(folder)
+    side = padded_side(loaded.image_shape, a.factor, a.pad_to)
+    lp = layout_patch(cfg, side // a.factor)
+    bare = FirstStage(ConvAutoencoder(1 if len(loaded.image_shape) == 2 else loaded.image_shape[2], a.factor,
+                                      a.channels, a.width), image_shape=loaded.image_shape, side=side,
+                      normalisation=loaded.norm, pixel_range=loaded.pixel_range)
+    images = bare.images_from_rows(loaded.x)
+    key = _first_stage_key(cfg, images)
+    done = folder / STAGE_CONFIG
+    if done.is_file():
+        if json.loads(done.read_text()).get("trained_with") != key:
+            raise CheckpointError(f"the autoencoder in {str(folder)!r} was trained with a different [autoencoder] "
+                                  "or [data] config; use a new --out directory")
+        return FirstStage.load(folder).with_layout(lp)
+    trainer = FirstStageTrainer(cfg, images, folder, progress=progress, on_step=on_step)
+    ae = trainer.fit()
+    stage = FirstStage(ae, image_shape=loaded.image_shape, side=side, normalisation=loaded.norm,
+                       pixel_range=loaded.pixel_range)
+    stage.scale = latent_scale(stage.encode_images(images))
+    stage.save(folder, {"trained_with": key, "step": trainer.step})
+    return stage.with_layout(lp)
+
+
+def prepare_first_stage(cfg: Config, run: str | Path, data: TrainData | None = None, *, progress: bool | None = None,
+                        world_size: int = 1) -> TrainData | None:
+    """The DiT's training data: ``data`` (built from ``cfg`` when None) as they are for a linear encoder;
+    for ``encoder.kind = "autoencoder"`` the scaled latent rows of the trained first stage."""
+    if cfg.encoder.kind != "autoencoder":
+        return data  # unchanged (None: the trainer builds them)
+    data = data if data is not None else build_data(cfg)
+    run = Path(run)
+    folder = run / AE_DIR
+    if world_size > 1 and not (folder / STAGE_CONFIG).is_file():
+        raise ConfigError("the autoencoder first stage trains in one process: run `latentdit train` once without "
+                          "torchrun (or with train.steps small) to train it, then resume with torchrun")
+    if world_size > 1:
+        stage = train_first_stage(cfg, data, folder)
+    else:
+        if not (run / "config.json").is_file():  # a run directory from its first file on (resumable)
+            atomic_write_json(run / "config.json", cfg.to_dict())
+        with RunLock(run):
+            show = sys.stderr.isatty() if progress is None else progress
+            stage = train_first_stage(cfg, data, folder, progress=show)
+    return replace(data, x=stage.encode_vectors(data.x).float(), first_stage=stage)
