@@ -71,10 +71,12 @@ class LatentDiTPipeline:
         """A pipeline for a network being trained with ``cfg`` (sampling defaults from ``cfg.sample``);
         ``data_meta`` is the data record of an export (normalisation, image_shape, pixel_range),
         ``first_stage`` the autoencoder when the network models its latent."""
-        meta = {**(data_meta or {}), "first_stage": first_stage, "sampling": sampling_defaults(cfg.sample),
+        meta = {**(data_meta or {}), "sampling": sampling_defaults(cfg.sample),
                 "diffusion": {"T0": cfg.diffusion.T0, "T": cfg.diffusion.T}}
         if meta.get("image_shape") and "pixel_range" not in meta and cfg.data.source in IMAGE_SOURCES:
             meta["pixel_range"] = [0.0, 1.0]
+        if first_stage is not None:
+            meta["first_stage"] = first_stage
         return cls.from_model(model, meta)
 
     @property

@@ -14,7 +14,7 @@ from latentdit.config import Config, load_config
 from latentdit.encoder import pca_basis
 from latentdit.diffusion import score_from_denoised
 from latentdit.evaluation.baselines import GaussianLatentBaseline, balanced_labels, retained_variance
-from latentdit.experiments.demo import DEMO_CONFIG, main as demo_main
+from latentdit.experiments.demo import DEMO_CONFIG, LINEAR_DEMO_CONFIG, main as demo_main
 from latentdit.metrics import fid as fid_mod
 from latentdit.models.guidance import GuidedDenoiser
 from latentdit.models.score import LatentScoreNet
@@ -36,19 +36,26 @@ class StubFeatures:
         return torch.relu(x @ w)
 
 
-def test_demo_config_file_matches_module():
-    assert load_config(ROOT / "configs" / "mnist.toml") == Config.from_dict(DEMO_CONFIG)
+def test_demo_config_files_match_module():
+    assert load_config(ROOT / "configs" / "mnist_ae.toml") == Config.from_dict(DEMO_CONFIG)
+    assert load_config(ROOT / "configs" / "mnist.toml") == Config.from_dict(LINEAR_DEMO_CONFIG)
     cfg = Config.from_dict(DEMO_CONFIG)
-    assert cfg.encoder.latent_dim == 64 and cfg.data.conditional and cfg.sample.guidance > 1
-    assert cfg.eval.num_samples >= 2000 and cfg.train.time_limit == 0  # the budget is train.steps alone
+    assert cfg.encoder.kind == "autoencoder" and cfg.encoder.init == "identity"
+    a = cfg.autoencoder  # the whole 4 x 8 x 8 latent of the 32 x 32-padded digits
+    assert cfg.encoder.latent_dim == a.channels * (32 // a.factor) ** 2 and (32 // a.factor) % cfg.model.patch == 0
+    linear = Config.from_dict(LINEAR_DEMO_CONFIG)
+    assert linear.encoder.kind == "linear" and linear.encoder.latent_dim == 64
+    for c in (cfg, linear):
+        assert c.data.conditional and c.sample.guidance > 1
+        assert c.eval.num_samples >= 2000 and c.train.time_limit == 0  # the budget is train.steps alone
 
 
 def test_demo_quick_digits_writes_everything(tmp_path, monkeypatch):
     monkeypatch.setenv("LATENTDIT_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr("latentdit.metrics.fid.InceptionFeatures", StubFeatures)
     out = tmp_path / "demo"
-    rc = demo_main(["--out", str(out), "--data", "digits", "--quick", "--quiet", "--device", "cpu",
-                    "--set", "train.steps=10", "--set", "train.batch_size=32", "--set", "eval.num_samples=120",
+    rc = demo_main(["--out", str(out), "--data", "digits", "--encoder", "linear", "--quick", "--quiet",
+                    "--device", "cpu", "--set", "train.steps=10", "--set", "train.batch_size=32", "--set", "eval.num_samples=120",
                     "--set", "eval.steps=6"])
     assert rc == 0
     m = json.loads((out / "metrics.json").read_text())
@@ -69,6 +76,26 @@ def test_demo_quick_digits_writes_everything(tmp_path, monkeypatch):
     with Image.open(out / "samples.png") as im:  # 10 rows (one per class) of 10 tiles
         w, h = im.size
     assert h > w * 0.9 and abs(h - w) < 0.2 * w
+
+
+def test_demo_quick_digits_autoencoder_records_its_floor(tmp_path, monkeypatch):
+    monkeypatch.setenv("LATENTDIT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr("latentdit.metrics.fid.InceptionFeatures", StubFeatures)
+    out = tmp_path / "demo"
+    rc = demo_main(["--out", str(out), "--data", "digits", "--quick", "--quiet", "--device", "cpu",
+                    "--set", "train.steps=6", "--set", "train.batch_size=32", "--set", "eval.num_samples=60",
+                    "--set", "eval.steps=4", "--set", "autoencoder.epochs=1", "--set", "autoencoder.recon_samples=50"])
+    assert rc == 0
+    m = json.loads((out / "metrics.json").read_text())
+    for key in ("fid", "recon_fid", "recon_mse", "fid_gaussian_baseline", "classifier_accuracy",
+                "classifier_accuracy_unguided"):
+        assert key in m and np.isfinite(m[key]), key
+    # 8 x 8 digits: a factor-2 autoencoder, 4 x 4 x 4 latent, the DiT on all of it in 2 x 2 patches
+    assert m["latent_shape"] == [4, 4, 4] and m["latent_dim"] == 64 and m["recon_num"] == 50
+    assert m["config"]["encoder"]["kind"] == "autoencoder" and m["config"]["autoencoder"]["factor"] == 2
+    assert list(m)[:2] == ["fid", "recon_fid"]  # the floor next to the sample FID
+    with np.load(out / "samples.npz") as z:
+        assert z["x"].shape == (60, 64) and 0 <= z["x"].min() and z["x"].max() <= 16  # pixels, digits' units
 
 
 def test_cached_features_reused(tmp_path):

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+import time
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Callable
@@ -157,10 +158,12 @@ def train_first_stage(cfg: Config, data: TrainData, folder: str | Path, *, progr
                                   "or [data] config; use a new --out directory")
         return FirstStage.load(folder).with_layout(lp)
     trainer = FirstStageTrainer(cfg, images, folder, progress=progress, on_step=on_step)
+    t0 = time.time()
     ae = trainer.fit()
     stage = FirstStage(ae, image_shape=loaded.image_shape, side=side, normalisation=loaded.norm,
                        pixel_range=loaded.pixel_range)
     stage.scale = latent_scale(stage.encode_images(images))
+    stage.train_seconds = time.time() - t0  # this process's share when resumed
     stage.save(folder, {"trained_with": key, "step": trainer.step})
     return stage.with_layout(lp)
 

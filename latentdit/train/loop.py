@@ -345,7 +345,7 @@ class Trainer:
             labels = None
             if self.ema.num_classes > 0:
                 labels = balanced_labels(num, self.ema.num_classes)
-            pipe = LatentDiTPipeline.from_config(self.ema, cfg, self._data_meta())
+            pipe = LatentDiTPipeline.from_config(self.ema, cfg, self._data_meta(), self.data.first_stage)
             x = pipe.sample_model_space(num, sampler=cfg.eval.sampler, steps=cfg.eval.steps, seed=cfg.eval.seed,
                                         labels=labels).cpu()
             out = self.run / SAMPLES_DIR / f"step_{self.step:08d}"
@@ -353,7 +353,7 @@ class Trainer:
             loaded = self.data.loaded
             np.save(out.with_suffix(".npy"), pipe.to_data_space(x).numpy())
             if loaded is not None and loaded.image_shape is not None:
-                save_image_grid(loaded.to_images(x), out.with_suffix(".png"), nrow=8)
+                save_image_grid(loaded.to_images(pipe.decode(x)), out.with_suffix(".png"), nrow=8)
             rec["snapshot"] = str(out.relative_to(self.run)) + ".npy"
             return rec
         finally:
