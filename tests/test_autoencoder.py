@@ -208,3 +208,21 @@ def test_own_png_folder_trains_and_samples_with_the_autoencoder_from_a_config(tm
     assert r.returncode == 0, r.stderr
     x = np.load(tmp_path / "x.npy")
     assert x.shape == (6, 16 * 16 * 3) and np.isfinite(x).all() and x.min() >= 0 and x.max() <= 1
+
+
+def test_pca_inside_the_autoencoder_latent(tmp_path):
+    """encoder.init = "pca" with latent_dim < c h w: the paper's W_B on top of the learned latent."""
+    from latentdit.pipeline import LatentDiTPipeline
+    from latentdit.train import train
+
+    d = _cfg().to_dict()
+    d["encoder"].update(init="pca", latent_dim=16)
+    run = tmp_path / "run"
+    train(Config.from_dict(d), run, progress=False)
+    pipe = LatentDiTPipeline.from_pretrained(run)
+    W = pipe.model.W_B
+    assert pipe.model.ambient_dim == 64 and W.shape == (64, 16)  # D = c h w of the 4 x 4 x 4 latent
+    torch.testing.assert_close(W.T @ W, torch.eye(16), atol=1e-5, rtol=0)
+    assert pipe.model.reshape.mode == "2d" and pipe.first_stage.layout_patch == 1  # 4 x 4 grid, 2 x 2 patches
+    x = pipe(10, seed=0, labels=torch.arange(10))
+    assert x.shape == (10, 64) and torch.isfinite(x).all()

@@ -4,6 +4,7 @@
 ``encoder.kind = "autoencoder"`` it trains the autoencoder in RUN/autoencoder/ (or loads it when it
 is already trained there), computes the unit-variance scale on the training latents and returns
 the training data with the scaled latent rows as ``x``. The budget is ``autoencoder.epochs``.
+A :class:`latentdit.train.Trainer` built directly (not through ``train``) needs those data passed in.
 
 Training resumes exactly like the DiT's: a checkpoint (RUN/autoencoder/checkpoints/step_*.pt,
 written atomically by :func:`latentdit.train.checkpoint.write_checkpoint`) holds the weights, the
@@ -175,6 +176,8 @@ def prepare_first_stage(cfg: Config, run: str | Path, data: TrainData | None = N
     if cfg.encoder.kind != "autoencoder":
         return data  # unchanged (None: the trainer builds them)
     data = data if data is not None else build_data(cfg)
+    if cfg.train.threads > 0:  # the first stage trains under the run's thread count too
+        torch.set_num_threads(cfg.train.threads)
     run = Path(run)
     folder = run / AE_DIR
     if world_size > 1 and not (folder / STAGE_CONFIG).is_file():

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from latentdit.autoencoder.stage import FirstStage
+from latentdit.metrics import fid as fid_metrics
 
 
 @torch.no_grad()
@@ -41,8 +42,6 @@ def reconstruction_metrics(stage: FirstStage, loaded, *, num: int = 1000, fid: b
     ``feature_cache`` as in :func:`latentdit.evaluation.real.evaluate_real` (the real set's features
     are shared with it through that cache).
     """
-    from latentdit.metrics import fid as fid_metrics
-
     out = {"recon_mse": reconstruction_mse(stage, loaded)}
     if not fid or num <= 0:
         return out

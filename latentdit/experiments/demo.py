@@ -36,11 +36,12 @@ from pathlib import Path
 import torch
 
 from latentdit.autoencoder.config import AutoencoderConfig
+from latentdit.autoencoder.metrics import reconstruction_metrics
 from latentdit.autoencoder.stage import padded_side
 from latentdit.config import Config, apply_overrides, read_config_file
 from latentdit.data.real import load_data
 from latentdit.errors import ConfigError
-from latentdit.evaluation.real import evaluate_real
+from latentdit.evaluation.real import evaluate_real, load_real
 from latentdit.io import atomic_write_json, check_output_dir
 from latentdit.pipeline import from_pretrained
 from latentdit.provenance import provenance_end, provenance_start
@@ -74,7 +75,8 @@ DEMO_CONFIGS = {"autoencoder": DEMO_CONFIG, "linear": LINEAR_DEMO_CONFIG}
 
 # --quick: a smoke run of the same pipeline (minutes on a CPU, most of it Inception features).
 QUICK_OVERRIDES = [
-    "data.n=1000", "autoencoder.epochs=2", "autoencoder.recon_samples=200", "model.hidden=64", "model.depth=2", "train.steps=300", "optim.warmup_steps=30",
+    "data.n=1000", "autoencoder.epochs=8", "autoencoder.recon_samples=200", "model.hidden=64", "model.depth=2",
+    "train.steps=300", "optim.warmup_steps=30",
     "train.checkpoint_every=300", "train.log_every=50", "eval.num_samples=200", "eval.steps=20",
     "sample.steps=20",
 ]
@@ -205,9 +207,6 @@ def summary(m: dict, out: Path) -> str:
 
 def first_stage_metrics(stage, cfg: Config, *, device: str = "auto", fid: bool = True, progress: bool = False) -> dict:
     """The autoencoder's record (latent shape, scale, training time) and its reconstruction floor."""
-    from latentdit.autoencoder.metrics import reconstruction_metrics
-    from latentdit.evaluation.real import load_real
-
     dev = "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
     m = reconstruction_metrics(stage, load_real(cfg), num=cfg.autoencoder.recon_samples, fid=fid, device=dev,
                                seed=cfg.eval.seed, progress=progress)

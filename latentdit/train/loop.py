@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+import latentdit.autoencoder.fit as first_stage_fit  # the autoencoder stage (a module: it imports train.checkpoint)
 from latentdit.attention import attention_stats, reset_attention_stats
 from latentdit.config import Config
 from latentdit.data.images import save_image_grid
@@ -393,8 +394,7 @@ def train(cfg: Config, run_dir: str | Path, *, progress: bool | None = None, dat
     ctx = init_distributed(cfg.train.device)
     try:
         check_run_dir(run)  # every rank checks before any rank writes (the group init is a barrier)
-        from latentdit.autoencoder.fit import prepare_first_stage  # the first stage, if any: trained or loaded
-        data = prepare_first_stage(cfg, run, data, progress=progress, world_size=ctx.world_size)
+        data = first_stage_fit.prepare_first_stage(cfg, run, data, progress=progress, world_size=ctx.world_size)
         return Trainer(cfg, run, progress=progress, dist=ctx, data=data, callbacks=callbacks).fit()
     finally:
         ctx.shutdown()
