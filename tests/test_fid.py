@@ -251,3 +251,18 @@ def test_inception_bench_quick_writes_all_keys(tmp_path):
     fc = d["fid_check"]
     assert fc["bf16_minus_fp32"]["real_halves"] == pytest.approx(fc["bf16"]["real_halves"] - fc["fp32"]["real_halves"])
     assert not missing_fields(d)
+
+
+def test_fold_failure_falls_back_to_the_shipped_network(inception, monkeypatch):
+    import latentdit.metrics.fid as fid_mod
+
+    def broken(model):
+        raise RuntimeError("no such graph pass")
+
+    monkeypatch.setattr(fid_mod, "fold_batch_norm", broken)
+    e = copy.copy(inception)
+    e._folded = None
+    with pytest.warns(RuntimeWarning, match="cannot fold"):
+        assert e.network() is e.model
+    assert not e.fold_bn  # so its cache key names the network that really ran
+    assert cache_key(torch.zeros(2, 4, 4), e) != cache_key(torch.zeros(2, 4, 4), inception)

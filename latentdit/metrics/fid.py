@@ -170,7 +170,13 @@ class InceptionFeatures:
         on first use)."""
         if self.precision == "fp32" and self.fold_bn and self.device.type == "cpu":
             if self._folded is None:
-                self._folded = fold_batch_norm(self.model)
+                try:
+                    self._folded = fold_batch_norm(self.model)
+                except (RuntimeError, AttributeError) as e:  # a torch without these graph passes
+                    warnings.warn(f"cannot fold the Inception batch norms ({e}); using the network as shipped",
+                                  RuntimeWarning, stacklevel=2)
+                    self.fold_bn = False
+                    return self.model
             return self._folded
         return self.model
 
