@@ -90,9 +90,9 @@ def evaluate_real(model: LatentScoreNet, cfg: Config, meta: dict, *, num_samples
     ``features(images, batch_size, progress) -> (N, F)``); ``fid_precision`` ("fp32" or "bf16",
     see :class:`~latentdit.metrics.fid.InceptionFeatures`) sets the one built otherwise.
     ``feature_cache``: True for :func:`cache_dir`, a folder, or False/None for no caching; it holds
-    the real set's features and statistics and the Gaussian baseline's features. With ``out_dir`` the guided samples
-    are also written there as ``samples.png`` (one row per class for conditional models) and
-    ``samples.npz`` (raw units, with labels), and baseline samples as ``baseline.png``.
+    the real set's features and statistics and the Gaussian baseline's features. With ``out_dir``
+    the guided samples are also written there as ``samples.png`` (one row per class for conditional
+    models) and ``samples.npz`` (raw units, with labels), and baseline samples as ``baseline.png``.
     """
     t_start = time.time()
     ec = cfg.eval

@@ -18,8 +18,8 @@ for grayscale, repeated to 3 channels afterwards); ``fast_resize=False`` keeps t
 ``grid_sample`` form (the two agree to ~1e-5 in [0, 1] units). On the CPU in fp32 the network
 runs with each batch norm folded into its convolution (:func:`fold_batch_norm`).
 ``precision="bf16"`` runs the network under bfloat16 autocast: on CPUs with native bf16
-instructions it is markedly faster, but its FID is a few per cent higher than fp32's (``latentdit bench inception`` measures both), so fp32 is the
-default.
+instructions it is markedly faster, but its FID is a few per cent higher than fp32's
+(``latentdit bench inception`` measures both), so fp32 is the default.
 
 Cost: InceptionV3 at 299 x 299 is ~5.7 GFLOP per image, so a 2-core CPU manages images per
 second, not hundreds; reference features are cached (:mod:`latentdit.metrics.fid_stats`).

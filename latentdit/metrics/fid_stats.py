@@ -10,10 +10,11 @@ Cache layout: one folder, :func:`cache_dir` (``$LATENTDIT_CACHE`` or ``~/.cache/
 
 ``<key>`` is the first 20 hex digits of :func:`cache_key`: a SHA-1 of the images (as float32, with
 their shape) and of the extractor (class, quantisation, precision, resize, batch-norm folding,
-weights file name and size, :data:`FEATURE_CACHE_VERSION`). Any image set is keyed by what it contains, so the real set is
-computed once per data set, and so are the Gaussian latent baseline's images at a fixed seed (they
-are a deterministic function of the data, the encoder basis and the seed: the same inputs give the
-same images, hence the same key; a changed one gives a new entry).
+weights file name and size, :data:`FEATURE_CACHE_VERSION`). Any image set is keyed by what it
+contains, so the real set is computed once per data set, and so are the Gaussian latent
+baseline's images at a fixed seed (they are a deterministic function of the data, the encoder
+basis and the seed: the same inputs give the same images, hence the same key; a changed one
+gives a new entry).
 
 Writes are atomic (:func:`latentdit.io.atomic_write`). An entry that cannot be read, or whose shape
 or fingerprint is wrong, is recomputed and overwritten; a bad cache is never fatal.
