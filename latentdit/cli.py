@@ -21,7 +21,7 @@ DELEGATED = {  # subcommand -> module with main(argv) -> int
     "rates": "latentdit.experiments.rates",
 }
 BENCHES = {"attention": "latentdit.bench.attention", "dit": "latentdit.bench.dit", "model": "latentdit.bench.model",
-           "sampler": "latentdit.bench.sampler"}
+           "sampler": "latentdit.bench.sampler", "inception": "latentdit.bench.inception"}
 OUTPUTS = {  # delegated command -> (flag, kind) of the paths it writes, checked before it starts
     "demo": (("--out", "dir"),), "rates": (("--out", "dir"),), "bench": (("--out", "file"), ("--plot", "file")),
 }
@@ -63,7 +63,7 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--steps", type=int, default=None)
     e.add_argument("--seed", type=int, default=None)
 
-    b = sub.add_parser("bench", help="benchmarks: attention | dit | model | sampler")
+    b = sub.add_parser("bench", help="benchmarks: attention | dit | model | sampler | inception")
     b.add_argument("which", choices=sorted(BENCHES))
     b.add_argument("rest", nargs=argparse.REMAINDER)
 

@@ -1,4 +1,4 @@
-"""Benchmarks (``latentdit bench attention | model | sampler | dit``): scripts that measure and write a
+"""Benchmarks (``latentdit bench attention | model | sampler | dit | inception``): scripts that measure and write a
 JSON with its provenance; they are not part of the training or sampling path."""
 
 from __future__ import annotations

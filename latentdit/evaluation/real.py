@@ -26,9 +26,10 @@ With an autoencoder first stage (``encoder.kind = "autoencoder"``) the network's
 autoencoder's latent: samples are decoded to pixels before every metric, and the Gaussian latent
 baseline is fitted to the latent rows of the real set and decoded the same way.
 
-Real-set Inception features are cached on disk (:func:`latentdit.metrics.fid.cached_features`) (keyed by a fingerprint of the images and of the
-feature extractor) under ``$LATENTDIT_CACHE`` or ``~/.cache/latentdit``, so the reference
-statistics are computed once per data set.
+The real set's Inception features and statistics, and the Gaussian baseline's features, are
+cached on disk (:mod:`latentdit.metrics.fid_stats`, keyed by a fingerprint of the images and of
+the feature extractor) under ``$LATENTDIT_CACHE`` or ``~/.cache/latentdit``, so they are computed
+once per data set (and baseline seed).
 """
 
 from __future__ import annotations
@@ -49,7 +50,8 @@ from latentdit.evaluation.baselines import (GaussianLatentBaseline, balanced_lab
                                             retained_variance, w2_equal)
 from latentdit.metrics.classifier import classifier_accuracy, train_classifier
 from latentdit.metrics import fid as fid_metrics
-from latentdit.metrics.fid import cache_dir, cached_features, fid_from_features
+from latentdit.metrics.fid import fid_from_features, fid_to_reference
+from latentdit.metrics.fid_stats import cache_dir, cached_features, cached_stats
 from latentdit.models.score import LatentScoreNet
 from latentdit.pipeline import LatentDiTPipeline
 
@@ -84,15 +86,17 @@ def evaluate_real(model: LatentScoreNet, cfg: Config, meta: dict, *, num_samples
                   progress: bool = False, guidance: float | None = None, device: str | torch.device | None = None,
                   fid: bool = True, extractor=None, feature_cache: Path | None | bool = True,
                   classifier_epochs: int = 8, w2_points: int = 1000, out_dir: str | Path | None = None,
-                  data: LoadedData | None = None) -> dict:
+                  data: LoadedData | None = None, fid_precision: str = "fp32") -> dict:
     """The metrics of the module docstring for a model trained on ``cfg.data`` (a real source).
 
     ``device``: where sampling and Inception run (default: CUDA when available). ``fid=False``
     skips the Inception metrics. ``extractor`` replaces the Inception network (any object with
-    ``features(images, batch_size, progress) -> (N, F)``). ``feature_cache``: True for
-    :func:`cache_dir`, a folder, or False/None for no caching. With ``out_dir`` the guided samples
-    are also written there as ``samples.png`` (one row per class for conditional models) and
-    ``samples.npz`` (raw units, with labels), and baseline samples as ``baseline.png``.
+    ``features(images, batch_size, progress) -> (N, F)``); ``fid_precision`` ("fp32" or "bf16",
+    see :class:`~latentdit.metrics.fid.InceptionFeatures`) sets the one built otherwise.
+    ``feature_cache``: True for :func:`cache_dir`, a folder, or False/None for no caching; it holds
+    the real set's features and statistics and the Gaussian baseline's features. With ``out_dir``
+    the guided samples are also written there as ``samples.png`` (one row per class for conditional
+    models) and ``samples.npz`` (raw units, with labels), and baseline samples as ``baseline.png``.
     """
     t_start = time.time()
     ec = cfg.eval
@@ -167,21 +171,24 @@ def evaluate_real(model: LatentScoreNet, cfg: Config, meta: dict, *, num_samples
     # ---- FID (image data)
     images = loaded.image_shape is not None
     if fid and images:
-        ext = extractor if extractor is not None else fid_metrics.InceptionFeatures(dev)
+        ext = extractor if extractor is not None else fid_metrics.InceptionFeatures(dev, precision=fid_precision)
         cache = cache_dir() if feature_cache is True else (Path(feature_cache) if feature_cache else None)
         t0 = time.time()
         _log(f"Inception features of the real set ({len(loaded)} images; cached after the first run)", progress)
-        f_real = cached_features(loaded.to_images(loaded.x), ext, cache=cache, progress=progress)
-        _log(f"Inception features of {num} generated and {num} baseline images", progress)
+        real_images = loaded.to_images(loaded.x)
+        f_real = cached_features(real_images, ext, cache=cache, progress=progress)
+        real_stats = cached_stats(real_images, ext, cache=cache, features=f_real) if cache is not None else None
+        _log(f"Inception features of {num} generated and {num} baseline images (baseline cached)", progress)
         f_gen = ext.features(loaded.to_images(x_gen), 50, progress)
-        f_base = ext.features(loaded.to_images(x_base), 50, progress)
+        f_base = cached_features(loaded.to_images(x_base), ext, cache=cache, progress=progress)
         half = len(f_real) // 2
         p = torch.randperm(len(f_real), generator=torch.Generator().manual_seed(seed + 4))
-        metrics["fid"] = fid_from_features(f_real, f_gen)
+        metrics["fid"] = fid_to_reference(f_real, real_stats, f_gen)
         metrics["fid_reference"] = fid_from_features(f_real[p[:half]], f_real[p[half:2 * half]])
-        metrics["fid_gaussian_baseline"] = fid_from_features(f_real, f_base)
+        metrics["fid_gaussian_baseline"] = fid_to_reference(f_real, real_stats, f_base)
         metrics["fid_ratio_to_baseline"] = metrics["fid"] / max(metrics["fid_gaussian_baseline"], 1e-12)
         metrics["fid_reference_sizes"] = [half, half]
+        metrics["fid_precision"] = getattr(ext, "precision", None)
         metrics["fid_seconds"] = time.time() - t0
 
     # ---- files
