@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Callable
 
 import torch
 
@@ -24,6 +25,10 @@ class TrainData:
     num_classes: int
     gmm: SubspaceGMM | None = None  # the ground truth when data.source == "gmm"
     loaded: object | None = None  # latentdit.data.real.LoadedData for real data
+    # a population sampler (n, generator) -> (n, D) float32 in the model's space: the trainer then
+    # draws fresh points every step (n = infinity) and ``x`` serves only the encoder init
+    sampler: Callable[[int, torch.Generator], torch.Tensor] | None = None
+    basis: torch.Tensor | None = None  # (D, d0): the encoder's initial W_B instead of PCA of ``x``
 
 
 def build_ground_truth(cfg: Config) -> SubspaceGMM:
