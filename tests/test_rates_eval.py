@@ -1,0 +1,179 @@
+"""Ground-truth evaluation: the score-error functionals of Thm 3.1 / 3.2 against closed forms, the
+floors and excesses of W2, the exact-score sampler controls, and evaluate_gmm's keys."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from latentdit.config import Config
+from latentdit.data.gmm import SubspaceGMM
+from latentdit.diffusion import beta, sigma
+from latentdit.evaluation.gmm import (evaluate_ground_truth, evaluate_gmm, exact_score_samples, log_times,
+                                      score_error_profile, score_integral_error, score_uniform_error)
+from latentdit.metrics.distances import w2
+
+
+def _law(D=8, d0=2, K=3, seed=0):
+    # overlapping components: with well separated ones the W2 floor is dominated by the binomial
+    # fluctuation of the component counts
+    return SubspaceGMM.random(D, d0, K, seed=seed, mean_scale=0.5)
+
+
+def _sampler(law, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return lambda n, t: law.sample(n, t, generator=g)
+
+
+def test_log_times_spacing_and_bad_arguments():
+    ts = log_times(1e-3, 10.0, 16)
+    assert len(ts) == 16 and ts[0] == 1e-3 and ts[-1] == 10.0
+    ratios = ts[1:] / ts[:-1]
+    assert torch.allclose(ratios, torch.full_like(ratios, 10 ** (4 / 15)), rtol=1e-12)
+    with pytest.raises(ValueError, match="n="):
+        log_times(1e-3, 10.0, 1)
+    with pytest.raises(ValueError, match="T0"):
+        log_times(1.0, 0.5)
+
+
+def test_profile_of_the_exact_score_is_zero():
+    law = _law()
+    prof = score_error_profile(law.score, law.score, _sampler(law), log_times(1e-3, 10.0), 500)
+    assert len(prof["t"]) == 16
+    # the score under test sees x in float32 (as a network does): only float32 rounding remains
+    rel = [m / q for m, q in zip(prof["mse"], prof["true_sq_norm"])]
+    assert max(rel) < 1e-10
+    assert score_uniform_error(prof, 2) < 1e-4
+
+
+def test_profile_of_a_wrong_score_matches_its_closed_form():
+    """s(x, t) = -x / sigma(t) (the score of N(0, sigma I)) against a one-component latent law
+    h ~ N(mu, S): off the subspace it is exact; in the latent, with C = beta^2 S + sigma I and
+    u = h_t - beta mu ~ N(0, C), the error is (C^-1 - I/sigma) u - beta mu / sigma, so
+    E||.||^2 = tr((C^-1 - I/sigma)^2 C) + beta^2 ||mu||^2 / sigma^2."""
+    law = _law(D=6, d0=3, K=1, seed=3)
+    S = (law.eigvecs[0] * law.eigvals[0]) @ law.eigvecs[0].T
+    mu = law.means[0]
+    times = [0.05, 0.3, 1.0, 3.0]
+    prof = score_error_profile(lambda x, t: -x / sigma(t)[:, None], law.score, _sampler(law, 1), times, 40000)
+    for t, m, se in zip(prof["t"], prof["mse"], prof["mse_se"]):
+        b, s = beta(torch.tensor(t, dtype=torch.float64)), sigma(torch.tensor(t, dtype=torch.float64))
+        C = b ** 2 * S + s * torch.eye(3, dtype=torch.float64)
+        A = torch.linalg.inv(C) - torch.eye(3, dtype=torch.float64) / s
+        exact = float(torch.trace(A @ A @ C) + b ** 2 * mu.pow(2).sum() / s ** 2)
+        assert abs(m - exact) < 5 * se + 1e-9 * exact, (t, m, exact, se)
+        assert se < 0.05 * exact  # the test is sharp enough to catch a wrong constant
+    # Thm 3.1's functional is the maximum over t of sigma sqrt(mse) / sqrt(d0)
+    want = max(s * math.sqrt(m) for s, m in zip(prof["sigma"], prof["mse"])) / math.sqrt(3)
+    assert score_uniform_error(prof, 3) == pytest.approx(want, rel=1e-12)
+
+
+@pytest.mark.parametrize("T0,T", [(1e-3, 10.0), (1e-2, 5.0)])
+def test_integral_quadrature_against_closed_forms(T0, T):
+    ts = log_times(T0, T, 16).tolist()
+
+    def quad(f):
+        return score_integral_error({"t": ts, "mse": [f(t) for t in ts]}, T0, T)
+
+    # exact for power laws, e.g. the 1/t blow-up near T0 and polynomials' terms
+    assert quad(lambda t: 2.0 / t) == pytest.approx(2.0 * math.log(T / T0) / T, rel=1e-10)
+    assert quad(lambda t: t ** 2) == pytest.approx((T ** 3 - T0 ** 3) / (3 * T), rel=1e-10)
+    assert quad(lambda t: 0.5) == pytest.approx(0.5 * (T - T0) / T, rel=1e-10)
+    # a sum of power laws is not interpolated exactly; the 16-point quadrature stays within 2%
+    f = lambda t: 1.0 / t + 3.0 * t ** 2 + 0.5  # noqa: E731
+    exact = (math.log(T / T0) + (T ** 3 - T0 ** 3) + 0.5 * (T - T0)) / T
+    assert quad(f) == pytest.approx(exact, rel=0.02)
+    with pytest.raises(ValueError, match="not \\[T0, T\\]"):
+        score_integral_error({"t": ts[1:], "mse": [1.0] * 15}, T0, T)
+
+
+def test_exact_score_controls():
+    """With the exact score, DPM-Solver++(2M) at 50 steps reaches the true-vs-true W2 floor; the
+    uniform-step Euler-Maruyama sampler of App. D.1 has a discretisation error that shrinks with steps."""
+    law = _law(D=8, d0=2, seed=1)
+    n, T0, T = 500, 1e-3, 10.0
+    g = torch.Generator().manual_seed(5)
+    h_true, h_ref = law.sample_latent(n, T0, generator=g), law.sample_latent(n, T0, generator=g)
+    floor = w2(h_ref, h_true)
+
+    def excess(sampler, steps, grid):
+        x = exact_score_samples(law, n, sampler=sampler, steps=steps, T0=T0, T=T, grid=grid, seed=7)
+        return w2(x @ law.B, h_true) - floor
+
+    assert abs(excess("dpm2m", 50, "auto")) < 0.5 * floor
+    em = [excess("em", s, "uniform") for s in (8, 32, 128)]
+    assert em[0] > em[1] > em[2], em
+    assert em[0] > floor  # 8 uniform steps are visibly wrong
+
+
+class ExactModel(torch.nn.Module):
+    """A stand-in network whose denoiser and score are the law's exact ones."""
+
+    num_classes = 0
+
+    def __init__(self, law):
+        super().__init__()
+        self.law, self.ambient_dim = law, law.B.shape[0]
+        self._p = torch.nn.Parameter(torch.zeros(1))
+
+    @property
+    def W_B(self):
+        return self.law.B.float()
+
+    def denoise(self, x, t, y=None):
+        return self.law.denoise(x, t)
+
+    def forward(self, x, t, y=None):
+        return self.law.score(x, t)
+
+
+def _cfg(D, d0, T0=1e-3, steps=30):
+    return Config.from_dict({"data": {"source": "gmm", "n": 50, "ambient_dim": D, "latent_dim": d0, "components": 2},
+                             "encoder": {"latent_dim": d0}, "diffusion": {"T0": T0, "T": 10.0},
+                             "eval": {"sampler": "dpm2m", "steps": steps}})
+
+
+def test_evaluate_ground_truth_with_the_exact_score():
+    """Closed forms: the exact score has zero profile, its dpm2m samples sit at the W2/TV floors, the
+    subspace error is 0 and the off-subspace variance is sigma(T0) within its chi-square range."""
+    law = _law(D=8, d0=2, seed=2)
+    cfg = _cfg(8, 2, T0=0.05)
+    m = evaluate_ground_truth(ExactModel(law), law, cfg, W=law.B.float(), score_points=200, num_samples=600,
+                              tv_points=2000, seed=3, control=True)
+    assert len(m["score_t"]) == 16 and max(m["score_mse"]) < 1e-8 * max(m["score_true_sq_norm"])
+    assert m["score_integral"] < 1e-8 and m["score_uniform"] < 1e-4
+    assert m["w2_excess"] == pytest.approx(m["w2_latent"] - m["w2_floor"])  # implementation check
+    assert abs(m["w2_excess"]) < 0.5 * m["w2_floor"]
+    assert abs(m["tv_excess"]) < 0.05 and 0 < m["tv_floor"] < 0.2
+    assert abs(m["control_dpm2m_w2_excess"]) < 0.5 * m["w2_floor"]
+    assert "control_em_w2_excess" in m and m["subspace_error"] < 1e-6  # float32 W
+    expected = 1 - math.exp(-0.05)
+    assert m["off_subspace_var_expected"] == pytest.approx(expected)
+    # 600 samples x 6 off-subspace directions: relative sd of the variance estimate ~ sqrt(2 / 3600)
+    assert abs(m["off_subspace_var"] / expected - 1) < 4 * math.sqrt(2 / 3600)
+    with pytest.raises(ValueError, match="times="):
+        evaluate_ground_truth(ExactModel(law), law, cfg, W=law.B, score_points=10, num_samples=10, seed=0, times=6)
+
+
+def test_evaluate_gmm_keeps_its_keys_and_adds_the_functionals():
+    from latentdit.build import build_data, build_model
+
+    cfg = Config.from_dict({"data": {"source": "gmm", "n": 64, "ambient_dim": 8, "latent_dim": 4, "components": 2},
+                            "encoder": {"latent_dim": 4},
+                            "model": {"hidden": 8, "depth": 1, "heads": 1, "patch": 1},
+                            "eval": {"num_samples": 64, "steps": 3, "score_times": 4}})
+    model = build_model(cfg, build_data(cfg), generator=torch.Generator().manual_seed(0)).eval()
+    m = evaluate_gmm(model, cfg)
+    for key in ("subspace_error", "w2_latent", "w2_latent_reference", "off_subspace_var", "off_subspace_var_expected",
+                "score_rel_error", "score_sigma_error", "score_error_by_t", "num_samples", "eval_seconds",
+                "score_t", "score_mse", "score_uniform", "score_integral", "w2_floor", "w2_excess"):
+        assert key in m, key
+    assert len(m["score_t"]) == 16  # at least 16 times whatever eval.score_times says
+    assert m["w2_latent_reference"] == m["w2_floor"]
+    # an untrained network is far from the exact score: the functionals see it
+    assert m["score_integral"] > 0 and m["score_rel_error"] > 0.01
+    assert np.isfinite(m["score_uniform"])
+
