@@ -29,6 +29,7 @@ class TrainData:
     # draws fresh points every step (n = infinity) and ``x`` serves only the encoder init
     sampler: Callable[[int, torch.Generator], torch.Tensor] | None = None
     basis: torch.Tensor | None = None  # (D, d0): the encoder's initial W_B instead of PCA of ``x``
+    val_x: torch.Tensor | None = None  # (V, D) held-out points for train.val_every (else drawn or split off)
 
 
 def build_ground_truth(cfg: Config) -> SubspaceGMM:

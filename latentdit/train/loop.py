@@ -119,8 +119,10 @@ class Trainer:
             raise ConfigError(f"train.val_every={tc.val_every} and train.patience={tc.patience} must be >= 0, "
                               f"train.val_points={tc.val_points} >= 1")
         self.val = self.early = None
-        if tc.val_every > 0:  # x0 fresh from the population, or a held-out split of the data
-            if sampler is not None:
+        if tc.val_every > 0:  # given held-out points, fresh population draws, or a held-out split
+            if self.data.val_x is not None:
+                vx, vy = self.data.val_x, None
+            elif sampler is not None:
                 vx, vy = sampler(tc.val_points, torch.Generator().manual_seed(tc.seed * 1_000_039 + 43)), None
             else:
                 keep, out = held_out_split(x.shape[0], tc.val_points, tc.seed)
