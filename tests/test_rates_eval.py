@@ -177,3 +177,48 @@ def test_evaluate_gmm_keeps_its_keys_and_adds_the_functionals():
     assert m["score_integral"] > 0 and m["score_rel_error"] > 0.01
     assert np.isfinite(m["score_uniform"])
 
+
+
+# ------------------------------------------------------------------------------ attention criterion
+
+
+def test_attention_phase_head_size_grows_with_log_L_and_curves_differ():
+    from latentdit.experiments.rates.attention_phase import head_size, phase_rows
+
+    assert [head_size(2 ** p) for p in (8, 12, 16, 20)] == [3, 4, 6, 7]  # round(ln L / 2)
+    rows = phase_rows([2 ** 8, 2 ** 16], [0.1, 0.3, 0.6, 1.0])
+    by_L = {L: [r for r in rows if r["L"] == L] for L in (2 ** 8, 2 ** 16)}
+    for rs in by_L.values():
+        errs = [r["error_bound"] for r in rs]
+        assert errs == sorted(errs)  # a polynomial of fixed degree can only get worse on a wider interval
+        assert rs[0]["meets_target"] and not rs[-1]["meets_target"]
+        assert all(r["R"] == pytest.approx(r["m"] * r["B"] ** 2) for r in rs)
+    # at the same B / sqrt(ln L) the longer sequence has a larger head and a smaller target: its
+    # curve is not the other one's
+    assert by_L[2 ** 16][1]["error_bound"] != pytest.approx(by_L[2 ** 8][1]["error_bound"], rel=0.1)
+    assert by_L[2 ** 8][1]["meets_target"] and not by_L[2 ** 16][1]["meets_target"]
+
+
+def test_attention_break_even_and_measured_errors():
+    """B*(L) is a real boundary of the certificate (ok just below, not ok just above); the polynomial
+    attention's measured error on bounded-entry inputs stays within the certified guarantee."""
+    from latentdit.experiments.rates.attention_phase import _certified_ok, break_even, measured_rows
+
+    for L in (2 ** 8, 2 ** 12):
+        be = break_even(L)
+        m, B = be["m"], be["B_star"]
+        assert B is not None and be["predicted_speedup"] >= 1.0
+        assert _certified_ok(L, m, B).ok and not _certified_ok(L, m, B * 1.01).ok
+        assert be["R_star"] == pytest.approx(m * B * B)
+    for r in measured_rows([2 ** 8], [0.2, 0.5]):
+        assert r["measured"] <= r["guaranteed"], r
+        assert r["measured"] > 0
+
+
+def test_attention_phase_quick_writes_its_plot(tmp_path):
+    from latentdit.experiments.rates.attention_phase import attention_phase
+
+    out = attention_phase(tmp_path, quick=True)
+    assert (tmp_path / out["png"]).stat().st_size > 1000
+    assert len(out["break_even"]) == len(out["lengths"]) == 3
+    assert all(r["B_star"] is not None for r in out["break_even"])
