@@ -177,3 +177,118 @@ def test_evaluate_gmm_keeps_its_keys_and_adds_the_functionals():
     assert m["score_integral"] > 0 and m["score_rel_error"] > 0.01
     assert np.isfinite(m["score_uniform"])
 
+
+
+# ------------------------------------------------------------------------------ attention criterion
+
+
+def test_attention_phase_head_size_grows_with_log_L_and_curves_differ():
+    from latentdit.experiments.rates.attention_phase import head_size, phase_rows
+
+    assert [head_size(2 ** p) for p in (8, 12, 16, 20)] == [3, 4, 6, 7]  # round(ln L / 2)
+    rows = phase_rows([2 ** 8, 2 ** 16], [0.1, 0.3, 0.6, 1.0])
+    by_L = {L: [r for r in rows if r["L"] == L] for L in (2 ** 8, 2 ** 16)}
+    for rs in by_L.values():
+        errs = [r["error_bound"] for r in rs]
+        assert errs == sorted(errs)  # a polynomial of fixed degree can only get worse on a wider interval
+        assert rs[0]["meets_target"] and not rs[-1]["meets_target"]
+        assert all(r["R"] == pytest.approx(r["m"] * r["B"] ** 2) for r in rs)
+    # at the same B / sqrt(ln L) the longer sequence has a larger head and a smaller target: its
+    # curve is not the other one's
+    assert by_L[2 ** 16][1]["error_bound"] != pytest.approx(by_L[2 ** 8][1]["error_bound"], rel=0.1)
+    assert by_L[2 ** 8][1]["meets_target"] and not by_L[2 ** 16][1]["meets_target"]
+
+
+def test_attention_break_even_and_measured_errors():
+    """B*(L) is a real boundary of the certificate (ok just below, not ok just above); the polynomial
+    attention's measured error on bounded-entry inputs stays within the certified guarantee."""
+    from latentdit.experiments.rates.attention_phase import _certified_ok, break_even, measured_rows
+
+    for L in (2 ** 8, 2 ** 12):
+        be = break_even(L)
+        m, B = be["m"], be["B_star"]
+        assert B is not None and be["predicted_speedup"] >= 1.0
+        assert _certified_ok(L, m, B).ok and not _certified_ok(L, m, B * 1.01).ok
+        assert be["R_star"] == pytest.approx(m * B * B)
+    for r in measured_rows([2 ** 8], [0.2, 0.5]):
+        assert r["measured"] <= r["guaranteed"], r
+        assert r["measured"] > 0
+
+
+def test_attention_phase_quick_writes_its_plot(tmp_path):
+    from latentdit.experiments.rates.attention_phase import attention_phase
+
+    out = attention_phase(tmp_path, quick=True)
+    assert (tmp_path / out["png"]).stat().st_size > 1000
+    assert len(out["break_even"]) == len(out["lengths"]) == 3
+    assert all(r["B_star"] is not None for r in out["break_even"])
+
+
+# ------------------------------------------------------------------------------ report
+
+
+def _entry(kind, key, exponent, predicted, *, why="", profiles=None, reference=None):
+    from latentdit.experiments.rates.verdicts import fit_slope, verdict
+
+    xs = [500, 2000, 8000, 32000]
+    pts = [(s, x, 2.0 * x ** (exponent + 0.02 * (s - 1))) for s in range(3) for x in xs]
+    fit = fit_slope(pts)
+    v = verdict(fit, predicted)
+    means = [[x, float(np.mean([y for s, xx, y in pts if xx == x])), 0.01] for x in xs]
+    e = {"kind": kind, "title": f"title of {key}", "theorem": "Thm 3.2", "statement": f"statement of {key}",
+         "why": why, "sweep": "n", "x": "n", "y": "error", "points": means, "reference": reference or {},
+         "profiles": profiles or {}, "slope": fit["slope"], "ci": fit["ci"], "predicted": predicted,
+         "bound": "upper", "verdict": v["verdict"], "reasons": v["reasons"], "n_points": fit["n_points"],
+         "decades": fit["decades"]}
+    return e
+
+
+def test_report_separates_claims_from_checks_with_their_statistics(tmp_path):
+    import json
+    from types import SimpleNamespace
+
+    from latentdit.experiments.rates.report import summary_dict, write_report
+
+    ts = log_times(1e-3, 10.0).tolist()
+    analysis = {"claims": {
+        "score_vs_n": _entry("claim", "score_vs_n", -0.1, -1 / 3, profiles={"n=500": {"t": ts, "mse": [1 / t for t in ts]}},
+                             reference={"ERM": [[500, 1.0], [32000, 0.5]]}),
+        "off_subspace_vs_T0": _entry("check", "off_subspace_vs_T0", 1.0, 1.0,
+                                     why="off W_B the network's score is -x / sigma(t) exactly"),
+        "empty": {"kind": "claim", "title": "nothing measured", "points": [], "slope": float("nan"),
+                  "ci": [float("nan"), float("nan")], "predicted": 0.0, "verdict": "untestable",
+                  "reasons": ["0 distinct x (< 4)"], "n_points": 0, "decades": 0.0}},
+        "top": {"d_independence_spread": 0.05, "sample_complexity_slope_d0_4": -0.2, "capacity_D_mismatch_max": 0.01}}
+    plan = SimpleNamespace(name="quick", seeds=(0, 1, 2), budget=None)
+    att = {"head_size": "max(2, round(ln L / 2))", "eps": "1/L", "heads": 32, "png": "attention_phase.png",
+           "break_even": [{"L": 256, "m": 3, "B_star": 1.49, "B_star_over_sqrt_log_L": 0.63, "R_star": 6.6,
+                           "degree": 11, "rank": 364, "predicted_speedup": 1.19}],
+           "measured": [{"L": 256, "m": 3, "B": 0.47, "degree": 3, "guaranteed": 1e-3, "measured": 2e-5}]}
+    path = write_report(tmp_path, plan, [], analysis, meta={"configs": 3, "finished": 3}, attention=att)
+    text = path.read_text()
+    claims_at, checks_at = text.index("## Claims (can fail)"), text.index("## Implementation checks (hold by construction)")
+    att_at = text.index("## Attention criterion")
+    assert claims_at < checks_at < att_at
+    claims_part, checks_part = text[claims_at:checks_at], text[checks_at:att_at]
+    assert "title of score_vs_n" in claims_part and "title of score_vs_n" not in checks_part
+    assert "title of off_subspace_vs_T0" in checks_part and "title of off_subspace_vs_T0" not in claims_part
+    assert "off W_B the network's score is -x / sigma(t) exactly" in checks_part
+    e = analysis["claims"]["score_vs_n"]
+    assert e["verdict"] == "slower over this range"  # slope -0.1 against an upper bound -1/3
+    for s in (f"{e['slope']:.3g}", f"{e['ci'][0]:.3g}", "-0.333", "slower over this range", "4 points over 1.81 decades",
+              e["reasons"][0]):
+        assert s in claims_part, s
+    assert "0 distinct x (< 4)" in claims_part and "untestable" in claims_part
+    assert "| 256 | 3 | 1.49 |" in text and "d_independence_spread`: 0.05" in text
+    for key in ("score_vs_n", "off_subspace_vs_T0"):
+        assert (tmp_path / f"{key}.png").stat().st_size > 1000 and f"]({key}.png)" in text
+    assert not (tmp_path / "empty.png").exists()
+
+    s = summary_dict(analysis, plan, {"configs": 3}, attention=att)
+    json.dumps(s, allow_nan=False)  # JSON-safe: the NaN slope of the empty entry is null
+    assert s["claims"]["empty"]["slope"] is None
+    assert set(s["claims"]["score_vs_n"]) >= {"kind", "slope", "ci", "predicted", "verdict", "n_points", "decades",
+                                             "title", "reasons"}
+    assert s["claims"]["off_subspace_vs_T0"]["kind"] == "check"
+    assert s["d_independence_spread"] == 0.05 and s["capacity_D_mismatch_max"] == 0.01
+    assert s["attention"]["break_even"][0]["B_star"] == 1.49
