@@ -51,8 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1, help="torch threads per task (default 1)")
     ap.add_argument("--scheduler", default=None,
                     help="run the tasks through Dask: 'local' (a loopback cluster) or tcp://host:port")
-    ap.add_argument("--attention", type=Path, default=None,
-                    help="attention benchmark JSON (default: docs/bench/attention.json if present)")
+    ap.add_argument("--no-attention", action="store_true", help="leave out the attention-criterion section")
     ap.add_argument("--estimate", action="store_true", help="also time the full plan (a short probe per section)")
     ap.add_argument("--no-progress", action="store_true")
     a = ap.parse_args(argv)
@@ -63,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     plan = plan_for("micro" if a.micro else "quick" if a.quick else "full")
     try:
         s = run_rates(a.out, plan, workers=a.workers, threads=a.threads, scheduler=a.scheduler,
-                      progress=not a.no_progress and sys.stderr.isatty(), attention=a.attention,
+                      progress=not a.no_progress and sys.stderr.isatty(), attention=not a.no_attention,
                       with_estimate=a.estimate)
     except KeyboardInterrupt:
         print(f"interrupted; finished tasks are kept in {a.out / DB_NAME} and a rerun resumes", file=sys.stderr)

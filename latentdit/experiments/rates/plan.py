@@ -61,7 +61,7 @@ class ApproxSection:
     d0_values: tuple[int, ...] = (4, 16, 64)
     D_values: tuple[int, ...] = (32, 2048)
     depths: tuple[int, ...] = (1, 2, 4, 8)
-    widths: tuple[int, ...] = (64,)
+    widths: tuple[int, ...] = (32, 128)  # DiT block widths: with depths 1..8 about 2 decades of parameters
     blocks: tuple[str, ...] = ("dit", "paper")
     paper: tuple[int, int, int] = (2, 1, 4)  # paper block (r heads, head size m, ff width l) at depth 1
     T0: float = 1e-3
@@ -123,7 +123,7 @@ def plan_for(mode: str) -> Plan:
                                   ema_decay=0.99, val_every=100, patience=4, val_points=2048, eval_samples=600,
                                   sample_steps=15, score_points=400, checkpoint_every=500),
                     sample=SampleSection(n_values=(64, 256, 1024, 4096)),
-                    approx=ApproxSection(d0_values=(4,), D_values=(32, 512), depths=(1, 2, 4), widths=(32,)),
+                    approx=ApproxSection(d0_values=(4,), D_values=(32, 512), depths=(1, 4), widths=(16, 64)),
                     blocks=BlocksSection(blocks=(1, 4), D=64, coupled=(False, True)),
                     t0=T0Section(T0_values=(1e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1), n=512),
                     dcheck=DCheckSection(D_values=(32, 512)))

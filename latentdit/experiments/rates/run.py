@@ -21,8 +21,10 @@ from typing import Callable
 
 import numpy as np
 
+from latentdit.experiments.rates.attention_phase import attention_phase
 from latentdit.experiments.rates.claims import analyse
 from latentdit.experiments.rates.plan import Budget, Plan, config_key, plan_for, tasks
+from latentdit.experiments.rates.report import summary_dict, write_report
 from latentdit.experiments.rates.store import DB_NAME, RateStore
 from latentdit.io import atomic_write_json
 from latentdit.provenance import provenance_end, provenance_start
@@ -130,6 +132,12 @@ def task_data(task: dict, law, budget: Budget):
     return TrainData(x, None, 0, sampler=sampler, basis=basis, val_x=val), (x if n > 0 else None)
 
 
+def capacity(model) -> int:
+    """Parameters of the transformer blocks (attention and feed-forward, adaLN of the DiT block): the
+    capacity axis of the approximation sweep, without the time embedding and the input/output maps."""
+    return sum(p.numel() for n, p in model.backbone.named_parameters() if n.split(".")[0] in ("blocks", "attn", "ff"))
+
+
 def run_task(task: dict, threads: int = 1) -> dict:
     """Train (or resume) and evaluate one task; returns its row metrics (JSON-serialisable)."""
     import torch
@@ -159,7 +167,7 @@ def run_task(task: dict, threads: int = 1) -> dict:
                                num_samples=b.eval_samples, tv_points=b.tv_points, seed=1000 + seed, times=b.score_times)
     row = {**ev, "population_loss": meta.get("best_val_loss"), "best_val_step": meta.get("best_val_step"),
            "steps_trained": meta["steps_trained"], "converged": bool(meta.get("converged")),
-           "params": sum(p.numel() for p in model.backbone.parameters())}
+           "params": capacity(model), "params_total": sum(p.numel() for p in model.parameters())}
     eg = torch.Generator().manual_seed(3000 + seed)
     if task["section"] in ("sample", "t0"):
         with torch.no_grad():
@@ -269,8 +277,10 @@ def _json_safe(o):
 
 
 def run_rates(out: Path, plan: Plan, *, workers: int = 1, threads: int = 1, scheduler: str | None = None,
-              progress: bool = True, runner=run_task, attention: Path | None = None, with_estimate: bool = False) -> dict:
-    """Run (or resume) the plan's tasks in ``out`` and write summary.json, report.md and the plots."""
+              progress: bool = True, runner=run_task, attention: bool = True, with_estimate: bool = False) -> dict:
+    """Run (or resume) the plan's tasks in ``out`` and write summary.json, report.md and the plots
+    (with the attention-criterion section unless ``attention=False``; ``with_estimate``: also time
+    the full plan, :func:`estimate`)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     prov = provenance_start()
@@ -285,7 +295,7 @@ def run_rates(out: Path, plan: Plan, *, workers: int = 1, threads: int = 1, sche
         failures = [(p, m) for p, m in store.failures() if config_key(p) in keys]
     finally:
         store.close()
-    meta = {"plan": plan.name, "tasks": len(todo), "finished": len(rows), "failed": len(failures), "workers": workers,
+    meta = {"plan": plan.name, "configs": len(todo), "finished": len(rows), "failed": len(failures), "workers": workers,
             "ran_now": counts["ran"], "skipped": counts["skipped"], "failures": failures}
     timing_file = out / "timing.json"
     if rows and counts["ran"] > 0:
@@ -299,30 +309,9 @@ def run_rates(out: Path, plan: Plan, *, workers: int = 1, threads: int = 1, sche
         meta["timing"].setdefault("provenance", provenance_end(prov))
         atomic_write_json(timing_file, meta["timing"], indent=1)
     analysis = analyse(rows, plan)
-    _write_outputs(out, plan, rows, analysis, meta, attention)
-    summary = _json_safe(_summary(analysis, plan, meta))
+    att = attention_phase(out, quick=plan.name != "full") if attention else None
+    write_report(out, plan, rows, analysis, meta=meta, attention=att)
+    summary = _json_safe(summary_dict(analysis, plan, meta, att))
     summary["provenance"] = provenance_end(prov)
     atomic_write_json(out / "summary.json", summary, indent=1)
     return summary
-
-
-def _summary(analysis: dict, plan: Plan, meta: dict) -> dict:
-    try:
-        from latentdit.experiments.rates.report import summary_dict
-
-        return summary_dict(analysis, plan, meta)
-    except (ImportError, TypeError, KeyError):  # a report module for another analysis layout
-        keys = ("kind", "title", "slope", "ci", "predicted", "verdict", "reasons", "n_points", "decades")
-        return {"claims": {k: {f: e.get(f) for f in keys} for k, e in analysis["claims"].items()},
-                **analysis["top"], "meta": meta}
-
-
-def _write_outputs(out: Path, plan: Plan, rows: list[dict], analysis: dict, meta: dict, attention) -> None:
-    try:
-        from latentdit.experiments.rates.report import find_attention_json, write_report
-    except ImportError:
-        return
-    try:
-        write_report(out, plan, rows, analysis, meta=meta, attention=find_attention_json(attention))
-    except (TypeError, KeyError, AttributeError) as e:  # the report module expects another layout
-        (out / "report.md").write_text(f"# latentdit rates\n\nThe report could not be drawn: {e}\n")
