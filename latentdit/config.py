@@ -138,6 +138,7 @@ class TrainConfig:
     val_every: int = 0
     val_points: int = 2048
     patience: int = 0  # stop after this many validations without improvement (0 = never); best EMA kept
+    val_min_delta: float = 0.0  # relative improvement a validation must make to reset the patience count
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
     compile: bool = False  # torch.compile the network

@@ -54,6 +54,18 @@ def test_early_stopping_logic_on_a_constructed_sequence():
     for s, v in enumerate([1.0, 2.0, 3.0, 4.0], 1):
         never.update(s, v, ema)
     assert not never.stopped and never.bad == 3
+    # min_delta: improvements smaller than 10% of the reference count as misses, the best weights
+    # still follow the lowest value
+    slow = EarlyStopping(patience=2, min_delta=0.1)
+    for s, v in enumerate([1.0, 0.95, 0.93, 0.8], 1):
+        with torch.no_grad():
+            ema.weight.fill_(v)
+        slow.update(s, v, ema)
+        if slow.stopped:
+            break
+    assert slow.stopped and s == 3 and (slow.best, slow.best_step, slow.ref) == (0.93, 3, 1.0)
+    slow.restore(ema)
+    assert float(ema.weight.detach()) == pytest.approx(0.93)
 
 
 def test_fresh_draws_resume_exactly(tmp_path):

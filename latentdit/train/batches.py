@@ -13,6 +13,7 @@ import torch
 
 from latentdit.build import TrainData, build_data, build_ground_truth
 from latentdit.config import Config
+from latentdit.encoder import LinearEncoder
 from latentdit.errors import ConfigError
 from latentdit.train.checkpoint import DataOrder
 
@@ -83,8 +84,6 @@ def use_basis(model, W: torch.Tensor, x: torch.Tensor) -> None:
     recomputed from the data ``x`` along the new basis (a scalar second moment does not change:
     it depends on span(W_B) only, which a given basis is expected to share with PCA's).
     """
-    from latentdit.encoder import LinearEncoder
-
     if model.encoder.identity or tuple(W.shape) != (model.ambient_dim, model.latent_dim):
         raise ConfigError(f"TrainData.basis has shape {tuple(W.shape)}; the model needs "
                           f"({model.ambient_dim}, {model.latent_dim}) and encoder.init=pca or random")

@@ -44,18 +44,23 @@ class ValidationSet:
 class EarlyStopping:
     """Best validation loss so far, its step and EMA weights; ``stopped`` after ``patience`` misses.
 
-    ``patience = 0`` never stops (the best weights are still kept). Everything is in
+    A miss is an evaluation not below ``ref * (1 - min_delta)``, ``ref`` the value of the last
+    evaluation that was not a miss (``min_delta = 0``: any improvement counts); the best weights are
+    those of the lowest value whatever ``min_delta``. ``patience = 0`` never stops. Everything is in
     :meth:`state_dict`, so a resumed run stops where an uninterrupted one does.
     """
 
-    def __init__(self, patience: int):
-        self.patience = patience
+    def __init__(self, patience: int, min_delta: float = 0.0):
+        self.patience, self.min_delta = patience, min_delta
         self.best, self.best_step, self.bad, self.stopped, self.best_ema = math.inf, -1, 0, False, None
+        self.ref = math.inf
 
     def update(self, step: int, value: float, ema: torch.nn.Module) -> dict:
         if value < self.best:
-            self.best, self.best_step, self.bad = value, step, 0
+            self.best, self.best_step = value, step
             self.best_ema = {k: v.detach().clone() for k, v in ema.state_dict().items()}
+        if value < self.ref * (1 - self.min_delta) or not math.isfinite(self.ref):
+            self.ref, self.bad = value, 0
         else:
             self.bad += 1
             self.stopped = self.patience > 0 and self.bad >= self.patience
@@ -68,11 +73,11 @@ class EarlyStopping:
 
     def state_dict(self) -> dict:
         return {"best": self.best, "best_step": self.best_step, "bad": self.bad, "stopped": self.stopped,
-                "best_ema": self.best_ema}
+                "best_ema": self.best_ema, "ref": self.ref}
 
     def load_state_dict(self, s: dict) -> None:
         self.best, self.best_step, self.bad, self.stopped = s["best"], s["best_step"], s["bad"], s["stopped"]
-        self.best_ema = copy.copy(s["best_ema"])
+        self.best_ema, self.ref = copy.copy(s["best_ema"]), s.get("ref", self.best)
 
     def summary(self) -> dict:
         """What the export and the last metrics line record about validation."""

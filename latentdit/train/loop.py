@@ -115,9 +115,10 @@ class Trainer:
         # one stream for times, noise and label dropout: the same on every rank (see the class docstring)
         self.gen = torch.Generator(device=self.device).manual_seed(tc.seed + 17)
         x, y, sampler = self.data.x, self.data.labels, self.data.sampler
-        if min(tc.val_every, tc.patience, tc.val_points - 1) < 0:
+        if min(tc.val_every, tc.patience, tc.val_points - 1) < 0 or not 0 <= tc.val_min_delta < 1:
             raise ConfigError(f"train.val_every={tc.val_every} and train.patience={tc.patience} must be >= 0, "
-                              f"train.val_points={tc.val_points} >= 1")
+                              f"train.val_points={tc.val_points} >= 1, train.val_min_delta={tc.val_min_delta} "
+                              "in [0, 1)")
         self.val = self.early = None
         if tc.val_every > 0:  # given held-out points, fresh population draws, or a held-out split
             if self.data.val_x is not None:
@@ -130,7 +131,7 @@ class Trainer:
                 x, y = x[keep], None if y is None else y[keep]
             self.val = ValidationSet(vx.float().to(self.device), None if vy is None else vy.to(self.device),
                                      cfg.diffusion.T0, cfg.diffusion.T, tc.seed, cfg.diffusion.weighting)
-            self.early = EarlyStopping(tc.patience)
+            self.early = EarlyStopping(tc.patience, tc.val_min_delta)
         n, world = x.shape[0], self.dist.world_size
         self.global_batch = tc.batch_size if sampler is not None else min(tc.batch_size, n)
         if self.global_batch % world:

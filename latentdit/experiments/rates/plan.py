@@ -34,6 +34,7 @@ class Budget:
     T: float = 10.0
     val_every: int = 200
     patience: int = 5
+    val_min_delta: float = 0.0005  # an evaluation must improve by 0.05% to reset the patience count
     val_points: int = 4096
     eval_samples: int = 2000
     sample_steps: int = 25
@@ -119,11 +120,12 @@ def plan_for(mode: str) -> Plan:
         return Plan("full", seeds=(0, 1, 2, 3, 4))
     if mode == "quick":
         return Plan("quick", seeds=(0, 1, 2), components=4,
-                    budget=Budget(max_steps=1500, batch_size=128, hidden=32, depth=2, heads=2, lr=3e-3, warmup=50,
-                                  ema_decay=0.99, val_every=100, patience=4, val_points=2048, eval_samples=600,
+                    budget=Budget(max_steps=1200, batch_size=128, hidden=32, depth=2, heads=2, lr=3e-3, warmup=50,
+                                  ema_decay=0.99, val_every=100, patience=3, val_min_delta=0.001, val_points=2048,
+                                  eval_samples=600,
                                   sample_steps=15, score_points=400, checkpoint_every=500),
                     sample=SampleSection(n_values=(64, 256, 1024, 4096)),
-                    approx=ApproxSection(d0_values=(4,), D_values=(32, 512), depths=(1, 4), widths=(16, 64)),
+                    approx=ApproxSection(d0_values=(4,), D_values=(32, 128), depths=(1, 4), widths=(16, 32)),
                     blocks=BlocksSection(blocks=(1, 4), D=64, coupled=(False, True)),
                     t0=T0Section(T0_values=(1e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1), n=512),
                     dcheck=DCheckSection(D_values=(32, 512)))

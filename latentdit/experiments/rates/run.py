@@ -104,7 +104,8 @@ def task_config(task: dict):
         "optim": {"lr": b.lr, "warmup_steps": b.warmup},
         "train": {"steps": b.max_steps, "batch_size": b.batch_size, "ema_decay": b.ema_decay, "seed": seed,
                   "device": "cpu", "log_every": max(b.val_every, 1), "checkpoint_every": b.checkpoint_every,
-                  "val_every": b.val_every, "patience": b.patience, "val_points": b.val_points},
+                  "val_every": b.val_every, "patience": b.patience, "val_points": b.val_points,
+                  "val_min_delta": b.val_min_delta},
         "sample": {"sampler": "dpm2m", "steps": b.sample_steps},
         "eval": {"num_samples": b.eval_samples, "sampler": "dpm2m", "steps": b.sample_steps,
                  "score_times": b.score_times, "seed": 1000 + seed},
@@ -226,34 +227,33 @@ def run_sweep(store: RateStore, todo: list[dict], *, out: Path, runner: Callable
     return counts
 
 
-def estimate(plan: Plan, out: Path, *, threads: int = 1, cores: int = 2, probe_steps: int = 60) -> dict:
-    """Time one task per section of ``plan`` for ``probe_steps`` training steps (plus its full
-    evaluation) and extrapolate to the plan: each task at its step cap, ``cores`` tasks at a time.
-
-    An upper estimate (tasks that stop early cost less). Returns seconds per section and in total."""
+def estimate(plan: Plan, out: Path, *, threads: int = 1, cores: int = 2, probe_steps: int = 30) -> dict:
+    """Time the largest task of each section of ``plan`` (a 1-step and a ``probe_steps``-step run,
+    each with its full evaluation) and extrapolate every task to its step cap, ``cores`` tasks at a
+    time. A forward pass over the held-out points is costed as a third of a training step per batch.
+    An upper estimate: tasks that stop early cost less. Returns seconds per section and in total."""
     per: dict[str, float] = {}
     counts: dict[str, int] = {}
     all_tasks = tasks(plan)
     for t in all_tasks:
         counts[t["section"]] = counts.get(t["section"], 0) + 1
     for section in counts:
-        # the section's largest point (by D, d0 and depth) is the one timed
         t = max((x for x in all_tasks if x["section"] == section),
                 key=lambda x: (x["D"] * x["d0"] * x.get("depth", 1) * x.get("width", 1), x["n"]))
         b = dict(t["budget"])
         cost = []
         for steps in (1, probe_steps):
             probe = {**t, "budget": {**b, "max_steps": steps, "val_every": steps, "patience": 0}}
-            probe["run_dir"] = str(Path(out) / "probe" / f"{section}_{steps}")
+            probe["run_dir"] = str(Path(out) / "probe" / f"{plan.name}_{section}_{steps}")
             r = run_task(probe, threads)
             cost.append((r["train_seconds"], r["eval_seconds"]))
         step_s = max(cost[1][0] - cost[0][0], 0.0) / (probe_steps - 1)
-        val_s = cost[0][0]  # one validation and the setup: a lower share of the cost than the steps
-        one = val_s + step_s * b["max_steps"] + cost[1][1] + val_s * b["max_steps"] / max(b["val_every"], 1) * 0.1
+        val_s = step_s / 3 * b["val_points"] / b["batch_size"]
+        one = cost[0][0] + step_s * b["max_steps"] + val_s * b["max_steps"] / max(b["val_every"], 1) + cost[1][1]
         per[section] = one * counts[section] / cores
     return {"estimate_seconds": per, "estimate_total_seconds": float(sum(per.values())), "estimate_cores": cores,
             "estimate_tasks": counts, "estimate_note": f"{probe_steps}-step probe of each section's largest task "
-            f"with {threads} thread(s), extrapolated to the step cap on {cores} cores (an upper estimate)"}
+            f"with {threads} thread(s), every task extrapolated to its step cap on {cores} cores (an upper estimate)"}
 
 
 # ----------------------------------------------------------------------------------------- entry
