@@ -107,6 +107,12 @@ def synthetic_rows(plan, tilt=0.02):
             r.update(score_uniform=0.2 * t["d0"] ** (0.3 + e) / math.sqrt(t["d0"]))
         elif t["section"] == "t0":
             r.update(score_integral=t["T0"] ** (-0.5 + e))
+        elif t["section"] == "encoder":
+            steps = [100, 200, 400, 800]
+            r.update(score_uniform=0.1, curve_steps=steps, curve_subspace_error=[st ** (-1.0 + e) for st in steps])
+        elif t["section"] == "encoder_noisy":
+            r.update(subspace_error=t["n"] ** (-0.4 + e), subspace_error_pca=t["n"] ** -1.0)
+            del r["off_subspace_var"]
         else:
             r.update(score_uniform=0.1 * (1 + 0.01 * s))
         rows.append(r)
@@ -133,6 +139,9 @@ def test_analysis_reports_known_exponents():
     assert top["capacity_D_mismatch_max"] == pytest.approx(0.1 / 1.05, rel=1e-9)
     assert c["d0_scaling_blocks"]["slope"] == pytest.approx(0.3, abs=1e-9)
     assert c["t0_tradeoff"]["slope"] == pytest.approx(-0.5, abs=1e-9) and c["t0_tradeoff"]["bound"] == "lower"
+    assert c["learned_encoder_vs_steps"]["slope"] == pytest.approx(-1.0, abs=1e-9)
+    assert c["learned_subspace_vs_n"]["slope"] == pytest.approx(-0.4, abs=1e-9)
+    assert c["learned_subspace_vs_n"]["reference"]["PCA"][0][1] == pytest.approx(1 / 64)
     for k in ("check_off_subspace_variance", "check_pca_subspace", "check_d_independence"):
         assert c[k]["kind"] == "check" and c[k]["why"]
     means = [np.mean([0.1 * (1 + 0.01 * s) for s in plan.seeds])] * 2
@@ -160,7 +169,14 @@ def test_micro_plan_end_to_end_through_the_trainer(tmp_path):
     assert len(rows) == len(tasks(plan))
     for r in rows:
         assert r["steps_trained"] <= plan.budget.max_steps and r["population_loss"] > 0
+        assert 0 <= r["subspace_error"] <= 2 * r["d0"]  # ||P - Q||_F^2 of two rank-d0 projections
+        if r["section"] == "encoder_noisy":  # noisy data: subspaces only
+            assert 0 < r["subspace_error_pca"] <= 2 * r["d0"]
+            continue
         assert len(r["score_t"]) >= 16 and r["score_integral"] > 0 and r["score_uniform"] > 0
+        if r["section"] == "encoder":  # the Trainer's periodic evaluation, every eval_every steps
+            assert r["curve_steps"] == list(range(r["eval_every"], r["steps_trained"] + 1, r["eval_every"]))
+            assert len(r["curve_subspace_error"]) == len(r["curve_steps"])
         if r["section"] == "sample" and r["n"] > 0:
             assert r["erm_score_integral"] > 0 and 0 <= r["memorisation_fraction"] <= 1
     runs = list((tmp_path / "runs").iterdir())

@@ -143,11 +143,33 @@ def _t0(rows: list[dict], plan: Plan, out: dict) -> None:
         converged=all(r["converged"] for r in rs) and bool(rs), reference=ref)
 
 
+def _encoder(rows: list[dict], plan: Plan, out: dict) -> None:
+    e = plan.encoder
+    rs = _sel(rows, "encoder")
+    curves = {D: [(r["seed"], st, v) for r in rs if r["D"] == D
+                  for st, v in zip(r.get("curve_steps", []), r.get("curve_subspace_error", []))] for D in e.D_values}
+    first = e.D_values[0]
+    out["learned_encoder_vs_steps"] = _entry(
+        "claim", "Learned encoder from a random init: subspace error against training steps", "Cor. 3.2.1 (i)",
+        "||W_B W_B^T - B B^T||_F^2 of a learned W_B (random Stiefel init, n = inf) falls with training at every D "
+        f"(curve for D = {first}; the other D as reference curves)", "encoder", "step", "subspace error",
+        curves[first], 0.0, converged=all(r["converged"] for r in rs) and bool(rs),
+        reference={f"D={D}": [[x, m] for x, m, _ in _curve(curves[D])] for D in e.D_values[1:]})
+    rs = _sel(rows, "encoder_noisy")
+    out["learned_subspace_vs_n"] = _entry(
+        "claim", f"Learned encoder on noisy data (tau = {e.tau}): subspace error against n", "Cor. 3.2.1 (i)",
+        "||W_B W_B^T - B B^T||_F^2 = O~(xi / c0), xi ~ n^{-1/3}, for x = B h + tau xi (PCA of the same points as "
+        "the reference curve)", "encoder_noisy", "n", "subspace error",
+        [(r["seed"], r["n"], r["subspace_error"]) for r in rs], -1 / 3,
+        converged=all(r["converged"] for r in rs) and bool(rs),
+        reference={"PCA": [[x, m] for x, m, _ in _curve([(r["seed"], r["n"], r["subspace_error_pca"]) for r in rs])]})
+
+
 def _checks(rows: list[dict], plan: Plan, out: dict, top: dict) -> None:
     from scipy.stats import chi2
 
     N = plan.budget.eval_samples
-    off = [r for r in rows if r["d0"] < r["D"]]
+    off = [r for r in rows if r["d0"] < r["D"] and "off_subspace_var" in r]
     bad = []
     for r in off:
         k = r["D"] - r["d0"]
@@ -204,5 +226,7 @@ def analyse(rows: list[dict], plan: Plan) -> dict:
         _blocks(rows, plan, out)
     if plan.t0 is not None:
         _t0(rows, plan, out)
+    if plan.encoder is not None:
+        _encoder(rows, plan, out)
     _checks(rows, plan, out, top)
     return {"claims": out, "top": top}

@@ -10,7 +10,10 @@ of the :class:`latentdit.train.Trainer` plus its evaluation. Sections:
 - ``blocks``: d0 like-with-like: a product of identical token blocks (and a rotated, coupled
   variant), exact frozen encoder, n = infinity;
 - ``t0``: the early-stopping time T0 at fixed n;
-- ``dcheck``: D at fixed d0 with a frozen exact encoder (an implementation check).
+- ``dcheck``: D at fixed d0 with a frozen exact encoder (an implementation check);
+- ``encoder``: a learned W_B from a random init, its errors against steps per D (the library's own
+  ``gmm`` ground truth with ``data.n = 0``, exactly what ``latentdit train`` runs);
+  ``encoder_noisy``: a learned W_B on noisy data x = B h + tau xi against n, next to PCA's.
 """
 
 from __future__ import annotations
@@ -99,6 +102,20 @@ class DCheckSection:
 
 
 @dataclass(frozen=True)
+class EncoderSection:
+    """A learned W_B from a random Stiefel init: subspace and score error against steps per D (the
+    Trainer's periodic evaluation, n = inf), and on noisy data x = B h + tau xi against n next to PCA's."""
+
+    D_values: tuple[int, ...] = (32, 128, 512, 2048)
+    d0: int = 4
+    eval_every: int = 200
+    noisy_D: int = 128
+    tau: float = 0.1
+    n_values: tuple[int, ...] = (64, 256, 1024, 4096, 16384)
+    T0: float = 1e-3
+
+
+@dataclass(frozen=True)
 class Plan:
     name: str
     seeds: tuple[int, ...]
@@ -109,9 +126,10 @@ class Plan:
     blocks: BlocksSection | None = field(default_factory=BlocksSection)
     t0: T0Section | None = field(default_factory=T0Section)
     dcheck: DCheckSection | None = field(default_factory=DCheckSection)
+    encoder: EncoderSection | None = field(default_factory=EncoderSection)
 
 
-SECTIONS = ("sample", "approx", "blocks", "t0", "dcheck")
+SECTIONS = ("sample", "approx", "blocks", "t0", "dcheck", "encoder", "encoder_noisy")
 
 
 def plan_for(mode: str) -> Plan:
@@ -128,7 +146,9 @@ def plan_for(mode: str) -> Plan:
                     approx=ApproxSection(d0_values=(4,), D_values=(32, 128), depths=(1, 4), widths=(16, 32)),
                     blocks=BlocksSection(blocks=(1, 4), D=64, coupled=(False, True)),
                     t0=T0Section(T0_values=(1e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1), n=512),
-                    dcheck=DCheckSection(D_values=(32, 512)))
+                    dcheck=DCheckSection(D_values=(32, 512)),
+                    encoder=EncoderSection(D_values=(32, 512), eval_every=200, noisy_D=64, n_values=(64, 256, 1024,
+                                                                                                     4096)))
     if mode == "micro":
         return Plan("micro", seeds=(0, 1), components=2,
                     budget=Budget(max_steps=12, batch_size=16, hidden=8, depth=1, heads=1, lr=1e-3, warmup=1,
@@ -138,7 +158,8 @@ def plan_for(mode: str) -> Plan:
                     approx=ApproxSection(d0_values=(4,), D_values=(8, 16), depths=(1, 2), widths=(8,)),
                     blocks=BlocksSection(blocks=(1, 2), block_dim=2, D=8, coupled=(False, True)),
                     t0=T0Section(T0_values=(1e-3, 1e-1), D=8, n=64),
-                    dcheck=DCheckSection(D_values=(8, 16)))
+                    dcheck=DCheckSection(D_values=(8, 16)),
+                    encoder=EncoderSection(D_values=(8, 16), eval_every=6, noisy_D=8, n_values=(16, 64)))
     raise ValueError(f"unknown mode {mode!r}; choose full, quick or micro")
 
 
@@ -181,6 +202,13 @@ def points(plan: Plan) -> list[dict]:
     if d is not None:
         for D in d.D_values:
             out.append({"section": "dcheck", "D": D, "d0": d.d0, "n": 0, "T0": d.T0, "exact_encoder": True})
+    e = plan.encoder
+    if e is not None:
+        for D in e.D_values:
+            out.append({"section": "encoder", "D": D, "d0": e.d0, "n": 0, "T0": e.T0, "eval_every": e.eval_every})
+        for n in e.n_values:
+            out.append({"section": "encoder_noisy", "D": e.noisy_D, "d0": e.d0, "n": n, "T0": e.T0, "tau": e.tau,
+                        "n_max": max(e.n_values)})
     return out
 
 

@@ -51,6 +51,10 @@ def build_law(task: dict):
 
         return BlockProductLaw.random(task["D"], task["blocks"], task["block_dim"], task["components"],
                                       seed=task["seed"], coupled=task["coupled"])
+    if task["section"] == "encoder":  # the library's own ground truth of the run's [data] section
+        from latentdit.build import build_ground_truth
+
+        return build_ground_truth(task_config(task))
     return build_gmm(task["D"], task["d0"], task["components"], task["seed"])
 
 
@@ -94,18 +98,18 @@ def task_config(task: dict):
     for k in ("paper_heads", "paper_head_dim", "paper_ff"):
         if k in task:
             model[k] = task[k]
-    seed = task["seed"]
+    seed, learn = task["seed"], task["section"] in ("encoder", "encoder_noisy")
     return Config.from_dict({
         "data": {"source": "gmm", "n": task["n"], "ambient_dim": task["D"], "latent_dim": d0,
                  "components": task["components"], "seed": seed},
-        "encoder": {"latent_dim": d0, "init": "pca", "learn": False},
+        "encoder": {"latent_dim": d0, "init": "random" if learn else "pca", "learn": learn},
         "model": model,
         "diffusion": {"T0": task["T0"], "T": b.T, "weighting": "edm"},
         "optim": {"lr": b.lr, "warmup_steps": b.warmup},
         "train": {"steps": b.max_steps, "batch_size": b.batch_size, "ema_decay": b.ema_decay, "seed": seed,
                   "device": "cpu", "log_every": max(b.val_every, 1), "checkpoint_every": b.checkpoint_every,
                   "val_every": b.val_every, "patience": b.patience, "val_points": b.val_points,
-                  "val_min_delta": b.val_min_delta},
+                  "val_min_delta": b.val_min_delta, "eval_every": task.get("eval_every", 0)},
         "sample": {"sampler": "dpm2m", "steps": b.sample_steps},
         "eval": {"num_samples": b.eval_samples, "sampler": "dpm2m", "steps": b.sample_steps,
                  "score_times": b.score_times, "seed": 1000 + seed},
@@ -118,13 +122,23 @@ def task_data(task: dict, law, budget: Budget):
     import torch
 
     from latentdit.build import TrainData
-    from latentdit.train.batches import REFERENCE_POINTS
+    from latentdit.train.batches import REFERENCE_POINTS, default_data
 
     seed, n, d0 = task["seed"], task["n"], task["d0"]
-    val = law.sample(budget.val_points, generator=torch.Generator().manual_seed(VAL_SEED + seed)).float()
-    pool = law.sample(max(task.get("n_max", n), n, REFERENCE_POINTS if n == 0 else 0),
-                      generator=torch.Generator().manual_seed(seed + 1))
+    if task["section"] == "encoder":
+        return default_data(task_config(task)), None
+    tau = task.get("tau", 0.0)  # encoder_noisy: x = B h + tau xi, full-rank noise off the subspace
+
+    def draw(m: int, g):
+        x = law.sample(m, generator=g)
+        return x + tau * torch.randn(x.shape, generator=g, dtype=x.dtype) if tau > 0 else x
+
+    val = draw(budget.val_points, torch.Generator().manual_seed(VAL_SEED + seed)).float()
+    pool = draw(max(task.get("n_max", n), n, REFERENCE_POINTS if n == 0 else 0),
+                torch.Generator().manual_seed(seed + 1))
     x = (pool[:n] if n > 0 else pool[:REFERENCE_POINTS]).float()
+    if task["section"] == "encoder_noisy":
+        return TrainData(x, None, 0, val_x=val), x
     basis = law.B.float() if task.get("exact_encoder") or task["section"] == "blocks" else canonical_pca(x, d0)
     sampler = None
     if n == 0:
@@ -164,12 +178,25 @@ def run_task(task: dict, threads: int = 1) -> dict:
     meta = json.loads((run / "model" / "training.json").read_text())
     t_train = time.time() - t_start
     seed, T0, T = task["seed"], cfg.diffusion.T0, cfg.diffusion.T
+    if task["section"] == "encoder_noisy":  # the law of the data is not the mixture: subspaces only
+        from latentdit.metrics.distances import subspace_error
+
+        return {"subspace_error": subspace_error(model.W_B.detach(), law.B),
+                "subspace_error_pca": subspace_error(top_subspace(x_train, task["d0"]), law.B),
+                "population_loss": meta.get("best_val_loss"), "steps_trained": meta["steps_trained"],
+                "converged": bool(meta.get("converged")), "train_seconds": t_train, "eval_seconds": 0.0,
+                "cpu_seconds": time.process_time() - cpu_start}
     ev = evaluate_ground_truth(model, law, cfg, W=model.W_B.detach(), score_points=b.score_points,
                                num_samples=b.eval_samples, tv_points=b.tv_points, seed=1000 + seed, times=b.score_times)
     row = {**ev, "population_loss": meta.get("best_val_loss"), "best_val_step": meta.get("best_val_step"),
            "steps_trained": meta["steps_trained"], "converged": bool(meta.get("converged")),
            "params": capacity(model), "params_total": sum(p.numel() for p in model.parameters())}
     eg = torch.Generator().manual_seed(3000 + seed)
+    if task["section"] == "encoder":  # the Trainer's periodic evaluation, one line per eval_every steps
+        recs = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+        recs = [r for r in recs if "eval_subspace_error" in r]
+        row.update(curve_steps=[r["step"] for r in recs], curve_subspace_error=[r["eval_subspace_error"] for r in recs],
+                   curve_score_integral=[r.get("eval_score_integral") for r in recs])
     if task["section"] in ("sample", "t0"):
         with torch.no_grad():
             xg = LatentDiTPipeline.from_config(model, cfg).sample_model_space(
