@@ -146,6 +146,16 @@ def test_analysis_reports_known_exponents():
         assert c[k]["kind"] == "check" and c[k]["why"]
     means = [np.mean([0.1 * (1 + 0.01 * s) for s in plan.seeds])] * 2
     assert top["d_independence_spread"] == pytest.approx(max(means) / min(means) - 1, abs=1e-12)
+    # an n whose excess is within noise of zero is left out of the fit (and named), the rest still fits
+    rows = synthetic_rows(plan)
+    big = max(plan.sample.n_values)
+    for r in rows:
+        if r["section"] == "sample" and r["n"] == big:
+            r["population_loss"] = 1.0 + 0.1 * r["seed"] + (-1) ** r["seed"] * 1e-6
+    e = analyse(rows, plan)["claims"]["sample_complexity_d0_4"]
+    assert e["dropped"] == [big] and any("left out of the fit" in x for x in e["reasons"])
+    assert e["slope"] == pytest.approx(-0.5, abs=1e-9) and e["n_points"] == len(plan.sample.n_values) - 1
+    assert [p[0] for p in e["points"]] == list(plan.sample.n_values)
     # a run that hit its step cap makes the claims untestable, with that reason
     rows = synthetic_rows(plan)
     rows[0]["converged"] = False

@@ -58,10 +58,17 @@ def _entry(kind, title, theorem, statement, sweep, x, y, triples, predicted, bou
             "decades": fit["decades"]}
 
 
-def _se_ratio(points: list[list[float]]) -> float | None:
-    """The smallest mean / standard error over the curve: how far above zero its weakest point is."""
-    r = [m / se for _, m, se in points if se > 0]
-    return min(r) if r else None
+def _above_floor(triples, k: float = 3.0):
+    """(the triples at the x whose mean is at least ``k`` standard errors above zero, the smallest
+    such ratio among them (the largest overall when none qualifies), the x left out).
+
+    An excess over a floor that is within noise of zero carries no slope; those x are left out of
+    the fit (and named in the entry) rather than making the whole curve untestable."""
+    pts = _curve(triples)
+    ratio = {x: (m / se if se > 0 else (math.inf if m > 0 else -math.inf)) for x, m, se in pts}
+    keep = {x for x, r in ratio.items() if r >= k}
+    r = min(ratio[x] for x in keep) if keep else (max(ratio.values()) if ratio else None)
+    return [t for t in triples if t[1] in keep], r, sorted(set(ratio) - keep)
 
 
 def _sample(rows: list[dict], plan: Plan, out: dict, top: dict) -> None:
@@ -79,19 +86,32 @@ def _sample(rows: list[dict], plan: Plan, out: dict, top: dict) -> None:
                      for n in ns})
         prof["n=inf"] = _profile(list(inf.values()), "score_t", "score_mse")
         exc = [(r["seed"], r["n"], r["population_loss"] - inf[r["seed"]]["population_loss"]) for r in fin]
+        kept, ratio, dropped = _above_floor(exc)
         e = _entry("claim", f"Excess population risk against n (d0 = {d0})", "Thm 3.2",
                    "J(n) - J(inf) = O~(n^{-1/3}) on the held-out population DSM loss at the best checkpoint "
                    "(same held-out x0, t and noise for every n; J(inf) trained on fresh draws)",
-                   "sample", "n", "J(n) - J(inf)", exc, -1 / 3, converged=conv,
-                   excess_se_ratio=_se_ratio(_curve(exc)), reference=ref, profiles=prof)
+                   "sample", "n", "J(n) - J(inf)", kept, -1 / 3, converged=conv, excess_se_ratio=ratio,
+                   reference=ref, profiles=prof)
+        _note_dropped(e, exc, dropped)
         out[f"sample_complexity_d0_{d0}"] = e
         top[f"sample_complexity_slope_d0_{d0}"] = e["slope"]
         si = [(r["seed"], r["n"], r["score_integral"] - inf[r["seed"]]["score_integral"]) for r in fin]
-        out[f"score_integral_vs_n_d0_{d0}"] = _entry(
+        kept, ratio, dropped = _above_floor(si)
+        out[f"score_integral_vs_n_d0_{d0}"] = _note_dropped(_entry(
             "claim", f"Score-error integral above its n = inf value against n (d0 = {d0})", "Thm 3.2",
             "(1/T) int_{T0}^{T} E||s - grad log p_t||^2 dt minus its n = inf value = O~(n^{-1/3})", "sample", "n",
-            "score_integral(n) - score_integral(inf)", si, -1 / 3, converged=conv,
-            excess_se_ratio=_se_ratio(_curve(si)), reference=ref)
+            "score_integral(n) - score_integral(inf)", kept, -1 / 3, converged=conv, excess_se_ratio=ratio,
+            reference=ref), si, dropped)
+
+
+def _note_dropped(e: dict, triples, dropped) -> dict:
+    """Keep every measured x in the entry's curve; say which were left out of the fit and why."""
+    e["points"] = _curve(triples)
+    if dropped:
+        e["reasons"] = e["reasons"] + [f"left out of the fit: n = {', '.join(map(str, dropped))} (excess within "
+                                       "3 standard errors of zero)"]
+    e["dropped"] = dropped
+    return e
 
 
 def _approx(rows: list[dict], plan: Plan, out: dict, top: dict) -> None:
