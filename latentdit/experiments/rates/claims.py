@@ -78,9 +78,14 @@ def _sample(rows: list[dict], plan: Plan, out: dict, top: dict) -> None:
         fin = [r for r in rs if r["n"] > 0 and r["seed"] in inf]
         conv = all(r["converged"] for r in rs) and bool(rs)
         ns = sorted({r["n"] for r in fin})
-        ref = {"J(inf)": [[n, float(np.mean([r["population_loss"] for r in inf.values()]))] for n in ns],
-               **{k: [[x, m] for x, m, _ in _curve([(r["seed"], r["n"], r.get(k)) for r in fin])]
-                  for k in ("score_integral", "erm_score_integral", "memorisation_fraction", "w2_excess")}}
+        def col(k: str) -> list:
+            return [[x, m] for x, m, _ in _curve([(r["seed"], r["n"], r.get(k)) for r in fin])]
+
+        si_inf = float(np.mean([r["score_integral"] for r in inf.values()])) if inf else math.nan
+        # reference curves in the unit of the entry's y only (they share its plot); the rest as columns
+        ref = {"score_integral (n)": col("score_integral"), "score_integral (n = inf)": [[n, si_inf] for n in ns],
+               "ERM score_integral": col("erm_score_integral")}
+        cols = {k: col(k) for k in ("population_loss", "memorisation_fraction", "w2_excess", "w2_clean")}
         prof = {f"n={n}": _profile([r for r in fin if r["n"] == n], "score_t", "score_mse") for n in ns}
         prof.update({f"ERM n={n}": _profile([r for r in fin if r["n"] == n], "erm_score_t", "erm_score_mse")
                      for n in ns})
@@ -91,8 +96,9 @@ def _sample(rows: list[dict], plan: Plan, out: dict, top: dict) -> None:
                    "J(n) - J(inf) = O~(n^{-1/3}) on the held-out population DSM loss at the best checkpoint "
                    "(same held-out x0, t and noise for every n; J(inf) trained on fresh draws)",
                    "sample", "n", "J(n) - J(inf)", kept, -1 / 3, converged=conv, excess_se_ratio=ratio,
-                   reference=ref, profiles=prof)
+                   profiles=prof)
         _note_dropped(e, exc, dropped)
+        e["columns"] = cols
         out[f"sample_complexity_d0_{d0}"] = e
         top[f"sample_complexity_slope_d0_{d0}"] = e["slope"]
         si = [(r["seed"], r["n"], r["score_integral"] - inf[r["seed"]]["score_integral"]) for r in fin]
