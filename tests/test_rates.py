@@ -53,6 +53,7 @@ def test_task_data_nested_subsets_and_shared_held_out_points():
     assert torch.equal(inf.sampler(5, g1), inf.sampler(5, g2))
     law = build_law(ts[16])
     assert float((small.basis.double() @ small.basis.double().T - law.B @ law.B.T).norm()) < 1e-4
+    assert all(torch.equal(d.basis, small.basis) for d, _ in datas.values())  # one basis for every n
 
 
 def _fake(task, threads):
@@ -92,6 +93,7 @@ def synthetic_rows(plan, tilt=0.02):
     """Rows with known power laws; seed s tilts each exponent by tilt (s - mean seed)."""
     rows, ms = [], float(np.mean(plan.seeds))
     base = {"converged": True, "off_subspace_var": 1.0, "off_subspace_var_expected": 1.0, "subspace_error": 1e-9,
+            "subspace_error_pca_n": 1e-9,
             "score_t": [1.0], "score_mse": [1.0]}
     for t in tasks(plan):
         s, e = t["seed"], tilt * (t["seed"] - ms)

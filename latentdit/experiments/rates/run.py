@@ -118,7 +118,8 @@ def task_config(task: dict):
 
 def task_data(task: dict, law, budget: Budget):
     """(TrainData, training points or None): nested subsets of one seeded draw for finite n; a
-    population sampler for n = 0; held-out population points shared by every n of the seed."""
+    population sampler for n = 0; held-out population points and the encoder basis shared by every
+    n of the seed."""
     import torch
 
     from latentdit.build import TrainData
@@ -134,12 +135,13 @@ def task_data(task: dict, law, budget: Budget):
         return x + tau * torch.randn(x.shape, generator=g, dtype=x.dtype) if tau > 0 else x
 
     val = draw(budget.val_points, torch.Generator().manual_seed(VAL_SEED + seed)).float()
-    pool = draw(max(task.get("n_max", n), n, REFERENCE_POINTS if n == 0 else 0),
-                torch.Generator().manual_seed(seed + 1))
-    x = (pool[:n] if n > 0 else pool[:REFERENCE_POINTS]).float()
+    ref = draw(REFERENCE_POINTS, torch.Generator().manual_seed(seed + 2)).float()
+    x = draw(max(task.get("n_max", n), n), torch.Generator().manual_seed(seed + 1))[:n].float() if n > 0 else ref
     if task["section"] == "encoder_noisy":
         return TrainData(x, None, 0, val_x=val), x
-    basis = law.B.float() if task.get("exact_encoder") or task["section"] == "blocks" else canonical_pca(x, d0)
+    # one encoder basis for every n of a seed (PCA of a reference draw; exact on noiseless data), so that
+    # the latent coordinates the network sees do not change with n or D
+    basis = law.B.float() if task.get("exact_encoder") or task["section"] == "blocks" else canonical_pca(ref, d0)
     sampler = None
     if n == 0:
         def sampler(m, g):
@@ -160,7 +162,7 @@ def run_task(task: dict, threads: int = 1) -> dict:
     from latentdit.data.empirical import erm_score, memorisation_fraction
     from latentdit.evaluation.gmm import evaluate_ground_truth, log_times, score_error_profile, score_integral_error
     from latentdit.export import from_pretrained
-    from latentdit.metrics.distances import aligned_latent, w2
+    from latentdit.metrics.distances import aligned_latent, subspace_error, w2
     from latentdit.pipeline import LatentDiTPipeline
     from latentdit.train import train
 
@@ -179,8 +181,6 @@ def run_task(task: dict, threads: int = 1) -> dict:
     t_train = time.time() - t_start
     seed, T0, T = task["seed"], cfg.diffusion.T0, cfg.diffusion.T
     if task["section"] == "encoder_noisy":  # the law of the data is not the mixture: subspaces only
-        from latentdit.metrics.distances import subspace_error
-
         return {"subspace_error": subspace_error(model.W_B.detach(), law.B),
                 "subspace_error_pca": subspace_error(top_subspace(x_train, task["d0"]), law.B),
                 "population_loss": meta.get("best_val_loss"), "steps_trained": meta["steps_trained"],
@@ -206,6 +206,7 @@ def run_task(task: dict, threads: int = 1) -> dict:
         row["w2_clean"] = w2(h_gen, clean)
         row["w2_clean_floor"] = w2(law.sample_latent(b.eval_samples, 0.0, generator=eg), clean)
         if x_train is not None:
+            row["subspace_error_pca_n"] = subspace_error(top_subspace(x_train, task["d0"]), law.B)
             h_train = x_train.double() @ law.B
             fresh = law.sample_latent(b.eval_samples, T0, generator=eg)
             row["memorisation_fraction"] = memorisation_fraction(h_gen, h_train, fresh, task.get("quantile", 0.1))
