@@ -108,7 +108,7 @@ class EncoderSection:
 
     D_values: tuple[int, ...] = (32, 128, 512, 2048)
     d0: int = 4
-    eval_every: int = 200
+    eval_every: int = 500
     noisy_D: int = 128
     tau: float = 0.1
     n_values: tuple[int, ...] = (64, 256, 1024, 4096, 16384)
@@ -138,7 +138,7 @@ def plan_for(mode: str) -> Plan:
         return Plan("full", seeds=(0, 1, 2, 3, 4))
     if mode == "quick":
         return Plan("quick", seeds=(0, 1, 2), components=4,
-                    budget=Budget(max_steps=1200, batch_size=128, hidden=32, depth=2, heads=2, lr=3e-3, warmup=50,
+                    budget=Budget(max_steps=1000, batch_size=128, hidden=32, depth=2, heads=2, lr=3e-3, warmup=50,
                                   ema_decay=0.99, val_every=100, patience=3, val_min_delta=0.001, val_points=2048,
                                   eval_samples=600,
                                   sample_steps=15, score_points=400, checkpoint_every=500),

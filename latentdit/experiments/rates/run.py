@@ -277,7 +277,9 @@ def estimate(plan: Plan, out: Path, *, threads: int = 1, cores: int = 2, probe_s
             cost.append((r["train_seconds"], r["eval_seconds"]))
         step_s = max(cost[1][0] - cost[0][0], 0.0) / (probe_steps - 1)
         val_s = step_s / 3 * b["val_points"] / b["batch_size"]
-        one = cost[0][0] + step_s * b["max_steps"] + val_s * b["max_steps"] / max(b["val_every"], 1) + cost[1][1]
+        evals = b["max_steps"] // t["eval_every"] if t.get("eval_every") else 0  # periodic, about one evaluation each
+        one = (cost[0][0] + step_s * b["max_steps"] + val_s * b["max_steps"] / max(b["val_every"], 1)
+               + cost[1][1] * (1 + evals))
         per[section] = one * counts[section] / cores
     return {"estimate_seconds": per, "estimate_total_seconds": float(sum(per.values())), "estimate_cores": cores,
             "estimate_tasks": counts, "estimate_note": f"{probe_steps}-step probe of each section's largest task "
