@@ -178,14 +178,14 @@ def run_task(task: dict, threads: int = 1) -> dict:
     model, _, _ = from_pretrained(run / "model")
     model.eval()
     meta = json.loads((run / "model" / "training.json").read_text())
-    t_train = time.time() - t_start
+    t_train, cpu_train = time.time() - t_start, time.process_time() - cpu_start
     seed, T0, T = task["seed"], cfg.diffusion.T0, cfg.diffusion.T
     if task["section"] == "encoder_noisy":  # the law of the data is not the mixture: subspaces only
         return {"subspace_error": subspace_error(model.W_B.detach(), law.B),
                 "subspace_error_pca": subspace_error(top_subspace(x_train, task["d0"]), law.B),
                 "population_loss": meta.get("best_val_loss"), "steps_trained": meta["steps_trained"],
                 "converged": bool(meta.get("converged")), "train_seconds": t_train, "eval_seconds": 0.0,
-                "cpu_seconds": time.process_time() - cpu_start}
+                "train_cpu_seconds": cpu_train, "cpu_seconds": time.process_time() - cpu_start}
     ev = evaluate_ground_truth(model, law, cfg, W=model.W_B.detach(), score_points=b.score_points,
                                num_samples=b.eval_samples, tv_points=b.tv_points, seed=1000 + seed, times=b.score_times)
     row = {**ev, "population_loss": meta.get("best_val_loss"), "best_val_step": meta.get("best_val_step"),
@@ -216,7 +216,7 @@ def run_task(task: dict, threads: int = 1) -> dict:
                                    b.score_points)
         row.update(erm_score_t=prof["t"], erm_score_mse=prof["mse"],
                    erm_score_integral=score_integral_error(prof, T0, T))
-    row.update(train_seconds=t_train, eval_seconds=time.time() - t_start - t_train,
+    row.update(train_seconds=t_train, eval_seconds=time.time() - t_start - t_train, train_cpu_seconds=cpu_train,
                cpu_seconds=time.process_time() - cpu_start)
     return row
 
@@ -255,35 +255,53 @@ def run_sweep(store: RateStore, todo: list[dict], *, out: Path, runner: Callable
     return counts
 
 
-def estimate(plan: Plan, out: Path, *, threads: int = 1, cores: int = 2, probe_steps: int = 30) -> dict:
-    """Time the largest task of each section of ``plan`` (a 1-step and a ``probe_steps``-step run,
-    each with its full evaluation) and extrapolate every task to its step cap, ``cores`` tasks at a
-    time. A forward pass over the held-out points is costed as a third of a training step per batch.
-    An upper estimate: tasks that stop early cost less. Returns seconds per section and in total."""
+def _size(task: dict) -> float:
+    """A cost proxy of a task's training step: tokens x width^2 x depth, plus the ambient dimension."""
+    b = task["budget"]
+    w, K = task.get("width", b["hidden"]), task.get("depth", b["depth"])
+    return task["d0"] * w * w * K + task["D"] * w
+
+
+def estimate(plan: Plan, out: Path, *, threads: int = 1, cores: int = 2, probe_steps: int = 20) -> dict:
+    """CPU-time estimate of ``plan`` on ``cores`` otherwise idle cores, every task at its step cap.
+
+    Per section, the smallest and the largest task (by :func:`_size`) run for 1 and ``probe_steps``
+    steps with their full evaluation; the per-step and fixed CPU costs are interpolated linearly in
+    the size to every task; a pass over the held-out points costs a third of a training step per
+    batch, a periodic evaluation about one final evaluation. An upper estimate: tasks that stop
+    early cost less. CPU time, not wall-clock, so that a loaded machine does not inflate it."""
     per: dict[str, float] = {}
-    counts: dict[str, int] = {}
-    all_tasks = tasks(plan)
-    for t in all_tasks:
-        counts[t["section"]] = counts.get(t["section"], 0) + 1
-    for section in counts:
-        t = max((x for x in all_tasks if x["section"] == section),
-                key=lambda x: (x["D"] * x["d0"] * x.get("depth", 1) * x.get("width", 1), x["n"]))
-        b = dict(t["budget"])
-        cost = []
-        for steps in (1, probe_steps):
-            probe = {**t, "budget": {**b, "max_steps": steps, "val_every": steps, "patience": 0}}
-            probe["run_dir"] = str(Path(out) / "probe" / f"{plan.name}_{section}_{steps}")
-            r = run_task(probe, threads)
-            cost.append((r["train_seconds"], r["eval_seconds"]))
-        step_s = max(cost[1][0] - cost[0][0], 0.0) / (probe_steps - 1)
-        val_s = step_s / 3 * b["val_points"] / b["batch_size"]
-        evals = b["max_steps"] // t["eval_every"] if t.get("eval_every") else 0  # periodic, about one evaluation each
-        one = (cost[0][0] + step_s * b["max_steps"] + val_s * b["max_steps"] / max(b["val_every"], 1)
-               + cost[1][1] * (1 + evals))
-        per[section] = one * counts[section] / cores
+    todo = tasks(plan)
+    for section in dict.fromkeys(t["section"] for t in todo):
+        group = [t for t in todo if t["section"] == section]
+        ends = [min(group, key=_size), max(group, key=_size)]
+        fit = []
+        for i, t in enumerate(ends):
+            cost = []
+            for steps in (1, probe_steps):
+                probe = {**t, "budget": {**t["budget"], "max_steps": steps, "val_every": steps, "patience": 0},
+                         "run_dir": str(Path(out) / "probe" / f"{plan.name}_{section}_{i}_{steps}")}
+                r = run_task(probe, threads)
+                cost.append((r["train_cpu_seconds"], r["cpu_seconds"] - r["train_cpu_seconds"]))
+            fit.append((_size(t), max(cost[1][0] - cost[0][0], 0.0) / (probe_steps - 1), cost[0][0], cost[1][1]))
+        (s0, st0, f0, e0), (s1, st1, f1, e1) = fit
+
+        def lerp(a: float, b: float, x: float) -> float:
+            return a if s1 == s0 else a + (b - a) * (x - s0) / (s1 - s0)
+
+        total = 0.0
+        for t in group:
+            b, x = t["budget"], _size(t)
+            step, fixed, ev = lerp(st0, st1, x), lerp(f0, f1, x), lerp(e0, e1, x)
+            evals = b["max_steps"] // t["eval_every"] if t.get("eval_every") else 0
+            total += (fixed + step * b["max_steps"] * (1 + b["val_points"] / b["batch_size"] / 3 / b["val_every"])
+                      + ev * (1 + evals))
+        per[section] = total / cores
     return {"estimate_seconds": per, "estimate_total_seconds": float(sum(per.values())), "estimate_cores": cores,
-            "estimate_tasks": counts, "estimate_note": f"{probe_steps}-step probe of each section's largest task "
-            f"with {threads} thread(s), every task extrapolated to its step cap on {cores} cores (an upper estimate)"}
+            "estimate_tasks": {s: sum(t["section"] == s for t in todo) for s in per},
+            "estimate_note": f"CPU time of {probe_steps}-step probes of each section's smallest and largest task "
+            f"({threads} thread(s)), interpolated to every task at its step cap, on {cores} idle cores (an upper "
+            "estimate: early stopping shortens most tasks)"}
 
 
 # ----------------------------------------------------------------------------------------- entry
