@@ -256,10 +256,11 @@ def run_sweep(store: RateStore, todo: list[dict], *, out: Path, runner: Callable
 
 
 def _size(task: dict) -> float:
-    """A cost proxy of a task's training step: tokens x width^2 x depth, plus the ambient dimension."""
+    """A cost proxy of a task's training step: (tokens x width^2 x depth + D x width) x batch."""
     b = task["budget"]
     w, K = task.get("width", b["hidden"]), task.get("depth", b["depth"])
-    return task["d0"] * w * w * K + task["D"] * w
+    batch = min(b["batch_size"], task["n"]) if task["n"] > 0 else b["batch_size"]
+    return (task["d0"] * w * w * K + task["D"] * w) * batch
 
 
 def estimate(plan: Plan, out: Path, *, threads: int = 1, cores: int = 2, probe_steps: int = 20) -> dict:
