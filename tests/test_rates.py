@@ -217,3 +217,22 @@ def test_micro_plan_end_to_end_through_the_trainer(tmp_path):
 def _task_keys(plan, row):
     t = next(t for t in tasks(plan) if all(row.get(k) == v for k, v in t.items()))
     return list(t)
+
+
+def test_a_subset_of_sections_runs_alone():
+    from latentdit.errors import ConfigError
+    from latentdit.experiments.rates import main, only_sections
+
+    plan = only_sections(plan_for("full"), ["sample", "t0"])
+    assert {t["section"] for t in tasks(plan)} == {"sample", "t0"}
+    a = analyse(synthetic_rows(plan), plan)
+    assert {k for k in a["claims"] if not k.startswith("check_")} == {
+        "sample_complexity_d0_4", "score_integral_vs_n_d0_4", "t0_tradeoff"}
+    assert math.isnan(a["top"]["capacity_D_mismatch_max"])
+    # encoder and encoder_noisy share one plan field
+    assert {t["section"] for t in tasks(only_sections(plan_for("micro"), ["encoder_noisy"]))} == {
+        "encoder", "encoder_noisy"}
+    with pytest.raises(ValueError, match="unknown section"):
+        only_sections(plan, ["samples"])
+    with pytest.raises(ConfigError, match="--sections"):
+        main(["--out", "unused", "--micro", "--sections", "sample,bogus"])

@@ -31,12 +31,13 @@ from pathlib import Path
 
 from latentdit.errors import ConfigError
 from latentdit.experiments.rates.claims import analyse
-from latentdit.experiments.rates.plan import SECTIONS, Budget, Plan, config_key, configurations, plan_for, points, tasks
+from latentdit.experiments.rates.plan import (PLAN_FIELDS, SECTIONS, Budget, Plan, config_key, configurations,
+                                             only_sections, plan_for, points, tasks)
 from latentdit.experiments.rates.run import estimate, run_rates, run_sweep, run_task
 from latentdit.experiments.rates.store import DB_NAME, RateStore
 
 __all__ = ["DB_NAME", "SECTIONS", "Budget", "Plan", "RateStore", "analyse", "config_key", "configurations",
-           "estimate", "main", "plan_for", "points", "run_rates", "run_sweep", "run_task", "tasks"]
+           "estimate", "main", "only_sections", "plan_for", "points", "run_rates", "run_sweep", "run_task", "tasks"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,6 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scheduler", default=None,
                     help="run the tasks through Dask: 'local' (a loopback cluster) or tcp://host:port")
     ap.add_argument("--no-attention", action="store_true", help="leave out the attention-criterion section")
+    ap.add_argument("--sections", default=None,
+                    help="comma-separated subset of the plan's sections (default all): " + ", ".join(PLAN_FIELDS))
     ap.add_argument("--estimate", action="store_true", help="also time the full plan (a short probe per section)")
     ap.add_argument("--no-progress", action="store_true")
     a = ap.parse_args(argv)
@@ -60,6 +63,11 @@ def main(argv: list[str] | None = None) -> int:
     if a.scheduler is not None and a.scheduler != "local" and not a.scheduler.startswith(("tcp://", "tls://")):
         raise ConfigError(f"--scheduler={a.scheduler!r} must be 'local' or a tcp://host:port address")
     plan = plan_for("micro" if a.micro else "quick" if a.quick else "full")
+    if a.sections:
+        try:
+            plan = only_sections(plan, [x.strip() for x in a.sections.split(",") if x.strip()])
+        except ValueError as e:
+            raise ConfigError(f"--sections: {e}") from e
     try:
         s = run_rates(a.out, plan, workers=a.workers, threads=a.threads, scheduler=a.scheduler,
                       progress=not a.no_progress and sys.stderr.isatty(), attention=not a.no_attention,

@@ -19,7 +19,7 @@ of the :class:`latentdit.train.Trainer` plus its evaluation. Sections:
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 
 @dataclass(frozen=True)
@@ -161,6 +161,20 @@ def plan_for(mode: str) -> Plan:
                     dcheck=DCheckSection(D_values=(8, 16)),
                     encoder=EncoderSection(D_values=(8, 16), eval_every=6, noisy_D=8, n_values=(16, 64)))
     raise ValueError(f"unknown mode {mode!r}; choose full, quick or micro")
+
+
+PLAN_FIELDS = {"sample": "sample", "approx": "approx", "blocks": "blocks", "t0": "t0", "dcheck": "dcheck",
+               "encoder": "encoder", "encoder_noisy": "encoder"}
+
+
+def only_sections(plan: Plan, names: list[str]) -> Plan:
+    """``plan`` with only the plan fields behind the section ``names`` (``encoder`` and
+    ``encoder_noisy`` share one field); a ValueError names an unknown section."""
+    bad = [n for n in names if n not in PLAN_FIELDS]
+    if bad:
+        raise ValueError(f"unknown section(s) {bad}; choose from {list(PLAN_FIELDS)}")
+    keep = {PLAN_FIELDS[n] for n in names}
+    return replace(plan, **{f: None for f in set(PLAN_FIELDS.values()) - keep})
 
 
 def points(plan: Plan) -> list[dict]:
