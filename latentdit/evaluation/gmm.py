@@ -39,7 +39,7 @@ from latentdit.build import build_ground_truth
 from latentdit.config import Config
 from latentdit.diffusion import sigma
 from latentdit.metrics.distances import (aligned_latent, expected_off_subspace_variance, off_subspace_variance,
-                                         subspace_error, tv_to_density, w2)
+                                         erm_score, subspace_error, tv_to_density, w2)
 from latentdit.models.score import LatentScoreNet
 from latentdit.pipeline import LatentDiTPipeline
 from latentdit.sampling import denoiser_from_score, sample
@@ -150,13 +150,19 @@ def exact_score_samples(law, num: int, *, sampler: str, steps: int, T0: float, T
 @torch.no_grad()
 def evaluate_ground_truth(model: LatentScoreNet, law, cfg: Config, *, W: torch.Tensor, score_points: int,
                           num_samples: int, tv_points: int = 0, seed: int, times: int = MIN_TIMES,
-                          control: bool = False) -> dict:
+                          control: bool = False, x_train: torch.Tensor | None = None) -> dict:
     """Every metric of the module docstring for ``model`` (pass the EMA copy) against ``law``.
 
     ``law`` is a ground truth with ``score``, ``sample``, ``sample_latent``, ``B`` (D, d0) and, for TV,
     ``latent_log_prob``; ``W`` (D, d0) is the model's encoder basis; ``cfg`` gives T0, T and the
-    sampler (``eval.sampler``, ``eval.steps``). The model's samples use seed ``seed``; fresh true
-    draws, the floors and the score profile use ``seed + 1``. All values are floats or lists.
+    sampler (``eval.sampler``, ``eval.steps``). The model's samples (and the controls') use seed
+    ``seed``; the true draws of the floors, then the score profile's draws, use ``seed + 1``. All
+    values are floats or lists.
+
+    ``x_train`` (n, D), optional: the training points; then ``erm_score_mse`` / ``erm_score_uniform`` /
+    ``erm_score_integral`` give the same functionals for the empirical risk minimiser's score
+    (:func:`latentdit.metrics.distances.erm_score`), the reference curve of sample-complexity plots
+    (cost: n x score_points per time).
     """
     if not isinstance(num_samples, int) or num_samples < 2:
         raise ValueError(f"evaluate_ground_truth: num_samples={num_samples!r} must be an integer >= 2")
@@ -167,6 +173,9 @@ def evaluate_ground_truth(model: LatentScoreNet, law, cfg: Config, *, W: torch.T
     W = W.detach().cpu()
     d0 = law.B.shape[1]
     eg = torch.Generator().manual_seed(seed + 1)
+    # true draws first: the same streams as earlier versions of this evaluation, so W2 figures reproduce
+    h_true = law.sample_latent(num_samples, T0, generator=eg)
+    h_ref = law.sample_latent(num_samples, T0, generator=eg)
 
     prof = score_error_profile(lambda xx, tt: model(xx, tt), law.score,
                                lambda m, t: law.sample(m, t, generator=eg), log_times(T0, T, times), score_points)
@@ -178,11 +187,14 @@ def evaluate_ground_truth(model: LatentScoreNet, law, cfg: Config, *, W: torch.T
     # standard error of the quadrature (the quadrature is linear in the mse values at fixed exponents;
     # this treats the weights as fixed, which is what the 3-SE rule of the verdicts needs)
     out["score_integral_se"] = _integral_se(prof, T0, T)
+    if x_train is not None:
+        erm = score_error_profile(lambda xx, tt: erm_score(x_train, xx, tt), law.score,
+                                  lambda m, t: law.sample(m, t, generator=eg), log_times(T0, T, times), score_points)
+        out.update(erm_score_mse=erm["mse"], erm_score_uniform=score_uniform_error(erm, d0),
+                   erm_score_integral=score_integral_error(erm, T0, T))
 
     x = LatentDiTPipeline.from_config(model, cfg).sample_model_space(num_samples, sampler=sampler, steps=steps,
                                                                       seed=seed).cpu()
-    h_true = law.sample_latent(num_samples, T0, generator=eg)
-    h_ref = law.sample_latent(num_samples, T0, generator=eg)
     w2_floor = w2(h_ref, h_true)
     tv_args = None
     if d0 <= 2 and tv_points > 0:
