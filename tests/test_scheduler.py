@@ -103,3 +103,32 @@ def test_bad_arguments():
         run_tasks(square, [], on_result=print, workers=0)
     with pytest.raises(ValueError, match="scheduler="):
         run_tasks(square, [], on_result=print, scheduler="somewhere:8786")
+
+
+def always_dies(task: dict, threads: int) -> dict:
+    (Path(task["dir"]) / f"death{len(list(Path(task['dir']).glob('death*')))}").touch()
+    os._exit(1)
+
+
+def test_a_task_that_always_kills_its_worker_is_reported_not_retried_forever(cluster, tmp_path):
+    seen, on_result = _collect()
+    counts = run_tasks(always_dies, [{"dir": str(tmp_path)}], on_result=on_result,
+                       scheduler=cluster.scheduler_address, progress=False)
+    assert counts == {"ran": 0, "failed": 1}
+    from distributed.scheduler import KilledWorker
+
+    assert isinstance(seen[0][1], KilledWorker)
+    assert len(list(tmp_path.glob("death*"))) == ALLOWED_FAILURES + 1
+
+
+def test_local_pool_survives_a_dead_worker(tmp_path):
+    """A worker process that dies breaks the local pool: its task (and any other in flight) is
+    reported failed, and the tasks not yet started run in a fresh pool."""
+    seen, on_result = _collect()
+    tasks = [{"x": 1, "dir": str(tmp_path), "die": True}] + [{"x": i} for i in range(2, 6)]
+    counts = run_tasks(_square_or_flaky, tasks, on_result=on_result, workers=1 + 1, progress=False)
+    got = {t["x"]: r for t, r, _, _ in seen}
+    assert len(seen) == 5 and counts["ran"] + counts["failed"] == 5
+    assert isinstance(got[1], Exception)
+    assert counts["ran"] >= 3  # at most the one task in flight beside it is lost
+    assert all(got[x]["y"] == x * x for x in got if not isinstance(got[x], Exception))
