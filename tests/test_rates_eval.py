@@ -254,7 +254,8 @@ def test_report_separates_claims_from_checks_with_their_statistics(tmp_path):
 
     ts = log_times(1e-3, 10.0).tolist()
     analysis = {"claims": {
-        "score_vs_n": _entry("claim", "score_vs_n", -0.1, -1 / 3, profiles={"n=500": {"t": ts, "mse": [1 / t for t in ts]}},
+        "score_vs_n": _entry("claim", "score_vs_n", -0.1, -1 / 3,
+                             profiles={"n=500": {"t": ts, "mse": [1 / t for t in ts]}},
                              reference={"ERM": [[500, 1.0], [32000, 0.5]]}),
         "off_subspace_vs_T0": _entry("check", "off_subspace_vs_T0", 1.0, 1.0,
                                      why="off W_B the network's score is -x / sigma(t) exactly"),
@@ -269,7 +270,8 @@ def test_report_separates_claims_from_checks_with_their_statistics(tmp_path):
            "measured": [{"L": 256, "m": 3, "B": 0.47, "degree": 3, "guaranteed": 1e-3, "measured": 2e-5}]}
     path = write_report(tmp_path, plan, [], analysis, meta={"configs": 3, "finished": 3}, attention=att)
     text = path.read_text()
-    claims_at, checks_at = text.index("## Claims (can fail)"), text.index("## Implementation checks (hold by construction)")
+    claims_at = text.index("## Claims (can fail)")
+    checks_at = text.index("## Implementation checks (hold by construction)")
     att_at = text.index("## Attention criterion")
     assert claims_at < checks_at < att_at
     claims_part, checks_part = text[claims_at:checks_at], text[checks_at:att_at]
@@ -278,8 +280,8 @@ def test_report_separates_claims_from_checks_with_their_statistics(tmp_path):
     assert "off W_B the network's score is -x / sigma(t) exactly" in checks_part
     e = analysis["claims"]["score_vs_n"]
     assert e["verdict"] == "slower over this range"  # slope -0.1 against an upper bound -1/3
-    for s in (f"{e['slope']:.3g}", f"{e['ci'][0]:.3g}", "-0.333", "slower over this range", "4 points over 1.81 decades",
-              e["reasons"][0]):
+    for s in (f"{e['slope']:.3g}", f"{e['ci'][0]:.3g}", "-0.333", "slower over this range",
+              "4 points over 1.81 decades", e["reasons"][0]):
         assert s in claims_part, s
     assert "0 distinct x (< 4)" in claims_part and "untestable" in claims_part
     assert "| 256 | 3 | 1.49 |" in text and "d_independence_spread`: 0.05" in text
