@@ -9,7 +9,9 @@ on >= 16 log-spaced times in [T0, T] (:func:`log_times`). Two functionals of it 
 - ``score_uniform`` (Thm 3.1, uniform in t): max_t sigma(t) sqrt(mse(t)) / sqrt(d0), the measured eps
   of ||s - grad log p_t||_{L2(P_t)} <= eps sqrt(d0) / sigma(t) (:func:`score_uniform_error`);
 - ``score_integral`` (Thm 3.2): (1/T) int_{T0}^{T} mse(t) dt by quadrature over the profile
-  (:func:`score_integral_error`); dominated by t near T0, where mse ~ 1/t.
+  (:func:`score_integral_error`); dominated by t near T0, where mse ~ 1/t. ``score_integral_se`` is
+  its Monte Carlo standard error;
+- ``score_rel_error``: the mean over the times of sqrt(mse(t) / E||grad log p_t||^2).
 
 Distribution recovery (Cor. 3.2.1), each estimate next to its finite-sample floor (the same
 estimator on two independent true sample sets of the same sizes) and the excess over it:
@@ -20,6 +22,11 @@ estimator on two independent true sample sets of the same sizes) and the excess 
 - ``tv_latent`` / ``tv_floor`` / ``tv_excess`` for d0 <= 2: TV between the exact latent density at T0
   and a Gaussian KDE of the aligned samples (ii);
 - ``off_subspace_var`` against ``off_subspace_var_expected`` = sigma(T0) = 1 - exp(-T0) (iii).
+
+The floors are random too: with well separated components the W2 floor is dominated by the
+binomial fluctuation of the component counts (about |mu_1 - mu_2| sqrt(sd of a weight), 0.6 at 800
+samples for means 4 apart), so an excess means something only against its spread over seeds
+(:func:`latentdit.experiments.rates.verdicts.excess_se_ratio`).
 
 Exact-score control (``control=True``): the same sample sizes and seeds drawn with the law's exact
 score, by Euler-Maruyama on the uniform step of App. D.1 and by DPM-Solver++(2M); their W2 excess is
