@@ -45,14 +45,14 @@ def test_in_process_and_local_pool(tmp_path):
     for workers in (1, 2):
         seen, on_result = _collect()
         tasks = [{"x": i} for i in range(5)] + [{"x": 9, "raise": True, "dir": str(tmp_path)}]
-        counts = run_tasks(_square_or_flaky, tasks, on_result=on_result, workers=workers, threads=1, progress=False)
+        counts = run_tasks(_square_or_flaky, tasks, on_result=on_result, workers=workers, threads=2, progress=False)
         assert counts == {"ran": 5, "failed": 1}
         got = {t["x"]: r for t, r, _, _ in seen}
         assert {x: got[x]["y"] for x in range(5)} == {x: x * x for x in range(5)}
         assert isinstance(got[9], ValueError) and "bad task 9" in str(got[9])
         assert all(pid == os.getpid() for *_, pid in seen)  # on_result runs in the driver
         if workers == 2:
-            assert all(got[x]["pid"] != os.getpid() and got[x]["omp"] == "1" for x in range(5))
+            assert all(got[x]["pid"] != os.getpid() and got[x]["omp"] == "2" for x in range(5))
 
 
 def _square_or_flaky(task, threads):
@@ -75,12 +75,14 @@ def cluster():
 def test_local_cluster_runs_every_task_and_reports_in_the_driver():
     seen, on_result = _collect()
     started = []
+    # threads=2: each worker process gets OMP_NUM_THREADS=2 (this test process has 1) and fn gets 2
     counts = run_tasks(square, [{"x": i} for i in range(6)], on_result=on_result, scheduler="local", workers=2,
-                       threads=1, progress=False, on_start=started.append)
+                       threads=2, progress=False, on_start=started.append)
     assert counts == {"ran": 6, "failed": 0} and len(started) == 6
     assert sorted(r["y"] for _, r, _, _ in seen) == [i * i for i in range(6)]
     assert all(pid == os.getpid() for *_, pid in seen)
-    assert all(r["pid"] != os.getpid() and r["omp"] == "1" and secs >= 0 for _, r, secs, _ in seen)
+    assert all(r["pid"] != os.getpid() and r["omp"] == "2" and r["threads"] == 2 and secs >= 0
+               for _, r, secs, _ in seen)
 
 
 def test_killed_worker_is_rescheduled_and_raising_task_reported_once(cluster, tmp_path):
