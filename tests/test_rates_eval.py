@@ -142,7 +142,7 @@ def test_evaluate_ground_truth_with_the_exact_score():
     law = _law(D=8, d0=2, seed=2)
     cfg = _cfg(8, 2, T0=0.05)
     m = evaluate_ground_truth(ExactModel(law), law, cfg, W=law.B.float(), score_points=200, num_samples=600,
-                              tv_points=2000, seed=3, control=True)
+                              tv_points=2000, seed=3, control=True, x_train=law.sample(40, generator=torch.Generator()))
     assert len(m["score_t"]) == 16 and max(m["score_mse"]) < 1e-8 * max(m["score_true_sq_norm"])
     assert m["score_integral"] < 1e-8 and m["score_uniform"] < 1e-4
     assert m["w2_excess"] == pytest.approx(m["w2_latent"] - m["w2_floor"])  # implementation check
@@ -154,6 +154,9 @@ def test_evaluate_ground_truth_with_the_exact_score():
     assert m["off_subspace_var_expected"] == pytest.approx(expected)
     # 600 samples x 6 off-subspace directions: relative sd of the variance estimate ~ sqrt(2 / 3600)
     assert abs(m["off_subspace_var"] / expected - 1) < 4 * math.sqrt(2 / 3600)
+    # the memorising empirical minimiser of 40 points is far off near T0 and close at T
+    assert len(m["erm_score_mse"]) == 16 and m["erm_score_mse"][0] > 100 * m["erm_score_mse"][-1] > 0
+    assert m["erm_score_integral"] > 0 and m["erm_score_uniform"] > 0
     with pytest.raises(ValueError, match="times="):
         evaluate_ground_truth(ExactModel(law), law, cfg, W=law.B, score_points=10, num_samples=10, seed=0, times=6)
 
@@ -251,7 +254,8 @@ def test_report_separates_claims_from_checks_with_their_statistics(tmp_path):
 
     ts = log_times(1e-3, 10.0).tolist()
     analysis = {"claims": {
-        "score_vs_n": _entry("claim", "score_vs_n", -0.1, -1 / 3, profiles={"n=500": {"t": ts, "mse": [1 / t for t in ts]}},
+        "score_vs_n": _entry("claim", "score_vs_n", -0.1, -1 / 3,
+                             profiles={"n=500": {"t": ts, "mse": [1 / t for t in ts]}},
                              reference={"ERM": [[500, 1.0], [32000, 0.5]]}),
         "off_subspace_vs_T0": _entry("check", "off_subspace_vs_T0", 1.0, 1.0,
                                      why="off W_B the network's score is -x / sigma(t) exactly"),
@@ -266,7 +270,8 @@ def test_report_separates_claims_from_checks_with_their_statistics(tmp_path):
            "measured": [{"L": 256, "m": 3, "B": 0.47, "degree": 3, "guaranteed": 1e-3, "measured": 2e-5}]}
     path = write_report(tmp_path, plan, [], analysis, meta={"configs": 3, "finished": 3}, attention=att)
     text = path.read_text()
-    claims_at, checks_at = text.index("## Claims (can fail)"), text.index("## Implementation checks (hold by construction)")
+    claims_at = text.index("## Claims (can fail)")
+    checks_at = text.index("## Implementation checks (hold by construction)")
     att_at = text.index("## Attention criterion")
     assert claims_at < checks_at < att_at
     claims_part, checks_part = text[claims_at:checks_at], text[checks_at:att_at]
@@ -275,8 +280,8 @@ def test_report_separates_claims_from_checks_with_their_statistics(tmp_path):
     assert "off W_B the network's score is -x / sigma(t) exactly" in checks_part
     e = analysis["claims"]["score_vs_n"]
     assert e["verdict"] == "slower over this range"  # slope -0.1 against an upper bound -1/3
-    for s in (f"{e['slope']:.3g}", f"{e['ci'][0]:.3g}", "-0.333", "slower over this range", "4 points over 1.81 decades",
-              e["reasons"][0]):
+    for s in (f"{e['slope']:.3g}", f"{e['ci'][0]:.3g}", "-0.333", "slower over this range",
+              "4 points over 1.81 decades", e["reasons"][0]):
         assert s in claims_part, s
     assert "0 distinct x (< 4)" in claims_part and "untestable" in claims_part
     assert "| 256 | 3 | 1.49 |" in text and "d_independence_spread`: 0.05" in text
@@ -292,3 +297,21 @@ def test_report_separates_claims_from_checks_with_their_statistics(tmp_path):
     assert s["claims"]["off_subspace_vs_T0"]["kind"] == "check"
     assert s["d_independence_spread"] == 0.05 and s["capacity_D_mismatch_max"] == 0.01
     assert s["attention"]["break_even"][0]["B_star"] == 1.49
+
+
+def test_erm_score_against_autograd_and_one_point():
+    """The empirical risk minimiser's score: for one training point it is (beta x1 - x) / sigma; for
+    many, the gradient (by autograd) of log sum_i exp(-|x - beta x_i|^2 / (2 sigma))."""
+    from latentdit.metrics.distances import erm_score
+
+    g = torch.Generator().manual_seed(0)
+    xtr = torch.randn(50, 5, generator=g, dtype=torch.float64)
+    x = torch.randn(7, 5, generator=g, dtype=torch.float64)
+    t = torch.tensor([1e-3, 0.01, 0.1, 0.5, 1.0, 3.0, 10.0], dtype=torch.float64)
+    b, s = beta(t)[:, None], sigma(t)[:, None]
+    one = erm_score(xtr[:1], x, t)
+    assert torch.allclose(one, (b * xtr[0] - x) / s, rtol=1e-10)
+    xr = x.clone().requires_grad_(True)
+    logp = torch.logsumexp(-(xr[:, None, :] - b[:, :, None] * xtr[None]).pow(2).sum(-1) / (2 * s), dim=1)
+    (grad,) = torch.autograd.grad(logp.sum(), xr)
+    assert torch.allclose(erm_score(xtr, x, t, chunk=3), grad, rtol=1e-8, atol=1e-8)

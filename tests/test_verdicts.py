@@ -97,3 +97,15 @@ def test_each_untestable_rule_fires():
     assert len(v["reasons"]) == 3
     with pytest.raises(ValueError, match="bound="):
         verdict(good, 0.0, bound="equal")
+
+
+def test_excess_se_ratio_is_the_worst_point():
+    from latentdit.experiments.rates.verdicts import excess_se_ratio
+
+    # x = 1: excess 1.0 +- (0.1, 0, -0.1): mean 1, SE 0.1 / sqrt(3) -> 17.3; x = 2: mean 0.1, same SE -> 1.73
+    pts = [(s, 1, 1.0 + d) for s, d in enumerate((0.1, 0.0, -0.1))] + \
+          [(s, 2, 0.1 + d) for s, d in enumerate((0.1, 0.0, -0.1))]
+    assert excess_se_ratio(pts) == pytest.approx(0.1 / (0.1 / math.sqrt(3)))
+    assert excess_se_ratio([(0, 1, 0.5)]) is None
+    fit = fit_slope(_tilted(-0.4))
+    assert verdict(fit, -0.4, excess_se_ratio=excess_se_ratio(pts))["verdict"] == "untestable"

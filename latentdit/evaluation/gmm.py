@@ -9,7 +9,9 @@ on >= 16 log-spaced times in [T0, T] (:func:`log_times`). Two functionals of it 
 - ``score_uniform`` (Thm 3.1, uniform in t): max_t sigma(t) sqrt(mse(t)) / sqrt(d0), the measured eps
   of ||s - grad log p_t||_{L2(P_t)} <= eps sqrt(d0) / sigma(t) (:func:`score_uniform_error`);
 - ``score_integral`` (Thm 3.2): (1/T) int_{T0}^{T} mse(t) dt by quadrature over the profile
-  (:func:`score_integral_error`); dominated by t near T0, where mse ~ 1/t.
+  (:func:`score_integral_error`); dominated by t near T0, where mse ~ 1/t. ``score_integral_se`` is
+  its Monte Carlo standard error;
+- ``score_rel_error``: the mean over the times of sqrt(mse(t) / E||grad log p_t||^2).
 
 Distribution recovery (Cor. 3.2.1), each estimate next to its finite-sample floor (the same
 estimator on two independent true sample sets of the same sizes) and the excess over it:
@@ -20,6 +22,11 @@ estimator on two independent true sample sets of the same sizes) and the excess 
 - ``tv_latent`` / ``tv_floor`` / ``tv_excess`` for d0 <= 2: TV between the exact latent density at T0
   and a Gaussian KDE of the aligned samples (ii);
 - ``off_subspace_var`` against ``off_subspace_var_expected`` = sigma(T0) = 1 - exp(-T0) (iii).
+
+The floors are random too: with well separated components the W2 floor is dominated by the
+binomial fluctuation of the component counts (about |mu_1 - mu_2| sqrt(sd of a weight), 0.6 at 800
+samples for means 4 apart), so an excess means something only against its spread over seeds
+(:func:`latentdit.experiments.rates.verdicts.excess_se_ratio`).
 
 Exact-score control (``control=True``): the same sample sizes and seeds drawn with the law's exact
 score, by Euler-Maruyama on the uniform step of App. D.1 and by DPM-Solver++(2M); their W2 excess is
@@ -39,7 +46,7 @@ from latentdit.build import build_ground_truth
 from latentdit.config import Config
 from latentdit.diffusion import sigma
 from latentdit.metrics.distances import (aligned_latent, expected_off_subspace_variance, off_subspace_variance,
-                                         subspace_error, tv_to_density, w2)
+                                         erm_score, subspace_error, tv_to_density, w2)
 from latentdit.models.score import LatentScoreNet
 from latentdit.pipeline import LatentDiTPipeline
 from latentdit.sampling import denoiser_from_score, sample
@@ -150,13 +157,19 @@ def exact_score_samples(law, num: int, *, sampler: str, steps: int, T0: float, T
 @torch.no_grad()
 def evaluate_ground_truth(model: LatentScoreNet, law, cfg: Config, *, W: torch.Tensor, score_points: int,
                           num_samples: int, tv_points: int = 0, seed: int, times: int = MIN_TIMES,
-                          control: bool = False) -> dict:
+                          control: bool = False, x_train: torch.Tensor | None = None) -> dict:
     """Every metric of the module docstring for ``model`` (pass the EMA copy) against ``law``.
 
     ``law`` is a ground truth with ``score``, ``sample``, ``sample_latent``, ``B`` (D, d0) and, for TV,
     ``latent_log_prob``; ``W`` (D, d0) is the model's encoder basis; ``cfg`` gives T0, T and the
-    sampler (``eval.sampler``, ``eval.steps``). The model's samples use seed ``seed``; fresh true
-    draws, the floors and the score profile use ``seed + 1``. All values are floats or lists.
+    sampler (``eval.sampler``, ``eval.steps``). The model's samples (and the controls') use seed
+    ``seed``; the true draws of the floors, then the score profile's draws, use ``seed + 1``. All
+    values are floats or lists.
+
+    ``x_train`` (n, D), optional: the training points; then ``erm_score_mse`` / ``erm_score_uniform`` /
+    ``erm_score_integral`` give the same functionals for the empirical risk minimiser's score
+    (:func:`latentdit.metrics.distances.erm_score`), the reference curve of sample-complexity plots
+    (cost: n x score_points per time).
     """
     if not isinstance(num_samples, int) or num_samples < 2:
         raise ValueError(f"evaluate_ground_truth: num_samples={num_samples!r} must be an integer >= 2")
@@ -167,6 +180,9 @@ def evaluate_ground_truth(model: LatentScoreNet, law, cfg: Config, *, W: torch.T
     W = W.detach().cpu()
     d0 = law.B.shape[1]
     eg = torch.Generator().manual_seed(seed + 1)
+    # true draws first: the same streams as earlier versions of this evaluation, so W2 figures reproduce
+    h_true = law.sample_latent(num_samples, T0, generator=eg)
+    h_ref = law.sample_latent(num_samples, T0, generator=eg)
 
     prof = score_error_profile(lambda xx, tt: model(xx, tt), law.score,
                                lambda m, t: law.sample(m, t, generator=eg), log_times(T0, T, times), score_points)
@@ -178,11 +194,14 @@ def evaluate_ground_truth(model: LatentScoreNet, law, cfg: Config, *, W: torch.T
     # standard error of the quadrature (the quadrature is linear in the mse values at fixed exponents;
     # this treats the weights as fixed, which is what the 3-SE rule of the verdicts needs)
     out["score_integral_se"] = _integral_se(prof, T0, T)
+    if x_train is not None:
+        erm = score_error_profile(lambda xx, tt: erm_score(x_train, xx, tt), law.score,
+                                  lambda m, t: law.sample(m, t, generator=eg), log_times(T0, T, times), score_points)
+        out.update(erm_score_mse=erm["mse"], erm_score_uniform=score_uniform_error(erm, d0),
+                   erm_score_integral=score_integral_error(erm, T0, T))
 
     x = LatentDiTPipeline.from_config(model, cfg).sample_model_space(num_samples, sampler=sampler, steps=steps,
                                                                       seed=seed).cpu()
-    h_true = law.sample_latent(num_samples, T0, generator=eg)
-    h_ref = law.sample_latent(num_samples, T0, generator=eg)
     w2_floor = w2(h_ref, h_true)
     tv_args = None
     if d0 <= 2 and tv_points > 0:

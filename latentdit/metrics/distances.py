@@ -97,3 +97,26 @@ def tv_to_density(q_samples: np.ndarray, log_p, p_samples: np.ndarray) -> float:
     log_q = kde.logpdf(p_samples.T)
     ratio = np.exp(np.clip(log_q - np.asarray(log_p(p_samples), dtype=np.float64), -50, 50))
     return float(np.mean(np.clip(1.0 - ratio, 0.0, None)))
+
+
+@torch.no_grad()
+def erm_score(x_train: torch.Tensor, x: torch.Tensor, t: torch.Tensor, *, chunk: int = 1024) -> torch.Tensor:
+    """The score of the noised empirical law p_t^n(x) = (1/n) sum_i N(x; beta x_i, sigma I), the
+    empirical risk minimiser of denoising score matching on the n points ``x_train`` (it memorises
+    them): sum_i w_i(x) (beta x_i - x) / sigma with w = softmax_i(-|x - beta x_i|^2 / (2 sigma)).
+
+    x (N, D), t (N,) or a scalar; float64 throughout, ``chunk`` rows of x at a time ((chunk, n) weights).
+    """
+    xt = x_train.double()
+    x64 = x.double()
+    t = torch.as_tensor(t, dtype=torch.float64).expand(x64.shape[0])
+    b, s = torch.exp(-0.5 * t), -torch.expm1(-t)
+    sq = xt.pow(2).sum(1)
+    out = torch.empty_like(x64)
+    for a in range(0, x64.shape[0], chunk):
+        xa, ba, sa = x64[a:a + chunk], b[a:a + chunk, None], s[a:a + chunk, None]
+        # -|x - b x_i|^2 / (2 s) up to the row constant |x|^2, which softmax ignores
+        logits = (2 * ba * (xa @ xt.T) - ba ** 2 * sq[None]) / (2 * sa)
+        mean = torch.softmax(logits, dim=1) @ xt
+        out[a:a + chunk] = (ba * mean - xa) / sa
+    return out.to(x.dtype)

@@ -66,7 +66,8 @@ def plot_entry(key: str, e: dict, path: Path) -> bool:
     ax.errorbar(xs, ys, yerr=[lo_err, se], fmt="o-", color="C0", capsize=3, label="measured (mean, SE)")
     gx, gy = math.exp(np.mean(np.log(xs))), math.exp(np.mean(np.log(ys)))
     grid = np.geomspace(xs.min(), xs.max(), 50) if xs.min() < xs.max() else xs
-    for slope, style, label in ((e.get("predicted"), "k--", "predicted slope"), (e.get("slope"), "C0:", "fitted slope")):
+    guides = ((e.get("predicted"), "k--", "predicted slope"), (e.get("slope"), "C0:", "fitted slope"))
+    for slope, style, label in guides:
         if slope is not None and math.isfinite(slope):
             ax.plot(grid, gy * (grid / gx) ** slope, style, lw=1, label=f"{label} {slope:+.3g}")
     for i, (label, curve) in enumerate((e.get("reference") or {}).items()):

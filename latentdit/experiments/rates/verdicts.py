@@ -69,6 +69,24 @@ def fit_slope(points, level: float = 0.95) -> dict:
     return out
 
 
+def excess_se_ratio(points) -> float | None:
+    """min over x of mean / SE of the excess over the floor, from (seed, x, excess) triples (e.g.
+    ``w2_excess`` per configuration): the number :func:`verdict` compares with 3. A curve whose
+    excess at some x is within 3 standard errors of zero is at its floor there, and its slope
+    measures the floor. None when no x has two finite values."""
+    by_x: dict = {}
+    for _, x, e in points:
+        if e is not None and math.isfinite(e):
+            by_x.setdefault(x, []).append(float(e))
+    ratios = []
+    for v in by_x.values():
+        if len(v) < 2:
+            continue
+        m, se = float(np.mean(v)), float(np.std(v, ddof=1) / math.sqrt(len(v)))
+        ratios.append(m / se if se > 0 else (math.inf if m > 0 else -math.inf if m < 0 else 0.0))
+    return min(ratios) if ratios else None
+
+
 def untestable_reasons(fit: dict, *, converged: bool = True, excess_se_ratio: float | None = None) -> list[str]:
     """Every reason why ``fit`` cannot test a rate (empty when it can)."""
     reasons = []
