@@ -20,7 +20,7 @@ import math
 import numpy as np
 
 from latentdit.experiments.rates.plan import Plan
-from latentdit.experiments.rates.verdicts import fit_slope, verdict
+from latentdit.experiments.rates.verdicts import excess_se_ratio, fit_slope, verdict
 
 
 def _sel(rows: list[dict], section: str, **eq) -> list[dict]:
@@ -64,11 +64,11 @@ def _above_floor(triples, k: float = 3.0):
 
     An excess over a floor that is within noise of zero carries no slope; those x are left out of
     the fit (and named in the entry) rather than making the whole curve untestable."""
-    pts = _curve(triples)
-    ratio = {x: (m / se if se > 0 else (math.inf if m > 0 else -math.inf)) for x, m, se in pts}
-    keep = {x for x, r in ratio.items() if r >= k}
-    r = min(ratio[x] for x in keep) if keep else (max(ratio.values()) if ratio else None)
-    return [t for t in triples if t[1] in keep], r, sorted(set(ratio) - keep)
+    ratio = {x: excess_se_ratio([t for t in triples if t[1] == x]) for x in {t[1] for t in triples}}
+    keep = {x for x, r in ratio.items() if r is not None and r >= k}
+    kept = [t for t in triples if t[1] in keep]
+    rest = [r for r in ratio.values() if r is not None]
+    return kept, excess_se_ratio(kept) if keep else (max(rest) if rest else None), sorted(set(ratio) - keep)
 
 
 def _sample(rows: list[dict], plan: Plan, out: dict, top: dict) -> None:
