@@ -1,4 +1,4 @@
-"""Closed forms of the rate sweeps: the ERM score, the block-product law, memorisation."""
+"""Closed forms of the rate sweeps: the block-product law, memorisation."""
 
 from __future__ import annotations
 
@@ -7,35 +7,8 @@ import math
 import pytest
 import torch
 
-from latentdit.data.empirical import erm_score, memorisation_fraction, nearest_distances
+from latentdit.data.empirical import memorisation_fraction, nearest_distances
 from latentdit.data.gmm import BlockProductLaw, SubspaceGMM
-from latentdit.diffusion import beta, sigma
-
-
-def brute_force_log_p(x: torch.Tensor, t: float, pts: torch.Tensor) -> torch.Tensor:
-    """log (1/n) sum_i N(x; beta x_i, sigma I), term by term."""
-    tt = torch.tensor(t, dtype=torch.float64)
-    b, s = beta(tt), sigma(tt)
-    D = x.shape[1]
-    logs = torch.stack([-((x - b * p) ** 2).sum(1) / (2 * s) - 0.5 * D * torch.log(2 * math.pi * s) for p in pts])
-    return torch.logsumexp(logs, 0) - math.log(len(pts))
-
-
-@pytest.mark.parametrize("t", [1e-3, 0.1, 2.0])
-def test_erm_score_is_the_gradient_of_the_noised_empirical_log_density(t):
-    g = torch.Generator().manual_seed(0)
-    pts = torch.randn(7, 5, generator=g, dtype=torch.float64)
-    x = (beta(torch.tensor(t)) * pts[torch.arange(20) % 7] + 0.5 * torch.randn(20, 5, generator=g,
-                                                                                dtype=torch.float64)).requires_grad_()
-    (grad,) = torch.autograd.grad(brute_force_log_p(x, t, pts).sum(), x)
-    got = erm_score(x.detach(), t, pts, chunk=9)  # several row chunks
-    assert torch.allclose(got, grad, rtol=1e-8, atol=1e-8)
-    # one point: the score of N(beta x_1, sigma I) exactly
-    one = erm_score(x.detach(), t, pts[:1])
-    tt = torch.tensor(t, dtype=torch.float64)
-    assert torch.allclose(one, (beta(tt) * pts[:1] - x.detach()) / sigma(tt), rtol=1e-12)
-    with pytest.raises(ValueError, match="erm_score"):
-        erm_score(x.detach(), t, pts[:, :3])
 
 
 @pytest.mark.parametrize("coupled", [False, True])

@@ -13,8 +13,9 @@ sizes are in :mod:`~latentdit.experiments.rates.plan`; the row metrics are those
 - sections ``sample`` and ``t0``: ``w2_clean`` / ``w2_clean_floor`` (generated latent law against
   the clean latent law) and, for finite n, ``memorisation_fraction``
   (:func:`latentdit.data.empirical.memorisation_fraction`);
-- section ``sample``, finite n: ``erm_score_integral``, ``erm_score_t``, ``erm_score_mse`` (the
-  closed-form ERM score of the same n points, :func:`latentdit.data.empirical.erm_score`).
+- section ``sample``, finite n: ``erm_score_mse``, ``erm_score_uniform``, ``erm_score_integral`` (the
+  closed-form ERM score of the same n points, :func:`latentdit.metrics.distances.erm_score`, on the
+  profile's times ``score_t``) and ``subspace_error_pca_n`` (PCA of those n points).
 
 Every finished task is written at once to ``DIR/rates.sqlite`` by the driver alone; a rerun skips
 finished tasks and resumes unfinished ones from their checkpoints. :mod:`~.claims` turns the rows

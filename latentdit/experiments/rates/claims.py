@@ -87,7 +87,7 @@ def _sample(rows: list[dict], plan: Plan, out: dict, top: dict) -> None:
                "ERM score_integral": col("erm_score_integral")}
         cols = {k: col(k) for k in ("population_loss", "memorisation_fraction", "w2_excess", "w2_clean")}
         prof = {f"n={n}": _profile([r for r in fin if r["n"] == n], "score_t", "score_mse") for n in ns}
-        prof.update({f"ERM n={n}": _profile([r for r in fin if r["n"] == n], "erm_score_t", "erm_score_mse")
+        prof.update({f"ERM n={n}": _profile([r for r in fin if r["n"] == n], "score_t", "erm_score_mse")
                      for n in ns})
         prof["n=inf"] = _profile(list(inf.values()), "score_t", "score_mse")
         exc = [(r["seed"], r["n"], r["population_loss"] - inf[r["seed"]]["population_loss"]) for r in fin]

@@ -159,8 +159,8 @@ def run_task(task: dict, threads: int = 1) -> dict:
     """Train (or resume) and evaluate one task; returns its row metrics (JSON-serialisable)."""
     import torch
 
-    from latentdit.data.empirical import erm_score, memorisation_fraction
-    from latentdit.evaluation.gmm import evaluate_ground_truth, log_times, score_error_profile, score_integral_error
+    from latentdit.data.empirical import memorisation_fraction
+    from latentdit.evaluation.gmm import evaluate_ground_truth
     from latentdit.export import from_pretrained
     from latentdit.metrics.distances import aligned_latent, subspace_error, w2
     from latentdit.pipeline import LatentDiTPipeline
@@ -179,7 +179,7 @@ def run_task(task: dict, threads: int = 1) -> dict:
     model.eval()
     meta = json.loads((run / "model" / "training.json").read_text())
     t_train, cpu_train = time.time() - t_start, time.process_time() - cpu_start
-    seed, T0, T = task["seed"], cfg.diffusion.T0, cfg.diffusion.T
+    seed, T0 = task["seed"], cfg.diffusion.T0
     if task["section"] == "encoder_noisy":  # the law of the data is not the mixture: subspaces only
         return {"subspace_error": subspace_error(model.W_B.detach(), law.B),
                 "subspace_error_pca": subspace_error(top_subspace(x_train, task["d0"]), law.B),
@@ -187,7 +187,8 @@ def run_task(task: dict, threads: int = 1) -> dict:
                 "converged": bool(meta.get("converged")), "train_seconds": t_train, "eval_seconds": 0.0,
                 "train_cpu_seconds": cpu_train, "cpu_seconds": time.process_time() - cpu_start}
     ev = evaluate_ground_truth(model, law, cfg, W=model.W_B.detach(), score_points=b.score_points,
-                               num_samples=b.eval_samples, tv_points=b.tv_points, seed=1000 + seed, times=b.score_times)
+                               num_samples=b.eval_samples, tv_points=b.tv_points, seed=1000 + seed, times=b.score_times,
+                               x_train=x_train if task["section"] == "sample" else None)
     row = {**ev, "population_loss": meta.get("best_val_loss"), "best_val_step": meta.get("best_val_step"),
            "steps_trained": meta["steps_trained"], "converged": bool(meta.get("converged")),
            "params": capacity(model), "params_total": sum(p.numel() for p in model.parameters())}
@@ -210,12 +211,6 @@ def run_task(task: dict, threads: int = 1) -> dict:
             h_train = x_train.double() @ law.B
             fresh = law.sample_latent(b.eval_samples, T0, generator=eg)
             row["memorisation_fraction"] = memorisation_fraction(h_gen, h_train, fresh, task.get("quantile", 0.1))
-    if task["section"] == "sample" and x_train is not None:
-        prof = score_error_profile(lambda xx, tt: erm_score(xx, tt, x_train), law.score,
-                                   lambda m, t: law.sample(m, t, generator=eg), log_times(T0, T, b.score_times),
-                                   b.score_points)
-        row.update(erm_score_t=prof["t"], erm_score_mse=prof["mse"],
-                   erm_score_integral=score_integral_error(prof, T0, T))
     row.update(train_seconds=t_train, eval_seconds=time.time() - t_start - t_train, train_cpu_seconds=cpu_train,
                cpu_seconds=time.process_time() - cpu_start)
     return row
