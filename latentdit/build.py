@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Callable
 
 import torch
 
@@ -27,6 +28,11 @@ class TrainData:
     # latentdit.autoencoder.FirstStage when encoder.kind = "autoencoder": x then holds its scaled
     # latent rows (N, c h w) and ``loaded`` the images
     first_stage: object | None = None
+    # a population sampler (n, generator) -> (n, D) float32 in the model's space: the trainer then
+    # draws fresh points every step (n = infinity) and ``x`` serves only the encoder init
+    sampler: Callable[[int, torch.Generator], torch.Tensor] | None = None
+    basis: torch.Tensor | None = None  # (D, d0): the encoder's initial W_B instead of PCA of ``x``
+    val_x: torch.Tensor | None = None  # (V, D) held-out points for train.val_every (else drawn or split off)
 
 
 def build_ground_truth(cfg: Config) -> SubspaceGMM:

@@ -137,6 +137,12 @@ class TrainConfig:
     checkpoint_every: int = 1000
     keep_checkpoints: int = 2
     eval_every: int = 0  # 0 disables periodic evaluation
+    # held-out validation loss of the EMA model every val_every steps (0 = off) on val_points fixed
+    # (x0, t, noise): fresh population draws when the data have a sampler, else a held-out split
+    val_every: int = 0
+    val_points: int = 2048
+    patience: int = 0  # stop after this many validations without improvement (0 = never); best EMA kept
+    val_min_delta: float = 0.0  # relative improvement a validation must make to reset the patience count
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
     compile: bool = False  # torch.compile the network

@@ -169,3 +169,97 @@ class SubspaceGMM:
     def denoiser(self):
         """The exact denoiser as a sampler-ready function D(x, t) with t of shape (N,) or scalar."""
         return lambda x, t: self.denoise(x, t)
+
+
+@dataclass
+class BlockProductLaw:
+    """x = B h with h = R u, u = (u_1, ..., u_L) i.i.d. copies of one small latent mixture on R^k.
+
+    ``R = None`` (independent token blocks): the latent score is the per-block score, so a network
+    whose tokens are the blocks faces the same per-token problem at every d0 = L k, and the exact
+    sigma-scaled score error of any per-token estimator grows exactly like sqrt(L). A rotation ``R``
+    (d0 x d0, orthogonal) couples the blocks: the same law seen in mixed coordinates. Duck-typed like
+    :class:`SubspaceGMM` (``B``, ``sample``, ``sample_latent``, ``score``, ``latent_score``,
+    ``latent_log_prob``, ``log_prob``); float64 throughout.
+    """
+
+    B: torch.Tensor  # (D, L k)
+    block: SubspaceGMM  # the per-block law on R^k (its own B is the identity)
+    R: torch.Tensor | None = None  # (d0, d0) orthogonal coupling, or None
+
+    @classmethod
+    def random(cls, ambient_dim: int, blocks: int, block_dim: int, components: int, seed: int = 0,
+               coupled: bool = False) -> "BlockProductLaw":
+        """The per-block law depends on (block_dim, components, seed) only, B on everything."""
+        if blocks < 1 or not 0 < blocks * block_dim <= ambient_dim:
+            raise ValueError(f"need blocks >= 1 and 0 < blocks * block_dim <= ambient_dim, got blocks={blocks}, "
+                             f"block_dim={block_dim}, ambient_dim={ambient_dim}")
+        lat = SubspaceGMM.random(block_dim, block_dim, components, seed=seed)
+        block = SubspaceGMM(torch.eye(block_dim, dtype=torch.float64), lat.weights, lat.means, lat.eigvecs,
+                            lat.eigvals)
+        d0 = blocks * block_dim
+        g = torch.Generator().manual_seed(1_000_003 * (seed + 1) + 7 * ambient_dim + d0)
+        B = random_orthonormal(ambient_dim, d0, g)
+        return cls(B, block, random_orthonormal(d0, d0, g) if coupled else None)
+
+    @property
+    def latent_dim(self) -> int:
+        return self.B.shape[1]
+
+    @property
+    def blocks(self) -> int:
+        return self.latent_dim // self.block.latent_dim
+
+    def _to_u(self, h: torch.Tensor) -> torch.Tensor:  # u = R^T h, row vectors
+        h = h.to(torch.float64)
+        return h if self.R is None else h @ self.R
+
+    def _from_u(self, u: torch.Tensor) -> torch.Tensor:  # h = R u
+        return u if self.R is None else u @ self.R.T
+
+    def sample_latent(self, n: int, t: float = 0.0, *, generator: torch.Generator | None = None) -> torch.Tensor:
+        u = self.block.sample_latent(n * self.blocks, 0.0, generator=generator).reshape(n, self.latent_dim)
+        h = self._from_u(u)
+        if t > 0:
+            tt = torch.tensor(t, dtype=torch.float64)
+            h = beta(tt) * h + sigma(tt).sqrt() * torch.randn(h.shape, generator=generator, dtype=torch.float64)
+        return h
+
+    def sample(self, n: int, t: float = 0.0, *, generator: torch.Generator | None = None) -> torch.Tensor:
+        x = self.sample_latent(n, 0.0, generator=generator) @ self.B.T
+        if t > 0:
+            tt = torch.tensor(t, dtype=torch.float64)
+            x = beta(tt) * x + sigma(tt).sqrt() * torch.randn(x.shape, generator=generator, dtype=torch.float64)
+        return x
+
+    def _per_block_t(self, t, n: int) -> torch.Tensor:
+        t = torch.as_tensor(t, dtype=torch.float64).expand(n)
+        return t.repeat_interleave(self.blocks)
+
+    def latent_log_prob(self, h: torch.Tensor, t) -> torch.Tensor:
+        """log p_t^h(h) = sum over blocks of the block's log density of (R^T h)_block (R keeps volume)."""
+        n, k = h.shape[0], self.block.latent_dim
+        u = self._to_u(h).reshape(n * self.blocks, k)
+        return self.block.latent_log_prob(u, self._per_block_t(t, n)).reshape(n, self.blocks).sum(1)
+
+    def latent_score(self, h: torch.Tensor, t) -> torch.Tensor:
+        """grad log p_t^h(h) = R (per-block scores of R^T h)."""
+        n, k = h.shape[0], self.block.latent_dim
+        u = self._to_u(h).reshape(n * self.blocks, k)
+        return self._from_u(self.block.latent_score(u, self._per_block_t(t, n)).reshape(n, self.latent_dim))
+
+    def log_prob(self, x: torch.Tensor, t) -> torch.Tensor:
+        """log p_t(x) for t > 0: the latent law times N(0, sigma I) on the complement of span B."""
+        x = x.to(torch.float64)
+        s = sigma(torch.as_tensor(t, dtype=torch.float64).expand(x.shape[0]))
+        h = x @ self.B
+        perp = x - h @ self.B.T
+        k = self.B.shape[0] - self.latent_dim
+        return self.latent_log_prob(h, t) - 0.5 * (perp.pow(2).sum(1) / s + k * torch.log(2 * math.pi * s))
+
+    def score(self, x: torch.Tensor, t) -> torch.Tensor:
+        """grad log p_t(x) = B grad log p_t^h(B^T x) - (I - B B^T) x / sigma(t)."""
+        x64 = x.to(torch.float64)
+        s = sigma(torch.as_tensor(t, dtype=torch.float64).expand(x.shape[0]))
+        h = x64 @ self.B
+        return (self.latent_score(h, t) @ self.B.T - (x64 - h @ self.B.T) / s[:, None]).to(x.dtype)

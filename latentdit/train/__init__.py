@@ -1,8 +1,10 @@
 """Training: denoising score matching with AdamW, warmup + cosine LR, gradient clipping and EMA.
 
 ``optim`` (AdamW, LR schedule, EMA), ``checkpoint`` (atomic files, resume state, RNG state),
-``rundir`` (the run directory: check, preparation on resume, lock) and ``loop`` (:class:`Trainer`,
-:func:`train`). Only rank 0 writes into the run directory.
+``rundir`` (the run directory: check, preparation on resume, lock), ``batches`` (a finite data set
+in seeded epochs or fresh draws from a population sampler), ``early`` (the held-out loss and early
+stopping), ``snapshot`` (periodic evaluation) and ``loop`` (:class:`Trainer`, :func:`train`). Only
+rank 0 writes into the run directory.
 """
 
 from latentdit.train.checkpoint import (CKPT_DIR, CKPT_FORMAT, DataOrder, global_rng_state, list_checkpoints,

@@ -7,7 +7,11 @@ the same weights as one never interrupted (bitwise on CPU with a fixed thread co
 
 ``train.steps`` is the budget. ``train.time_limit > 0`` (off by default) stops earlier when the
 wall-clock limit is reached; the run then says so on stderr and records ``steps_trained`` and
-``steps_planned`` in the export metadata and in the last line of metrics.jsonl.
+``steps_planned`` in the export metadata and in the last line of metrics.jsonl. With
+``train.val_every > 0`` the EMA model's held-out loss is logged every ``val_every`` steps and the best
+EMA weights are exported; ``train.patience > 0`` stops after that many evaluations without
+improvement (``converged`` in the export). Data with a population sampler train on fresh draws
+(:mod:`latentdit.train.batches`, :mod:`latentdit.train.early`).
 """
 
 from __future__ import annotations
@@ -30,22 +34,19 @@ from tqdm.auto import tqdm
 import latentdit.autoencoder.fit as first_stage_fit  # the autoencoder stage (a module: it imports train.checkpoint)
 from latentdit.attention import attention_stats, reset_attention_stats
 from latentdit.config import Config
-from latentdit.data.images import save_image_grid
 from latentdit.diffusion import sample_times
 from latentdit.distributed import DistContext, init_distributed, rank_device
 from latentdit.errors import CheckpointError, ConfigError, DivergenceError
-from latentdit.evaluation.baselines import balanced_labels
-from latentdit.evaluation.gmm import evaluate_gmm
 from latentdit.models.blocks import attention_summary
 from latentdit.models.guidance import drop_labels
-from latentdit.pipeline import (LatentDiTPipeline, TrainData, build_data, build_model, resolve_device,
-                                save_pretrained)
-from latentdit.train.checkpoint import (CKPT_FORMAT, DataOrder, global_rng_state, list_checkpoints, read_latest,
+from latentdit.pipeline import TrainData, build_model, resolve_device, save_pretrained
+from latentdit.train.batches import BatchSource, default_data, held_out_split, use_basis
+from latentdit.train.checkpoint import (CKPT_FORMAT, global_rng_state, list_checkpoints, read_latest,
                                         set_global_rng_state, write_checkpoint)
+from latentdit.train.early import EarlyStopping, ValidationSet
 from latentdit.train.optim import ema_decay_at, ema_update, lr_lambda, make_optimizer
 from latentdit.train.rundir import METRICS, RunLock, check_run_dir, prepare_run_dir
-
-SAMPLES_DIR = "samples"
+from latentdit.train.snapshot import SAMPLES_DIR, data_meta, evaluate_snapshot
 
 
 class _Objective(torch.nn.Module):
@@ -103,24 +104,45 @@ class Trainer:
         torch.manual_seed(tc.seed)
         np.random.seed(tc.seed % 2**32)
         random.seed(tc.seed)
-        self.data = data if data is not None else build_data(cfg)
+        self.data = data if data is not None else default_data(cfg)
         init_gen = torch.Generator().manual_seed(tc.seed)
-        self.model = build_model(cfg, self.data, generator=init_gen).to(self.device)
+        self.model = build_model(cfg, self.data, generator=init_gen)
+        if self.data.basis is not None:
+            use_basis(self.model, self.data.basis, self.data.x)
+        self.model = self.model.to(self.device)
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
         self.opt = make_optimizer(self.model, cfg)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(cfg))
         # one stream for times, noise and label dropout: the same on every rank (see the class docstring)
         self.gen = torch.Generator(device=self.device).manual_seed(tc.seed + 17)
-        n, world = self.data.x.shape[0], self.dist.world_size
-        self.global_batch = min(tc.batch_size, n)
+        x, y, sampler = self.data.x, self.data.labels, self.data.sampler
+        if min(tc.val_every, tc.patience, tc.val_points - 1) < 0 or not 0 <= tc.val_min_delta < 1:
+            raise ConfigError(f"train.val_every={tc.val_every} and train.patience={tc.patience} must be >= 0, "
+                              f"train.val_points={tc.val_points} >= 1, train.val_min_delta={tc.val_min_delta} "
+                              "in [0, 1)")
+        self.val = self.early = None
+        if tc.val_every > 0:  # given held-out points, fresh population draws, or a held-out split
+            if self.data.val_x is not None:
+                vx, vy = self.data.val_x, None
+            elif sampler is not None:
+                vx, vy = sampler(tc.val_points, torch.Generator().manual_seed(tc.seed * 1_000_039 + 43)), None
+            else:
+                keep, out = held_out_split(x.shape[0], tc.val_points, tc.seed)
+                vx, vy = x[out], None if y is None else y[out]
+                x, y = x[keep], None if y is None else y[keep]
+            self.val = ValidationSet(vx.float().to(self.device), None if vy is None else vy.to(self.device),
+                                     cfg.diffusion.T0, cfg.diffusion.T, tc.seed, cfg.diffusion.weighting)
+            self.early = EarlyStopping(tc.patience, tc.val_min_delta)
+        n, world = x.shape[0], self.dist.world_size
+        self.global_batch = tc.batch_size if sampler is not None else min(tc.batch_size, n)
         if self.global_batch % world:
             raise ConfigError(f"the global batch {self.global_batch} (train.batch_size, at most the {n} data "
                               f"points) is not divisible by the {world} processes; choose a multiple of {world}")
         self.local_batch = self.global_batch // world
-        self.order = DataOrder(n, self.global_batch, tc.seed)
         self.step = 0
-        self.x = self.data.x.to(self.device)
-        self.y = self.data.labels.to(self.device) if self.data.labels is not None else None
+        self.x = x.to(self.device)
+        self.y = y.to(self.device) if y is not None else None
+        self.batches = BatchSource(self.x, self.y, self.global_batch, tc.seed, sampler)
         if tc.compile:
             self.model.backbone.compile()  # in place: parameter names (and checkpoints) unchanged
         self.objective: torch.nn.Module = _Objective(self.model, cfg.diffusion.weighting)
@@ -139,8 +161,9 @@ class Trainer:
         return {
             "format": CKPT_FORMAT, "config": self.cfg.to_dict(), "step": self.step,
             "model": self.model.state_dict(), "ema": self.ema.state_dict(), "opt": self.opt.state_dict(),
-            "sched": self.sched.state_dict(), "order": self.order.state(), "world_size": self.dist.world_size,
+            "sched": self.sched.state_dict(), "order": self.batches.state(), "world_size": self.dist.world_size,
             "rng": {"gen": self.gen.get_state(), **global_rng_state()},
+            "early": None if self.early is None else self.early.state_dict(),
         }
 
     def load_state_dict(self, s: dict) -> None:
@@ -164,7 +187,12 @@ class Trainer:
         self.sched.load_state_dict(s["sched"])
         self.gen.set_state(s["rng"]["gen"])
         set_global_rng_state(s["rng"])
-        self.order = DataOrder(self.order.n, self.order.bs, self.cfg.train.seed, **s["order"])
+        try:
+            self.batches.load_state(s["order"])
+        except ValueError as e:
+            raise CheckpointError(f"checkpoint in {str(self.run)!r}: {e}; use a new --out directory") from e
+        if self.early is not None and s.get("early") is not None:
+            self.early.load_state_dict(s["early"])
         self.step = s["step"]
         self._saved_step = self.step
 
@@ -184,7 +212,7 @@ class Trainer:
     def train_step(self) -> float:
         """One optimiser step on the global batch; returns the loss averaged over all ranks."""
         cfg, G = self.cfg, self.global_batch
-        idx = self.order.next().to(self.device)  # (G,) the same on every rank
+        x0, y = self.batches.next()  # (G, D) the same on every rank
         t = sample_times(G, cfg.diffusion.T0, cfg.diffusion.T, generator=self.gen, device=self.device)
         noise = torch.randn((G, self.x.shape[1]), generator=self.gen, device=self.device)
         drop = None
@@ -192,12 +220,9 @@ class Trainer:
             drop = torch.rand(G, generator=self.gen, device=self.device) < cfg.model.class_dropout
         lo = self.dist.rank * self.local_batch
         mine = slice(lo, lo + self.local_batch)  # this rank's shard of the global batch
-        idx, t, noise = idx[mine], t[mine], noise[mine]
-        x0 = self.x[idx]
-        y = None
-        if self.y is not None:
-            y = self.y[idx]
-            y = drop_labels(y, drop[mine], self.model.num_classes)
+        x0, t, noise = x0[mine], t[mine], noise[mine]
+        if y is not None:
+            y = drop_labels(y[mine], drop[mine], self.model.num_classes)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.train.amp and self.device.type == "cuda"):
             loss = self.objective(x0, t, noise, y)
         value = float(self.dist.mean(loss.detach().float()))
@@ -264,7 +289,7 @@ class Trainer:
                   f"train.steps={tc.steps}", file=sys.stderr)
         timed_out = False
         try:
-            while self.step < tc.steps:
+            while self.step < tc.steps and not (self.early is not None and self.early.stopped):
                 loss = self.train_step()
                 if self.callbacks.on_step is not None:
                     self.callbacks.on_step(self.step)
@@ -284,6 +309,11 @@ class Trainer:
                         print(f"step {self.step}/{tc.steps} loss {rec['loss']:.4f} {rate:.1f} steps/s "
                               f"eta {_fmt_time(eta)}", file=sys.stderr)
                     losses, last_t, last_step = [], now, self.step
+                if self.val is not None and self.step % tc.val_every == 0:
+                    rec = self.early.update(self.step, self.val.loss(self.ema), self.ema)
+                    if main:
+                        self._log(log, {"step": self.step, **rec})
+                    last_t = time.time()  # the validation before the checkpoint that holds its result
                 if main and tc.checkpoint_every > 0 and self.step % tc.checkpoint_every == 0:
                     self.save_checkpoint()
                 if main and tc.eval_every > 0 and self.step % tc.eval_every == 0:
@@ -303,6 +333,8 @@ class Trainer:
         if main:
             if self._saved_step != self.step:
                 self.save_checkpoint()
+            if self.early is not None:  # the export holds the best EMA weights on the held-out loss
+                self.early.restore(self.ema)
             attn = attention_summary(self.ema.backbone, batch=self.local_batch)
             save_pretrained(self.ema, cfg, self.run / "model", extra={"step": self.step, **self._budget(),
                                                                       "train_seconds": time.time() - t_start,
@@ -319,8 +351,9 @@ class Trainer:
         return self.run
 
     def _budget(self) -> dict:
-        """The steps trained against those planned (fewer when ``train.time_limit`` stopped the run)."""
-        return {"steps_trained": self.step, "steps_planned": self.cfg.train.steps}
+        """Steps trained against those planned (fewer after ``train.time_limit`` or early stopping)."""
+        val = {} if self.early is None else self.early.summary()
+        return {"steps_trained": self.step, "steps_planned": self.cfg.train.steps, **val}
 
     def _log(self, log, rec: dict) -> None:
         log.write(json.dumps(rec) + "\n")
@@ -330,45 +363,12 @@ class Trainer:
                 if k != "step" and isinstance(v, (int, float)):
                     self._tb.add_scalar(k.replace("eval_", "eval/"), v, rec["step"])
 
-    @torch.no_grad()
     def evaluate_snapshot(self, num: int = 64) -> dict:
-        """Metrics of the EMA model (ground-truth runs) and a sample snapshot in RUN/samples/.
-
-        Runs on its own seeded generators inside a saved-and-restored RNG context, so periodic
-        evaluation never changes the training trajectory.
-        """
-        cfg, saved = self.cfg, global_rng_state()
-        try:
-            rec: dict = {}
-            if self.data.gmm is not None:
-                m = evaluate_gmm(self.ema, cfg, num_samples=min(cfg.eval.num_samples, 1000))
-                rec.update({k if k.startswith("eval") else f"eval_{k}": v for k, v in m.items() if isinstance(v, float)})
-            labels = None
-            if self.ema.num_classes > 0:
-                labels = balanced_labels(num, self.ema.num_classes)
-            pipe = LatentDiTPipeline.from_config(self.ema, cfg, self._data_meta(), self.data.first_stage)
-            x = pipe.sample_model_space(num, sampler=cfg.eval.sampler, steps=cfg.eval.steps, seed=cfg.eval.seed,
-                                        labels=labels).cpu()
-            out = self.run / SAMPLES_DIR / f"step_{self.step:08d}"
-            out.parent.mkdir(parents=True, exist_ok=True)
-            loaded = self.data.loaded
-            np.save(out.with_suffix(".npy"), pipe.to_data_space(x).numpy())
-            if loaded is not None and loaded.image_shape is not None:
-                save_image_grid(loaded.to_images(pipe.decode(x)), out.with_suffix(".png"), nrow=8)
-            rec["snapshot"] = str(out.relative_to(self.run)) + ".npy"
-            return rec
-        finally:
-            set_global_rng_state(saved)
+        """See :func:`latentdit.train.snapshot.evaluate_snapshot` (never changes the training trajectory)."""
+        return evaluate_snapshot(self.ema, self.cfg, self.data, self.run, self.step, num)
 
     def _data_meta(self) -> dict:
-        loaded = self.data.loaded
-        if loaded is None:
-            return {}
-        meta = {"normalisation": loaded.norm.to_dict(), "image_shape": loaded.image_shape,
-                "class_names": loaded.class_names}
-        if loaded.pixel_range is not None:  # otherwise the export decides from data.source
-            meta["pixel_range"] = [float(v) for v in loaded.pixel_range]
-        return meta
+        return data_meta(self.data)
 
 
 def _attention_counts() -> dict:

@@ -1,84 +1,84 @@
-"""The paper's statistical claims, measured: sweeps on the ground truth, fitted rates and a report.
+"""The paper's statistical claims, measured: sweeps on ground truths, fitted rates and a report.
 
-``latentdit rates --out DIR [--quick] [--workers N]`` trains small latent DiTs on the subspace
-Gaussian mixture of :mod:`latentdit.data.gmm` (x = B h with B a D x d0 matrix of orthonormal
-columns and h a Gaussian mixture in R^d0, so every noised score is closed form) and measures, per
-configuration (D, d0, n, T0, seed):
+``latentdit rates --out DIR [--quick] [--workers N] [--scheduler ADDRESS]`` trains latent DiTs with
+the library's own :class:`latentdit.train.Trainer` (one run directory per task under
+``DIR/runs/``) on ground truths whose noised scores are closed form (:mod:`latentdit.data.gmm`) and
+evaluates each with :func:`latentdit.evaluation.gmm.evaluate_ground_truth`. The sections and their
+sizes are in :mod:`~latentdit.experiments.rates.plan`; the row metrics are those of
+``evaluate_ground_truth`` plus:
 
-- ``score_sigma_error``: sigma(t) ||s_W - grad log p_t||_{L2(P_t)} averaged over a log grid of
-  t in [T0, T] (the quantity Thm 3.1 bounds by eps sqrt(d0), independent of D);
-- ``score_sigma_sq_error``: the same average of the squared quantity (used for the n-rate of
-  Thm 3.2; since sigma(t) <= 1 it is bounded by the unweighted average the theorem controls);
-- ``score_rel_error``: ||s_W - grad log p_t|| / ||grad log p_t||, averaged the same way;
-- ``subspace_error``: ||W_B W_B^T - B B^T||_F^2 of the model's encoder (PCA of the n clean
-  training points, frozen) and ``subspace_error_noisy_pca`` (PCA of the n points observed through
-  the forward process at T0, a subspace estimate whose error is statistical rather than at the
-  rounding floor);
-- ``w2_latent`` (and its same-size true-vs-true floor ``w2_latent_reference``) and, for d0 <= 2,
-  ``tv_latent`` / ``tv_latent_reference``: the generated latent law after the best orthogonal
-  alignment against the exact latent law at T0 (TV by a Gaussian KDE of the aligned samples);
-- ``off_subspace_var`` against ``1 - exp(-T0)`` (Cor. 3.2.1 iii).
+- ``population_loss`` (the held-out population DSM loss at the best checkpoint), ``best_val_step``,
+  ``steps_trained``, ``converged`` (stopped by patience before the step cap), ``params`` (network
+  parameters), ``train_seconds``, ``eval_seconds``, ``cpu_seconds``;
+- sections ``sample`` and ``t0``: ``w2_clean`` / ``w2_clean_floor`` (generated latent law against
+  the clean latent law) and, for finite n, ``memorisation_fraction``
+  (:func:`latentdit.data.empirical.memorisation_fraction`);
+- section ``sample``, finite n: ``erm_score_mse``, ``erm_score_uniform``, ``erm_score_integral`` (the
+  closed-form ERM score of the same n points, :func:`latentdit.metrics.distances.erm_score`, on the
+  profile's times ``score_t``) and ``subspace_error_pca_n`` (PCA of those n points).
 
-Sweeps (>= 3 seeds per point): D at fixed d0, d0 at fixed D, n (at d0 = 16 and, for TV, at d0 = 2),
-and T0. The latent law depends on (d0, seed) only, so the D sweep changes nothing but the ambient
-dimension. Every finished configuration is written at once to ``DIR/rates.sqlite``; a rerun
-skips finished configurations. Training budget: a fixed number of optimiser steps per mode for every
-configuration, so that each sweep varies only its own quantity; at large n the error is therefore
-limited by optimisation as well as by the sample size (the report says so).
-
-Modules: :mod:`~latentdit.experiments.rates.plan` (budgets, sweeps, configurations),
-:mod:`~latentdit.experiments.rates.store` (the resumable SQLite record),
-:mod:`~latentdit.experiments.rates.run` (one configuration, the sweep, :func:`run_rates`),
-:mod:`~latentdit.experiments.rates.claims` (claims, slope fits, verdicts) and
-:mod:`~latentdit.experiments.rates.report` (report.md, plots, summary).
+Every finished task is written at once to ``DIR/rates.sqlite`` by the driver alone; a rerun skips
+finished tasks and resumes unfinished ones from their checkpoints. :mod:`~.claims` turns the rows
+into claims and checks, :mod:`~.report` into report.md, plots and summary.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from pathlib import Path
 
 from latentdit.errors import ConfigError
-from latentdit.experiments.rates.claims import CLAIMS, Claim, analyse, fit_slopes, loglog_slope, verdict_upper
-from latentdit.experiments.rates.plan import Budget, Plan, config_key, configurations, plan_for, sweeps
-from latentdit.experiments.rates.report import write_report
-from latentdit.experiments.rates.run import estimate_full, run_config, run_rates, run_sweep, tv_to_density
+from latentdit.experiments.rates.claims import analyse
+from latentdit.experiments.rates.plan import (PLAN_FIELDS, SECTIONS, Budget, Plan, config_key, configurations,
+                                             only_sections, plan_for, points, tasks)
+from latentdit.experiments.rates.run import estimate, run_rates, run_sweep, run_task
 from latentdit.experiments.rates.store import DB_NAME, RateStore
 
-__all__ = ["CLAIMS", "DB_NAME", "Budget", "Claim", "Plan", "RateStore", "analyse", "config_key", "configurations",
-           "estimate_full", "fit_slopes", "loglog_slope", "main", "plan_for", "run_config", "run_rates", "run_sweep",
-           "sweeps", "tv_to_density", "verdict_upper", "write_report"]
+__all__ = ["DB_NAME", "SECTIONS", "Budget", "Plan", "RateStore", "analyse", "config_key", "configurations",
+           "estimate", "main", "only_sections", "plan_for", "points", "run_rates", "run_sweep", "run_task", "tasks"]
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="latentdit rates",
-                                 description="Measure the paper's statistical rates on the ground-truth model.")
-    ap.add_argument("--out", type=Path, required=True, help="output directory (holds the resumable store)")
-    ap.add_argument("--quick", action="store_true", help="smaller model and budget (same sweeps, 3 seeds)")
+                                 description="Measure the paper's statistical rates on ground-truth models.")
+    ap.add_argument("--out", type=Path, required=True, help="output directory (holds the resumable store and runs)")
+    mode = ap.add_mutually_exclusive_group()
+    mode.add_argument("--quick", action="store_true", help="every section, small sizes (3 seeds)")
+    mode.add_argument("--micro", action="store_true", help="a seconds-long smoke run of every section")
     ap.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1),
-                    help="parallel worker processes (default: min(2, CPU cores))")
-    ap.add_argument("--threads", type=int, default=1, help="torch threads per configuration (default 1)")
-    ap.add_argument("--attention", type=Path, default=None,
-                    help="attention benchmark JSON (default: docs/bench/attention.json if present)")
-    ap.add_argument("--no-estimate", action="store_true", help="quick mode: skip the full-run timing probe")
+                    help="parallel tasks (default: min(2, CPU cores)); ignored with a remote --scheduler")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads per task (default 1)")
+    ap.add_argument("--scheduler", default=None,
+                    help="run the tasks through Dask: 'local' (a loopback cluster) or tcp://host:port")
+    ap.add_argument("--no-attention", action="store_true", help="leave out the attention-criterion section")
+    ap.add_argument("--sections", default=None,
+                    help="comma-separated subset of the plan's sections (default all): " + ", ".join(PLAN_FIELDS))
+    ap.add_argument("--estimate", action="store_true", help="also time the full plan (a short probe per section)")
     ap.add_argument("--no-progress", action="store_true")
     a = ap.parse_args(argv)
-    if a.workers < 1:
-        raise ConfigError(f"--workers={a.workers} must be >= 1")
-    plan = plan_for("quick" if a.quick else "full")
+    if a.workers < 1 or a.threads < 1:
+        raise ConfigError(f"--workers={a.workers} and --threads={a.threads} must be >= 1")
+    if a.scheduler is not None and a.scheduler != "local" and not a.scheduler.startswith(("tcp://", "tls://")):
+        raise ConfigError(f"--scheduler={a.scheduler!r} must be 'local' or a tcp://host:port address")
+    plan = plan_for("micro" if a.micro else "quick" if a.quick else "full")
+    if a.sections:
+        try:
+            plan = only_sections(plan, [x.strip() for x in a.sections.split(",") if x.strip()])
+        except ValueError as e:
+            raise ConfigError(f"--sections: {e}") from e
     try:
-        s = run_rates(a.out, plan, workers=a.workers, threads=a.threads, progress=not a.no_progress and sys.stderr.isatty(),
-                      attention=a.attention, estimate=a.quick and not a.no_estimate)
+        s = run_rates(a.out, plan, workers=a.workers, threads=a.threads, scheduler=a.scheduler,
+                      progress=not a.no_progress and sys.stderr.isatty(), attention=not a.no_attention,
+                      with_estimate=a.estimate)
     except KeyboardInterrupt:
-        print(f"interrupted; finished configurations are kept in {a.out / DB_NAME} and a rerun resumes",
-              file=sys.stderr)
+        print(f"interrupted; finished tasks are kept in {a.out / DB_NAME} and a rerun resumes", file=sys.stderr)
         return 130
     for k, c in s["claims"].items():
-        print(f"{k:26s} slope {c['measured_slope'] if c['measured_slope'] is not None else float('nan'):+.3f} "
-              f"(predicted {c['predicted_exponent']:+.3f}): {c['verdict']}")
-    print(f"d_independence_spread {s['d_independence_spread']}")
-    print(f"wrote {a.out / 'report.md'} and {a.out / 'summary.json'}")
+        slope = c.get("slope")
+        print(f"{k:34s} {c.get('kind', ''):5s} slope {slope if slope is not None else math.nan:+.3f} "
+              f"(predicted {c.get('predicted') if c.get('predicted') is not None else math.nan:+.3f}): {c['verdict']}")
+    print(f"wrote {a.out / 'summary.json'} and {a.out / 'report.md'}")
     return 0
-

@@ -1,98 +1,247 @@
-"""Plans of ``latentdit rates``: the training and evaluation budget, the sweeps over (D, d0, n, T0)
-around a base point, and the unique configurations they expand to (one per point and seed)."""
+"""Plans of ``latentdit rates``: one dataclass of sizes per section, and the tasks they expand to.
+
+A task is a plain dict ``{"section", <the point's parameters>, "seed", "budget"}``: one training run
+of the :class:`latentdit.train.Trainer` plus its evaluation. Sections:
+
+- ``sample``: sample complexity (Thm 3.2, Cor. 3.2.1): nested subsets of n points plus n = infinity
+  (``n = 0``: fresh draws every step), each trained to early stopping on a held-out population loss;
+- ``approx``: approximation (Thm 3.1) at n = infinity against capacity (depth K, width or the paper
+  block's heads / head size / ff width), for each d0 and D;
+- ``blocks``: d0 like-with-like: a product of identical token blocks (and a rotated, coupled
+  variant), exact frozen encoder, n = infinity;
+- ``t0``: the early-stopping time T0 at fixed n;
+- ``dcheck``: D at fixed d0 with a frozen exact encoder (an implementation check);
+- ``encoder``: a learned W_B from a random init, its errors against steps per D (the library's own
+  ``gmm`` ground truth with ``data.n = 0``, exactly what ``latentdit train`` runs);
+  ``encoder_noisy``: a learned W_B on noisy data x = B h + tau xi against n, next to PCA's.
+"""
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 
 @dataclass(frozen=True)
 class Budget:
-    """Per-configuration training and evaluation budget (identical for every configuration of a plan)."""
+    """Training and evaluation sizes shared by every task of a plan (steps are a cap: early stopping)."""
 
-    steps: int = 2000
+    max_steps: int = 6000
     batch_size: int = 256
     hidden: int = 64
-    depth: int = 4
+    depth: int = 2
     heads: int = 4
-    lr: float = 1e-3
+    lr: float = 2e-3
     warmup: int = 100
-    ema_decay: float = 0.999
+    ema_decay: float = 0.995
     T: float = 10.0
+    val_every: int = 200
+    patience: int = 5
+    val_min_delta: float = 0.0005  # an evaluation must improve by 0.05% to reset the patience count
+    val_points: int = 4096
     eval_samples: int = 2000
-    sample_steps: int = 50
-    score_times: int = 12
-    score_points: int = 2000
-    tv_points: int = 20000
+    sample_steps: int = 25
+    score_times: int = 16
+    score_points: int = 1000
+    tv_points: int = 0
+    checkpoint_every: int = 1000
+
+
+@dataclass(frozen=True)
+class SampleSection:
+    """Excess risk and score error against n (Thm 3.2): nested subsets of one draw, plus n = inf."""
+
+    d0_values: tuple[int, ...] = (4,)
+    D: int = 32
+    n_values: tuple[int, ...] = (64, 256, 1024, 4096, 16384)
+    T0: float = 1e-3
+    memorisation_quantile: float = 0.1
+
+
+@dataclass(frozen=True)
+class ApproxSection:
+    """score_uniform against capacity at n = inf (Thm 3.1), for each d0 and D and block kind."""
+
+    d0_values: tuple[int, ...] = (4, 16, 64)
+    D_values: tuple[int, ...] = (32, 2048)
+    depths: tuple[int, ...] = (1, 2, 4, 8)
+    widths: tuple[int, ...] = (32, 128)  # DiT block widths: with depths 1..8 about 2 decades of parameters
+    blocks: tuple[str, ...] = ("dit", "paper")
+    paper: tuple[int, int, int] = (2, 1, 4)  # paper block (r heads, head size m, ff width l) at depth 1
+    T0: float = 1e-3
+
+
+@dataclass(frozen=True)
+class BlocksSection:
+    """max_t sigma(t) err(t) against d0 = L k for L identical token blocks of size k."""
+
+    blocks: tuple[int, ...] = (1, 2, 4, 8, 32)  # d0 = 4 ... 128: 1.5 decades, 5 points
+    block_dim: int = 4
+    D: int = 256
+    coupled: tuple[bool, ...] = (False, True)
+    T0: float = 1e-3
+
+
+@dataclass(frozen=True)
+class T0Section:
+    """score_integral and W2 to the clean latent law against the early-stopping time T0."""
+
+    T0_values: tuple[float, ...] = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
+    d0: int = 4
+    D: int = 32
+    n: int = 1024
+
+
+@dataclass(frozen=True)
+class DCheckSection:
+    """D at fixed d0 with W_B = B frozen: the training problem is the same in law for every D."""
+
+    D_values: tuple[int, ...] = (32, 128, 512, 2048)
+    d0: int = 4
+    T0: float = 1e-3
+
+
+@dataclass(frozen=True)
+class EncoderSection:
+    """A learned W_B from a random Stiefel init: subspace and score error against steps per D (the
+    Trainer's periodic evaluation, n = inf), and on noisy data x = B h + tau xi against n next to PCA's."""
+
+    D_values: tuple[int, ...] = (32, 128, 512, 2048)
+    d0: int = 4
+    eval_every: int = 500
+    noisy_D: int = 128
+    tau: float = 0.1
+    n_values: tuple[int, ...] = (64, 256, 1024, 4096, 16384)
+    T0: float = 1e-3
 
 
 @dataclass(frozen=True)
 class Plan:
     name: str
     seeds: tuple[int, ...]
-    D_values: tuple[int, ...] = (32, 128, 512, 2048)
-    d0_values: tuple[int, ...] = (4, 16, 64)
-    n_values: tuple[int, ...] = (500, 2000, 8000, 32000)
-    T0_values: tuple[float, ...] = (1e-3, 1e-2, 1e-1)
-    tv_d0: int = 2
-    base_D: int = 128
-    base_d0: int = 16
-    base_n: int = 8000
-    base_T0: float = 1e-3
     components: int = 8
     budget: Budget = field(default_factory=Budget)
+    sample: SampleSection | None = field(default_factory=SampleSection)
+    approx: ApproxSection | None = field(default_factory=ApproxSection)
+    blocks: BlocksSection | None = field(default_factory=BlocksSection)
+    t0: T0Section | None = field(default_factory=T0Section)
+    dcheck: DCheckSection | None = field(default_factory=DCheckSection)
+    encoder: EncoderSection | None = field(default_factory=EncoderSection)
+
+
+SECTIONS = ("sample", "approx", "blocks", "t0", "dcheck", "encoder", "encoder_noisy")
 
 
 def plan_for(mode: str) -> Plan:
-    """``full`` (the reference run), ``quick`` (same sweeps, smaller model and budget) or ``micro`` (tests)."""
+    """``full`` (the reference run, 5 seeds), ``quick`` (every section, small) or ``micro`` (tests)."""
     if mode == "full":
         return Plan("full", seeds=(0, 1, 2, 3, 4))
     if mode == "quick":
-        return Plan("quick", seeds=(0, 1, 2),
-                    budget=Budget(steps=200, batch_size=128, hidden=32, depth=2, heads=2, lr=2e-3, warmup=20,
-                                  ema_decay=0.97, eval_samples=600, sample_steps=20, score_times=6,
-                                  score_points=600, tv_points=6000))
+        return Plan("quick", seeds=(0, 1, 2), components=4,
+                    budget=Budget(max_steps=1000, batch_size=128, hidden=32, depth=2, heads=2, lr=3e-3, warmup=50,
+                                  ema_decay=0.99, val_every=100, patience=3, val_min_delta=0.001, val_points=2048,
+                                  eval_samples=600,
+                                  sample_steps=15, score_points=400, checkpoint_every=500),
+                    sample=SampleSection(n_values=(64, 256, 1024, 4096)),
+                    approx=ApproxSection(d0_values=(4,), D_values=(32, 128), depths=(1, 4), widths=(16, 32)),
+                    blocks=BlocksSection(blocks=(1, 4), D=64, coupled=(False, True)),
+                    t0=T0Section(T0_values=(1e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1), n=512),
+                    dcheck=DCheckSection(D_values=(32, 512)),
+                    encoder=EncoderSection(D_values=(32, 512), eval_every=200, noisy_D=64, n_values=(64, 256, 1024,
+                                                                                                     4096)))
     if mode == "micro":
-        return Plan("micro", seeds=(0, 1, 2), D_values=(8, 16), d0_values=(4, 16), n_values=(60, 240),
-                    T0_values=(1e-3, 1e-1), base_D=16, base_d0=4, base_n=60, components=2,
-                    budget=Budget(steps=4, batch_size=32, hidden=8, depth=1, heads=1, lr=1e-3, warmup=1,
-                                  ema_decay=0.5, eval_samples=64, sample_steps=3, score_times=2,
-                                  score_points=64, tv_points=256))
+        return Plan("micro", seeds=(0, 1), components=2,
+                    budget=Budget(max_steps=12, batch_size=16, hidden=8, depth=1, heads=1, lr=1e-3, warmup=1,
+                                  ema_decay=0.5, val_every=4, patience=2, val_points=64, eval_samples=64,
+                                  sample_steps=3, score_points=32, checkpoint_every=6),
+                    sample=SampleSection(D=8, n_values=(16, 64)),
+                    approx=ApproxSection(d0_values=(4,), D_values=(8, 16), depths=(1, 2), widths=(8,)),
+                    blocks=BlocksSection(blocks=(1, 2), block_dim=2, D=8, coupled=(False, True)),
+                    t0=T0Section(T0_values=(1e-3, 1e-1), D=8, n=64),
+                    dcheck=DCheckSection(D_values=(8, 16)),
+                    encoder=EncoderSection(D_values=(8, 16), eval_every=6, noisy_D=8, n_values=(16, 64)))
     raise ValueError(f"unknown mode {mode!r}; choose full, quick or micro")
 
 
-def _point(plan: Plan, **kw) -> dict:
-    p = {"D": plan.base_D, "d0": plan.base_d0, "n": plan.base_n, "T0": plan.base_T0}
-    p.update(kw)
-    return p
+PLAN_FIELDS = {"sample": "sample", "approx": "approx", "blocks": "blocks", "t0": "t0", "dcheck": "dcheck",
+               "encoder": "encoder", "encoder_noisy": "encoder"}
 
 
-def sweeps(plan: Plan) -> dict[str, tuple[str, list[dict]]]:
-    """Sweep name -> (swept parameter, list of points without seed)."""
-    return {
-        "D": ("D", [_point(plan, D=D) for D in plan.D_values]),
-        "d0": ("d0", [_point(plan, d0=d0) for d0 in plan.d0_values]),
-        "n": ("n", [_point(plan, n=n) for n in plan.n_values]),
-        "T0": ("T0", [_point(plan, T0=T0) for T0 in plan.T0_values]),
-        "tv": ("n", [_point(plan, d0=plan.tv_d0, n=n) for n in plan.n_values]),
-    }
+def only_sections(plan: Plan, names: list[str]) -> Plan:
+    """``plan`` with only the plan fields behind the section ``names`` (``encoder`` and
+    ``encoder_noisy`` share one field); a ValueError names an unknown section."""
+    bad = [n for n in names if n not in PLAN_FIELDS]
+    if bad:
+        raise ValueError(f"unknown section(s) {bad}; choose from {list(PLAN_FIELDS)}")
+    keep = {PLAN_FIELDS[n] for n in names}
+    return replace(plan, **{f: None for f in set(PLAN_FIELDS.values()) - keep})
+
+
+def points(plan: Plan) -> list[dict]:
+    """Every point of every section of ``plan`` (without seed and budget)."""
+    out: list[dict] = []
+    s = plan.sample
+    if s is not None:
+        for d0 in s.d0_values:
+            for n in (*s.n_values, 0):  # 0: n = infinity (fresh draws)
+                out.append({"section": "sample", "D": s.D, "d0": d0, "n": n, "T0": s.T0, "n_max": max(s.n_values),
+                            "quantile": s.memorisation_quantile})
+    a = plan.approx
+    if a is not None:
+        for blk in a.blocks:
+            for d0 in a.d0_values:
+                for D in a.D_values:
+                    if d0 > D:
+                        continue
+                    for K in a.depths:
+                        for w in (a.widths if blk == "dit" else (0,)):
+                            p = {"section": "approx", "block": blk, "D": D, "d0": d0, "n": 0, "T0": a.T0, "depth": K}
+                            if blk == "dit":
+                                p["width"] = w
+                            else:  # capacity of T^{r,m,l} grows with K, r, m and l together
+                                r, m, ell = a.paper
+                                p.update(paper_heads=r * K, paper_head_dim=m * K, paper_ff=ell * K)
+                            out.append(p)
+    b = plan.blocks
+    if b is not None:
+        for c in b.coupled:
+            for L in b.blocks:
+                out.append({"section": "blocks", "D": b.D, "d0": L * b.block_dim, "blocks": L,
+                            "block_dim": b.block_dim, "coupled": c, "n": 0, "T0": b.T0})
+    t = plan.t0
+    if t is not None:
+        for T0 in t.T0_values:
+            out.append({"section": "t0", "D": t.D, "d0": t.d0, "n": t.n, "T0": T0, "n_max": t.n})
+    d = plan.dcheck
+    if d is not None:
+        for D in d.D_values:
+            out.append({"section": "dcheck", "D": D, "d0": d.d0, "n": 0, "T0": d.T0, "exact_encoder": True})
+    e = plan.encoder
+    if e is not None:
+        for D in e.D_values:
+            out.append({"section": "encoder", "D": D, "d0": e.d0, "n": 0, "T0": e.T0, "eval_every": e.eval_every})
+        for n in e.n_values:
+            out.append({"section": "encoder_noisy", "D": e.noisy_D, "d0": e.d0, "n": n, "T0": e.T0, "tau": e.tau,
+                        "n_max": max(e.n_values)})
+    return out
 
 
 def config_key(params: dict) -> str:
     return json.dumps(params, sort_keys=True, separators=(",", ":"))
 
 
-def configurations(plan: Plan) -> list[dict]:
-    """Unique configurations of all sweeps (shared points run once), each with its seed and budget."""
+def tasks(plan: Plan) -> list[dict]:
+    """Unique tasks of all sections (one per point and seed), each with the plan's budget and components."""
     seen, out = set(), []
     b = asdict(plan.budget)
-    for _, (_, points) in sweeps(plan).items():
-        for p in points:
-            for s in plan.seeds:
-                c = {**p, "seed": s, "components": plan.components, "budget": b}
-                k = config_key(c)
-                if k not in seen:
-                    seen.add(k)
-                    out.append(c)
+    for p in points(plan):
+        for s in plan.seeds:
+            c = {**p, "seed": s, "components": plan.components, "budget": b}
+            k = config_key(c)
+            if k not in seen:
+                seen.add(k)
+                out.append(c)
     return out
+
+
+configurations = tasks  # the earlier name

@@ -1,62 +1,182 @@
-"""The report of ``latentdit rates``: report.md with one plot and table per claim, the attention
-phase-transition section (from the attention benchmark's JSON) and the summary dictionary."""
+"""The report of ``latentdit rates``: report.md, one plot per claim or check, the attention
+criterion section and the summary dictionary, all drawn from the ``analysis`` dictionary.
+
+``analysis["claims"]`` maps a key to an entry with ``kind`` ("claim": a statement of the paper that
+the measurement can fail; "check": a property that holds by construction of the code, with ``why``),
+``title``, ``theorem``, ``statement``, axis names ``x`` / ``y``, the measured curve ``points``
+([x, mean, se] rows), optional ``reference`` curves and per-t ``profiles``, and the statistic: the
+fitted ``slope`` and ``ci``, the ``predicted`` exponent and its ``bound`` ("upper" / "lower"), the
+``verdict`` with its ``reasons``, ``n_points`` and ``decades``. Claims and checks are reported in
+separate sections, so that a check (which passes by construction) is never read as evidence.
+"""
 
 from __future__ import annotations
 
-import json
 import math
-from dataclasses import asdict
+from dataclasses import asdict, is_dataclass
 from pathlib import Path
 
 import numpy as np
 
 from latentdit.io import save_figure
-from latentdit.experiments.rates.claims import CLAIMS, Claim, rows_for
-from latentdit.experiments.rates.plan import Plan, config_key
+
+TOP_KEYS = ("d_independence_spread", "sample_complexity_slope_d0_4", "capacity_D_mismatch_max")
+ENTRY_KEYS = ("kind", "title", "theorem", "slope", "ci", "predicted", "bound", "verdict", "reasons", "n_points",
+              "decades")
 
 
-def _plot_claim(entry: dict, c: Claim, rows: list[dict], plan: Plan, path: Path) -> None:
+def _fmt(v, digits: int = 4) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return str(v) if not math.isfinite(v) else f"{v:.{digits}g}"
+    return str(v)
+
+
+def _ci(e: dict) -> str:
+    ci = e.get("ci") or [None, None]
+    return f"[{_fmt(ci[0], 3)}, {_fmt(ci[1], 3)}]"
+
+
+def _positive(xs, ys, es=None):
+    keep = [i for i, (x, y) in enumerate(zip(xs, ys))
+            if x is not None and y is not None and x > 0 and y > 0 and math.isfinite(y)]
+    pick = lambda a: np.array([a[i] for i in keep], float) if a is not None else None  # noqa: E731
+    return pick(xs), pick(ys), pick([0.0 if v is None else v for v in es]) if es is not None else None
+
+
+def plot_entry(key: str, e: dict, path: Path) -> bool:
+    """One PNG per entry: the points with standard-error bars on log-log axes, the reference curves,
+    guide lines with the predicted and the fitted slope through the points' geometric centre, and
+    (in a second panel) the per-t score-error profiles when the entry has them. False if there is
+    nothing positive to draw."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    param, sel = rows_for(rows, plan, c.sweep)
-    fig, ax = plt.subplots(figsize=(5.2, 3.8))
-    xs = np.array([p["x"] for p in entry["points"]], float)
-    ms = np.array([p["mean"] for p in entry["points"]], float)
-    pos = [r for r in sel if r.get(c.metric) is not None and r[c.metric] > 0]
-    ax.scatter([r[param] for r in pos], [r[c.metric] for r in pos], s=12, alpha=0.5, label="per seed")
-    if len(xs) and np.all(ms > 0):
-        ax.plot(xs, ms, "o-", color="C0", label=f"mean, slope {entry['measured_slope']:.3f}")
-        gx, gy = np.exp(np.mean(np.log(xs))), np.exp(np.mean(np.log(ms)))
-        ax.plot(xs, gy * (xs / gx) ** c.predicted, "k--", label=f"predicted exponent {c.predicted:+.3g}")
-    refs = [p["reference"] for p in entry["points"]]
-    if c.reference and all(r is not None and r > 0 for r in refs) and refs:
-        lab = "expected 1 - exp(-T0)" if c.kind == "equal" else f"{c.reference}"
-        ax.plot(xs, refs, "s:", color="C3", label=lab)
+    pts = e.get("points") or []
+    xs, ys, se = _positive([p[0] for p in pts], [p[1] for p in pts], [p[2] if len(p) > 2 else 0.0 for p in pts])
+    if xs is None or not len(xs):
+        return False
+    profiles = e.get("profiles") or {}
+    fig, axes = plt.subplots(1, 2 if profiles else 1, figsize=(10.4 if profiles else 5.2, 3.8))
+    ax = axes[0] if profiles else axes
+    lo_err = np.minimum(se, ys * 0.999)  # keep the lower bar above zero on a log axis
+    ax.errorbar(xs, ys, yerr=[lo_err, se], fmt="o-", color="C0", capsize=3, label="measured (mean, SE)")
+    gx, gy = math.exp(np.mean(np.log(xs))), math.exp(np.mean(np.log(ys)))
+    grid = np.geomspace(xs.min(), xs.max(), 50) if xs.min() < xs.max() else xs
+    guides = ((e.get("predicted"), "k--", "predicted slope"), (e.get("slope"), "C0:", "fitted slope"))
+    for slope, style, label in guides:
+        if slope is not None and math.isfinite(slope):
+            ax.plot(grid, gy * (grid / gx) ** slope, style, lw=1, label=f"{label} {slope:+.3g}")
+    for i, (label, curve) in enumerate((e.get("reference") or {}).items()):
+        rx, ry, _ = _positive([c[0] for c in curve], [c[1] for c in curve])
+        if rx is not None and len(rx):
+            ax.plot(rx, ry, "s-.", color=f"C{i + 1}", ms=3, label=label)
     ax.set_xscale("log")
     ax.set_yscale("log")
-    ax.set_xlabel(c.xlabel)
-    ax.set_ylabel(c.ylabel)
-    ax.set_title(c.title, fontsize=9)
+    ax.set_xlabel(e.get("x", "x"))
+    ax.set_ylabel(e.get("y", "y"))
+    ax.set_title(e.get("title", key), fontsize=9)
     ax.legend(fontsize=7)
+    if profiles:
+        for i, (label, prof) in enumerate(profiles.items()):
+            tx, ty, _ = _positive(prof.get("t", []), prof.get("mse", []))
+            if tx is not None and len(tx):
+                axes[1].plot(tx, ty, "o-", ms=2, color=f"C{i}", label=label)
+        axes[1].set_xscale("log")
+        axes[1].set_yscale("log")
+        axes[1].set_xlabel("t")
+        axes[1].set_ylabel("E||s - grad log p_t||^2")
+        axes[1].set_title("per-t score error", fontsize=9)
+        axes[1].legend(fontsize=6)
     save_figure(fig, path, dpi=110)
+    return True
 
 
-def _fmt(v) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, float):
-        if not math.isfinite(v):
-            return str(v)
-        return f"{v:.4g}"
-    return str(v)
+def _stat_line(e: dict) -> str:
+    return (f"slope {_fmt(e.get('slope'), 3)}, 95% CI {_ci(e)}, predicted {_fmt(e.get('predicted'), 3)} "
+            f"({e.get('bound', 'upper')} bound), verdict **{e.get('verdict', '-')}**; "
+            f"{e.get('n_points', '-')} points over {_fmt(e.get('decades'), 3)} decades")
+
+
+def _entry_section(key: str, e: dict, out_dir: Path) -> list[str]:
+    png = f"{key}.png"
+    L = [f"### {e.get('title', key)}", ""]
+    if e.get("theorem"):
+        L += [f"*{e['theorem']}.* {e.get('statement', '')}", ""]
+    elif e.get("statement"):
+        L += [e["statement"], ""]
+    if e.get("kind") == "check":
+        L += [f"**Why it holds by construction.** {e.get('why') or '(not stated)'}", ""]
+    L += [f"**Statistic.** {_stat_line(e)}.", ""]
+    for r in e.get("reasons") or []:
+        L.append(f"- {r}")
+    if e.get("reasons"):
+        L.append("")
+    if plot_entry(key, e, out_dir / png):
+        L += [f"![{key}]({png})", ""]
+    pts = e.get("points") or []
+    if pts:
+        refs = list((e.get("reference") or {}).items())
+        L += ["| " + " | ".join([e.get("x", "x"), "mean", "SE"] + [r for r, _ in refs]) + " |",
+              "|---|---|---|" + "---|" * len(refs)]
+        for p in pts:
+            cells = []
+            for _, curve in refs:
+                match = [c[1] for c in curve if c[0] == p[0]]
+                cells.append(_fmt(match[0]) if match else "-")
+            L.append("| " + " | ".join([_fmt(p[0]), _fmt(p[1]), _fmt(p[2] if len(p) > 2 else None)] + cells) + " |")
+        L.append("")
+    return L
+
+
+def _summary_table(entries: list[tuple[str, dict]]) -> list[str]:
+    L = ["| key | theorem | slope | 95% CI | predicted | bound | verdict | points | decades |",
+         "|---|---|---|---|---|---|---|---|---|"]
+    for k, e in entries:
+        L.append(f"| {k} | {e.get('theorem', '')} | {_fmt(e.get('slope'), 3)} | {_ci(e)} | "
+                 f"{_fmt(e.get('predicted'), 3)} | {e.get('bound', 'upper')} | {e.get('verdict', '-')} | "
+                 f"{e.get('n_points', '-')} | {_fmt(e.get('decades'), 3)} |")
+    return L + [""]
+
+
+def attention_section(att: dict | None) -> list[str]:
+    """The attention criterion section from :func:`latentdit.experiments.rates.attention_phase.attention_phase`."""
+    L = ["## Attention criterion (Prop. 4.1-4.2): phase transition and break-even bound", ""]
+    if not isinstance(att, dict):
+        return L + ["Not run for this report (see `latentdit.experiments.rates.attention_phase`).", ""]
+    L += [f"Head size m = {att['head_size']} (proportional to log L), target relative error {att['eps']}, logits "
+          f"without temperature (|logit| <= R = m B^2 for entries bounded by B), cost of {att['heads']} heads "
+          "from the library's cost model. Left: the certified error of the largest polynomial degree that is "
+          "still predicted cheaper than exact attention, against B / sqrt(ln L), with each L's target dotted. "
+          "Right: the break-even bound B*(L), the largest B at which the certificate finds a polynomial "
+          "certifying 1/L that is predicted faster than exact, against sqrt(ln L). These are modelled costs and "
+          "certified bounds (implementation properties of the method), not timings.", "",
+          f"![attention phase transition]({att.get('png', 'attention_phase.png')})", "",
+          "| L | m | B* | B* / sqrt(ln L) | R* = m B*^2 | degree | rank | predicted speed-up |",
+          "|---|---|---|---|---|---|---|---|"]
+    for r in att.get("break_even", []):
+        L.append(f"| {r['L']} | {r['m']} | {_fmt(r['B_star'], 3)} | {_fmt(r.get('B_star_over_sqrt_log_L'), 3)} | "
+                 f"{_fmt(r['R_star'], 3)} | {_fmt(r['degree'])} | {_fmt(r['rank'])} | "
+                 f"{_fmt(r['predicted_speedup'], 3)} |")
+    meas = att.get("measured") or []
+    if meas:
+        L += ["", "Measured check (one head, entries uniform in [-B, B]): the error of the polynomial attention "
+              "against exact attention stays within the certified guarantee.", "",
+              "| L | m | B | degree | certified guarantee | measured |", "|---|---|---|---|---|---|"]
+        for r in meas:
+            L.append(f"| {r['L']} | {r['m']} | {_fmt(r['B'], 3)} | {r['degree']} | {_fmt(r['guaranteed'], 3)} | "
+                     f"{_fmt(r['measured'], 3)} |")
+    return L + [""]
 
 
 def find_attention_json(explicit: Path | None = None) -> Path | None:
+    """The attention benchmark's JSON (``docs/bench/attention.json``) if present. Kept for callers of
+    the earlier report; the attention section is now drawn from :func:`attention_phase`'s result."""
     if explicit is not None:
-        return explicit if explicit.is_file() else None
+        return explicit if Path(explicit).is_file() else None
     for base in (Path.cwd(), Path(__file__).resolve().parents[3]):
         p = base / "docs" / "bench" / "attention.json"
         if p.is_file():
@@ -64,139 +184,82 @@ def find_attention_json(explicit: Path | None = None) -> Path | None:
     return None
 
 
-def attention_section(path: Path | None, out_dir: Path) -> list[str]:
-    lines = ["## Attention phase transition (Sec. 6, from the attention benchmark)", ""]
-    if path is None:
-        lines += ["`docs/bench/attention.json` was not found when this report was written; run "
-                  "`latentdit bench attention --out docs/bench/attention.json` and rerun `latentdit rates` "
-                  "(finished configurations are reused) to include it.", ""]
-        return lines
-    try:
-        data = json.loads(path.read_text())
-        rows = (data.get("phase_transition") or {}).get("rows") or []
-    except (OSError, json.JSONDecodeError, AttributeError) as e:
-        return lines + [f"`{path}` could not be read ({e}).", ""]
-    if not rows:
-        return lines + [f"`{path}` holds no phase-transition rows.", ""]
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5.2, 3.8))
-    for L in sorted({r.get("L") for r in rows}):
-        rs = sorted((r for r in rows if r.get("L") == L), key=lambda r: r.get("true_max_logit", 0))
-        xs = [r.get("true_max_logit") for r in rs]
-        ys = [r.get("rel_error_fixed_degree") for r in rs]
-        if all(v is not None and v > 0 for v in ys):
-            ax.plot(xs, ys, "o-", label=f"L={L}, fixed degree")
-    ax.set_yscale("log")
-    ax.set_xlabel("max |logit|")
-    ax.set_ylabel("relative error")
-    ax.set_title("Polynomial attention: error vs entry bound", fontsize=9)
-    ax.legend(fontsize=7)
-    save_figure(fig, out_dir / "attention_phase.png", dpi=110)
-    cols = [k for k in ("L", "bound", "true_max_logit", "rel_error_fixed_degree", "certified_degree",
-                        "certified_rank", "rel_error_certified", "criterion_ok") if k in rows[0]]
-    lines += [f"Source: `{path}`. A polynomial of fixed degree keeps a small error while the entries stay "
-              "bounded and breaks down as max |logit| grows (the o(sqrt(log L)) criterion).", "",
-              "![attention phase transition](attention_phase.png)", "",
-              "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for r in rows:
-        lines.append("| " + " | ".join(_fmt(r.get(k)) for k in cols) + " |")
-    return lines + [""]
+def _plan_line(plan) -> str:
+    name = getattr(plan, "name", "?")
+    seeds = list(getattr(plan, "seeds", []) or [])
+    return f"Mode `{name}`, {len(seeds)} seeds per point."
 
 
-def write_report(out_dir: Path, plan: Plan, rows: list[dict], analysis: dict, *, meta: dict,
-                 attention: Path | None = None) -> None:
+def write_report(out_dir, plan, rows: list[dict], analysis: dict, *, meta: dict, attention: dict | None = None) -> Path:
+    """Write ``out_dir/report.md`` and one PNG per entry of ``analysis["claims"]``; ``attention`` is
+    the result of :func:`~latentdit.experiments.rates.attention_phase.attention_phase` (its PNG
+    already in ``out_dir``) or None. Returns the report's path."""
+    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    b = plan.budget
-    L = [f"# Statistical rates of latent DiTs, measured (`{plan.name}` mode)", "",
-         "Generated by `latentdit rates`. Ground truth: x = B h in R^D, h a Gaussian mixture in R^d0 with "
-         f"{plan.components} components; the latent law depends only on (d0, seed), B on (D, d0, seed). "
-         f"Seeds per point: {len(plan.seeds)}. Encoder: PCA of the n training points (signs fixed by the data), "
-         "frozen. Network: practical DiT block, EDM weighting, "
-         f"hidden {b.hidden}, depth {b.depth}, {b.steps} AdamW steps of batch {b.batch_size} for every "
-         "configuration (fixed budget: each sweep varies only its own quantity; at large n the score error is "
-         "limited by optimisation as much as by n). Evaluation: score errors on "
-         f"{b.score_times} log-spaced times in [T0, {b.T}] with {b.score_points} points each; "
-         f"{b.eval_samples} samples from DPM-Solver++(2M) with {b.sample_steps} steps.", "",
-         f"Base point: D = {plan.base_D}, d0 = {plan.base_d0}, n = {plan.base_n}, T0 = {plan.base_T0}. "
-         f"Configurations: {meta.get('configs')} ({meta.get('finished')} finished, {meta.get('failed', 0)} failed); "
-         f"workers: {meta.get('workers')}.", "",
-         "Verdicts compare the 95% t-interval of the per-seed log-log slopes with the predicted exponent, read "
-         "as an upper bound on the growth rate: interval below it = *tighter than the bound*, containing it = "
-         "*consistent*, above it = *violated*. The paper's bounds carry constants and log factors (and a "
-         "double-exponential factor in Thm 3.2), so only exponents are compared.", ""]
+    entries = list((analysis.get("claims") or {}).items())
+    claims = [(k, e) for k, e in entries if e.get("kind") == "claim"]
+    checks = [(k, e) for k, e in entries if e.get("kind") == "check"]
+    L = [f"# Statistical rates of latent DiTs, measured (`{getattr(plan, 'name', '?')}` mode)", "",
+         f"Generated by `latentdit rates`. {_plan_line(plan)} Configurations: {meta.get('configs', len(rows))} "
+         f"({meta.get('finished', len(rows))} finished, {meta.get('failed', 0)} failed).", "",
+         "How to read the verdicts. Each statistic is the mean of per-seed log-log least-squares slopes with its "
+         "95% t-interval. The paper's bounds are O-bounds with constants, log factors and (for distances between "
+         "sample sets) finite-sample floors, so a slope over a finite range cannot violate them. One-sided t-tests "
+         "at 95% give one of four states: *consistent* (the slope is not significantly different from the "
+         "predicted exponent), *faster than the bound* (significantly below it), *slower over this range* "
+         "(significantly above it), or *untestable*: the runs did not converge, the excess over the floor is "
+         "below 3 standard errors, fewer than 4 distinct x, less than 1.5 decades of x, or fewer than 2 seeds. "
+         "For an upper bound the claim fails over the range only in the *slower* state.", ""]
+    top = analysis.get("top") or {}
+    if top:
+        L += ["## Headline numbers", ""] + [f"- `{k}`: {_fmt(top.get(k))}" for k in TOP_KEYS if k in top] + [""]
+    L += ["## Claims (can fail)", ""]
+    L += (_summary_table(claims) if claims else ["No claim was measured.", ""])
+    for k, e in claims:
+        L += _entry_section(k, e, out_dir)
+    L += ["## Implementation checks (hold by construction)", "",
+          "These pass because of how the code is built (each says why); they verify the implementation and are "
+          "not evidence for the paper's claims.", ""]
+    L += (_summary_table(checks) if checks else ["No check was measured.", ""])
+    for k, e in checks:
+        L += _entry_section(k, e, out_dir)
+    L += attention_section(attention)
     tm = meta.get("timing")
     if tm:
-        L += ["## Timing", "", f"Wall-clock of the sweep: {tm['wall_seconds']:.0f} s on {tm['cpus']} CPU cores "
-              f"shared with other jobs (pessimistic: the machine's load average was far above its core count). "
-              f"Per configuration: mean {tm['mean_config_seconds']:.1f} s wall "
-              f"(train {tm['mean_train_seconds']:.1f} s, evaluation {tm['mean_eval_seconds']:.1f} s)."]
-        if tm.get("cpu_seconds"):
-            L += ["", f"CPU time of the sweep (all processes): {tm['cpu_seconds']:.0f} s, i.e. about "
-                  f"{tm['cpu_seconds'] / max(1, min(meta.get('workers') or 1, tm['cpus'] or 1)):.0f} s of wall-clock on "
-                  f"{min(meta.get('workers') or 1, tm['cpus'] or 1)} otherwise idle cores."]
-        if tm.get("full_estimate_seconds"):
-            idle = tm.get("full_estimate_idle_seconds")
-            L += ["", f"Full-run estimate (`latentdit rates --out DIR`, {tm['full_configs']} configurations, "
-                  f"{tm['full_workers']} workers; measured by timing the full budget on one configuration per d0): "
-                  + (f"{idle / 3600:.2f} h on {tm['full_workers']} idle cores (from CPU time); " if idle else "")
-                  + f"{tm['full_estimate_seconds'] / 3600:.2f} h at this run's wall-clock speed. "
-                  f"{tm.get('full_estimate_detail', '')}"]
-        L.append("")
-    L += ["## Summary", "", "| claim | metric | predicted exponent | measured slope | 95% interval | verdict |",
-          "|---|---|---|---|---|---|"]
-    for c in CLAIMS:
-        e = analysis[c.key]
-        L.append(f"| {c.key} | {c.metric} | {c.predicted:+.3g} | {_fmt(e['measured_slope'])} | "
-                 f"[{_fmt(e['interval'][0])}, {_fmt(e['interval'][1])}] | {e['verdict']} |")
-    L += ["", f"D-independence spread (max / min - 1 of the mean sigma-scaled score error across D = "
-          f"{list(plan.D_values)}): **{analysis.get('d_independence_spread', float('nan')):.3f}** (target <= 0.15).", ""]
-    for c in CLAIMS:
-        e = analysis[c.key]
-        png = f"{c.key}.png"
-        _plot_claim(e, c, rows, plan, out_dir / png)
-        param = e["parameter"]
-        fixed = {k: v for k, v in {"D": plan.base_D, "d0": plan.tv_d0 if c.sweep == "tv" else plan.base_d0,
-                                   "n": plan.base_n, "T0": plan.base_T0}.items() if k != param}
-        L += [f"## {c.title}", "", f"**Claim.** {c.claim}", "",
-              f"**Setting.** `{c.metric}` against {param} in {[p['x'] for p in e['points']]} with "
-              + ", ".join(f"{k} = {v}" for k, v in fixed.items()) + f"; {len(plan.seeds)} seeds.", "",
-              f"![{c.key}]({png})", "",
-              f"| {param} | mean | sd | seeds | " + (f"{c.reference} | " if c.reference else "")
-              + "score_rel_error |", "|---|---|---|---|" + ("---|" if c.reference else "") + "---|"]
-        for p in e["points"]:
-            L.append(f"| {_fmt(p['x'])} | {_fmt(p['mean'])} | {_fmt(p['sd'])} | {p['seeds']} | "
-                     + (f"{_fmt(p['reference'])} | " if c.reference else "") + f"{_fmt(p['score_rel_error'])} |")
-        L += ["", f"**Measured slope.** {_fmt(e['measured_slope'])}, 95% interval "
-              f"[{_fmt(e['interval'][0])}, {_fmt(e['interval'][1])}] (per-seed slopes "
-              f"{', '.join(_fmt(s) for s in e['seed_slopes'])}); predicted exponent {c.predicted:+.4g}.", "",
-              f"**Verdict.** {e['verdict']}."]
-        if c.key == "score_vs_D":
-            L.append(f" Spread across D: {e.get('d_independence_spread', float('nan')):.3f} (target <= 0.15).")
-        for note in e["notes"]:
-            L += ["", f"Note: {note}."]
-        if c.reference and c.kind != "equal":
-            L += ["", f"`{c.reference}` is shown beside the metric: for W2/TV it is the same estimator applied to "
-                  "two independent true sample sets of the same size (the finite-sample floor); a measured value "
-                  "at that floor cannot fall further with n."]
-        L.append("")
-    L += attention_section(attention, out_dir)
+        L += ["## Timing", ""] + [f"- {k}: {_fmt(v)}" for k, v in tm.items() if not isinstance(v, (dict, list))] + [""]
     fails = meta.get("failures") or []
     if fails:
-        L += ["## Failed configurations", ""] + [f"- `{config_key(p)}`: {m}" for p, m in fails] + [""]
-    (out_dir / "report.md").write_text("\n".join(L) + "\n")
+        L += ["## Failed configurations", ""] + [f"- `{p}`: {m}" for p, m in fails] + [""]
+    path = out_dir / "report.md"
+    path.write_text("\n".join(L) + "\n")
+    return path
 
 
-def summary_dict(analysis: dict, plan: Plan, meta: dict) -> dict:
-    claims = {}
-    for c in CLAIMS:
-        e = analysis[c.key]
-        claims[c.key] = {"metric": c.metric, "parameter": e["parameter"], "measured_slope": e["measured_slope"],
-                         "interval": e["interval"], "predicted_exponent": c.predicted, "verdict": e["verdict"],
-                         "points": e["points"], **({"ratio_mean": e["ratio_mean"], "ratio_range": e["ratio_range"]}
-                                                   if "ratio_mean" in e else {})}
-    return {"mode": plan.name, "seeds": list(plan.seeds), "budget": asdict(plan.budget), "claims": claims,
-            "d_independence_spread": analysis.get("d_independence_spread"), "meta": meta}
+def _json_safe(o):
+    if isinstance(o, float) and not math.isfinite(o):
+        return None
+    if isinstance(o, dict):
+        return {k: _json_safe(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_json_safe(v) for v in o]
+    if isinstance(o, (np.floating, np.integer)):
+        return _json_safe(o.item())
+    return o
+
+
+def summary_dict(analysis: dict, plan, meta: dict, attention: dict | None = None) -> dict:
+    """summary.json's content: per entry ``kind``, ``title``, ``theorem``, ``slope``, ``ci``,
+    ``predicted``, ``bound``, ``verdict``, ``reasons``, ``n_points``, ``decades``; the headline numbers
+    of ``analysis["top"]`` at the top level; the plan's mode, seeds and budget; ``meta``; and the
+    break-even bounds of the attention section when given. Non-finite floats become None."""
+    claims = {k: {f: e.get(f) for f in ENTRY_KEYS} for k, e in (analysis.get("claims") or {}).items()}
+    top = analysis.get("top") or {}
+    budget = getattr(plan, "budget", None)
+    out = {"mode": getattr(plan, "name", None), "seeds": list(getattr(plan, "seeds", []) or []),
+           "budget": asdict(budget) if is_dataclass(budget) else budget, "claims": claims,
+           **{k: top.get(k) for k in TOP_KEYS}, "meta": meta}
+    if isinstance(attention, dict):
+        out["attention"] = {"head_size": attention.get("head_size"), "eps": attention.get("eps"),
+                            "break_even": [{k: r.get(k) for k in ("L", "m", "B_star", "R_star", "degree", "rank")}
+                                           for r in attention.get("break_even", [])]}
+    return _json_safe(out)

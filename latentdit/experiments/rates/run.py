@@ -1,43 +1,36 @@
-"""Running ``latentdit rates``: training and evaluating one configuration on the ground truth
-(:func:`run_config`), the resumable parallel sweep (:func:`run_sweep`), the full-run timing probe
-and :func:`run_rates`, which runs a plan and writes its report."""
+"""Running ``latentdit rates``: one task = one :func:`latentdit.train.train` run plus its evaluation
+(:func:`run_task`), the resumable sweep (:func:`run_sweep`), the timing probe (:func:`estimate`) and
+:func:`run_rates`, which runs a plan and writes its report.
+
+Every task is a :class:`latentdit.config.Config` plus a seed trained by the library's own Trainer on
+the task's ground truth (``TrainData`` with the law's points, a population sampler for n = infinity,
+fresh held-out points for the validation loss and the encoder basis), in its own run directory
+``OUT/runs/<key hash>`` (so an interrupted task resumes from its checkpoints), and evaluated by
+:func:`latentdit.evaluation.gmm.evaluate_ground_truth` on the exported EMA weights.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
-import multiprocessing as mp
 import os
-import sys
 import time
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
+from latentdit.experiments.rates.attention_phase import attention_phase
 from latentdit.experiments.rates.claims import analyse
-from latentdit.experiments.rates.plan import Budget, Plan, config_key, configurations, plan_for
-from latentdit.experiments.rates.report import find_attention_json, summary_dict, write_report
+from latentdit.experiments.rates.plan import Budget, Plan, config_key, plan_for, tasks
+from latentdit.experiments.rates.report import summary_dict, write_report
 from latentdit.experiments.rates.store import DB_NAME, RateStore
 from latentdit.io import atomic_write_json
 from latentdit.provenance import provenance_end, provenance_start
 
-
-def tv_to_density(q_samples: np.ndarray, log_p: Callable[[np.ndarray], np.ndarray], p_samples: np.ndarray) -> float:
-    """TV(p, q) between an exact density p and a Gaussian KDE q of ``q_samples`` (n, d).
-
-    Uses TV = E_{h ~ p} [ (1 - q(h) / p(h))_+ ] with ``p_samples`` drawn from p, which needs q only at
-    points of p and no integration grid.
-    """
-    from scipy.stats import gaussian_kde
-
-    q_samples = np.asarray(q_samples, dtype=np.float64)
-    p_samples = np.asarray(p_samples, dtype=np.float64)
-    kde = gaussian_kde(q_samples.T)
-    log_q = kde.logpdf(p_samples.T)
-    ratio = np.exp(np.clip(log_q - log_p(p_samples), -50, 50))
-    return float(np.mean(np.clip(1.0 - ratio, 0.0, None)))
+RUNS_DIR = "runs"
+VAL_SEED = 7_777  # the held-out population points depend on the task's seed only: the same for every n
 
 
 def build_gmm(D: int, d0: int, components: int, seed: int):
@@ -51,10 +44,23 @@ def build_gmm(D: int, d0: int, components: int, seed: int):
     return SubspaceGMM(B, lat.weights, lat.means, lat.eigvecs, lat.eigvals)
 
 
+def build_law(task: dict):
+    """The task's ground truth: a block-product law (section ``blocks``) or a subspace mixture."""
+    if task["section"] == "blocks":
+        from latentdit.data.gmm import BlockProductLaw
+
+        return BlockProductLaw.random(task["D"], task["blocks"], task["block_dim"], task["components"],
+                                      seed=task["seed"], coupled=task["coupled"])
+    if task["section"] == "encoder":  # the library's own ground truth of the run's [data] section
+        from latentdit.build import build_ground_truth
+
+        return build_ground_truth(task_config(task))
+    return build_gmm(task["D"], task["d0"], task["components"], task["seed"])
+
+
 def top_subspace(x, d0: int):
-    """Top-d0 right singular vectors of the (uncentred) data matrix, i.e. the PCA basis of E[x x^T]
-    (as :func:`latentdit.encoder.pca_basis`), by a randomised range finder with power iterations so
-    that D = 2048 costs no D x D eigen-decomposition. Float64, (D, d0)."""
+    """Top-d0 right singular vectors of the (uncentred) data matrix, i.e. the PCA basis of E[x x^T],
+    by a randomised range finder with power iterations (no D x D eigen-decomposition). Float64."""
     import torch
 
     x = x.double()
@@ -76,239 +82,228 @@ def canonical_pca(x, d0: int):
 
     W = top_subspace(x, d0)
     third = ((x.double() @ W) ** 3).sum(0)
-    sign = torch.where(third < 0, -1.0, 1.0).to(W.dtype)
-    return (W * sign[None]).float()
+    return (W * torch.where(third < 0, -1.0, 1.0).to(W.dtype)[None]).float()
 
 
-def run_config(params: dict, threads: int = 0) -> dict:
-    """Train and evaluate one configuration; returns its metrics (JSON-serialisable)."""
-    import torch
-
+def task_config(task: dict):
+    """The :class:`Config` a task trains with (the data section records the ground truth's sizes)."""
     from latentdit.config import Config
-    from latentdit.diffusion import OU, sample_times
-    from latentdit.metrics.distances import (aligned_latent, expected_off_subspace_variance,
-                                             off_subspace_variance, score_errors, subspace_error, w2)
-    from latentdit.models.score import LatentScoreNet
-    from latentdit.pipeline import LatentDiTPipeline
-    from latentdit.sampling import time_grid
-    from latentdit.train import ema_decay_at, ema_update, lr_lambda
 
-    if threads > 0:
-        torch.set_num_threads(threads)
-    b = Budget(**params["budget"])
-    D, d0, n, T0, seed = params["D"], params["d0"], params["n"], params["T0"], params["seed"]
-    t_start, cpu_start = time.time(), time.process_time()
-    gmm = build_gmm(D, d0, params["components"], seed)
-    g = torch.Generator().manual_seed(seed + 1)
-    x_data = gmm.sample(n, generator=g)
-    patch = 2 if d0 % 4 == 0 else 1
-    heads = b.heads if b.hidden % b.heads == 0 else 1
-    cfg = Config.from_dict({
-        "data": {"source": "gmm", "n": n, "ambient_dim": D, "latent_dim": d0,
-                 "components": params["components"], "seed": seed},
-        "encoder": {"latent_dim": d0, "init": "pca", "learn": False},
-        "model": {"block": "dit", "patch": patch, "patching": "auto", "hidden": b.hidden, "depth": b.depth,
-                  "heads": heads},
-        "diffusion": {"T0": T0, "T": b.T, "weighting": "edm"},
+    b = Budget(**task["budget"])
+    d0 = task["d0"]
+    hidden, depth = task.get("width", b.hidden), task.get("depth", b.depth)
+    patch = task["block_dim"] if task["section"] == "blocks" else (2 if d0 <= 4 else 4)
+    model = {"block": task.get("block", "dit"), "patch": patch, "patching": "1d", "hidden": hidden, "depth": depth,
+             "heads": b.heads if hidden % b.heads == 0 else 1}
+    for k in ("paper_heads", "paper_head_dim", "paper_ff"):
+        if k in task:
+            model[k] = task[k]
+    seed, learn = task["seed"], task["section"] in ("encoder", "encoder_noisy")
+    return Config.from_dict({
+        "data": {"source": "gmm", "n": task["n"], "ambient_dim": task["D"], "latent_dim": d0,
+                 "components": task["components"], "seed": seed},
+        "encoder": {"latent_dim": d0, "init": "random" if learn else "pca", "learn": learn},
+        "model": model,
+        "diffusion": {"T0": task["T0"], "T": b.T, "weighting": "edm"},
         "optim": {"lr": b.lr, "warmup_steps": b.warmup},
-        "train": {"steps": b.steps, "batch_size": b.batch_size, "ema_decay": b.ema_decay, "seed": seed,
-                  "device": "cpu"},
+        "train": {"steps": b.max_steps, "batch_size": b.batch_size, "ema_decay": b.ema_decay, "seed": seed,
+                  "device": "cpu", "log_every": max(b.val_every, 1), "checkpoint_every": b.checkpoint_every,
+                  "val_every": b.val_every, "patience": b.patience, "val_points": b.val_points,
+                  "val_min_delta": b.val_min_delta, "eval_every": task.get("eval_every", 0)},
         "sample": {"sampler": "dpm2m", "steps": b.sample_steps},
         "eval": {"num_samples": b.eval_samples, "sampler": "dpm2m", "steps": b.sample_steps,
                  "score_times": b.score_times, "seed": 1000 + seed},
     })
-    W = canonical_pca(x_data, d0)
-    x = x_data.float()
-    second = float((x.double() @ W.double()).pow(2).sum(1).mean() / d0)
-    torch.manual_seed(seed)
-    model = LatentScoreNet(cfg.model, D, d0, encoder_init=W, learn_encoder=False,
-                           latent_second_moment=max(second, 1e-8),
-                           generator=torch.Generator().manual_seed(seed))
-    import copy
 
-    ema = copy.deepcopy(model).eval().requires_grad_(False)
-    opt = torch.optim.AdamW(model.parameters(), lr=b.lr, weight_decay=0.0, betas=(0.9, 0.99))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg))
-    tg = torch.Generator().manual_seed(seed + 17)
-    bs = min(b.batch_size, n)
-    for step in range(b.steps):
-        idx = torch.randint(0, n, (bs,), generator=tg)
-        x0 = x[idx]
-        t = sample_times(bs, T0, b.T, generator=tg)
-        noise = torch.randn(x0.shape, generator=tg)
-        loss = model.loss(x0, t, noise, weighting="edm")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        ema_update(ema, model, ema_decay_at(cfg, step))
-    loss = float(loss.detach())
-    if not math.isfinite(loss):
-        raise FloatingPointError(f"training diverged (loss {loss})")
-    t_train = time.time() - t_start
 
-    # ---------------------------------------------------------------- evaluation
-    t_eval = time.time()
-    eg = torch.Generator().manual_seed(2000 + seed)
-    with torch.no_grad():
-        ts = time_grid(T0, b.T, max(b.score_times - 1, 1), "log")
-        errs = score_errors(lambda xx, tt: ema(xx, tt), gmm.score,
-                            lambda m, tt: gmm.sample(m, tt, generator=eg), ts, b.score_points)
-        xg = LatentDiTPipeline.from_config(ema, cfg).sample_model_space(
-            b.eval_samples, sampler="dpm2m", steps=b.sample_steps, seed=1000 + seed).cpu()
-    h_gen = aligned_latent(xg, W, gmm.B)
-    h_true = gmm.sample_latent(b.eval_samples, T0, generator=eg)
-    h_ref = gmm.sample_latent(b.eval_samples, T0, generator=eg)
-    # PCA of the training points seen through the forward process at T0
-    tt0 = torch.tensor(T0, dtype=torch.float64)
-    x_noisy = OU.beta(tt0) * x_data + OU.sigma(tt0).sqrt() * torch.randn(x_data.shape, generator=eg,
-                                                                          dtype=torch.float64)
-    W_noisy = top_subspace(x_noisy, d0)
-    out = {
-        "score_sigma_error": errs["sigma_err_mean"],
-        "score_sigma_sq_error": float(np.mean(np.square(errs["sigma_err"]))),
-        "score_rel_error": errs["rel_err_mean"],
-        "subspace_error": subspace_error(W, gmm.B),
-        "subspace_error_noisy_pca": subspace_error(W_noisy, gmm.B),
-        "c0": float(torch.linalg.eigvalsh(gmm.latent_second_moment())[0]),
-        "w2_latent": w2(h_gen, h_true),
-        "w2_latent_reference": w2(h_ref, h_true),
-        "off_subspace_var": off_subspace_variance(xg, W),
-        "off_subspace_var_expected": expected_off_subspace_variance(T0),
-        "final_loss": loss,
-    }
-    if d0 <= 2:
-        def log_p(h: np.ndarray) -> np.ndarray:
-            return gmm.latent_log_prob(torch.from_numpy(h), T0).numpy()
+def task_data(task: dict, law, budget: Budget):
+    """(TrainData, training points or None): nested subsets of one seeded draw for finite n; a
+    population sampler for n = 0; held-out population points and the encoder basis shared by every
+    n of the seed."""
+    import torch
 
-        hp = gmm.sample_latent(b.tv_points, T0, generator=eg).numpy()
-        out["tv_latent"] = tv_to_density(h_gen.numpy(), log_p, hp)
-        out["tv_latent_reference"] = tv_to_density(h_ref.numpy(), log_p, hp)
-    out["train_seconds"] = t_train
-    out["eval_seconds"] = time.time() - t_eval
-    out["cpu_seconds"] = time.process_time() - cpu_start
-    return out
+    from latentdit.build import TrainData
+    from latentdit.train.batches import REFERENCE_POINTS, default_data
+
+    seed, n, d0 = task["seed"], task["n"], task["d0"]
+    if task["section"] == "encoder":
+        return default_data(task_config(task)), None
+    tau = task.get("tau", 0.0)  # encoder_noisy: x = B h + tau xi, full-rank noise off the subspace
+
+    def draw(m: int, g):
+        x = law.sample(m, generator=g)
+        return x + tau * torch.randn(x.shape, generator=g, dtype=x.dtype) if tau > 0 else x
+
+    val = draw(budget.val_points, torch.Generator().manual_seed(VAL_SEED + seed)).float()
+    ref = draw(REFERENCE_POINTS, torch.Generator().manual_seed(seed + 2)).float()
+    x = draw(max(task.get("n_max", n), n), torch.Generator().manual_seed(seed + 1))[:n].float() if n > 0 else ref
+    if task["section"] == "encoder_noisy":
+        return TrainData(x, None, 0, val_x=val), x
+    # one encoder basis for every n of a seed (PCA of a reference draw; exact on noiseless data), so that
+    # the latent coordinates the network sees do not change with n or D
+    basis = law.B.float() if task.get("exact_encoder") or task["section"] == "blocks" else canonical_pca(ref, d0)
+    sampler = None
+    if n == 0:
+        def sampler(m, g):
+            return law.sample(m, generator=g).float()
+    return TrainData(x, None, 0, sampler=sampler, basis=basis, val_x=val), (x if n > 0 else None)
+
+
+def capacity(model) -> int:
+    """Parameters of the transformer blocks (attention and feed-forward, adaLN of the DiT block): the
+    capacity axis of the approximation sweep, without the time embedding and the input/output maps."""
+    return sum(p.numel() for n, p in model.backbone.named_parameters() if n.split(".")[0] in ("blocks", "attn", "ff"))
+
+
+def run_task(task: dict, threads: int = 1) -> dict:
+    """Train (or resume) and evaluate one task; returns its row metrics (JSON-serialisable)."""
+    import torch
+
+    from latentdit.data.empirical import memorisation_fraction
+    from latentdit.evaluation.gmm import evaluate_ground_truth
+    from latentdit.export import from_pretrained
+    from latentdit.metrics.distances import aligned_latent, subspace_error, w2
+    from latentdit.pipeline import LatentDiTPipeline
+    from latentdit.train import train
+
+    if threads > 0:
+        torch.set_num_threads(threads)
+    t_start, cpu_start = time.time(), time.process_time()
+    b = Budget(**task["budget"])
+    law, cfg = build_law(task), task_config(task)
+    data, x_train = task_data(task, law, b)
+    run = Path(task["run_dir"])
+    if not (run / "model" / "config.json").is_file():
+        train(cfg, run, progress=False, data=data)
+    model, _, _ = from_pretrained(run / "model")
+    model.eval()
+    meta = json.loads((run / "model" / "training.json").read_text())
+    t_train, cpu_train = time.time() - t_start, time.process_time() - cpu_start
+    seed, T0 = task["seed"], cfg.diffusion.T0
+    if task["section"] == "encoder_noisy":  # the law of the data is not the mixture: subspaces only
+        return {"subspace_error": subspace_error(model.W_B.detach(), law.B),
+                "subspace_error_pca": subspace_error(top_subspace(x_train, task["d0"]), law.B),
+                "population_loss": meta.get("best_val_loss"), "steps_trained": meta["steps_trained"],
+                "converged": bool(meta.get("converged")), "train_seconds": t_train, "eval_seconds": 0.0,
+                "train_cpu_seconds": cpu_train, "cpu_seconds": time.process_time() - cpu_start}
+    ev = evaluate_ground_truth(model, law, cfg, W=model.W_B.detach(), score_points=b.score_points,
+                               num_samples=b.eval_samples, tv_points=b.tv_points, seed=1000 + seed, times=b.score_times,
+                               x_train=x_train if task["section"] == "sample" else None)
+    row = {**ev, "population_loss": meta.get("best_val_loss"), "best_val_step": meta.get("best_val_step"),
+           "steps_trained": meta["steps_trained"], "converged": bool(meta.get("converged")),
+           "params": capacity(model), "params_total": sum(p.numel() for p in model.parameters())}
+    eg = torch.Generator().manual_seed(3000 + seed)
+    if task["section"] == "encoder":  # the Trainer's periodic evaluation, one line per eval_every steps
+        recs = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+        recs = [r for r in recs if "eval_subspace_error" in r]
+        row.update(curve_steps=[r["step"] for r in recs], curve_subspace_error=[r["eval_subspace_error"] for r in recs],
+                   curve_score_integral=[r.get("eval_score_integral") for r in recs])
+    if task["section"] in ("sample", "t0"):
+        with torch.no_grad():
+            xg = LatentDiTPipeline.from_config(model, cfg).sample_model_space(
+                b.eval_samples, sampler=cfg.eval.sampler, steps=cfg.eval.steps, seed=1000 + seed).cpu()
+        h_gen = aligned_latent(xg, model.W_B.detach(), law.B)
+        clean = law.sample_latent(b.eval_samples, 0.0, generator=eg)
+        row["w2_clean"] = w2(h_gen, clean)
+        row["w2_clean_floor"] = w2(law.sample_latent(b.eval_samples, 0.0, generator=eg), clean)
+        if x_train is not None:
+            row["subspace_error_pca_n"] = subspace_error(top_subspace(x_train, task["d0"]), law.B)
+            h_train = x_train.double() @ law.B
+            fresh = law.sample_latent(b.eval_samples, T0, generator=eg)
+            row["memorisation_fraction"] = memorisation_fraction(h_gen, h_train, fresh, task.get("quantile", 0.1))
+    row.update(train_seconds=t_train, eval_seconds=time.time() - t_start - t_train, train_cpu_seconds=cpu_train,
+               cpu_seconds=time.process_time() - cpu_start)
+    return row
 
 
 # ----------------------------------------------------------------------------------------- sweep
 
 
-def _worker_init(threads: int) -> None:
-    # set before torch is imported in the worker; run_config also calls torch.set_num_threads
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-        os.environ[var] = str(max(1, threads))
+def run_dir_for(out: Path, task: dict) -> Path:
+    return Path(out) / RUNS_DIR / hashlib.sha1(config_key(task).encode()).hexdigest()[:16]
 
 
-def _timed(runner: Callable[[dict, int], dict], params: dict, threads: int) -> tuple[dict, float]:
-    t = time.time()
-    res = runner(params, threads)
-    return res, time.time() - t
-
-
-def run_sweep(store: RateStore, configs: list[dict], *, runner: Callable[[dict, int], dict] = run_config,
-              workers: int = 1, threads: int = 1, progress: bool = True) -> dict:
-    """Run every configuration not yet ``done`` in ``store``; record each result the moment it ends.
-
-    ``workers > 1`` uses spawned processes; each configuration runs with ``threads`` torch threads
-    (default 1: the models are small, so processes parallelise better than threads, and extra
-    threads thrash on a loaded machine). Returns counts ``{"skipped", "ran", "failed"}``.
-    """
-    from tqdm.auto import tqdm
+def run_sweep(store: RateStore, todo: list[dict], *, out: Path, runner: Callable[[dict, int], dict] = run_task,
+              workers: int = 1, threads: int = 1, scheduler: str | None = None, progress: bool = True) -> dict:
+    """Run every task not yet ``done`` in ``store`` through :func:`scheduler.run_tasks`; the driver
+    records each result the moment it arrives. Returns counts ``{"skipped", "ran", "failed"}``."""
+    from latentdit.experiments.rates.scheduler import run_tasks
 
     done = store.finished_keys()
-    pending = [c for c in configs if config_key(c) not in done]
-    counts = {"skipped": len(configs) - len(pending), "ran": 0, "failed": 0}
-    threads = max(1, threads)
-    bar = tqdm(total=len(configs), initial=counts["skipped"], desc="rates", unit="config",
-               dynamic_ncols=True, disable=not progress, file=sys.stderr)
+    pending = [t for t in todo if config_key(t) not in done]
+    counts = {"skipped": len(todo) - len(pending), "ran": 0, "failed": 0}
 
-    def finish(c: dict, fut_result=None, exc: BaseException | None = None) -> None:
-        if exc is not None:
-            store.record_failure(c, f"{type(exc).__name__}: {exc}")
+    def bare(task: dict) -> dict:
+        return {k: v for k, v in task.items() if k != "run_dir"}
+
+    def on_result(task: dict, value, seconds: float) -> None:
+        if isinstance(value, BaseException):
+            store.record_failure(bare(task), f"{type(value).__name__}: {value}")
             counts["failed"] += 1
         else:
-            res, secs = fut_result
-            store.record(c, res, secs)
+            store.record(bare(task), value, seconds)
             counts["ran"] += 1
-        bar.update(1)
-        bar.set_postfix(ran=counts["ran"], failed=counts["failed"])
 
-    try:
-        if workers <= 1:
-            for c in pending:
-                store.mark_running(c)
-                try:
-                    r = _timed(runner, c, threads)
-                except Exception as e:  # noqa: BLE001 - recorded and reported, the sweep goes on
-                    finish(c, exc=e)
-                else:
-                    finish(c, r)
-        else:
-            ctx = mp.get_context("spawn")
-            with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init,
-                                     initargs=(threads,)) as ex:
-                futs = {}
-                queue = list(pending)
-                try:
-                    while queue or futs:
-                        while queue and len(futs) < workers:
-                            c = queue.pop(0)
-                            store.mark_running(c)
-                            futs[ex.submit(_timed, runner, c, threads)] = c
-                        finished, _ = wait(list(futs), return_when=FIRST_COMPLETED)
-                        for f in finished:
-                            c = futs.pop(f)
-                            exc = f.exception()
-                            finish(c, None if exc else f.result(), exc)
-                except BaseException:
-                    for f in futs:
-                        f.cancel()
-                    raise
-    finally:
-        bar.close()
+    submitted = [{**t, "run_dir": str(run_dir_for(out, t))} for t in pending]
+    run_tasks(runner, submitted, on_result=on_result, scheduler=scheduler, workers=max(1, workers),
+              threads=max(1, threads), progress=progress, on_start=lambda t: store.mark_running(bare(t)))
     return counts
 
 
-def estimate_full(workers: int, threads: int = 1, probe_steps: int = 30) -> dict:
-    """Time the full plan's budget on one configuration per distinct d0 (training for ``probe_steps``
-    steps, extrapolated linearly, plus one full evaluation) and extrapolate to the whole full plan.
+def _size(task: dict) -> float:
+    """A cost proxy of a task's training step: (tokens x width^2 x depth + D x width) x batch."""
+    b = task["budget"]
+    w, K = task.get("width", b["hidden"]), task.get("depth", b["depth"])
+    batch = min(b["batch_size"], task["n"]) if task["n"] > 0 else b["batch_size"]
+    return (task["d0"] * w * w * K + task["D"] * w) * batch
 
-    Both wall-clock and CPU time (``time.process_time``) are measured; the CPU-time figure divided by
-    the number of workers is what the run takes on otherwise idle cores (one thread per worker)."""
-    full = plan_for("full")
-    configs = configurations(full)
-    wall: dict[int, float] = {}
-    cpu: dict[int, float] = {}
-    for d0 in sorted({c["d0"] for c in configs}):
-        c = next(c for c in configs if c["d0"] == d0)
-        probe = {**c, "budget": {**c["budget"], "steps": probe_steps}}
-        short = {**probe, "budget": {**probe["budget"], "steps": 1}}
-        r1 = run_config(short, threads)
-        rp = run_config(probe, threads)
-        # per-step cost from the difference of the two runs; fixed costs (data, PCA, eval) from the probe
-        step_w = max(rp["train_seconds"] - r1["train_seconds"], 0.0) / (probe_steps - 1)
-        wall[d0] = rp["train_seconds"] + rp["eval_seconds"] + step_w * (full.budget.steps - probe_steps)
-        frac = rp["cpu_seconds"] / max(rp["train_seconds"] + rp["eval_seconds"], 1e-9)
-        step_c = max(rp["cpu_seconds"] - r1["cpu_seconds"], 0.0) / (probe_steps - 1)
-        cpu[d0] = rp["cpu_seconds"] + min(step_c, step_w * max(frac, 1e-3)) * (full.budget.steps - probe_steps) \
-            if step_c > 0 else frac * wall[d0]
-    total_wall = sum(wall[c["d0"]] for c in configs)
-    total_cpu = sum(cpu[c["d0"]] for c in configs)
-    return {"full_configs": len(configs), "full_workers": workers,
-            "full_estimate_seconds": total_wall / max(1, workers),
-            "full_estimate_cpu_seconds": total_cpu,
-            "full_estimate_idle_seconds": total_cpu / max(1, workers),
-            "full_estimate_detail": f"Per configuration by d0 (probe with {threads} torch thread(s)), wall-clock "
-            "on this loaded machine / CPU time: "
-            + ", ".join(f"d0={k}: {wall[k]:.0f} s / {cpu[k]:.0f} s" for k in wall) + "."}
+
+def estimate(plan: Plan, out: Path, *, threads: int = 1, cores: int = 2, probe_steps: int = 20) -> dict:
+    """CPU-time estimate of ``plan`` on ``cores`` otherwise idle cores, every task at its step cap.
+
+    Per section, the smallest and the largest task (by :func:`_size`) run for 1 and ``probe_steps``
+    steps with their full evaluation; the per-step and fixed CPU costs are interpolated linearly in
+    the size to every task; a pass over the held-out points costs a third of a training step per
+    batch, a periodic evaluation about one final evaluation. An upper estimate: tasks that stop
+    early cost less. CPU time, not wall-clock, so that a loaded machine does not inflate it."""
+    per: dict[str, float] = {}
+    todo = tasks(plan)
+    for section in dict.fromkeys(t["section"] for t in todo):
+        group = [t for t in todo if t["section"] == section]
+        ends = [min(group, key=_size), max(group, key=_size)]
+        fit = []
+        for i, t in enumerate(ends):
+            cost = []
+            for steps in (1, probe_steps):
+                probe = {**t, "budget": {**t["budget"], "max_steps": steps, "val_every": steps, "patience": 0},
+                         "run_dir": str(Path(out) / "probe" / f"{plan.name}_{section}_{i}_{steps}")}
+                r = run_task(probe, threads)
+                cost.append((r["train_cpu_seconds"], r["cpu_seconds"] - r["train_cpu_seconds"]))
+            fit.append((_size(t), max(cost[1][0] - cost[0][0], 0.0) / (probe_steps - 1), cost[0][0], cost[1][1]))
+        (s0, st0, f0, e0), (s1, st1, f1, e1) = fit
+
+        def lerp(a: float, b: float, x: float) -> float:
+            return a if s1 == s0 else a + (b - a) * (x - s0) / (s1 - s0)
+
+        total = 0.0
+        for t in group:
+            b, x = t["budget"], _size(t)
+            step, fixed, ev = lerp(st0, st1, x), lerp(f0, f1, x), lerp(e0, e1, x)
+            evals = b["max_steps"] // t["eval_every"] if t.get("eval_every") else 0
+            total += (fixed + step * b["max_steps"] * (1 + b["val_points"] / b["batch_size"] / 3 / b["val_every"])
+                      + ev * (1 + evals))
+        per[section] = total / cores
+    return {"estimate_seconds": per, "estimate_total_seconds": float(sum(per.values())), "estimate_cores": cores,
+            "estimate_tasks": {s: sum(t["section"] == s for t in todo) for s in per},
+            "estimate_note": f"CPU time of {probe_steps}-step probes of each section's smallest and largest task "
+            f"({threads} thread(s)), interpolated to every task at its step cap, on {cores} idle cores (an upper "
+            "estimate: early stopping shortens most tasks)"}
 
 
 # ----------------------------------------------------------------------------------------- entry
 
 
 def _cpu_total() -> float:
-    """User + system CPU seconds of this process and its reaped children (the worker processes)."""
     import resource
 
     a, b = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -325,50 +320,42 @@ def _json_safe(o):
     return o
 
 
-def run_rates(out: Path, plan: Plan, *, workers: int = 1, threads: int = 1, progress: bool = True, runner=run_config,
-              attention: Path | None = None, estimate: bool = False) -> dict:
-    """Run (or resume) the plan's sweeps in ``out`` and write report.md, summary.json and the plots."""
+def run_rates(out: Path, plan: Plan, *, workers: int = 1, threads: int = 1, scheduler: str | None = None,
+              progress: bool = True, runner=run_task, attention: bool = True, with_estimate: bool = False) -> dict:
+    """Run (or resume) the plan's tasks in ``out`` and write summary.json, report.md and the plots
+    (with the attention-criterion section unless ``attention=False``; ``with_estimate``: also time
+    the full plan, :func:`estimate`)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     prov = provenance_start()
     store = RateStore(out / DB_NAME)
-    t0 = time.time()
-    cpu0 = _cpu_total()
+    t0, cpu0 = time.time(), _cpu_total()
     try:
-        configs = configurations(plan)
-        counts = run_sweep(store, configs, runner=runner, workers=workers, threads=threads, progress=progress)
-        keys = [config_key(c) for c in configs]
+        todo = tasks(plan)
+        counts = run_sweep(store, todo, out=out, runner=runner, workers=workers, threads=threads,
+                           scheduler=scheduler, progress=progress)
+        keys = {config_key(t) for t in todo}
         rows = store.results(keys)
-        failures = [(p, m) for p, m in store.failures() if config_key(p) in set(keys)]
+        failures = [(p, m) for p, m in store.failures() if config_key(p) in keys]
     finally:
         store.close()
-    wall, cpu_used = time.time() - t0, _cpu_total() - cpu0
-    meta = {"configs": len(configs), "finished": len(rows), "failed": len(failures), "workers": workers,
+    meta = {"plan": plan.name, "configs": len(todo), "finished": len(rows), "failed": len(failures), "workers": workers,
             "ran_now": counts["ran"], "skipped": counts["skipped"], "failures": failures}
     timing_file = out / "timing.json"
-    previous = None
-    if timing_file.is_file():
-        previous = json.loads(timing_file.read_text())
-    elif (out / "summary.json").is_file():
-        previous = (json.loads((out / "summary.json").read_text()).get("meta") or {}).get("timing")
-    if rows and (counts["ran"] > 0 or previous is None):
-        # a run that did the work: its own wall-clock; a resumed run that ran nothing keeps the earlier figures
-        meta["timing"] = {"wall_seconds": wall, "cpu_seconds": cpu_used, "cpus": os.cpu_count(),
-                          "mean_config_seconds": float(np.mean([r["seconds"] for r in rows])),
-                          "mean_train_seconds": float(np.mean([r["train_seconds"] for r in rows])),
-                          "mean_eval_seconds": float(np.mean([r["eval_seconds"] for r in rows])),
-                          "total_config_seconds": float(np.sum([r["seconds"] for r in rows]))}
-    elif previous is not None:
-        meta["timing"] = previous
-    if rows and estimate and "full_estimate_seconds" not in meta.get("timing", {}):
-        meta["timing"].update(estimate_full(max(1, workers), threads))
+    if rows and counts["ran"] > 0:
+        meta["timing"] = {"wall_seconds": time.time() - t0, "cpu_seconds": _cpu_total() - cpu0, "cpus": os.cpu_count(),
+                          "mean_task_seconds": float(np.mean([r["seconds"] for r in rows]))}
+    elif timing_file.is_file():  # a resumed run that ran nothing keeps the earlier figures
+        meta["timing"] = json.loads(timing_file.read_text())
+    if with_estimate and meta.get("timing") is not None and "estimate_total_seconds" not in meta["timing"]:
+        meta["timing"].update(estimate(plan_for("full"), out, threads=threads))
     if meta.get("timing"):
-        if counts["ran"] > 0 or "provenance" not in meta["timing"]:
-            meta["timing"]["provenance"] = provenance_end(prov)
+        meta["timing"].setdefault("provenance", provenance_end(prov))
         atomic_write_json(timing_file, meta["timing"], indent=1)
     analysis = analyse(rows, plan)
-    write_report(out, plan, rows, analysis, meta=meta, attention=find_attention_json(attention))
-    summary = _json_safe(summary_dict(analysis, plan, meta))
+    att = attention_phase(out, quick=plan.name != "full") if attention else None
+    write_report(out, plan, rows, analysis, meta=meta, attention=att)
+    summary = _json_safe(summary_dict(analysis, plan, meta, att))
     summary["provenance"] = provenance_end(prov)
     atomic_write_json(out / "summary.json", summary, indent=1)
     return summary
