@@ -136,14 +136,14 @@ def test_trains_and_exports_through_the_one_training_path(tmp_path):
 
 
 def test_efficient_experiment_quick_part_c(tmp_path):
-    """Smoke test of the quality script (part c, quick sizes): one model trained through the
+    """Smoke test of the quality script (part c, smoke sizes): one model trained through the
     training path, sampled with poly and with exact attention from the same noise. The poly
     samples differ from the exact ones by far less than the true-vs-true W2 spread (at 4 steps
     the attention branch is still nearly closed, so this checks the wiring, not the quality)."""
     from latentdit.experiments.efficient import main
 
-    assert main(["--quick", "--parts", "c", "--out", str(tmp_path)]) == 0
+    assert main(["--smoke", "--parts", "c", "--out", str(tmp_path)]) == 0
     rep = json.loads((tmp_path / "c.json").read_text())
     assert rep["w2_poly_vs_exact"] < rep["w2_true_vs_true_std"]
     assert rep["w2_change_below_spread"] and rep["w2_poly_vs_truth"] > 0
-    assert rep["provenance"]["command"].startswith("python -m latentdit.experiments.efficient --quick")
+    assert rep["provenance"]["command"].startswith("python -m latentdit.experiments.efficient --smoke")
