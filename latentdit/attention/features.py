@@ -171,16 +171,21 @@ class FeatureBuilder:
     """Feature maps F1, F2 of one chunk, built into buffers; the per-step views are precomputed so
     the inner loop is one multiply per (degree, variable).
 
-    :meth:`get` returns a builder kept per thread for (plan, n, Lc, dtype, device): building the
-    views costs about as much as the features themselves at short L. The returned F1, F2 are
-    overwritten by the next call, so a pass must use them before building the next chunk.
+    :meth:`get` returns a builder kept per thread for (plan, n, Lc, dtype, device) when its buffers
+    are small (at most CACHE_MAX_ELEMENTS): at short L building the views costs about as much as
+    the features themselves, at long L it is negligible and large buffers are not held. The
+    returned F1, F2 are overwritten by the next call, so a pass must use them before building
+    the next chunk.
     """
 
     _cache = threading.local()
     CACHE_SIZE = 8
+    CACHE_MAX_ELEMENTS = 1 << 21
 
     @classmethod
     def get(cls, plan: Plan, n: int, Lc: int, like: torch.Tensor) -> "FeatureBuilder":
+        if n * (plan.m + plan.r1 + plan.r2) * Lc > cls.CACHE_MAX_ELEMENTS:
+            return cls(plan, n, Lc, like)
         key = (plan, n, Lc, like.dtype, like.device)
         cache = getattr(cls._cache, "builders", None)
         if cache is None:
