@@ -47,3 +47,16 @@ def test_quick_run_writes_the_report(tmp_path, capsys):
     assert last["exact_extrapolation"]["from_lengths"] == [16, 32]
     assert last["planned_poly"] == {"poly": 1} and last["certificate"]["certified"]
     assert out.with_suffix(".png").stat().st_size > 0
+
+
+def test_exact_once_times_exact_above_the_max_length(tmp_path):
+    """--exact-once: above --exact-max-len exact is timed (once per operation), not extrapolated,
+    and the exponent of exact training uses that length too."""
+    out = tmp_path / "dit.json"
+    assert main(["--quick", "--lengths", "16", "32", "48", "--exact-max-len", "32", "--repeats", "1",
+                 "--exact-once", "--out", str(out)]) == 0
+    r = json.loads(out.read_text())
+    last = r["lengths"][-1]
+    assert last["exact_measured_once"] and not last.get("extrapolated", False)
+    assert last["median_s"]["exact_fwd"] > 0 and last["times_s"]["exact_train"] == [last["median_s"]["exact_train"]]
+    assert "exact_extrapolated_s" not in last and r["speedup_train_48"] > 0

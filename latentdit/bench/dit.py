@@ -31,7 +31,8 @@ about 40 s per poly training step on 2 cores). Exact attention is measured up to
 above it the exact times are extrapolated with the power law fitted to the measured exact times,
 t(L) = t(L_max) (L / L_max)^p with p the least-squares exponent over the measured lengths (below
 the asymptotic 2, so the extrapolated speed-up is conservative), recorded per row as
-``"extrapolated": true`` with ``exact_extrapolation`` (method, exponents, lengths used).
+``"extrapolated": true`` with ``exact_extrapolation`` (method, exponents, lengths used);
+``--exact-once`` times exact there once per operation instead (``"exact_measured_once": true``).
 ``exponent_poly_train`` is the least-squares slope of log(poly training step time) against log L
 over all lengths.
 """
@@ -146,8 +147,10 @@ def peak_memory(c: dict, L: int, mode: str, op: str) -> int | None:
     return int(r.stdout.strip().splitlines()[-1])
 
 
-def bench_length(c: dict, L: int, repeats: int, exact: bool, memory: bool) -> dict:
-    """Interleaved medians at one length (exact only when ``exact``)."""
+def bench_length(c: dict, L: int, repeats: int, exact: bool, memory: bool, exact_once: bool = False) -> dict:
+    """Interleaved medians at one length (exact only when ``exact``). ``exact_once`` (with ``exact``
+    false): exact is still timed, but once per operation after the others, without warm-up or
+    reference forward (flagged ``exact_measured_once``)."""
 
     modes = [m for m in MODES if exact or m != "exact"]
     base = build(c, L, "exact")
@@ -183,6 +186,15 @@ def bench_length(c: dict, L: int, repeats: int, exact: bool, memory: bool) -> di
     times = interleaved_times(jobs, repeats, f"L={L}")
     out["median_s"] = medians(times)
     out["times_s"] = times
+    if exact_once and not exact:
+        once = make_ops(base, c, L)  # the exact copy: base is built with mode "exact"
+        for op in ("fwd", "train"):
+            t0 = time.perf_counter()
+            once[op]()
+            out["median_s"][f"exact_{op}"] = time.perf_counter() - t0
+            out["times_s"][f"exact_{op}"] = [out["median_s"][f"exact_{op}"]]
+            print(f"[L={L}] exact {op} measured once: {out['median_s'][f'exact_{op}']:.1f} s", flush=True)
+        out["exact_measured_once"] = True
     if memory:
         out["peak_memory_bytes"] = {f"{m}_{op}": peak_memory(c, L, m, op) for m in modes for op in ("fwd", "train")}
     return out
@@ -242,6 +254,7 @@ def summarise(rows: list[dict], exact_max: int) -> dict:
         rep[f"speedup_forward_{LONG_LENGTH}"] = r["speedup_forward"]
         rep[f"speedup_train_{LONG_LENGTH}"] = r["speedup_train"]
         rep[f"extrapolated_{LONG_LENGTH}"] = bool(r.get("extrapolated", False))
+        rep[f"exact_measured_once_{LONG_LENGTH}"] = bool(r.get("exact_measured_once", False))
     return rep
 
 
@@ -274,6 +287,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--long", action="store_true",
                     help=f"also L = {LONG_LENGTH} (poly and relu_linear; exact extrapolated above --exact-max-len)")
     ap.add_argument("--exact-max-len", type=int, default=16384, help="longest L at which exact is measured")
+    ap.add_argument("--exact-once", action="store_true",
+                    help="above --exact-max-len time exact once per operation instead of extrapolating")
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     args, argv = parse_bench_args(ap, argv)
     c = dict(QUICK if args.quick else FULL)
@@ -293,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     prov = provenance_start(["latentdit", "bench", "dit", *argv])
     t_start = time.time()
     print(f"bench dit: {c}, lengths {lengths}, repeats {repeats}, threads {torch.get_num_threads()}", flush=True)
-    rows = [bench_length(c, L, repeats, L <= args.exact_max_len, memory) for L in lengths]
+    rows = [bench_length(c, L, repeats, L <= args.exact_max_len, memory, args.exact_once) for L in lengths]
     report = {**summarise(rows, args.exact_max_len), "config": c, "lengths": rows, "repeats": repeats,
               "exact_max_len": args.exact_max_len,
               "wall_seconds": time.time() - t_start,
