@@ -301,6 +301,21 @@ def test_stacked_layers_sharing_feature_buffers_match_exact_attention():
         assert (a - b).norm() / b.norm() < 1e-7
 
 
+def test_inference_mode_then_training_matches_exact_attention():
+    """A call under torch.inference_mode followed by one with autograd at the same size (the
+    feature buffers kept per thread must not be shared between the two): both match exact."""
+    q, k, v = rand_qkv((2, 2, 16, 2), 16, 3, seed=12)
+    ref = explicit_attention(q, k, v, 0.5)
+    with torch.inference_mode():
+        a = attention(q, k, v, mode="poly", scale=0.5, eps=1e-10)
+    vg = v.clone().requires_grad_()
+    b = attention(q, k, vg, mode="poly", scale=0.5, eps=1e-10)
+    (gv,) = torch.autograd.grad(b.sum(), (vg,))
+    (ge,) = torch.autograd.grad(explicit_attention(q, k, vg, 0.5).sum(), (vg,))
+    assert (a - ref).abs().max() < 1e-8 and (b - ref).abs().max() < 1e-8
+    assert torch.allclose(gv, ge, atol=1e-8)
+
+
 def test_partial_gradients_and_no_grad():
     q, k, v = rand_qkv((1, 1, 20, 4), 20, 4, seed=1)
     v.requires_grad_()

@@ -186,7 +186,7 @@ class FeatureBuilder:
     def get(cls, plan: Plan, n: int, Lc: int, like: torch.Tensor) -> "FeatureBuilder":
         if n * (plan.m + plan.r1 + plan.r2) * Lc > cls.CACHE_MAX_ELEMENTS:
             return cls(plan, n, Lc, like)
-        key = (plan, n, Lc, like.dtype, like.device)
+        key = (plan, n, Lc, like.dtype, like.device, torch.is_inference_mode_enabled())  # inference tensors stay apart
         cache = getattr(cls._cache, "builders", None)
         if cache is None:
             cache = cls._cache.builders = OrderedDict()
