@@ -1,6 +1,7 @@
 """Quality of the almost-linear-time DiT against exact attention, trained side by side.
 
 ``python -m latentdit.experiments.efficient --out DIR [--quick | --smoke] [--parts a b c d] [--seeds ...]``
+``python -m latentdit.experiments.efficient --out DIR --time-steps N`` (steps/s of part (a)'s models)
 
 Every model is trained by :func:`latentdit.train.train` (the one training path) from a
 :class:`~latentdit.config.Config` on the long-sequence ground truth (``data.source = "long"``, B = I,
@@ -211,6 +212,36 @@ def sample_both(out: Path, size: tuple, seeds: list[int]) -> dict:
     return rep
 
 
+def time_steps(out: Path, size: tuple, steps: int, threads: int) -> dict:
+    """Training steps per second of part (a)'s models (no files but the report): ``criterion`` at
+    its initial temperature and with every tau near tau_max (the worst-case certified degree), and
+    ``unconstrained``; ``steps`` timed steps each after two warm-up steps, interleaved, medians."""
+    import tempfile
+
+    from latentdit.bench import interleaved_times, medians
+    from latentdit.train.loop import Trainer
+
+    tokens, _, batch, _ = size
+    trainers = {}
+    tmp = tempfile.TemporaryDirectory()  # the trainers write nothing before fit(); removed at return
+    for name, variant in (("criterion", "criterion"), ("criterion_tau_max", "criterion"),
+                          ("unconstrained", "unconstrained")):
+        cfg = load_config(None, base_overrides(tokens, 10 ** 6, batch, 0) + VARIANTS[variant]
+                          + [f"train.threads={threads}"])
+        tr = trainers[name] = Trainer(cfg, Path(tmp.name) / name, progress=False)
+        if name == "criterion_tau_max":
+            with torch.no_grad():
+                for blk in tr.model.backbone.blocks:
+                    blk.tau_raw.fill_(4.0)  # tau = 0.98 tau_max
+        for _ in range(2):
+            tr.train_step()
+    times = interleaved_times({k: tr.train_step for k, tr in trainers.items()}, steps, "train step")
+    tmp.cleanup()
+    med = medians(times)
+    return {"tokens": tokens, "batch": batch, "threads": torch.get_num_threads(), "median_s": med,
+            "steps_per_s": {k: 1.0 / v for k, v in med.items()}, "times_s": times}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m latentdit.experiments.efficient", description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, required=True, help="directory for the runs and the JSONs")
@@ -222,6 +253,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="training seeds of every part (default: 0 1 2 for (a), 0 1 for (b)-(d); smoke: 0)")
     ap.add_argument("--short-steps", type=int, default=None, help="training steps of part (a)")
     ap.add_argument("--long-steps", type=int, default=None, help="training steps of parts (b)-(d)")
+    ap.add_argument("--time-steps", type=int, default=0, metavar="N",
+                    help="only time N training steps of part (a)'s models, write DIR/step_times.json")
     args = ap.parse_args(argv)
     name = "smoke" if args.smoke else "quick" if args.quick else "full"
     sizes = dict(SIZES[name])
@@ -235,6 +268,13 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     command = ["python", "-m", "latentdit.experiments.efficient", *(sys.argv[1:] if argv is None else argv)]
+    if args.time_steps > 0:
+        prov = provenance_start(command)
+        rep = time_steps(args.out, sizes["short"], args.time_steps, 2 if name != "smoke" else 1)
+        rep.update({"mode": name, "provenance": provenance_end(prov)})
+        atomic_write_json(args.out / "step_times.json", rep)
+        print(f"steps/s {rep['steps_per_s']}; wrote {args.out / 'step_times.json'}", flush=True)
+        return 0
     for part in args.parts:
         prov = provenance_start(command)
         print(f"part ({part})", flush=True)
