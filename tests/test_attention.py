@@ -279,6 +279,43 @@ def test_gradients_match_exact_attention(m):
         assert (a - b).norm() / b.norm() < 1e-7
 
 
+def test_stacked_layers_sharing_feature_buffers_match_exact_attention():
+    """Two attention layers of the same size in sequence share the per-thread feature buffers
+    (forward of the second runs between forward and backward of the first); outputs and gradients
+    must still be those of exact attention, and a different size in between must not disturb them."""
+    q, k, v = rand_qkv((3, 2, 24, 2), 24, 2, seed=11)
+    q, k, v = (x.requires_grad_() for x in (q, k, v))
+    d = torch.randn(3, 2, 24, 2, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+
+    def net(att):
+        h = att(q, k, v)
+        other = att(q[:, :, :7], k[:, :, :9], v[:, :, :9])  # another size in between
+        return att(h + q, k, h) + 0 * other.sum()
+
+    poly = net(lambda a, b, c: attention(a, b, c, mode="poly", eps=1e-10))
+    exact = net(lambda a, b, c: explicit_attention(a, b, c, 1 / math.sqrt(2)))
+    assert (poly - exact).abs().max() < 1e-8
+    gp = torch.autograd.grad(poly, (q, k, v), d)
+    ge = torch.autograd.grad(exact, (q, k, v), d)
+    for a, b in zip(gp, ge):
+        assert (a - b).norm() / b.norm() < 1e-7
+
+
+def test_inference_mode_then_training_matches_exact_attention():
+    """A call under torch.inference_mode followed by one with autograd at the same size (the
+    feature buffers kept per thread must not be shared between the two): both match exact."""
+    q, k, v = rand_qkv((2, 2, 16, 2), 16, 3, seed=12)
+    ref = explicit_attention(q, k, v, 0.5)
+    with torch.inference_mode():
+        a = attention(q, k, v, mode="poly", scale=0.5, eps=1e-10)
+    vg = v.clone().requires_grad_()
+    b = attention(q, k, vg, mode="poly", scale=0.5, eps=1e-10)
+    (gv,) = torch.autograd.grad(b.sum(), (vg,))
+    (ge,) = torch.autograd.grad(explicit_attention(q, k, vg, 0.5).sum(), (vg,))
+    assert (a - ref).abs().max() < 1e-8 and (b - ref).abs().max() < 1e-8
+    assert torch.allclose(gv, ge, atol=1e-8)
+
+
 def test_partial_gradients_and_no_grad():
     q, k, v = rand_qkv((1, 1, 20, 4), 20, 4, seed=1)
     v.requires_grad_()

@@ -136,14 +136,28 @@ def test_trains_and_exports_through_the_one_training_path(tmp_path):
 
 
 def test_efficient_experiment_quick_part_c(tmp_path):
-    """Smoke test of the quality script (part c, quick sizes): one model trained through the
+    """Smoke test of the quality script (part c, smoke sizes): one model trained through the
     training path, sampled with poly and with exact attention from the same noise. The poly
     samples differ from the exact ones by far less than the true-vs-true W2 spread (at 4 steps
     the attention branch is still nearly closed, so this checks the wiring, not the quality)."""
     from latentdit.experiments.efficient import main
 
-    assert main(["--quick", "--parts", "c", "--out", str(tmp_path)]) == 0
+    assert main(["--smoke", "--parts", "c", "--out", str(tmp_path)]) == 0
     rep = json.loads((tmp_path / "c.json").read_text())
     assert rep["w2_poly_vs_exact"] < rep["w2_true_vs_true_std"]
     assert rep["w2_change_below_spread"] and rep["w2_poly_vs_truth"] > 0
-    assert rep["provenance"]["command"].startswith("python -m latentdit.experiments.efficient --quick")
+    assert rep["provenance"]["command"].startswith("python -m latentdit.experiments.efficient --smoke")
+
+
+def test_efficient_time_steps_writes_rates(tmp_path):
+    """Implementation check of --time-steps: every model is timed, the rates are the inverse
+    medians, the provenance names the command, and no run directory is left behind."""
+    from latentdit.experiments.efficient import main
+
+    assert main(["--smoke", "--time-steps", "2", "--out", str(tmp_path)]) == 0
+    rep = json.loads((tmp_path / "step_times.json").read_text())
+    assert set(rep["steps_per_s"]) == {"criterion", "criterion_tau_max", "unconstrained"}
+    for k, v in rep["median_s"].items():
+        assert len(rep["times_s"][k]) == 2 and rep["steps_per_s"][k] == pytest.approx(1 / v)
+    assert "--time-steps" in rep["provenance"]["command"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step_times.json"]

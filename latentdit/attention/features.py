@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import functools
 import math
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -142,14 +144,17 @@ def make_plan(m: int, g: int, split: tuple[str, int] = ("degree", 0)) -> Plan:
 
 @functools.lru_cache(maxsize=64)
 def device_tables(plan: Plan, coeffs: tuple[float, ...], device: torch.device, dtype: torch.dtype):
-    """W (r1, r2) = c_{|gamma|} multinom(gamma) on canonical slots; derivative gather tables."""
+    """(W, W^T, src, fac) on ``device``, built once per (plan, polynomial, device, dtype).
+
+    W (r1, r2) = c_{|gamma|} multinom(gamma) on canonical slots and W^T (r2, r1) contiguous; the
+    derivative gather table as a flat index (r1 r2 m,) into the slots plus one zero pad slot, and
+    its factors (r1, r2, m)."""
     c = np.asarray(coeffs + (0.0,) * (plan.g + 1 - len(coeffs)))
     w = np.where(plan.slot_degree >= 0, c[np.clip(plan.slot_degree, 0, None)] * plan.slot_multinom, 0.0)
     W = torch.tensor(w, dtype=dtype, device=device)
-    src = torch.tensor(plan.deriv_src, device=device)
-    fac = torch.tensor(plan.deriv_fac, dtype=dtype, device=device)
-    return W, src, fac
-
+    src = torch.tensor(plan.deriv_src.reshape(-1), device=device)
+    fac = torch.tensor(plan.deriv_fac, dtype=dtype, device=device).view(plan.r1, plan.r2, plan.m)
+    return W, W.t().contiguous(), src, fac
 
 
 def features(x: torch.Tensor, ops: tuple, r: int) -> torch.Tensor:
@@ -163,8 +168,36 @@ def features(x: torch.Tensor, ops: tuple, r: int) -> torch.Tensor:
 
 
 class FeatureBuilder:
-    """Feature maps F1, F2 of one chunk, built into buffers allocated once per pass; the per-step
-    views are precomputed so the inner loop is one multiply per (degree, variable)."""
+    """Feature maps F1, F2 of one chunk, built into buffers; the per-step views are precomputed so
+    the inner loop is one multiply per (degree, variable).
+
+    :meth:`get` returns a builder kept per thread for (plan, n, Lc, dtype, device) when its buffers
+    are small (at most CACHE_MAX_ELEMENTS): at short L building the views costs about as much as
+    the features themselves, at long L it is negligible and large buffers are not held. The
+    returned F1, F2 are overwritten by the next call, so a pass must use them before building
+    the next chunk.
+    """
+
+    _cache = threading.local()
+    CACHE_SIZE = 8
+    CACHE_MAX_ELEMENTS = 1 << 21
+
+    @classmethod
+    def get(cls, plan: Plan, n: int, Lc: int, like: torch.Tensor) -> "FeatureBuilder":
+        if n * (plan.m + plan.r1 + plan.r2) * Lc > cls.CACHE_MAX_ELEMENTS:
+            return cls(plan, n, Lc, like)
+        key = (plan, n, Lc, like.dtype, like.device, torch.is_inference_mode_enabled())  # inference tensors stay apart
+        cache = getattr(cls._cache, "builders", None)
+        if cache is None:
+            cache = cls._cache.builders = OrderedDict()
+        fb = cache.get(key)
+        if fb is None:
+            fb = cache[key] = cls(plan, n, Lc, like)
+            while len(cache) > cls.CACHE_SIZE:
+                cache.popitem(last=False)
+        else:
+            cache.move_to_end(key)
+        return fb
 
     def __init__(self, plan: Plan, n: int, Lc: int, like: torch.Tensor):
         self.x = like.new_empty(n, plan.m, Lc)
@@ -193,8 +226,9 @@ def kron_rows(F2: torch.Tensor | None, A: torch.Tensor) -> torch.Tensor:
 
 
 def contract_rows(F2: torch.Tensor | None, Z: torch.Tensor, c: int) -> torch.Tensor:
-    """sum_beta F2_beta Z_beta: (n, r2, Lc) and (n, r2 c, Lc) -> (n, c, Lc)."""
+    """sum_beta F2_beta Z_beta: (n, r2, Lc) and (n, r2 c, Lc) -> (n, c, Lc). Z is a temporary and
+    is overwritten (the product is taken in place: no second buffer of Z's size)."""
     if F2 is None:
         return Z
     n, r2, Lc = F2.shape
-    return (Z.view(n, r2, c, Lc) * F2[:, :, None, :]).sum(1)
+    return Z.view(n, r2, c, Lc).mul_(F2[:, :, None, :]).sum(1)

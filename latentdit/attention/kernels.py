@@ -48,21 +48,47 @@ def chunk_length(n: int, L: int, width: int, device: torch.device, chunk: int | 
 
 
 def _padded_T(x: torch.Tensor, step: int, ones: bool = False) -> torch.Tensor:
-    """(n, L, k) -> (n, k [+1 row of ones], L padded with zeros to a multiple of step)."""
+    """(n, L, k) -> (n, k [+1 row of ones], L padded with zeros to a multiple of step).
+
+    Without the ones row and without padding it is the transposed view itself: the feature builder
+    copies its input into its own buffer, so a second copy would be wasted."""
     n, L, k = x.shape
     Lp = -(-L // step) * step
-    out = x.new_zeros(n, k + int(ones), Lp)
+    if Lp == L and not ones:
+        return x.transpose(1, 2)
+    out = x.new_empty(n, k + int(ones), Lp)
     out[:, :k, :L] = x.transpose(1, 2)
     if ones:
         out[:, k, :L] = 1.0
+    if Lp > L:
+        out[:, :, L:] = 0.0
     return out
+
+
+def _key_side_sum(feats: FeatureBuilder, xT: torch.Tensor, AT: torch.Tensor, step: int,
+                  acc: torch.dtype) -> torch.Tensor:
+    """sum over chunks of (F2 (x) A)^T F1 as (n, r2 c, r1), in ``acc`` over several chunks.
+
+    With one chunk the float64 sum of a single term is that term, so it is returned as computed
+    (the same numbers as accumulating, without the float64 round trip)."""
+    total = None
+    single = xT.shape[-1] <= step
+    for a in range(0, xT.shape[-1], step):
+        F1, F2 = feats(xT[:, :, a:a + step])
+        part = torch.bmm(kron_rows(F2, AT[:, :, a:a + step]), F1.transpose(1, 2))
+        if single:
+            return part
+        total = part.to(acc) if total is None else total.add_(part)
+    return total
 
 
 class PolyAttentionFunction(torch.autograd.Function):
     """out = D^{-1} P(Xq Xk^T) V with P given by its monomial coefficients and a factorisation plan.
 
     xq (n, Lq, m), xk (n, Lk, m), v (n, Lk, mv); the logits are R <xq_i, xk_j> with |<., .>| <= 1.
-    Padded key rows have V-hat = 0 (no contribution); padded query rows are discarded.
+    Padded key rows have V-hat = 0 (no contribution); padded query rows are discarded. The key-side
+    products are kept in the layout the query-side GEMM reads, (n, r2 c, r1), so no transposed copy
+    is made; W is applied there as its transpose (same products).
     """
 
     @staticmethod
@@ -70,25 +96,19 @@ class PolyAttentionFunction(torch.autograd.Function):
         n, Lq, m = xq.shape
         Lk, mv = v.shape[1], v.shape[2]
         c = mv + 1
-        W, _, _ = device_tables(plan, coeffs, xq.device, xq.dtype)
+        Wt = device_tables(plan, coeffs, xq.device, xq.dtype)[1]
         r1, r2 = plan.r1, plan.r2
         width = max(r1, r2 * c * (m + 1))
-        acc = _acc_dtype(xq.dtype)
 
         step = chunk_length(n, Lk, width, xq.device, chunk)
-        xkT, vhT = _padded_T(xk, step), _padded_T(v, step, ones=True)
-        feats = FeatureBuilder(plan, n, step, xq)
-        T = torch.zeros(n, r1, r2 * c, dtype=acc, device=xq.device)
-        for a in range(0, xkT.shape[-1], step):
-            F1, F2 = feats(xkT[:, :, a:a + step])
-            T += torch.bmm(kron_rows(F2, vhT[:, :, a:a + step]), F1.transpose(1, 2)).transpose(1, 2)
-        U = T.to(xq.dtype).view(n, r1, r2, c) * W[None, :, :, None]
-        Ut = U.reshape(n, r1, r2 * c).transpose(1, 2).contiguous()  # (n, r2 c, r1)
+        feats = FeatureBuilder.get(plan, n, step, xq)
+        T = _key_side_sum(feats, _padded_T(xk, step), _padded_T(v, step, ones=True), step, _acc_dtype(xq.dtype))
+        Ut = (T.to(xq.dtype).view(n, r2, c, r1) * Wt[None, :, None, :]).view(n, r2 * c, r1)
 
         step = chunk_length(n, Lq, width, xq.device, chunk)
         xqT = _padded_T(xq, step)
         if feats.x.shape[-1] != step:
-            feats = FeatureBuilder(plan, n, step, xq)
+            feats = FeatureBuilder.get(plan, n, step, xq)
         Y = xq.new_empty(n, c, xqT.shape[-1])
         for a in range(0, xqT.shape[-1], step):
             F1, F2 = feats(xqT[:, :, a:a + step])
@@ -97,62 +117,73 @@ class PolyAttentionFunction(torch.autograd.Function):
         out = (Y[:, :mv, :Lq] / den[:, None]).transpose(1, 2)
 
         ctx.plan, ctx.chunk, ctx.coeffs = plan, chunk, coeffs
-        ctx.save_for_backward(xq, xk, v, U, out, den)
+        ctx.save_for_backward(xq, xk, v, Ut, out, den)
         return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, dout):
-        xq, xk, v, U, out, den = ctx.saved_tensors
+        xq, xk, v, Ut, out, den = ctx.saved_tensors
         plan, chunk = ctx.plan, ctx.chunk
         need_q, need_k, need_v = ctx.needs_input_grad[:3]
         n, Lq, m = xq.shape
         Lk, mv = v.shape[1], v.shape[2]
         c = mv + 1
         r1, r2 = plan.r1, plan.r2
-        W, src, fac = device_tables(plan, ctx.coeffs, xq.device, xq.dtype)
+        _, Wt, src, fac = device_tables(plan, ctx.coeffs, xq.device, xq.dtype)
         width = max(r1, r2 * c * (m + 1))
         acc = _acc_dtype(xq.dtype)
         dq = dk = dv = None
 
-        # G = dL/dY for Y = [numerator, denominator]: (n, Lq, c)
+        def deriv(M: torch.Tensor, dst: torch.Tensor | None = None) -> torch.Tensor:
+            """M (n, r1, r2, c) (any strides): coefficients on canonical slots -> dst (n, r2 m c, r1),
+            the coefficients of d/dx_i (written in place when ``dst`` is given)."""
+            flat = M.new_empty(n, r1 * r2 + 1, c)
+            flat[:, :-1].view(n, r1, r2, c).copy_(M)
+            flat[:, -1].zero_()  # the pad slot of the gather table
+            if dst is None:
+                dst = M.new_empty(n, r2 * m * c, r1)
+            gathered = flat.index_select(1, src).view(n, r1, r2, m, c)
+            torch.mul(gathered, fac[None, :, :, :, None], out=dst.view(n, r2, m, c, r1).permute(0, 4, 1, 2, 3))
+            return dst
+
+        # G = dL/dY for Y = [numerator, denominator], built transposed and padded: (n, c, Lq padded)
         dout = dout.to(xq.dtype)
-        G = torch.cat([dout, -(dout * out).sum(-1, keepdim=True)], -1) / den[:, :, None]
-
-        def deriv(M: torch.Tensor) -> torch.Tensor:
-            """(n, r1, r2, c) coefficients on canonical slots -> (n, r2 m c, r1) of d/dx_i."""
-            flat = torch.cat([M.reshape(n, r1 * r2, c), M.new_zeros(n, 1, c)], 1)
-            D = flat[:, src] * fac[None, :, :, None]  # (n, r1 r2, m, c)
-            return D.view(n, r1, r2 * m * c).transpose(1, 2).contiguous()
-
         step = chunk_length(n, Lq, width, xq.device, chunk)
-        xqT, GT = _padded_T(xq, step), _padded_T(G, step)
-        feats = FeatureBuilder(plan, n, step, xq)
-        dU = torch.zeros(n, r1, r2 * c, dtype=acc, device=xq.device) if (need_k or need_v) else None
-        Dt = deriv(U) if need_q else None
+        Lqp = -(-Lq // step) * step
+        GT = xq.new_empty(n, c, Lqp)
+        torch.div(dout.transpose(1, 2), den[:, None], out=GT[:, :mv, :Lq])
+        torch.div(-(dout * out).sum(-1), den, out=GT[:, mv, :Lq])
+        if Lqp > Lq:
+            GT[:, :, Lq:] = 0.0
+        xqT = _padded_T(xq, step)
+        feats = FeatureBuilder.get(plan, n, step, xq)
+        dU = None
         if need_q:
-            dq = xq.new_empty(n, m, xqT.shape[-1])
-        for a in range(0, xqT.shape[-1], step):
-            F1, F2 = feats(xqT[:, :, a:a + step])
-            Ga = GT[:, :, a:a + step]
-            if dU is not None:
-                dU += torch.bmm(kron_rows(F2, Ga), F1.transpose(1, 2)).transpose(1, 2)
-            if need_q:
+            Dt = deriv(Ut.view(n, r2, c, r1).permute(0, 3, 1, 2))
+            dq = xq.new_empty(n, m, Lqp)
+            for a in range(0, Lqp, step):
+                F1, F2 = feats(xqT[:, :, a:a + step])
+                Ga = GT[:, :, a:a + step]
+                if need_k or need_v:
+                    part = torch.bmm(kron_rows(F2, Ga), F1.transpose(1, 2))
+                    dU = part if Lqp == step else (part.to(acc) if dU is None else dU.add_(part))
                 Z = torch.bmm(Dt, F1).view(n, r2 * m, c, step)
-                dq[:, :, a:a + step] = contract_rows(F2, (Z * Ga[:, None]).sum(2), m)
-        if need_q:
+                dq[:, :, a:a + step] = contract_rows(F2, Z.mul_(Ga[:, None]).sum(2), m)
             dq = dq[:, :, :Lq].transpose(1, 2)
+        elif need_k or need_v:
+            dU = _key_side_sum(feats, xqT, GT, step, acc)
 
         if need_k or need_v:
-            dT = dU.to(xq.dtype).view(n, r1, r2, c) * W[None, :, :, None]
-            parts = [dT.reshape(n, r1, r2 * c).transpose(1, 2)]
+            Mt = xq.new_empty(n, r2 * c * (1 + m * need_k), r1)  # [dT^T ; d/dx coefficients of dT]
+            dTt = Mt[:, :r2 * c].view(n, r2, c, r1)
+            torch.mul(dU.to(xq.dtype).view(n, r2, c, r1), Wt[None, :, None, :], out=dTt)
             if need_k:
-                parts.append(deriv(dT))
-            Mt = torch.cat(parts, 1).contiguous()  # (n, r2 c [+ r2 m c], r1)
+                deriv(dTt.permute(0, 3, 1, 2), Mt[:, r2 * c:])
             step = chunk_length(n, Lk, width, xq.device, chunk)
             xkT, vhT = _padded_T(xk, step), _padded_T(v, step, ones=True)
             if feats.x.shape[-1] != step:
-                feats = FeatureBuilder(plan, n, step, xq)
+                feats = FeatureBuilder.get(plan, n, step, xq)
             if need_v:
                 dv = xq.new_empty(n, mv, xkT.shape[-1])
             if need_k:
@@ -164,7 +195,7 @@ class PolyAttentionFunction(torch.autograd.Function):
                     dv[:, :, a:a + step] = contract_rows(F2, Z[:, :r2 * c], c)[:, :mv]
                 if need_k:
                     Zk = Z[:, r2 * c:].view(n, r2 * m, c, step)
-                    dk[:, :, a:a + step] = contract_rows(F2, (Zk * vhT[:, None, :, a:a + step]).sum(2), m)
+                    dk[:, :, a:a + step] = contract_rows(F2, Zk.mul_(vhT[:, None, :, a:a + step]).sum(2), m)
             dv = None if dv is None else dv[:, :, :Lk].transpose(1, 2)
             dk = None if dk is None else dk[:, :, :Lk].transpose(1, 2)
         return dq, dk, dv, None, None, None

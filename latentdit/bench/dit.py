@@ -25,10 +25,16 @@ train exact, ...), ``--repeats`` times after one warm-up, medians reported:
 - peak memory (unless ``--no-memory``): extra peak RSS of one operation in a fresh subprocess
   (see :mod:`latentdit.bench.model`).
 
-Exact attention is measured up to ``--exact-max-len`` (default 16384); above it the exact times
-are extrapolated from the two longest measured lengths with t(L) = a L + b L^2 and flagged
-``"extrapolated": true``. ``exponent_poly_train`` is the least-squares slope of log(poly training
-step time) against log L over all lengths.
+Lengths: {1024, 4096, 16384} by default; ``--long`` adds L = 65536 (poly and ReLU linear only,
+about 40 s per poly training step on 2 cores). Exact attention is measured up to
+``--exact-max-len`` (default 16384; one exact training step at 65536 would take about 20 minutes);
+above it the exact times are extrapolated with the power law fitted to the measured exact times,
+t(L) = t(L_max) (L / L_max)^p with p the least-squares exponent over the measured lengths (below
+the asymptotic 2, so the extrapolated speed-up is conservative), recorded per row as
+``"extrapolated": true`` with ``exact_extrapolation`` (method, exponents, lengths used);
+``--exact-once`` times exact there once per operation instead (``"exact_measured_once": true``).
+``exponent_poly_train`` is the least-squares slope of log(poly training step time) against log L
+over all lengths.
 """
 
 from __future__ import annotations
@@ -55,7 +61,8 @@ from latentdit.io import atomic_write_json, save_figure
 
 MODES = ("exact", "poly", "relu_linear")
 FULL = dict(hidden=128, depth=4, heads=4, qk_dim=4, tau_max=1.7, token=4, batch=4, eps=1e-3,
-            lengths=[1024, 4096, 16384, 65536])
+            lengths=[1024, 4096, 16384])
+LONG_LENGTH = 65536  # added by --long (exact extrapolated unless --exact-max-len covers it)
 QUICK = dict(hidden=32, depth=1, heads=2, qk_dim=2, tau_max=1.7, token=4, batch=2, eps=1e-3,
              lengths=[64, 256, 1024])
 
@@ -140,8 +147,10 @@ def peak_memory(c: dict, L: int, mode: str, op: str) -> int | None:
     return int(r.stdout.strip().splitlines()[-1])
 
 
-def bench_length(c: dict, L: int, repeats: int, exact: bool, memory: bool) -> dict:
-    """Interleaved medians at one length (exact only when ``exact``)."""
+def bench_length(c: dict, L: int, repeats: int, exact: bool, memory: bool, exact_once: bool = False) -> dict:
+    """Interleaved medians at one length (exact only when ``exact``). ``exact_once`` (with ``exact``
+    false): exact is still timed, but once per operation after the others, without warm-up or
+    reference forward (flagged ``exact_measured_once``)."""
 
     modes = [m for m in MODES if exact or m != "exact"]
     base = build(c, L, "exact")
@@ -177,18 +186,27 @@ def bench_length(c: dict, L: int, repeats: int, exact: bool, memory: bool) -> di
     times = interleaved_times(jobs, repeats, f"L={L}")
     out["median_s"] = medians(times)
     out["times_s"] = times
+    if exact_once and not exact:
+        once = make_ops(base, c, L)  # the exact copy: base is built with mode "exact"
+        for op in ("fwd", "train"):
+            t0 = time.perf_counter()
+            once[op]()
+            out["median_s"][f"exact_{op}"] = time.perf_counter() - t0
+            out["times_s"][f"exact_{op}"] = [out["median_s"][f"exact_{op}"]]
+            print(f"[L={L}] exact {op} measured once: {out['median_s'][f'exact_{op}']:.1f} s", flush=True)
+        out["exact_measured_once"] = True
     if memory:
         out["peak_memory_bytes"] = {f"{m}_{op}": peak_memory(c, L, m, op) for m in modes for op in ("fwd", "train")}
     return out
 
 
 def _extrapolate(rows: list[dict], key: str, L: int) -> float:
-    """t(L) = a L + b L^2 through the two longest lengths where ``key`` was measured."""
-    pts = [(r["L"], r["median_s"][key]) for r in rows if key in r["median_s"]][-2:]
-    (L1, t1), (L2, t2) = pts
-    b = (t2 / L2 - t1 / L1) / (L2 - L1)
-    a = t1 / L1 - b * L1
-    return max(a * L + b * L * L, t2 * L / L2)
+    """t(L) = t(L_max) (L / L_max)^p, p the least-squares exponent of ``key`` over every length
+    where it was measured (L_max the longest of them); a single measured length scales linearly."""
+    pts = [(r["L"], r["median_s"][key]) for r in rows if key in r["median_s"]]
+    L_max, t_max = pts[-1]
+    p = fit_exponent([a for a, _ in pts], [b for _, b in pts]) if len(pts) >= 2 else 1.0
+    return t_max * (L / L_max) ** p
 
 
 def fit_exponent(Ls: list[int], ts: list[float]) -> float:
@@ -199,10 +217,16 @@ def fit_exponent(Ls: list[int], ts: list[float]) -> float:
 
 
 def summarise(rows: list[dict], exact_max: int) -> dict:
+    measured_L = [r["L"] for r in rows if "exact_fwd" in r["median_s"]]
     for r in rows:
         if "exact_fwd" not in r["median_s"]:
             r["exact_extrapolated_s"] = {k: _extrapolate(rows, k, r["L"]) for k in ("exact_fwd", "exact_train")}
             r["extrapolated"] = True
+            r["exact_extrapolation"] = {
+                "method": "power law t(L_max) (L / L_max)^p fitted to the measured exact times",
+                "from_lengths": measured_L,
+                "exponents": {k: fit_exponent(measured_L, [x["median_s"][k] for x in rows if x["L"] in measured_L])
+                              if len(measured_L) >= 2 else 1.0 for k in ("exact_fwd", "exact_train")}}
     by_L = {r["L"]: r for r in rows}
 
     def exact_t(r, op):
@@ -225,6 +249,12 @@ def summarise(rows: list[dict], exact_max: int) -> dict:
     if "rel_error_forward" in by_L[head]:
         rep[f"rel_error_forward_{head}"] = by_L[head]["rel_error_forward"]
     rep["headline_length"] = head
+    if LONG_LENGTH in by_L:  # --long: the speed-ups there, flagged when exact was extrapolated
+        r = by_L[LONG_LENGTH]
+        rep[f"speedup_forward_{LONG_LENGTH}"] = r["speedup_forward"]
+        rep[f"speedup_train_{LONG_LENGTH}"] = r["speedup_train"]
+        rep[f"extrapolated_{LONG_LENGTH}"] = bool(r.get("extrapolated", False))
+        rep[f"exact_measured_once_{LONG_LENGTH}"] = bool(r.get("exact_measured_once", False))
     return rep
 
 
@@ -254,12 +284,19 @@ def main(argv: list[str] | None = None) -> int:
     ap = bench_parser("dit", __doc__, quick_help="tiny network and lengths, no memory runs (smoke test)")
     ap.add_argument("--repeats", type=int, default=None, help="timed repeats per measurement (default 3)")
     ap.add_argument("--lengths", type=int, nargs="+", default=None, help="token counts L")
+    ap.add_argument("--long", action="store_true",
+                    help=f"also L = {LONG_LENGTH} (poly and relu_linear; exact extrapolated above --exact-max-len)")
     ap.add_argument("--exact-max-len", type=int, default=16384, help="longest L at which exact is measured")
+    ap.add_argument("--exact-once", action="store_true",
+                    help="above --exact-max-len time exact once per operation instead of extrapolating")
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     args, argv = parse_bench_args(ap, argv)
     c = dict(QUICK if args.quick else FULL)
-    lengths = sorted(args.lengths or c.pop("lengths"))
+    lengths = list(args.lengths or c.pop("lengths"))
     c.pop("lengths", None)
+    if args.long and LONG_LENGTH not in lengths:
+        lengths.append(LONG_LENGTH)
+    lengths = sorted(lengths)
     repeats = args.repeats or (2 if args.quick else 3)
     if repeats < 1 or any(L < 2 for L in lengths) or len(lengths) < 2:
         print("error: need --repeats >= 1 and at least two lengths >= 2", file=sys.stderr)
@@ -271,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     prov = provenance_start(["latentdit", "bench", "dit", *argv])
     t_start = time.time()
     print(f"bench dit: {c}, lengths {lengths}, repeats {repeats}, threads {torch.get_num_threads()}", flush=True)
-    rows = [bench_length(c, L, repeats, L <= args.exact_max_len, memory) for L in lengths]
+    rows = [bench_length(c, L, repeats, L <= args.exact_max_len, memory, args.exact_once) for L in lengths]
     report = {**summarise(rows, args.exact_max_len), "config": c, "lengths": rows, "repeats": repeats,
               "exact_max_len": args.exact_max_len,
               "wall_seconds": time.time() - t_start,
