@@ -43,11 +43,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import torch
 
+from latentdit.bench import interleaved_times, medians
 from latentdit.config import load_config
 from latentdit.data.long import LongMixture
 from latentdit.io import atomic_write_json
@@ -55,7 +57,7 @@ from latentdit.metrics.distances import score_errors, w2
 from latentdit.pipeline import LatentDiTPipeline, from_pretrained
 from latentdit.provenance import provenance_end, provenance_start
 from latentdit.sampling import time_grid
-from latentdit.train import train
+from latentdit.train import Trainer, train
 
 VARIANTS = {
     "criterion": ["model.qk_dim=2", "model.qk_norm=true", "model.tau_max=1.7", "model.attention=poly"],
@@ -216,11 +218,6 @@ def time_steps(out: Path, size: tuple, steps: int, threads: int) -> dict:
     """Training steps per second of part (a)'s models (no files but the report): ``criterion`` at
     its initial temperature and with every tau near tau_max (the worst-case certified degree), and
     ``unconstrained``; ``steps`` timed steps each after two warm-up steps, interleaved, medians."""
-    import tempfile
-
-    from latentdit.bench import interleaved_times, medians
-    from latentdit.train.loop import Trainer
-
     tokens, _, batch, _ = size
     trainers = {}
     tmp = tempfile.TemporaryDirectory()  # the trainers write nothing before fit(); removed at return
