@@ -55,7 +55,7 @@ def test_demo_quick_digits_writes_everything(tmp_path, monkeypatch):
     monkeypatch.setattr("latentdit.metrics.fid.InceptionFeatures", StubFeatures)
     out = tmp_path / "demo"
     rc = demo_main(["--out", str(out), "--data", "digits", "--encoder", "linear", "--quick", "--quiet",
-                    "--device", "cpu", "--set", "train.steps=10", "--set", "train.batch_size=32", "--set", "eval.num_samples=120",
+                    "--baseline-fid", "--device", "cpu", "--set", "train.steps=10", "--set", "train.batch_size=32", "--set", "eval.num_samples=120",
                     "--set", "eval.steps=6"])
     assert rc == 0
     m = json.loads((out / "metrics.json").read_text())
@@ -87,9 +87,10 @@ def test_demo_quick_digits_autoencoder_records_its_floor(tmp_path, monkeypatch):
                     "--set", "eval.steps=4", "--set", "autoencoder.epochs=1", "--set", "autoencoder.recon_samples=50"])
     assert rc == 0
     m = json.loads((out / "metrics.json").read_text())
-    for key in ("fid", "recon_fid", "recon_mse", "fid_gaussian_baseline", "classifier_accuracy",
-                "classifier_accuracy_unguided"):
+    for key in ("fid", "recon_fid", "recon_mse", "classifier_accuracy", "classifier_accuracy_unguided",
+                "classifier_fd_gaussian_baseline"):
         assert key in m and np.isfinite(m[key]), key
+    assert "fid_gaussian_baseline" not in m  # its Inception pass only with --baseline-fid
     # 8 x 8 digits: a factor-2 autoencoder, 4 x 4 x 4 latent, the DiT on all of it in 2 x 2 patches
     assert m["latent_shape"] == [4, 4, 4] and m["latent_dim"] == 64 and m["recon_num"] == 50
     assert m["config"]["encoder"]["kind"] == "autoencoder" and m["config"]["autoencoder"]["factor"] == 2

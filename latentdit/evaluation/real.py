@@ -86,11 +86,13 @@ def evaluate_real(model: LatentScoreNet, cfg: Config, meta: dict, *, num_samples
                   progress: bool = False, guidance: float | None = None, device: str | torch.device | None = None,
                   fid: bool = True, extractor=None, feature_cache: Path | None | bool = True,
                   classifier_epochs: int = 8, w2_points: int = 1000, out_dir: str | Path | None = None,
-                  data: LoadedData | None = None, fid_precision: str = "fp32") -> dict:
+                  data: LoadedData | None = None, fid_precision: str = "fp32",
+                  fid_baseline: bool = True) -> dict:
     """The metrics of the module docstring for a model trained on ``cfg.data`` (a real source).
 
     ``device``: where sampling and Inception run (default: CUDA when available). ``fid=False``
-    skips the Inception metrics. ``extractor`` replaces the Inception network (any object with
+    skips the Inception metrics and ``fid_baseline=False`` only the Gaussian baseline's (its
+    classifier and W2 figures stay). ``extractor`` replaces the Inception network (any object with
     ``features(images, batch_size, progress) -> (N, F)``); ``fid_precision`` ("fp32" or "bf16",
     see :class:`~latentdit.metrics.fid.InceptionFeatures`) sets the one built otherwise.
     ``feature_cache``: True for :func:`cache_dir`, a folder, or False/None for no caching; it holds
@@ -178,15 +180,17 @@ def evaluate_real(model: LatentScoreNet, cfg: Config, meta: dict, *, num_samples
         real_images = loaded.to_images(loaded.x)
         f_real = cached_features(real_images, ext, cache=cache, progress=progress)
         real_stats = cached_stats(real_images, ext, cache=cache, features=f_real) if cache is not None else None
-        _log(f"Inception features of {num} generated and {num} baseline images (baseline cached)", progress)
+        _log(f"Inception features of {num} generated" + (f" and {num} baseline images (baseline cached)"
+                                                           if fid_baseline else " images"), progress)
         f_gen = ext.features(loaded.to_images(x_gen), 50, progress)
-        f_base = cached_features(loaded.to_images(x_base), ext, cache=cache, progress=progress)
         half = len(f_real) // 2
         p = torch.randperm(len(f_real), generator=torch.Generator().manual_seed(seed + 4))
         metrics["fid"] = fid_to_reference(f_real, real_stats, f_gen)
         metrics["fid_reference"] = fid_from_features(f_real[p[:half]], f_real[p[half:2 * half]])
-        metrics["fid_gaussian_baseline"] = fid_to_reference(f_real, real_stats, f_base)
-        metrics["fid_ratio_to_baseline"] = metrics["fid"] / max(metrics["fid_gaussian_baseline"], 1e-12)
+        if fid_baseline:
+            f_base = cached_features(loaded.to_images(x_base), ext, cache=cache, progress=progress)
+            metrics["fid_gaussian_baseline"] = fid_to_reference(f_real, real_stats, f_base)
+            metrics["fid_ratio_to_baseline"] = metrics["fid"] / max(metrics["fid_gaussian_baseline"], 1e-12)
         metrics["fid_reference_sizes"] = [half, half]
         metrics["fid_precision"] = getattr(ext, "precision", None)
         metrics["fid_seconds"] = time.time() - t0
