@@ -53,7 +53,7 @@ from latentdit.train import check_run_dir, train
 DEMO_CONFIG: dict = {
     "data": {"source": "mnist", "n": 5000, "seed": 0, "normalise": "minmax", "conditional": True},
     "encoder": {"kind": "autoencoder", "latent_dim": 256, "init": "identity", "learn": False},
-    "autoencoder": {"factor": 4, "channels": 4, "width": 16, "latent_noise": 0.1, "loss": "bce", "epochs": 16,
+    "autoencoder": {"factor": 4, "channels": 4, "width": 16, "latent_noise": 0.1, "loss": "bce", "epochs": 24,
                     "batch_size": 64, "lr": 3e-3, "weight_decay": 1e-4, "seed": 0, "recon_samples": 1000},
     "model": {"block": "dit", "patch": 4, "hidden": 128, "depth": 4, "heads": 4, "mlp_ratio": 4.0,
               "class_dropout": 0.1},
