@@ -24,4 +24,8 @@ python docs/bench/profile_step.py --out docs/bench/profile_step.json --threads 1
 python docs/bench/train_step.py --out docs/bench/train_step.json --threads 1
 # the whole score network at long sequence lengths (docs/efficient-dit.md)
 latentdit bench dit --out docs/bench/dit.json --lengths 1024 4096 16384 --repeats 2 --no-memory
+# README's main command on a fresh clone: the autoencoder demo, installs and FID included
+python docs/bench/fresh_demo.py --out docs/bench/fresh_demo.json
+# Inception feature throughput, reference and fast paths (docs: README "Real data")
+latentdit bench inception --out docs/bench/inception.json
 uptime
