@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -121,6 +122,20 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def json_safe(o):
+    """``o`` with non-finite floats as None, tuples as lists and numpy scalars as Python numbers
+    (what strict JSON accepts), recursively through dicts and lists."""
+    if hasattr(o, "item") and getattr(o, "ndim", None) == 0:  # numpy / torch scalars
+        o = o.item()
+    if isinstance(o, float) and not math.isfinite(o):
+        return None
+    if isinstance(o, dict):
+        return {k: json_safe(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [json_safe(v) for v in o]
+    return o
 
 
 def atomic_write_json(path: str | os.PathLike, obj, indent: int | None = 2) -> Path:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from latentdit.io import save_figure
+from latentdit.io import json_safe, save_figure
 
 TOP_KEYS = ("d_independence_spread", "sample_complexity_slope_d0_4", "capacity_D_mismatch_max")
 ENTRY_KEYS = ("kind", "title", "theorem", "slope", "ci", "predicted", "bound", "verdict", "reasons", "n_points",
@@ -235,16 +235,6 @@ def write_report(out_dir, plan, rows: list[dict], analysis: dict, *, meta: dict,
     return path
 
 
-def _json_safe(o):
-    if isinstance(o, float) and not math.isfinite(o):
-        return None
-    if isinstance(o, dict):
-        return {k: _json_safe(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)):
-        return [_json_safe(v) for v in o]
-    if isinstance(o, (np.floating, np.integer)):
-        return _json_safe(o.item())
-    return o
 
 
 def summary_dict(analysis: dict, plan, meta: dict, attention: dict | None = None) -> dict:
@@ -262,4 +252,4 @@ def summary_dict(analysis: dict, plan, meta: dict, attention: dict | None = None
         out["attention"] = {"head_size": attention.get("head_size"), "eps": attention.get("eps"),
                             "break_even": [{k: r.get(k) for k in ("L", "m", "B_star", "R_star", "degree", "rank")}
                                            for r in attention.get("break_even", [])]}
-    return _json_safe(out)
+    return json_safe(out)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import time
 from pathlib import Path
@@ -26,7 +25,7 @@ from latentdit.experiments.rates.claims import analyse
 from latentdit.experiments.rates.plan import Budget, Plan, config_key, plan_for, tasks
 from latentdit.experiments.rates.report import summary_dict, write_report
 from latentdit.experiments.rates.store import DB_NAME, RateStore
-from latentdit.io import atomic_write_json
+from latentdit.io import atomic_write_json, json_safe
 from latentdit.provenance import provenance_end, provenance_start
 
 RUNS_DIR = "runs"
@@ -310,14 +309,6 @@ def _cpu_total() -> float:
     return a.ru_utime + a.ru_stime + b.ru_utime + b.ru_stime
 
 
-def _json_safe(o):
-    if isinstance(o, float) and not math.isfinite(o):
-        return None
-    if isinstance(o, dict):
-        return {k: _json_safe(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)):
-        return [_json_safe(v) for v in o]
-    return o
 
 
 def run_rates(out: Path, plan: Plan, *, workers: int = 1, threads: int = 1, scheduler: str | None = None,
@@ -355,7 +346,7 @@ def run_rates(out: Path, plan: Plan, *, workers: int = 1, threads: int = 1, sche
     analysis = analyse(rows, plan)
     att = attention_phase(out, quick=plan.name != "full") if attention else None
     write_report(out, plan, rows, analysis, meta=meta, attention=att)
-    summary = _json_safe(summary_dict(analysis, plan, meta, att))
+    summary = json_safe(summary_dict(analysis, plan, meta, att))
     summary["provenance"] = provenance_end(prov)
     atomic_write_json(out / "summary.json", summary, indent=1)
     return summary
