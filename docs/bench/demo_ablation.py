@@ -86,7 +86,7 @@ def main() -> None:
                 ext = InceptionFeatures("cpu")
                 f_real = cached_features(loaded.to_images(loaded.x), ext, cache=cache_dir(), progress=True)
             t0 = time.time()
-            r["fid"] = fid_from_features(f_real, ext.features(loaded.to_images(x), 50, False))
+            r["fid"] = fid_from_features(f_real, ext.features(loaded.to_images(x)))
             r["fid_seconds"] = time.time() - t0
         out["settings"][name] = r
         print(name, json.dumps(r), flush=True)

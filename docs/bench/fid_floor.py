@@ -48,7 +48,7 @@ def main() -> None:
         W, retained = pca_basis(loaded.x, d0)
         x = loaded.x[pick]
         proj = (x @ W) @ W.T
-        f = ext.features(loaded.to_images(proj), 50, True)
+        f = ext.features(loaded.to_images(proj), progress=True)
         out["dims"][d0] = {"fid_projection": fid_from_features(f_real, f), "pca_retained_energy": retained,
                            "seconds": time.time() - t0}
         print(f"d0={d0}: FID of projected real images {out['dims'][d0]['fid_projection']:.2f} "

@@ -51,6 +51,6 @@ def reconstruction_metrics(stage: FirstStage, loaded, *, num: int = 1000, fid: b
     ext = extractor if extractor is not None else fid_metrics.InceptionFeatures(device)
     cache = fid_metrics.cache_dir() if feature_cache is True else (Path(feature_cache) if feature_cache else None)
     f_real = fid_metrics.cached_features(loaded.to_images(loaded.x), ext, cache=cache, progress=progress)
-    f_rec = ext.features(loaded.to_images(rec), 50, progress)
+    f_rec = ext.features(loaded.to_images(rec), fid_metrics.FEATURE_BATCH, progress)
     out.update({"recon_fid": fid_metrics.fid_from_features(f_real, f_rec), "recon_num": num})
     return out

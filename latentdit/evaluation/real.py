@@ -182,7 +182,7 @@ def evaluate_real(model: LatentScoreNet, cfg: Config, meta: dict, *, num_samples
         real_stats = cached_stats(real_images, ext, cache=cache, features=f_real) if cache is not None else None
         _log(f"Inception features of {num} generated" + (f" and {num} baseline images (baseline cached)"
                                                            if fid_baseline else " images"), progress)
-        f_gen = ext.features(loaded.to_images(x_gen), 50, progress)
+        f_gen = ext.features(loaded.to_images(x_gen), fid_metrics.FEATURE_BATCH, progress)
         half = len(f_real) // 2
         p = torch.randperm(len(f_real), generator=torch.Generator().manual_seed(seed + 4))
         metrics["fid"] = fid_to_reference(f_real, real_stats, f_gen)

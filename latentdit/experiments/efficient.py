@@ -14,7 +14,7 @@ the identity encoder), with equal steps, the same data and the same seeds. Varia
 - ``exact_same``: the ``criterion`` architecture trained with exact attention;
 - ``relu_linear``: the ``criterion`` architecture with ReLU linear attention (no certificate).
 
-Parts (each writes DIR/<part>.json and prints its progress):
+Parts (each writes DIR/<part>.json and prints its progress; the trained runs go to DIR/runs/):
 
 - (a) short L (64 tokens): ``criterion`` vs ``unconstrained`` over seeds;
 - (b) long L: ``criterion`` vs ``exact_same`` at equal steps over seeds, and ``exact_same`` again
@@ -26,12 +26,12 @@ Parts (each writes DIR/<part>.json and prints its progress):
 - (d) ``relu_linear`` trained as in (b), next to (b)'s ``exact_same``.
 
 Budgets (:data:`SIZES`, :data:`SEEDS`): steps are the budget, never wall-clock (except the
-equal-wall-time run of (b)). Estimated from timed steps on one thread (latentdit train steps and
-score-network forwards, not an end-to-end run): the full mode about 40 minutes on 2 idle CPU
-cores ((a) 6 models x 2,000 steps at 64 tokens about 17 min; (b) 2 seeds at 2,048 tokens, 200
-steps, about 22 min, mostly exact attention, 1.9 s per step against 0.13 s for poly; (c) 2 min;
-(d) 1 min), ``--quick`` about 13 minutes (same parts and seeds, 500 steps at 64 tokens and 100
-steps at 1,024 tokens), ``--smoke`` seconds (tiny sizes, for tests). A model or a quality result
+equal-wall-time run of (b)). Estimated from timed steps on 2 idle CPU cores (not an end-to-end
+run): the full mode about 50 minutes ((a) 6 models x 2,000 steps at 64 tokens, about 17 min;
+(b) 2 seeds at 4,096 tokens, batch 2, 200 steps, about 30 min with the evaluation, nearly all of it
+exact attention, about 2.5 s per step against 0.1 s for poly; (c) 5 min, (d) 2 min), ``--quick``
+about 13 minutes (same parts and seeds, 500 steps at 64 tokens and 100 steps at 1,024 tokens),
+``--smoke`` seconds (tiny sizes, for tests). A model or a quality result
 needed by two parts is computed once per invocation, and a finished run is resumed, not retrained.
 
 Metrics: ``score_rel_error`` (||s - grad log p_t|| / ||grad log p_t|| on x_t ~ p_t, averaged over
@@ -67,7 +67,7 @@ VARIANTS = {
 }
 # (tokens, steps, batch, eval samples) per part and mode; token size 4, so d0 = D = 4 L
 SIZES = {
-    "full": {"short": (64, 2000, 64, 512), "long": (2048, 200, 4, 32)},
+    "full": {"short": (64, 2000, 64, 512), "long": (4096, 200, 2, 32)},
     "quick": {"short": (64, 500, 64, 256), "long": (1024, 100, 8, 32)},
     "smoke": {"short": (16, 6, 8, 16), "long": (64, 4, 4, 16)},
 }
@@ -98,7 +98,7 @@ def train_variant(out: Path, variant: str, tokens: int, steps: int, batch: int, 
     (the learning-rate schedule still spans ``steps``)."""
     extra = [f"train.time_limit={time_limit}"] if time_limit > 0 else []
     cfg = load_config(None, base_overrides(tokens, steps, batch, seed) + VARIANTS[variant] + extra)
-    run = out / (f"{variant}_L{tokens}_n{steps}_s{seed}" + (f"_wall{time_limit:.0f}" if time_limit > 0 else ""))
+    run = out / "runs" / (f"{variant}_L{tokens}_n{steps}_s{seed}" + (f"_wall{time_limit:.0f}" if time_limit > 0 else ""))
     t0 = time.time()
     if run not in _TRAINED:
         print(f"train {run.name}: {steps} steps, batch {batch}, d0 {4 * tokens}", flush=True)

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from latentdit.errors import LatentDitError
-from latentdit.metrics.fid_stats import (_drop_noise, cache_dir, cache_key, cached_features,  # noqa: F401
+from latentdit.metrics.fid_stats import (FEATURE_BATCH, _drop_noise, cache_dir, cache_key, cached_features,  # noqa: F401
                                          feature_stats, read_npz, sqrt_psd, write_npz)
 
 WEIGHTS_FILE = "default_1.pt"
@@ -192,7 +192,7 @@ class InceptionFeatures:
         return x.expand(-1, 3, -1, -1) * (255 / 128) - 1
 
     @torch.inference_mode()
-    def features(self, images: np.ndarray | torch.Tensor, batch_size: int = 32,
+    def features(self, images: np.ndarray | torch.Tensor, batch_size: int = FEATURE_BATCH,
                  progress: bool = False) -> torch.Tensor:
         """Images (N, H, W) or (N, H, W, C) in [0, 1] -> features (N, 2048) float32 on the CPU."""
         _as_images(images[:1])  # fail fast on a bad shape before any work
@@ -265,7 +265,7 @@ def fid_from_features(f1: np.ndarray | torch.Tensor, f2: np.ndarray | torch.Tens
     return float(max(fid, 0.0))
 
 
-def image_stats(images: np.ndarray | torch.Tensor, extractor: InceptionFeatures, batch_size: int = 32,
+def image_stats(images: np.ndarray | torch.Tensor, extractor: InceptionFeatures, batch_size: int = FEATURE_BATCH,
                 cache_path: str | Path | None = None, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Inception feature mean and covariance of images, optionally cached in an ``.npz`` file.
 
@@ -288,7 +288,7 @@ def image_stats(images: np.ndarray | torch.Tensor, extractor: InceptionFeatures,
 
 def compute_fid(images_a: np.ndarray | torch.Tensor, images_b: np.ndarray | torch.Tensor, *,
                 extractor: InceptionFeatures | None = None, device: str | torch.device = "cpu",
-                batch_size: int = 32, cache_path: str | Path | None = None, progress: bool = False) -> float:
+                batch_size: int = FEATURE_BATCH, cache_path: str | Path | None = None, progress: bool = False) -> float:
     """FID between image sets a (the reference, e.g. real data) and b, each (N, H, W[, C]) in [0, 1].
 
     ``cache_path`` caches the statistics of ``images_a`` (see :func:`image_stats`). Pass an
