@@ -62,6 +62,8 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--sampler", default=None)
     e.add_argument("--steps", type=int, default=None)
     e.add_argument("--seed", type=int, default=None)
+    e.add_argument("--guidance", type=float, default=None,
+                   help="classifier-free guidance scale of the guided samples (default: the run's sample.guidance)")
 
     b = sub.add_parser("bench", help="benchmarks: attention | dit | model | sampler | inception")
     b.add_argument("which", choices=sorted(BENCHES))
@@ -164,7 +166,7 @@ def _cmd_evaluate(a: argparse.Namespace) -> int:
                               "with `latentdit train --out RUN`")
     _check_sampling_flags(a)
     kw = {k: v for k, v in (("num_samples", a.num), ("sampler", a.sampler), ("steps", a.steps),
-                            ("seed", a.seed)) if v is not None}
+                            ("seed", a.seed), ("guidance", a.guidance)) if v is not None}
     m = evaluate_run(a.run, a.out, progress=sys.stderr.isatty(), **kw)
     print(json.dumps({k: v for k, v in m.items() if not isinstance(v, (dict, list))}, indent=2))
     return 0

@@ -125,6 +125,7 @@ CASES = {
     # names
     "unknown sampler (config)": (lambda d: train_args("sample.sampler=dpm2"), r"sample\.sampler='dpm2' is not one of .*did you mean 'dpm2m'"),
     "unknown sampler (sample)": (lambda d: ["sample", "--run", "run", "--sampler", "eular", "--out", "x.npy"], r"--sampler 'eular' is not one of \['em'"),
+    "evaluate guidance (ground truth)": (lambda d: ["evaluate", "--run", "run", "--guidance", "1.5", "--out", "m.json"], r"guidance applies to class-conditional real-data runs"),
     "unknown sampler (evaluate)": (lambda d: ["evaluate", "--run", "run", "--sampler", "foo", "--out", "m.json"], r"--sampler 'foo' is not one of"),
     "unknown attention": (lambda d: train_args("model.attention=flash"), r"model\.attention='flash' is not one of \['exact', 'poly', 'auto', 'relu_linear'\]"),
     "unknown config key (--set)": (lambda d: train_args("optim.lrr=0.1"), r"unknown config key 'optim\.lrr'; did you mean 'optim\.lr'\?"),

@@ -1,4 +1,4 @@
-"""Evaluation of trained models: ground truth (:mod:`.gmm`) and real data (:mod:`.real`).
+"""Evaluation of trained models: ground truth (:mod:`.gmm`, :mod:`.long`) and real data (:mod:`.real`).
 
 Evaluation only measures: samples are drawn through :class:`latentdit.pipeline.LatentDiTPipeline`.
 """
@@ -7,13 +7,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from latentdit.errors import ConfigError
 from latentdit.evaluation.gmm import evaluate_gmm
+from latentdit.evaluation.long import evaluate_long
 from latentdit.evaluation.real import evaluate_real
 from latentdit.export import from_pretrained
 from latentdit.io import atomic_write_json
 from latentdit.provenance import provenance_end, provenance_start
 
-__all__ = ["evaluate_gmm", "evaluate_real", "evaluate_run"]
+__all__ = ["evaluate_gmm", "evaluate_long", "evaluate_real", "evaluate_run"]
 
 
 def evaluate_run(run: str | Path, out: str | Path | None = None, **kw) -> dict:
@@ -22,8 +24,10 @@ def evaluate_run(run: str | Path, out: str | Path | None = None, **kw) -> dict:
     the training budget the export records (``steps_trained`` of ``steps_planned``)."""
     prov = provenance_start()
     model, cfg, meta = from_pretrained(run)
-    if cfg.data.source == "gmm":
-        metrics = evaluate_gmm(model, cfg, **kw)
+    if cfg.data.source in ("gmm", "long"):
+        if kw.get("guidance") is not None:
+            raise ConfigError("guidance applies to class-conditional real-data runs; this run has a ground truth")
+        metrics = (evaluate_gmm if cfg.data.source == "gmm" else evaluate_long)(model, cfg, **kw)
     else:
         metrics = evaluate_real(model, cfg, meta, **kw)
     metrics["train_step"] = meta.get("step")

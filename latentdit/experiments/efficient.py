@@ -51,12 +51,12 @@ import torch
 
 from latentdit.bench import interleaved_times, medians
 from latentdit.config import load_config
-from latentdit.data.long import LongMixture
 from latentdit.io import atomic_write_json
-from latentdit.metrics.distances import score_errors, w2
+from latentdit.evaluation.long import long_law as _law
+from latentdit.evaluation.long import long_quality as quality
+from latentdit.metrics.distances import w2
 from latentdit.pipeline import LatentDiTPipeline, from_pretrained
 from latentdit.provenance import provenance_end, provenance_start
-from latentdit.sampling import time_grid
 from latentdit.train import Trainer, train
 
 VARIANTS = {
@@ -120,25 +120,6 @@ def cached_quality(model, cfg, run: str, n_eval: int, seed: int) -> dict:
 def set_attention(model, mode: str) -> None:
     for blk in model.backbone.blocks:
         blk.attention_mode = mode
-
-
-@torch.no_grad()
-def quality(model, cfg, law: LongMixture, n_eval: int, seed: int) -> dict:
-    """Score error against the closed form and W2 of generated vs true samples at T0."""
-    gen = torch.Generator().manual_seed(seed + 7)
-    ts = time_grid(cfg.diffusion.T0, cfg.diffusion.T, max(cfg.eval.score_times - 1, 1), "log")
-    errs = score_errors(lambda x, t: model(x, t), law.score, lambda n, t: law.sample(n, t, generator=gen),
-                        ts, n_eval)
-    x = LatentDiTPipeline.from_config(model, cfg).sample_model_space(n_eval, seed=seed, batch_size=64).double()
-    T0 = cfg.diffusion.T0
-    truth, ref = law.sample(n_eval, T0, generator=gen), law.sample(n_eval, T0, generator=gen)
-    return {"score_rel_error": errs["rel_err_mean"], "score_sigma_error": errs["sigma_err_mean"],
-            "score_rel_error_by_t": dict(zip(map(str, errs["t"]), errs["rel_err"])),
-            "w2": w2(x, truth), "w2_reference": w2(ref, truth)}
-
-
-def _law(cfg) -> LongMixture:
-    return LongMixture.random(cfg.data.ambient_dim, cfg.data.components, seed=cfg.data.seed)
 
 
 def run_pair(out: Path, variants: list[str], size: tuple, seeds: list[int]) -> dict:
