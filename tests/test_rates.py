@@ -37,6 +37,25 @@ def test_plans_cover_every_section_with_the_documented_sizes():
         plan_for("huge")
 
 
+def test_a_section_budget_caps_its_tasks_and_keeps_the_plans_evaluation_sizes():
+    from dataclasses import replace
+
+    from latentdit.experiments.rates.plan import section_budget
+
+    plan = plan_for("micro")
+    own = replace(plan.budget, max_steps=5, eval_samples=7, score_points=3)
+    plan = replace(plan, approx=replace(plan.approx, budget=own))
+    assert section_budget(plan, "approx").max_steps == 5 and section_budget(plan, "sample") == plan.budget
+    for t in tasks(plan):
+        b = t["budget"]
+        assert b["max_steps"] == (5 if t["section"] == "approx" else plan.budget.max_steps), t["section"]
+        # the floors of every section come from one evaluation size
+        assert (b["eval_samples"], b["score_points"]) == (plan.budget.eval_samples, plan.budget.score_points)
+    # tasks differ with their budget, so a changed section budget is a new configuration in the store
+    old = {config_key(t) for t in tasks(plan_for("micro")) if t["section"] == "approx"}
+    assert old.isdisjoint(config_key(t) for t in tasks(plan) if t["section"] == "approx")
+
+
 def test_task_data_nested_subsets_and_shared_held_out_points():
     """Finite n are prefixes of one seeded draw; every n of a seed validates on the same held-out
     points, never training points; n = 0 trains on fresh draws from the law."""

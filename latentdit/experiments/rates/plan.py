@@ -56,6 +56,7 @@ class SampleSection:
     n_values: tuple[int, ...] = (64, 256, 1024, 4096, 16384)
     T0: float = 1e-3
     memorisation_quantile: float = 0.1
+    budget: Budget | None = None  # this section's own sizes (None: the plan's)
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,7 @@ class ApproxSection:
     blocks: tuple[str, ...] = ("dit", "paper")
     paper: tuple[int, int, int] = (2, 1, 4)  # paper block (r heads, head size m, ff width l) at depth 1
     T0: float = 1e-3
+    budget: Budget | None = None  # this section's own sizes (None: the plan's)
 
 
 @dataclass(frozen=True)
@@ -80,6 +82,7 @@ class BlocksSection:
     D: int = 256
     coupled: tuple[bool, ...] = (False, True)
     T0: float = 1e-3
+    budget: Budget | None = None  # this section's own sizes (None: the plan's)
 
 
 @dataclass(frozen=True)
@@ -90,6 +93,7 @@ class T0Section:
     d0: int = 4
     D: int = 32
     n: int = 1024
+    budget: Budget | None = None  # this section's own sizes (None: the plan's)
 
 
 @dataclass(frozen=True)
@@ -99,6 +103,7 @@ class DCheckSection:
     D_values: tuple[int, ...] = (32, 128, 512, 2048)
     d0: int = 4
     T0: float = 1e-3
+    budget: Budget | None = None  # this section's own sizes (None: the plan's)
 
 
 @dataclass(frozen=True)
@@ -113,6 +118,7 @@ class EncoderSection:
     tau: float = 0.1
     n_values: tuple[int, ...] = (64, 256, 1024, 4096, 16384)
     T0: float = 1e-3
+    budget: Budget | None = None  # this section's own sizes (None: the plan's)
 
 
 @dataclass(frozen=True)
@@ -134,8 +140,14 @@ SECTIONS = ("sample", "approx", "blocks", "t0", "dcheck", "encoder", "encoder_no
 
 def plan_for(mode: str) -> Plan:
     """``full`` (the reference run, 5 seeds), ``quick`` (every section, small) or ``micro`` (tests)."""
-    if mode == "full":
-        return Plan("full", seeds=(0, 1, 2, 3, 4))
+    if mode == "full":  # sized for <= 2 h on 2 idle cores with 2 workers (``--estimate`` times it)
+        train = Budget(max_steps=4000, patience=4)
+        short = replace(train, max_steps=1500, val_every=150, patience=3, val_points=2048, checkpoint_every=500)
+        return Plan("full", seeds=(0, 1, 2, 3, 4), budget=train,
+                    approx=ApproxSection(widths=(32,), budget=short),
+                    blocks=BlocksSection(budget=short),
+                    dcheck=DCheckSection(budget=short),
+                    encoder=EncoderSection(D_values=(32, 256, 2048)))
     if mode == "quick":
         return Plan("quick", seeds=(0, 1, 2), components=4,
                     budget=Budget(max_steps=1000, batch_size=128, hidden=32, depth=2, heads=2, lr=3e-3, warmup=50,
@@ -226,15 +238,27 @@ def points(plan: Plan) -> list[dict]:
     return out
 
 
+def section_budget(plan: Plan, section: str) -> Budget:
+    """The budget the tasks of ``section`` train with: the section's own, else the plan's. The
+    evaluation sizes (``eval_samples``, ``score_points``, ``score_times``) stay the plan's, so
+    that the floors of every section are computed at one sample size."""
+    own = getattr(getattr(plan, PLAN_FIELDS[section]), "budget", None)
+    if own is None:
+        return plan.budget
+    return replace(own, eval_samples=plan.budget.eval_samples, score_points=plan.budget.score_points,
+                   score_times=plan.budget.score_times)
+
+
 def config_key(params: dict) -> str:
     return json.dumps(params, sort_keys=True, separators=(",", ":"))
 
 
 def tasks(plan: Plan) -> list[dict]:
-    """Unique tasks of all sections (one per point and seed), each with the plan's budget and components."""
+    """Unique tasks of all sections (one per point and seed), each with its section's budget
+    (:func:`section_budget`) and the plan's components."""
     seen, out = set(), []
-    b = asdict(plan.budget)
     for p in points(plan):
+        b = asdict(section_budget(plan, p["section"]))
         for s in plan.seeds:
             c = {**p, "seed": s, "components": plan.components, "budget": b}
             k = config_key(c)
