@@ -1,0 +1,190 @@
+"""Print the measured tables of docs/ as markdown, straight from their committed JSONs.
+
+    python docs/bench/tables.py attention docs/bench/attention.json
+    python docs/bench/tables.py dit docs/bench/dit.json
+    python docs/bench/tables.py efficient docs/efficient
+    python docs/bench/tables.py ablation docs/bench/ablation_d64.json
+
+Every number in the tables of docs/attention.md, docs/efficient-dit.md and docs/demo.md is pasted
+from this script's output, so none is typed by hand. It reads JSON only; nothing is measured here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+
+def g(x, digits: int = 3) -> str:
+    """A number to ``digits`` significant digits; '-' for a missing value."""
+    if x is None:
+        return "-"
+    if isinstance(x, bool):
+        return "yes" if x else "no"
+    if isinstance(x, int):
+        return f"{x:,}"
+    return f"{x:.{digits}g}"
+
+
+def row(*cells) -> str:
+    return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
+def header(*names) -> list[str]:
+    return [row(*names), row(*(["---"] * len(names)))]
+
+
+def load(path: Path) -> dict:
+    return json.loads(Path(path).read_text())
+
+
+def attention(path: Path) -> list[str]:
+    d = load(path)
+    out: list[str] = []
+    res = d["results"]
+    for hd in sorted({r["head_dim"] for r in res}):
+        for ps, title in (("fwd", "forward"), ("fwdbwd", "forward + backward")):
+            rows = {(r["method"], r["L"]): r for r in res if r["head_dim"] == hd and r["pass"] == ps}
+            if not rows:
+                continue
+            bound = next(c["logit_bound"] for c in d["setting"]["configs"] if c["head_dim"] == hd)
+            out += ["", f"**Head size {hd}, |logit| <= {g(bound)}, {title}** (median seconds; rel. error vs float64 "
+                        "exact; `*` = exact extrapolated)", ""]
+            out += header("L", "exact [s]", "poly [s]", "FAVOR+ [s]", "speed-up poly", "poly rel. error",
+                          "FAVOR+ rel. error")
+            for L in sorted({k[1] for k in rows}):
+                e, p, f = rows.get(("exact", L)), rows.get(("poly", L)), rows.get(("performer", L))
+                star = "*" if e and e.get("extrapolated") else ""
+                sp = e["median_s"] / p["median_s"] if e and p else None
+                out.append(row(f"{L:,}", (g(e["median_s"]) + star) if e else "-", g(p["median_s"]) if p else "-",
+                               g(f["median_s"]) if f else "-", (g(sp) + star) if sp else "-",
+                               g(p.get("rel_error"), 2) if p else "-", g(f.get("rel_error"), 2) if f else "-"))
+    pt = d.get("phase_transition")
+    if pt:
+        out += ["", f"**Phase transition** (head size {pt['head_dim']}, eps = {g(pt['eps'])}; fixed degree fitted "
+                    f"for |logit| <= {g(pt['fixed_degree_fitted_for'])})", ""]
+        out += header("L", "max abs logit", "entry bound / sqrt(log L)", "rel. error, fixed degree",
+                      "fixed-degree error bound", "certified degree (rank)", "rel. error, certified",
+                      "predicted speed-up", "criterion")
+        for r in pt["rows"]:
+            out.append(row(f"{r['L']:,}", g(r["bound"]), g(r["entry_ratio"], 2), g(r["rel_error_fixed_degree"], 2),
+                           g(r["fixed_error_bound"], 2), f"{r['certified_degree']} ({r['certified_rank']:,})",
+                           g(r["rel_error_certified"], 2), g(r["predicted_speedup"]),
+                           "poly" if r["criterion_ok"] else "exact"))
+    out += ["", "Summary keys:", ""] + header("key", "value")
+    for k in sorted(k for k in d if k.startswith(("speedup", "rel_error", "exponent"))):
+        out.append(row(f"`{k}`", g(d[k])))
+    prov = d["provenance"]
+    out += ["", f"Load average before {prov['loadavg_before']}, after {prov['loadavg_after']}; "
+                f"{prov['threads']} thread(s); wall {g(prov['seconds'] / 60)} min; commit {prov['git_commit'][:7]}."]
+    return out
+
+
+def _slope(pts: list[tuple[float, float]]) -> float:
+    """Least-squares slope of log t against log L."""
+    xs, ys = [math.log(a) for a, _ in pts], [math.log(b) for _, b in pts]
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
+
+
+def dit(path: Path) -> list[str]:
+    d = load(path)
+    modes = ("exact", "poly", "relu_linear")
+    out = header("L", *(f"{m} fwd" for m in modes), *(f"{m} train step" for m in modes), "poly speed-up fwd / train")
+    for r in d["lengths"]:
+        med, ext = r["median_s"], r.get("extrapolated", False)
+        cells = []
+        for op in ("fwd", "train"):
+            for m in modes:
+                v = med.get(f"{m}_{op}")
+                cells.append("-" if v is None else f"{g(v)} s" + ("*" if m == "exact" and ext else ""))
+        out.append(row(f"{r['L']:,}", *cells, f"x{g(r.get('speedup_forward'))} / x{g(r.get('speedup_train'))}"
+                       + (" (exact extrapolated)" if ext else "")))
+    mem = [r for r in d["lengths"] if r.get("peak_memory_bytes")]
+    if mem:
+        keys = [k for k in mem[0]["peak_memory_bytes"]]
+        out += ["", "Peak memory (extra RSS of one operation in a fresh process, MiB):", ""] + header("L", *keys)
+        for r in mem:
+            pm = r["peak_memory_bytes"]
+            out.append(row(f"{r['L']:,}", *("-" if pm.get(k) is None else g(pm[k] / 2 ** 20) for k in keys)))
+    out += ["", "Least-squares exponents of time against L (measured lengths only):", ""]
+    Ls = [r["L"] for r in d["lengths"]]
+    spans = [Ls[i:j] for i, j in ((0, len(Ls)), (0, len(Ls) - 1), (len(Ls) - 3, len(Ls)), (len(Ls) - 2, len(Ls)))
+             if j - i >= 2]
+    names = [f"{m}_{op}" for m in modes for op in ("fwd", "train")]
+    out += header("lengths", *names)
+    for span in dict.fromkeys(tuple(x) for x in spans):
+        rows = [r for r in d["lengths"] if r["L"] in span]
+        cells = []
+        for k in names:
+            pts = [(r["L"], r["median_s"].get(k)) for r in rows if not (k.startswith("exact") and r.get("extrapolated"))]
+            pts = [(a, b) for a, b in pts if b is not None]
+            cells.append(g(_slope(pts)) if len(pts) >= 2 else "-")
+        out.append(row(f"{span[0]:,}-{span[-1]:,}", *cells))
+    out += ["", "Summary keys:", ""] + header("key", "value")
+    for k in sorted(k for k in d if k.startswith(("speedup", "rel_error", "exponent", "extrapolated"))):
+        out.append(row(f"`{k}`", g(d[k])))
+    prov = d["provenance"]
+    out += ["", f"Load average before {prov['loadavg_before']}, after {prov['loadavg_after']}; "
+                f"{prov['threads']} thread(s); wall {g(prov['seconds'] / 60)} min; commit {prov['git_commit'][:7]}."]
+    return out
+
+
+def efficient(folder: Path) -> list[str]:
+    out: list[str] = []
+    for part in "abd":
+        p = Path(folder) / f"{part}.json"
+        if not p.is_file():
+            continue
+        d = load(p)
+        out += ["", f"Part ({part}), `{p.name}`:", ""]
+        out += header("variant", "seed", "tokens", "steps", "score rel. error", "W2", "W2 true vs true", "train [s]")
+        for r in d["rows"]:
+            out.append(row(r["variant"], r["seed"], f"{r['tokens']:,}", r["steps"], g(r["score_rel_error"], 4),
+                           g(r["w2"], 4), g(r["w2_reference"], 4), g(r["train_seconds"])))
+        s = d["summary"]
+        for v, m in s.items():
+            if isinstance(m, dict):
+                sd = f" (sd {g(m['score_rel_error_std'], 2)})" if "score_rel_error_std" in m else ""
+                out.append(f"\n- {v}: mean score rel. error {g(m['score_rel_error'], 4)}{sd}, mean W2 {g(m['w2'], 4)}")
+        if "score_error_ratio" in s:
+            out.append(f"- ratio {s['ratio_of']}: {g(s['score_error_ratio'], 4)}")
+        for r in d.get("equal_wall_time", []):
+            out.append(f"- equal wall time (seed {r['seed']}): exact_same stopped at {g(r['time_limit'])} s after "
+                       f"{r['steps_done']} of {r['steps_planned']} steps: score rel. error {g(r['score_rel_error'], 4)}, "
+                       f"W2 {g(r['w2'], 4)}")
+        prov = d["provenance"]
+        out.append(f"- wall {g(prov['seconds'] / 60)} min, load before {prov['loadavg_before']}, after "
+                   f"{prov['loadavg_after']}")
+    p = Path(folder) / "c.json"
+    if p.is_file():
+        c = load(p)
+        out += ["", "Part (c), `c.json`:", ""] + header("figure", "value")
+        for k in ("tokens", "num_samples", "w2_poly_vs_exact", "w2_poly_vs_truth", "w2_exact_vs_truth", "w2_change",
+                  "w2_true_vs_true_std", "w2_change_below_spread", "max_abs_sample_difference"):
+            out.append(row(k, g(c.get(k), 4)))
+    return out
+
+
+def ablation(path: Path) -> list[str]:
+    d = load(path)
+    out = header("setting", "guidance", "final Tweedie step", "sampler (steps)", "FID", "clf FD", "accuracy", "var q4")
+    for name, r in d["settings"].items():
+        out.append(row(f"`{name}`", g(r["guidance"]), g(r["denoise"]), f"{r['sampler']} ({r['steps']})",
+                       g(r.get("fid"), 4), g(r.get("classifier_fd"), 3), g(r.get("classifier_accuracy"), 3),
+                       g(r["var_ratio_quarters"][3], 3)))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("kind", choices=["attention", "dit", "efficient", "ablation"])
+    ap.add_argument("path", type=Path)
+    a = ap.parse_args()
+    print("\n".join({"attention": attention, "dit": dit, "efficient": efficient, "ablation": ablation}[a.kind](a.path)))
+
+
+if __name__ == "__main__":
+    main()
