@@ -2,7 +2,7 @@
 # Re-measures the committed figures of README.md and docs/ in one go, one command after another
 # (never two at once), on an idle machine: check `uptime` first. Each command writes its JSON with
 # a provenance record (command, git commit, threads, load average before and after).
-#   bash docs/bench/remeasure.sh            # everything below, about 45 minutes on 2 cores
+#   bash docs/bench/remeasure.sh            # everything below, about 3 hours on 2 cores
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 uptime
@@ -22,8 +22,23 @@ latentdit bench model --out docs/bench/model.json --threads 1 --compile
 latentdit bench model --out docs/bench/model_threads2.json --threads 2 --no-memory
 python docs/bench/profile_step.py --out docs/bench/profile_step.json --threads 1
 python docs/bench/train_step.py --out docs/bench/train_step.json --threads 1
-# the whole score network at long sequence lengths (docs/efficient-dit.md)
-latentdit bench dit --out docs/bench/dit.json --lengths 1024 4096 16384 --repeats 2 --no-memory
+# the whole score network at long sequence lengths, with peak memory and L = 65536 (docs/efficient-dit.md)
+latentdit bench dit --out docs/bench/dit.json --long --repeats 3
+# the configs/long.toml run (4096 tokens) and its metrics (docs/efficient-dit.md)
+rm -rf runs/long
+latentdit train --config configs/long.toml --out runs/long --quiet
+latentdit evaluate --run runs/long --out docs/bench/long_metrics.json
+# quality side by side, exact vs poly vs ReLU linear (docs/efficient-dit.md; about an hour)
+python -m latentdit.experiments.efficient --out docs/efficient
+# the PCA floor of the linear demo and its sampler ablation (docs/demo.md)
+python docs/bench/fid_floor.py --dims 64,256 --num 2000
+python docs/bench/fid_floor.py --out docs/bench/fid_floor_n1000.json --dims 144,400,576 --num 1000
+rm -rf runs/demo-pca
+latentdit demo --encoder linear --out runs/demo-pca --quiet
+python docs/bench/demo_ablation.py --run runs/demo-pca/run --num 1000 --out docs/bench/ablation_d64.json \
+    g=2,d=0,fid=1 g=2,d=1,fid=1 g=1.5,d=1,fid=1 g=1,d=1 g=2,d=1,s=100
+# the attention kernels alone (docs/attention.md)
+latentdit bench attention --out docs/bench/attention.json
 # README's main command on a fresh clone: the autoencoder demo, installs and FID included
 python docs/bench/fresh_demo.py --out docs/bench/fresh_demo.json
 # Inception feature throughput, reference and fast paths (docs: README "Real data")
