@@ -111,7 +111,8 @@ CASES = {
     "missing data path": (lambda d: train_args("data.source=npy", "data.path=nope.npy"), r"does not exist; check the path"),
     # dimensions
     "d0 > D (config)": (lambda d: train_args("encoder.latent_dim=64"), r"encoder\.latent_dim=64 is larger than data\.ambient_dim=32; lower"),
-    "d0 > D (real data)": (_csv("1,2\n3,4\n5,6\n7,8\n"), None),  # replaced below: needs latent_dim 4
+    "d0 > D (real data)": (lambda d: (d / "x.csv").write_text("1,2\n3,4\n5,6\n7,8\n") and train_args("data.source=csv", "data.path=x.csv"),
+                           r"encoder\.latent_dim=4 is larger than the data dimension D=2; lower it"),
     "d0 > n": (lambda d: train_args("data.n=3", "train.batch_size=3"), r"larger than the number of samples n=3; lower it"),
     "d0 not splittable": (lambda d: train_args("encoder.latent_dim=7"), r"d0=7 fits neither .*choose model\.patch dividing 7"),
     "d0 not a square for 2d": (lambda d: train_args("encoder.latent_dim=6", "model.patching=2d"), r"d0=6 is not a square.*patching='1d'"),
@@ -144,9 +145,6 @@ CASES = {
     "incompatible checkpoint": ("incompatible", r"trained with a different \[model\] config; use a new --out directory"),
     "sample output suffix": (lambda d: ["sample", "--run", "run", "--out", "x.txt"], r"must end in \.npy or \.npz"),
 }
-CASES["d0 > D (real data)"] = (
-    lambda d: (d / "x.csv").write_text("1,2\n3,4\n5,6\n7,8\n") and train_args("data.source=csv", "data.path=x.csv"),
-    r"encoder\.latent_dim=4 is larger than the data dimension D=2; lower it")
 
 
 @pytest.mark.parametrize("name", list(CASES))
@@ -387,16 +385,15 @@ def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path, monkeypatc
 
     p = tmp_path / "m.json"
     atomic_write_json(p, {"a": 1})
-    old = p.read_bytes()
+    old, only = p.read_bytes(), ["m.json"]
 
     def half_then_fail(f):
         f.write(b'{"a": 2')
         raise RuntimeError("interrupted")
-
     with pytest.raises(RuntimeError):
         atomic_write(p, half_then_fail)
-    assert p.read_bytes() == old and sorted(x.name for x in tmp_path.iterdir()) == ["m.json"]
+    assert p.read_bytes() == old and sorted(x.name for x in tmp_path.iterdir()) == only
     monkeypatch.setattr(os, "fsync", _disk_full)
     with pytest.raises(OSError) as e:
         atomic_write_json(p, {"a": 3})
-    assert e.value.filename == str(p) and p.read_bytes() == old and sorted(x.name for x in tmp_path.iterdir()) == ["m.json"]
+    assert e.value.filename == str(p) and p.read_bytes() == old and sorted(x.name for x in tmp_path.iterdir()) == only
