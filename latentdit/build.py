@@ -40,6 +40,12 @@ def build_ground_truth(cfg: Config) -> SubspaceGMM:
     return SubspaceGMM.random(d.ambient_dim, d.latent_dim, d.components, seed=d.seed)
 
 
+def build_long_law(cfg: Config) -> LongMixture:
+    """The long-sequence ground truth of ``data.source = "long"`` (it depends on ``cfg.data`` only)."""
+    d = cfg.data
+    return LongMixture.random(d.ambient_dim, d.components, seed=d.seed)
+
+
 def build_data(cfg: Config) -> TrainData:
     """Load or generate the training set described by ``cfg.data``."""
     d = cfg.data
@@ -50,7 +56,7 @@ def build_data(cfg: Config) -> TrainData:
         labels = comp if d.conditional else None
         return TrainData(x.float(), labels, d.components if d.conditional else 0, gmm=gmm)
     if d.source == "long":  # R^D with B = I; the law itself is in latentdit.data.long
-        law = LongMixture.random(d.ambient_dim, d.components, seed=d.seed)
+        law = build_long_law(cfg)
         x, comp = law.sample(d.n, generator=torch.Generator().manual_seed(d.seed + 1), return_labels=True)
         return TrainData(x.float(), comp if d.conditional else None, d.components if d.conditional else 0)
     loaded = load_data(d.source, d.path, image_size=d.image_size, normalise=d.normalise,

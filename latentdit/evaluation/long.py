@@ -21,17 +21,13 @@ import time
 
 import torch
 
+from latentdit.build import build_long_law
 from latentdit.config import Config
 from latentdit.data.long import LongMixture
 from latentdit.metrics.distances import score_errors, w2
 from latentdit.models.score import LatentScoreNet
 from latentdit.pipeline import LatentDiTPipeline
 from latentdit.sampling import time_grid
-
-
-def long_law(cfg: Config) -> LongMixture:
-    """The ground truth a ``data.source = "long"`` run was trained on (it depends on ``cfg.data`` only)."""
-    return LongMixture.random(cfg.data.ambient_dim, cfg.data.components, seed=cfg.data.seed)
 
 
 @torch.no_grad()
@@ -61,7 +57,7 @@ def evaluate_long(model: LatentScoreNet, cfg: Config, *, num_samples: int | None
     run_cfg = dataclasses.replace(cfg, sample=dataclasses.replace(cfg.sample, sampler=sampler, steps=steps))
     model.eval()
     t0 = time.time()
-    m = long_quality(model, run_cfg, long_law(cfg), num, seed)
+    m = long_quality(model, run_cfg, build_long_law(cfg), num, seed)
     m.update(num_samples=num, sampler=sampler, steps=steps, seed=seed, d0=cfg.data.ambient_dim,
              eval_seconds=time.time() - t0)
     return m

@@ -50,10 +50,10 @@ from pathlib import Path
 import torch
 
 from latentdit.bench import interleaved_times, medians
+from latentdit.build import build_long_law as _law
 from latentdit.config import load_config
-from latentdit.io import atomic_write_json
-from latentdit.evaluation.long import long_law as _law
 from latentdit.evaluation.long import long_quality as quality
+from latentdit.io import atomic_write_json
 from latentdit.metrics.distances import w2
 from latentdit.pipeline import LatentDiTPipeline, from_pretrained
 from latentdit.provenance import provenance_end, provenance_start
