@@ -24,7 +24,9 @@ def test_plans_cover_every_section_with_the_documented_sizes():
         assert len(plan.seeds) >= 2
     full = plan_for("full")
     assert len(full.seeds) == 5
-    assert full.sample.n_values == (64, 256, 1024, 4096, 16384) and 4 in full.sample.d0_values
+    ns = full.sample.n_values
+    assert {64, 256, 1024, 4096, 16384} <= set(ns) and 4 in full.sample.d0_values
+    assert math.log10(1024 / min(ns)) >= 1.5  # 1.5 decades below the n where the excess reaches its floor
     assert full.approx.d0_values == (4, 16, 64) and full.approx.D_values == (32, 2048)
     assert full.approx.depths == (1, 2, 4, 8) and set(full.approx.blocks) == {"dit", "paper"}
     T0s = full.t0.T0_values
@@ -54,6 +56,23 @@ def test_a_section_budget_caps_its_tasks_and_keeps_the_plans_evaluation_sizes():
     # tasks differ with their budget, so a changed section budget is a new configuration in the store
     old = {config_key(t) for t in tasks(plan_for("micro")) if t["section"] == "approx"}
     assert old.isdisjoint(config_key(t) for t in tasks(plan) if t["section"] == "approx")
+
+
+def test_a_section_can_run_its_own_seeds():
+    from dataclasses import replace
+
+    from latentdit.experiments.rates.plan import section_seeds
+
+    plan = plan_for("micro")
+    plan = replace(plan, seeds=(0, 1, 2), blocks=replace(plan.blocks, seeds=(5, 6)))
+    assert section_seeds(plan, "blocks") == (5, 6) and section_seeds(plan, "sample") == (0, 1, 2)
+    by = {}
+    for t in tasks(plan):
+        by.setdefault(t["section"], set()).add(t["seed"])
+    assert by.pop("blocks") == {5, 6} and all(v == {0, 1, 2} for v in by.values())
+    full = plan_for("full")  # the full plan keeps 5 seeds wherever they fit
+    assert {s: len(section_seeds(full, s)) for s in ("sample", "t0", "encoder", "encoder_noisy")} == dict.fromkeys(
+        ("sample", "t0", "encoder", "encoder_noisy"), 5)
 
 
 def test_task_data_nested_subsets_and_shared_held_out_points():
@@ -155,7 +174,7 @@ def test_analysis_reports_known_exponents():
     assert e["kind"] == "claim" and e["slope"] == pytest.approx(-0.5, abs=1e-9)
     assert e["ci"] == pytest.approx([-0.5 - half, -0.5 + half], abs=1e-9)
     assert e["verdict"] == "faster than the bound" and top["sample_complexity_slope_d0_4"] == e["slope"]
-    assert c["score_integral_vs_n_d0_4"]["slope"] == pytest.approx(-0.5, abs=1e-9)
+    assert c["population_loss_vs_n_d0_4"]["slope"] == pytest.approx(-0.5, abs=1e-9)
     assert c["approximation_dit_d0_4"]["slope"] == pytest.approx(-0.2, abs=1e-9)
     assert top["capacity_D_mismatch_max"] == pytest.approx(0.1 / 1.05, rel=1e-9)
     assert c["d0_scaling_blocks"]["slope"] == pytest.approx(0.3, abs=1e-9)
@@ -172,7 +191,7 @@ def test_analysis_reports_known_exponents():
     big = max(plan.sample.n_values)
     for r in rows:
         if r["section"] == "sample" and r["n"] == big:
-            r["population_loss"] = 1.0 + 0.1 * r["seed"] + (-1) ** r["seed"] * 1e-6
+            r["score_integral"] = 0.3 + 0.01 * r["seed"] + (-1) ** r["seed"] * 1e-6
     e = analyse(rows, plan)["claims"]["sample_complexity_d0_4"]
     assert e["dropped"] == [big] and any("left out of the fit" in x for x in e["reasons"])
     assert e["slope"] == pytest.approx(-0.5, abs=1e-9) and e["n_points"] == len(plan.sample.n_values) - 1
@@ -246,7 +265,7 @@ def test_a_subset_of_sections_runs_alone():
     assert {t["section"] for t in tasks(plan)} == {"sample", "t0"}
     a = analyse(synthetic_rows(plan), plan)
     assert {k for k in a["claims"] if not k.startswith("check_")} == {
-        "sample_complexity_d0_4", "score_integral_vs_n_d0_4", "t0_tradeoff"}
+        "sample_complexity_d0_4", "population_loss_vs_n_d0_4", "t0_tradeoff"}
     assert math.isnan(a["top"]["capacity_D_mismatch_max"])
     # encoder and encoder_noisy share one plan field
     assert {t["section"] for t in tasks(only_sections(plan_for("micro"), ["encoder_noisy"]))} == {

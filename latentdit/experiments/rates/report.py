@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from latentdit.io import json_safe, save_figure
+from latentdit.experiments.rates.plan import PLAN_FIELDS
 
 TOP_KEYS = ("d_independence_spread", "sample_complexity_slope_d0_4", "capacity_D_mismatch_max")
 ENTRY_KEYS = ("kind", "title", "theorem", "slope", "ci", "predicted", "bound", "verdict", "reasons", "n_points",
@@ -184,10 +185,25 @@ def find_attention_json(explicit: Path | None = None) -> Path | None:
     return None
 
 
+def _own_seeds(plan) -> dict:
+    """{plan field: its own seeds} for the sections that do not run the plan's seeds."""
+    out = {}
+    for f in dict.fromkeys(PLAN_FIELDS.values()):
+        own = getattr(getattr(plan, f, None), "seeds", None)
+        if own is not None and tuple(own) != tuple(getattr(plan, "seeds", ()) or ()):
+            out[f] = list(own)
+    return out
+
+
 def _plan_line(plan) -> str:
     name = getattr(plan, "name", "?")
     seeds = list(getattr(plan, "seeds", []) or [])
-    return f"Mode `{name}`, {len(seeds)} seeds per point."
+    line = f"Mode `{name}`, {len(seeds)} seeds per point"
+    own = _own_seeds(plan)
+    if own:
+        line += (" (" + "; ".join(f"`{f}`: {len(v)} seeds" for f, v in own.items())
+                 + f", the {len(seeds)} of the other sections do not fit the plan's time budget there)")
+    return line + "."
 
 
 def write_report(out_dir, plan, rows: list[dict], analysis: dict, *, meta: dict, attention: dict | None = None) -> Path:
@@ -246,7 +262,7 @@ def summary_dict(analysis: dict, plan, meta: dict, attention: dict | None = None
     top = analysis.get("top") or {}
     budget = getattr(plan, "budget", None)
     out = {"mode": getattr(plan, "name", None), "seeds": list(getattr(plan, "seeds", []) or []),
-           "budget": asdict(budget) if is_dataclass(budget) else budget, "claims": claims,
+           "section_seeds": _own_seeds(plan), "budget": asdict(budget) if is_dataclass(budget) else budget, "claims": claims,
            **{k: top.get(k) for k in TOP_KEYS}, "meta": meta}
     if isinstance(attention, dict):
         out["attention"] = {"head_size": attention.get("head_size"), "eps": attention.get("eps"),
