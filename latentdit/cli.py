@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from latentdit.errors import CheckpointError, ConfigError, LatentDitError
+from latentdit.hostmem import reuse_host_memory
 from latentdit.io import WRITE_ERRNOS, atomic_write, check_output_dir, check_output_file, describe_write_error
 
 DELEGATED = {  # subcommand -> module with main(argv) -> int
@@ -201,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = _split_delegated(argv) or _parser().parse_args(argv)
     try:
+        reuse_host_memory()  # large CPU activations without a page fault each (latentdit.hostmem)
         if args.command in OUTPUTS:
             _check_delegated_outputs(args.command, args.rest)
         if args.command == "train":

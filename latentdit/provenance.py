@@ -26,6 +26,8 @@ import time
 from pathlib import Path
 from typing import Iterator, Sequence
 
+from latentdit.hostmem import host_malloc_mode
+
 REQUIRED = ("command", "git_commit", "threads", "loadavg_before", "loadavg_after")
 _SOURCE = Path(__file__).resolve().parents[1]
 
@@ -81,7 +83,7 @@ def provenance_start(argv: Sequence[str] | str | None = None) -> dict:
     """The record at the start of a measurement (see the module doc); pass it to :func:`provenance_end`."""
     commit, dirty = git_commit()
     return {"command": command_line(argv), "git_commit": commit, "git_dirty": dirty, "threads": _threads(),
-            "host_cpus": os.cpu_count(), "loadavg_before": _loadavg(), "loadavg_after": None,
+            "host_cpus": os.cpu_count(), "host_malloc": host_malloc_mode(), "loadavg_before": _loadavg(), "loadavg_after": None,
             "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "seconds": None, "_t0": time.perf_counter()}
 

@@ -53,6 +53,7 @@ import torch
 
 from latentdit.bench import bench_parser, interleaved_times, medians, parse_bench_args
 from latentdit.bench.model import _status_kib
+from latentdit.hostmem import host_malloc_mode, reuse_host_memory
 from latentdit.config import ModelConfig
 from latentdit.models.blocks import attention_summary
 from latentdit.models.score import LatentScoreNet
@@ -119,12 +120,13 @@ def make_ops(model, c: dict, L: int, seed: int = 1) -> dict:
     return {"fwd": fwd, "train": train, "backbone": backbone}
 
 
-def _peak_child(c: dict, L: int, mode: str, op: str, threads: int) -> int:
+def _peak_child(c: dict, L: int, mode: str, op: str, threads: int, malloc: str = "system") -> int:
     """In a fresh process: extra peak RSS (bytes) of one ``op`` on top of the built network."""
     import ctypes
 
 
     torch.set_num_threads(threads)
+    reuse_host_memory(malloc == "reuse")  # the allocator the timings ran with
     ops = make_ops(build(c, L, mode), c, L)
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
@@ -138,8 +140,9 @@ def _peak_child(c: dict, L: int, mode: str, op: str, threads: int) -> int:
 
 def peak_memory(c: dict, L: int, mode: str, op: str) -> int | None:
     code = ("import json,sys; from latentdit.bench.dit import _peak_child as f; "
-            "print(f(json.loads(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4], int(sys.argv[5])))")
-    r = subprocess.run([sys.executable, "-c", code, json.dumps(c), str(L), mode, op, str(torch.get_num_threads())],
+            "print(f(json.loads(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4], int(sys.argv[5]), sys.argv[6]))")
+    r = subprocess.run([sys.executable, "-c", code, json.dumps(c), str(L), mode, op, str(torch.get_num_threads()),
+                        host_malloc_mode()],
                        capture_output=True, text=True, timeout=7200)
     if r.returncode != 0:
         print(f"peak memory {mode}/{op} at L={L} failed: {r.stderr.strip().splitlines()[-1:]}", flush=True)
@@ -314,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
               "wall_seconds": time.time() - t_start,
               "environment": {"torch": torch.__version__, "cpu_count": os.cpu_count(),
                               "machine": platform.machine(), "python": platform.python_version(),
-                              "dtype": "float32"}}
+                              "dtype": "float32", "host_malloc": host_malloc_mode()}}
     report["provenance"] = provenance_end(prov)
     atomic_write_json(args.out, report)
     plot(rows, args.out.with_suffix(".png"))
