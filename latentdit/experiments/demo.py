@@ -53,13 +53,13 @@ from latentdit.train import check_run_dir, train
 DEMO_CONFIG: dict = {
     "data": {"source": "mnist", "n": 5000, "seed": 0, "normalise": "minmax", "conditional": True},
     "encoder": {"kind": "autoencoder", "latent_dim": 256, "init": "identity", "learn": False},
-    "autoencoder": {"factor": 4, "channels": 4, "width": 16, "latent_noise": 0.1, "loss": "bce", "epochs": 24,
+    "autoencoder": {"factor": 4, "channels": 4, "width": 16, "latent_noise": 0.1, "loss": "bce", "epochs": 32,
                     "batch_size": 64, "lr": 3e-3, "weight_decay": 1e-4, "seed": 0, "recon_samples": 1000},
     "model": {"block": "dit", "patch": 4, "hidden": 128, "depth": 4, "heads": 4, "mlp_ratio": 4.0,
               "class_dropout": 0.1},
     "diffusion": {"T0": 1e-3, "T": 10.0, "weighting": "edm"},
     "optim": {"lr": 2e-3, "warmup_steps": 200, "schedule": "cosine", "min_lr_ratio": 0.05, "grad_clip": 1.0},
-    "train": {"steps": 4000, "batch_size": 128, "ema_decay": 0.999, "seed": 0,
+    "train": {"steps": 5000, "batch_size": 128, "ema_decay": 0.999, "seed": 0,
               "log_every": 100, "checkpoint_every": 1000, "threads": 2},
     "sample": {"sampler": "dpm2m", "steps": 30, "guidance": 2.0, "denoise": True},
     "eval": {"num_samples": 2000, "sampler": "dpm2m", "steps": 30, "seed": 1234},
@@ -70,6 +70,7 @@ DEMO_CONFIG: dict = {
 LINEAR_DEMO_CONFIG: dict = {
     **{k: v for k, v in DEMO_CONFIG.items() if k not in ("encoder", "autoencoder")},
     "encoder": {"latent_dim": 64, "init": "pca", "learn": False},
+    "train": {**DEMO_CONFIG["train"], "steps": 4000},
 }
 DEMO_CONFIGS = {"autoencoder": DEMO_CONFIG, "linear": LINEAR_DEMO_CONFIG}
 
