@@ -193,8 +193,9 @@ def test_own_png_folder_trains_and_samples_with_the_autoencoder_from_a_config(tm
     rng = np.random.default_rng(0)
     folder = tmp_path / "pngs"
     folder.mkdir()
-    for i in range(20):
-        Image.fromarray((rng.random((12 + i % 5, 14, 3)) * 255).astype(np.uint8)).save(folder / f"im_{i}.png")
+    for i in range(100):  # the folder of 100 PNGs, mixed sizes, RGB and grayscale
+        arr = (rng.random((12 + i % 5, 14 + i % 3, 3)) * 255).astype(np.uint8)
+        Image.fromarray(arr if i % 2 else arr[..., 0]).save(folder / f"im_{i}.png")
     run = tmp_path / "run"
     r = _cli("train", "--config", ROOT / "configs" / "images_ae.toml", "--out", run, "--quiet",
              "--set", f"data.path={folder}", "--set", "data.image_size=16", "--set", "encoder.latent_dim=64",
