@@ -274,3 +274,27 @@ def test_a_subset_of_sections_runs_alone():
         only_sections(plan, ["samples"])
     with pytest.raises(ConfigError, match="--sections"):
         main(["--out", "unused", "--micro", "--sections", "sample,bogus"])
+
+
+def test_a_resumed_sweep_adds_its_session_to_the_timing(tmp_path):
+    """Extending a finished sweep (here: one more n) runs only the new tasks and adds that session's
+    wall and CPU seconds to the earlier ones in timing.json."""
+    from dataclasses import replace
+
+    plan = plan_for("quick")
+    first = replace(plan, sample=replace(plan.sample, n_values=plan.sample.n_values[1:]))  # n_max stays
+    table = {config_key(t): r for t, r in zip(tasks(plan), synthetic_rows(plan))}
+
+    def runner(task, threads):
+        return {k: v for k, v in table[config_key({k: v for k, v in task.items() if k != "run_dir"})].items()
+                if k not in task}
+
+    run_rates(tmp_path, first, runner=runner, workers=1, progress=False, attention=False)
+    t1 = json.loads((tmp_path / "timing.json").read_text())
+    assert t1["tasks_ran"] == len(tasks(first)) and len(t1["sessions"]) == 1 and t1["plan"] == "quick"
+    s = run_rates(tmp_path, plan, runner=runner, workers=1, progress=False, attention=False)
+    t2 = json.loads((tmp_path / "timing.json").read_text())
+    assert s["meta"]["ran_now"] == len(tasks(plan)) - len(tasks(first)) == t2["sessions"][1]["tasks_ran"]
+    assert t2["tasks_ran"] == len(tasks(plan)) and len(t2["sessions"]) == 2
+    assert t2["wall_seconds"] == pytest.approx(t1["wall_seconds"] + t2["sessions"][1]["wall_seconds"])
+    assert all(x["provenance"]["command"] for x in t2["sessions"])

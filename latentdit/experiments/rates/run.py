@@ -311,6 +311,23 @@ def _cpu_total() -> float:
 
 
 
+def _add_session(timing_file: Path, plan_name: str, now: dict) -> dict:
+    """timing.json after a session that ran tasks: a resumed sweep (the same plan, e.g. a section
+    extended) adds its wall and CPU seconds to those of the earlier finished sessions, each kept
+    under ``sessions``; a sweep of another plan starts afresh. ``mean_task_seconds`` is this
+    session's, over all finished tasks."""
+    prev = json.loads(timing_file.read_text()) if timing_file.is_file() else None
+    if not prev or prev.get("plan", plan_name) != plan_name or prev.get("wall_seconds") is None:
+        return {"plan": plan_name, **now, "sessions": [now]}
+    sessions = prev.get("sessions") or [{k: prev.get(k) for k in ("wall_seconds", "cpu_seconds", "tasks_ran",
+                                                                  "provenance") if k in prev}]
+    sessions = [*sessions, now]
+    return {"plan": plan_name, "wall_seconds": sum(x["wall_seconds"] for x in sessions),
+            "cpu_seconds": sum(x.get("cpu_seconds") or 0.0 for x in sessions), "cpus": now["cpus"],
+            "tasks_ran": sum(x.get("tasks_ran") or 0 for x in sessions),
+            "mean_task_seconds": now["mean_task_seconds"], "provenance": now["provenance"], "sessions": sessions}
+
+
 def run_rates(out: Path, plan: Plan, *, workers: int = 1, threads: int = 1, scheduler: str | None = None,
               progress: bool = True, runner=run_task, attention: bool = True, with_estimate: bool = False) -> dict:
     """Run (or resume) the plan's tasks in ``out`` and write summary.json, report.md and the plots
@@ -334,8 +351,10 @@ def run_rates(out: Path, plan: Plan, *, workers: int = 1, threads: int = 1, sche
             "ran_now": counts["ran"], "skipped": counts["skipped"], "failures": failures}
     timing_file = out / "timing.json"
     if rows and counts["ran"] > 0:
-        meta["timing"] = {"wall_seconds": time.time() - t0, "cpu_seconds": _cpu_total() - cpu0, "cpus": os.cpu_count(),
-                          "mean_task_seconds": float(np.mean([r["seconds"] for r in rows]))}
+        meta["timing"] = _add_session(timing_file, plan.name, {
+            "wall_seconds": time.time() - t0, "cpu_seconds": _cpu_total() - cpu0, "cpus": os.cpu_count(),
+            "tasks_ran": counts["ran"], "mean_task_seconds": float(np.mean([r["seconds"] for r in rows])),
+            "provenance": provenance_end(prov)})
     elif timing_file.is_file():  # a resumed run that ran nothing keeps the earlier figures
         meta["timing"] = json.loads(timing_file.read_text())
     if with_estimate and meta.get("timing") is not None and "estimate_total_seconds" not in meta["timing"]:
