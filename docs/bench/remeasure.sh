@@ -2,7 +2,7 @@
 # Re-measures the committed figures of README.md and docs/ in one go, one command after another
 # (never two at once), on an idle machine: check `uptime` first. Each command writes its JSON with
 # a provenance record (command, git commit, threads, load average before and after).
-#   bash docs/bench/remeasure.sh            # everything below, about 3 hours on 2 cores
+#   bash docs/bench/remeasure.sh            # everything below, about 5 hours on 2 cores
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 uptime
@@ -17,11 +17,16 @@ latentdit bench sampler --core-only --threads 1 --out docs/bench/sampler_core.js
 # the quick rates sweep (README "Measuring the paper's statistical rates")
 rm -f docs/rates-quick/rates.sqlite
 latentdit rates --out docs/rates-quick --quick --workers 2 --no-progress
+# the full rates sweep (README; about 2 hours on 2 cores)
+rm -f docs/rates/rates.sqlite
+latentdit rates --out docs/rates --workers 2 --no-progress
 # training and forward speed against diffusers' DiT (docs/performance.md)
 latentdit bench model --out docs/bench/model.json --threads 1 --compile
 latentdit bench model --out docs/bench/model_threads2.json --threads 2 --no-memory
 python docs/bench/profile_step.py --out docs/bench/profile_step.json --threads 1
 python docs/bench/train_step.py --out docs/bench/train_step.json --threads 1
+# host-memory reuse against the C library's allocator, on the whole DiT (README "Performance")
+python docs/bench/hostmem.py --out docs/bench/hostmem.json
 # the whole score network at long sequence lengths, with peak memory and L = 65536 (docs/efficient-dit.md)
 latentdit bench dit --out docs/bench/dit.json --long --repeats 3
 # the configs/long.toml run (4096 tokens) and its metrics (docs/efficient-dit.md)
