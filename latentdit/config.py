@@ -138,6 +138,10 @@ class TrainConfig:
     val_points: int = 2048
     patience: int = 0  # stop after this many validations without improvement (0 = never); best EMA kept
     val_min_delta: float = 0.0  # relative improvement a validation must make to reset the patience count
+    # on a plateau (patience validations without improvement): multiply the LR by plateau_factor and
+    # go on, at most plateau_decays times, before stopping (0: stop at the first plateau)
+    plateau_decays: int = 0
+    plateau_factor: float = 0.3
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
     compile: bool = False  # torch.compile the network

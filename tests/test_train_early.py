@@ -132,3 +132,40 @@ def test_early_stopping_on_an_overfit_problem_restores_the_best_weights(tmp_path
     val = ValidationSet(x[out], None, cfg.diffusion.T0, cfg.diffusion.T, cfg.train.seed, cfg.diffusion.weighting)
     assert math.isclose(val.loss(model), best, rel_tol=1e-5)
     assert not math.isclose(val.loss(model), vals[-1][1], rel_tol=1e-3)
+
+
+def test_reduce_on_plateau_decays_then_stops_on_a_constructed_sequence():
+    """With decays = 2, the first two plateaus multiply lr_scale by the factor and reset the count;
+    the third stops. The state round-trips (a resumed run goes on where it left)."""
+    ema = torch.nn.Linear(1, 1)
+    es = EarlyStopping(patience=2, decays=2, factor=0.5)
+    seq = [1.0, 1.1, 1.2, 0.9, 0.95, 0.97, 0.96, 0.99]  # plateaus end at the 3rd, 6th and 8th values
+    scales = []
+    for step, v in enumerate(seq, 1):
+        es.update(step, v, ema)
+        scales.append(es.lr_scale)
+    assert scales == [1.0, 1.0, 0.5, 0.5, 0.5, 0.25, 0.25, 0.25] and es.decays_done == 2
+    assert es.stopped and (es.best, es.best_step) == (0.9, 4)
+    other = EarlyStopping(patience=2, decays=2, factor=0.5)
+    other.load_state_dict(es.state_dict())
+    assert (other.lr_scale, other.decays_done, other.stopped) == (0.25, 2, True)
+
+
+def test_plateau_decays_scale_the_learning_rate_the_trainer_applies(tmp_path):
+    """On a constant schedule the logged LR is optim.lr times the plateau scale: after the run,
+    every logged LR is lr * factor^k with k the decays done before that step, and the last line says
+    how many there were."""
+    gmm = law()
+    cfg = tiny("train.steps=400", "train.batch_size=16", "train.val_every=10", "train.val_points=64",
+               "train.patience=1", "train.val_min_delta=0.5", "train.plateau_decays=2", "train.plateau_factor=0.1",
+               "optim.schedule=constant", "optim.warmup_steps=0", "optim.lr=1e-3", "train.log_every=5")
+    rs = records(train(cfg, tmp_path / "run", progress=False, data=population(gmm)))
+    # min_delta 0.5 makes every validation after the first a miss: decays at steps 20 and 30, stop at 40
+    scale_at = [(r["step"], r["lr_scale"]) for r in rs if "lr_scale" in r]
+    assert scale_at[:4] == [(10, 1.0), (20, pytest.approx(0.1)), (30, pytest.approx(0.01)), (40, pytest.approx(0.01))]
+    lrs = {r["step"]: r["lr"] for r in rs if "lr" in r}
+    assert lrs[5] == pytest.approx(1e-3) and lrs[25] == pytest.approx(1e-4) and lrs[35] == pytest.approx(1e-5)
+    assert rs[-1]["steps_trained"] == 40 and rs[-1]["converged"] is True and rs[-1]["lr_decays"] == 2
+    with pytest.raises(Exception, match="plateau_factor"):
+        train(tiny("train.val_every=10", "train.plateau_factor=1.5"), tmp_path / "bad", progress=False,
+              data=population(gmm))

@@ -46,14 +46,17 @@ class EarlyStopping:
 
     A miss is an evaluation not below ``ref * (1 - min_delta)``, ``ref`` the value of the last
     evaluation that was not a miss (``min_delta = 0``: any improvement counts); the best weights are
-    those of the lowest value whatever ``min_delta``. ``patience = 0`` never stops. Everything is in
+    those of the lowest value whatever ``min_delta``. ``patience = 0`` never stops. With ``decays``,
+    the first ``decays`` plateaus multiply ``lr_scale`` by ``factor`` and reset the count instead of
+    stopping (a reduce-on-plateau schedule: the run ends at a small learning rate, so that its
+    result depends less on where the optimiser's noise left it). Everything is in
     :meth:`state_dict`, so a resumed run stops where an uninterrupted one does.
     """
 
-    def __init__(self, patience: int, min_delta: float = 0.0):
-        self.patience, self.min_delta = patience, min_delta
+    def __init__(self, patience: int, min_delta: float = 0.0, decays: int = 0, factor: float = 0.3):
+        self.patience, self.min_delta, self.decays, self.factor = patience, min_delta, decays, factor
         self.best, self.best_step, self.bad, self.stopped, self.best_ema = math.inf, -1, 0, False, None
-        self.ref = math.inf
+        self.ref, self.lr_scale, self.decays_done = math.inf, 1.0, 0
 
     def update(self, step: int, value: float, ema: torch.nn.Module) -> dict:
         if value < self.best:
@@ -63,8 +66,13 @@ class EarlyStopping:
             self.ref, self.bad = value, 0
         else:
             self.bad += 1
-            self.stopped = self.patience > 0 and self.bad >= self.patience
-        return {"val_loss": value, "best_val_loss": self.best, "best_val_step": self.best_step}
+            if self.patience > 0 and self.bad >= self.patience:
+                if self.decays_done < self.decays:
+                    self.decays_done, self.lr_scale, self.bad = self.decays_done + 1, self.lr_scale * self.factor, 0
+                else:
+                    self.stopped = True
+        return {"val_loss": value, "best_val_loss": self.best, "best_val_step": self.best_step,
+                **({"lr_scale": self.lr_scale} if self.decays else {})}
 
     def restore(self, ema: torch.nn.Module) -> None:
         """Load the best EMA weights into ``ema`` (no-op before the first evaluation)."""
@@ -73,13 +81,14 @@ class EarlyStopping:
 
     def state_dict(self) -> dict:
         return {"best": self.best, "best_step": self.best_step, "bad": self.bad, "stopped": self.stopped,
-                "best_ema": self.best_ema, "ref": self.ref}
+                "best_ema": self.best_ema, "ref": self.ref, "lr_scale": self.lr_scale, "decays_done": self.decays_done}
 
     def load_state_dict(self, s: dict) -> None:
         self.best, self.best_step, self.bad, self.stopped = s["best"], s["best_step"], s["bad"], s["stopped"]
         self.best_ema, self.ref = copy.copy(s["best_ema"]), s.get("ref", self.best)
+        self.lr_scale, self.decays_done = s.get("lr_scale", 1.0), s.get("decays_done", 0)
 
     def summary(self) -> dict:
         """What the export and the last metrics line record about validation."""
         return {"best_val_loss": self.best if math.isfinite(self.best) else None, "best_val_step": self.best_step,
-                "converged": self.stopped}
+                "converged": self.stopped, **({"lr_decays": self.decays_done} if self.decays else {})}

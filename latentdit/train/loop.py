@@ -10,8 +10,9 @@ wall-clock limit is reached; the run then says so on stderr and records ``steps_
 ``steps_planned`` in the export metadata and in the last line of metrics.jsonl. With
 ``train.val_every > 0`` the EMA model's held-out loss is logged every ``val_every`` steps and the best
 EMA weights are exported; ``train.patience > 0`` stops after that many evaluations without
-improvement (``converged`` in the export). Data with a population sampler train on fresh draws
-(:mod:`latentdit.train.batches`, :mod:`latentdit.train.early`).
+improvement (``converged`` in the export), after ``train.plateau_decays`` LR reductions if set.
+Data with a population sampler train on fresh draws (:mod:`latentdit.train.batches`,
+:mod:`latentdit.train.early`).
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ from latentdit.train.checkpoint import (CKPT_FORMAT, global_rng_state, list_chec
                                         set_global_rng_state, write_checkpoint)
 from latentdit.train.early import EarlyStopping, ValidationSet
 from latentdit.train.optim import ema_decay_at, ema_update, lr_lambda, make_optimizer
-from latentdit.train.rundir import METRICS, RunLock, check_run_dir, prepare_run_dir
+from latentdit.train.rundir import METRICS, RunLock, check_run_dir, fmt_time, prepare_run_dir
 from latentdit.train.snapshot import SAMPLES_DIR, data_meta, evaluate_snapshot
 
 
@@ -112,14 +113,17 @@ class Trainer:
         self.model = self.model.to(self.device)
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
         self.opt = make_optimizer(self.model, cfg)
-        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(cfg))
+        base, self.early = lr_lambda(cfg), None  # the schedule times the scale of train.plateau_decays
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: base(s) * getattr(self.early, "lr_scale", 1))
         # one stream for times, noise and label dropout: the same on every rank (see the class docstring)
         self.gen = torch.Generator(device=self.device).manual_seed(tc.seed + 17)
         x, y, sampler = self.data.x, self.data.labels, self.data.sampler
-        if min(tc.val_every, tc.patience, tc.val_points - 1) < 0 or not 0 <= tc.val_min_delta < 1:
-            raise ConfigError(f"train.val_every={tc.val_every} and train.patience={tc.patience} must be >= 0, "
-                              f"train.val_points={tc.val_points} >= 1, train.val_min_delta={tc.val_min_delta} "
-                              "in [0, 1)")
+        if (min(tc.val_every, tc.patience, tc.val_points - 1, tc.plateau_decays) < 0 or not 0 <= tc.val_min_delta < 1
+                or not 0 < tc.plateau_factor < 1):
+            raise ConfigError(f"train.val_every={tc.val_every}, train.patience={tc.patience} and train.plateau_decays="
+                              f"{tc.plateau_decays} must be >= 0, train.val_points={tc.val_points} >= 1, "
+                              f"train.val_min_delta={tc.val_min_delta} in [0, 1), train.plateau_factor="
+                              f"{tc.plateau_factor} in (0, 1)")
         self.val = self.early = None
         if tc.val_every > 0:  # given held-out points, fresh population draws, or a held-out split
             if self.data.val_x is not None:
@@ -132,7 +136,7 @@ class Trainer:
                 x, y = x[keep], None if y is None else y[keep]
             self.val = ValidationSet(vx.float().to(self.device), None if vy is None else vy.to(self.device),
                                      cfg.diffusion.T0, cfg.diffusion.T, tc.seed, cfg.diffusion.weighting)
-            self.early = EarlyStopping(tc.patience, tc.val_min_delta)
+            self.early = EarlyStopping(tc.patience, tc.val_min_delta, tc.plateau_decays, tc.plateau_factor)
         n, world = x.shape[0], self.dist.world_size
         self.global_batch = tc.batch_size if sampler is not None else min(tc.batch_size, n)
         if self.global_batch % world:
@@ -307,7 +311,7 @@ class Trainer:
                     bar.set_postfix(loss=f"{rec['loss']:.4f}", steps_s=f"{rate:.1f}")
                     if main and not self.progress:
                         print(f"step {self.step}/{tc.steps} loss {rec['loss']:.4f} {rate:.1f} steps/s "
-                              f"eta {_fmt_time(eta)}", file=sys.stderr)
+                              f"eta {fmt_time(eta)}", file=sys.stderr)
                     losses, last_t, last_step = [], now, self.step
                 if self.val is not None and self.step % tc.val_every == 0:
                     rec = self.early.update(self.step, self.val.loss(self.ema), self.ema)
@@ -374,11 +378,6 @@ class Trainer:
 def _attention_counts() -> dict:
     st = attention_stats()
     return {"attention_poly": st.poly, "attention_exact": st.exact, "attention_fallbacks": sum(st.fallback_reasons.values())}
-
-
-def _fmt_time(s: float) -> str:
-    s = int(round(s))
-    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
 
 
 def train(cfg: Config, run_dir: str | Path, *, progress: bool | None = None, data: TrainData | None = None,

@@ -123,3 +123,9 @@ def _read_owner(fd: int) -> str:
         return f"pid {o['pid']} on {o['host']}, started {o['started']}"
     except (OSError, ValueError, KeyError, TypeError):
         return "owner unknown"
+
+
+def fmt_time(s: float) -> str:
+    """Seconds as h:mm:ss (the progress lines' ETA)."""
+    s = int(round(s))
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"

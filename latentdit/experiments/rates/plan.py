@@ -56,6 +56,7 @@ class SampleSection:
     n_values: tuple[int, ...] = (64, 256, 1024, 4096, 16384)
     T0: float = 1e-3
     memorisation_quantile: float = 0.1
+    plateau_decays: int = 0  # LR reductions on a plateau before stopping (train.plateau_decays); 0: stop
     budget: Budget | None = None  # this section's own sizes (None: the plan's)
     seeds: tuple[int, ...] | None = None  # this section's own seeds (None: the plan's)
 
@@ -210,7 +211,8 @@ def points(plan: Plan) -> list[dict]:
         for d0 in s.d0_values:
             for n in (*s.n_values, 0):  # 0: n = infinity (fresh draws)
                 out.append({"section": "sample", "D": s.D, "d0": d0, "n": n, "T0": s.T0, "n_max": max(s.n_values),
-                            "quantile": s.memorisation_quantile})
+                            "quantile": s.memorisation_quantile,
+                            **({"plateau_decays": s.plateau_decays} if s.plateau_decays else {})})
     a = plan.approx
     if a is not None:
         for blk in a.blocks:
