@@ -27,7 +27,7 @@ def test_plans_cover_every_section_with_the_documented_sizes():
     ns = full.sample.n_values
     assert {64, 256, 1024, 4096, 16384} <= set(ns) and 4 in full.sample.d0_values
     assert math.log10(1024 / min(ns)) >= 1.5  # 1.5 decades below the n where the excess reaches its floor
-    assert full.approx.d0_values == (4, 16, 64) and full.approx.D_values == (32, 2048)
+    assert set(full.approx.d0_values) >= {4, 16} and full.approx.D_values == (32, 2048)
     assert full.approx.depths == (1, 2, 4, 8) and set(full.approx.blocks) == {"dit", "paper"}
     T0s = full.t0.T0_values
     assert len(T0s) >= 7 and min(T0s) == 1e-4 and max(T0s) == 1e-1
@@ -70,9 +70,8 @@ def test_a_section_can_run_its_own_seeds():
     for t in tasks(plan):
         by.setdefault(t["section"], set()).add(t["seed"])
     assert by.pop("blocks") == {5, 6} and all(v == {0, 1, 2} for v in by.values())
-    full = plan_for("full")  # the full plan keeps 5 seeds wherever they fit
-    assert {s: len(section_seeds(full, s)) for s in ("sample", "t0", "encoder", "encoder_noisy")} == dict.fromkeys(
-        ("sample", "t0", "encoder", "encoder_noisy"), 5)
+    full = plan_for("full")  # 5 seeds for the sample-complexity claim, at least 3 everywhere
+    assert len(section_seeds(full, "sample")) == 5 and all(len(section_seeds(full, s)) >= 3 for s in rates.SECTIONS)
 
 
 def test_task_data_nested_subsets_and_shared_held_out_points():
@@ -298,3 +297,27 @@ def test_a_resumed_sweep_adds_its_session_to_the_timing(tmp_path):
     assert t2["tasks_ran"] == len(tasks(plan)) and len(t2["sessions"]) == 2
     assert t2["wall_seconds"] == pytest.approx(t1["wall_seconds"] + t2["sessions"][1]["wall_seconds"])
     assert all(x["provenance"]["command"] for x in t2["sessions"])
+
+
+def test_a_killed_drivers_tasks_count_as_an_unrecorded_session(tmp_path):
+    """A driver killed before it wrote timing.json leaves finished tasks in the store; the next
+    session adds their span as an unrecorded session and says the total is a lower bound."""
+    plan = plan_for("quick")
+    table = {config_key(t): r for t, r in zip(tasks(plan), synthetic_rows(plan))}
+
+    def runner(task, threads):
+        return {k: v for k, v in table[config_key({k: v for k, v in task.items() if k != "run_dir"})].items()
+                if k not in task}
+
+    store = RateStore(tmp_path / rates.DB_NAME)
+    done = tasks(plan)[:3]
+    for t in done:  # finished by the killed driver, 2 s each
+        store.record(t, runner(t, 1), 2.0)
+    store.close()
+    run_rates(tmp_path, plan, runner=runner, workers=1, progress=False, attention=False)
+    t = json.loads((tmp_path / "timing.json").read_text())
+    lost, now = t["sessions"]
+    assert lost["recorded"] is False and lost["tasks_ran"] == 3 and lost["wall_seconds"] >= 2.0
+    assert now["tasks_ran"] == len(tasks(plan)) - 3 and t["tasks_ran"] == len(tasks(plan))
+    assert t["wall_is_lower_bound"] is True
+    assert t["wall_seconds"] == pytest.approx(lost["wall_seconds"] + now["wall_seconds"])

@@ -64,6 +64,12 @@ class RateStore:
             out.append({**json.loads(params), **json.loads(result), "seconds": seconds})
         return out
 
+    def done_times(self, keys: Iterable[str] | None = None) -> list[tuple[float, float]]:
+        """(start, end) wall-clock times of the finished configurations (restricted to ``keys`` if given)."""
+        want = None if keys is None else set(keys)
+        return [(u - (s or 0.0), u) for k, s, u in self.db.execute(
+            "SELECT key, seconds, updated FROM runs WHERE status = 'done'") if want is None or k in want]
+
     def failures(self) -> list[tuple[dict, str]]:
         return [(json.loads(p), json.loads(r)["error"]) for p, r in
                 self.db.execute("SELECT params, result FROM runs WHERE status = 'failed'")]
