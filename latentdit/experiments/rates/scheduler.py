@@ -134,9 +134,11 @@ def _run_pool(fn, tasks, finish, on_start, workers: int, threads: int) -> None:
                         else:
                             broken = broken or isinstance(exc, BrokenProcessPool)
                             finish(task, False, exc, time.time() - t0)
-            except BaseException:
-                for f in futs:
-                    f.cancel()
+            except BaseException:  # Ctrl-C or a failed finish: stop now, not after the tasks in flight
+                procs = list((getattr(ex, "_processes", None) or {}).values())  # public only from Python 3.14
+                ex.shutdown(wait=False, cancel_futures=True)
+                for p in procs:
+                    p.terminate()
                 raise
 
 
