@@ -70,8 +70,8 @@ def test_a_section_can_run_its_own_seeds():
     for t in tasks(plan):
         by.setdefault(t["section"], set()).add(t["seed"])
     assert by.pop("blocks") == {5, 6} and all(v == {0, 1, 2} for v in by.values())
-    full = plan_for("full")  # 5 seeds for the sample-complexity claim, at least 3 everywhere
-    assert len(section_seeds(full, "sample")) == 5 and all(len(section_seeds(full, s)) >= 3 for s in rates.SECTIONS)
+    full = plan_for("full")  # 5 seeds for the sample-complexity claim, at least 2 (an interval) everywhere
+    assert len(section_seeds(full, "sample")) == 5 and all(len(section_seeds(full, s)) >= 2 for s in rates.SECTIONS)
 
 
 def test_task_data_nested_subsets_and_shared_held_out_points():
