@@ -297,6 +297,10 @@ def test_a_resumed_sweep_adds_its_session_to_the_timing(tmp_path):
     assert t2["tasks_ran"] == len(tasks(plan)) and len(t2["sessions"]) == 2
     assert t2["wall_seconds"] == pytest.approx(t1["wall_seconds"] + t2["sessions"][1]["wall_seconds"])
     assert all(x["provenance"]["command"] for x in t2["sessions"])
+    (tmp_path / rates.DB_NAME).unlink()  # a new sweep in the same directory starts its timing afresh
+    run_rates(tmp_path, first, runner=runner, workers=1, progress=False, attention=False)
+    t3 = json.loads((tmp_path / "timing.json").read_text())
+    assert len(t3["sessions"]) == 1 and t3["tasks_ran"] == len(tasks(first))
 
 
 def test_a_killed_drivers_tasks_count_as_an_unrecorded_session(tmp_path):

@@ -315,12 +315,12 @@ def _cpu_total() -> float:
 def _add_session(timing_file: Path, plan_name: str, now: dict, before: list[tuple[float, float]]) -> dict:
     """timing.json after a session that ran tasks. A resumed sweep of the same plan (killed, or a
     section extended) adds its wall and CPU seconds to those of the earlier sessions, each kept under
-    ``sessions``; a sweep of another plan starts afresh. ``before``: (start, end) of the tasks that
+    ``sessions``; a sweep of another plan, or on an empty store, starts afresh. ``before``: (start, end) of the tasks that
     were finished when this session began (:meth:`RateStore.done_times`); those that ended after the
     last recorded session, run by a driver that was stopped before it wrote timing.json, count as one
     unrecorded session whose wall is the span of those tasks (a lower bound: the time after its last
     finished task is unknown). ``mean_task_seconds`` is this session's, over all finished tasks."""
-    prev = json.loads(timing_file.read_text()) if timing_file.is_file() else None
+    prev = json.loads(timing_file.read_text()) if timing_file.is_file() and before else None  # empty store: afresh
     same = bool(prev) and prev.get("plan", plan_name) == plan_name and prev.get("wall_seconds") is not None
     sessions = []
     if same:
