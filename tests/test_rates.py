@@ -322,6 +322,7 @@ def test_a_killed_drivers_tasks_count_as_an_unrecorded_session(tmp_path):
     t = json.loads((tmp_path / "timing.json").read_text())
     lost, now = t["sessions"]
     assert lost["recorded"] is False and lost["tasks_ran"] == 3 and lost["wall_seconds"] >= 2.0
+    assert lost["wall_seconds"] < 10.0  # the three were recorded within a second of each other
     assert now["tasks_ran"] == len(tasks(plan)) - 3 and t["tasks_ran"] == len(tasks(plan))
     assert t["wall_is_lower_bound"] is True
     assert t["wall_seconds"] == pytest.approx(lost["wall_seconds"] + now["wall_seconds"])
@@ -367,3 +368,13 @@ def test_ctrl_c_stops_a_local_sweep_at_once(tmp_path):
     finally:
         if p.poll() is None:
             os.killpg(p.pid, signal.SIGKILL)
+
+
+def test_busy_seconds_counts_the_time_some_task_ran():
+    from latentdit.experiments.rates.timing import busy_seconds
+
+    # two workers overlapping, a 30 s pause (a driver between tasks), then a 2 h gap (no driver)
+    iv = [(0, 100), (50, 160), (190, 300), (7500, 7600)]
+    assert busy_seconds(iv) == pytest.approx(300 + 100)
+    assert busy_seconds(iv, gap=10) == pytest.approx(160 + 110 + 100)
+    assert busy_seconds([]) == 0.0

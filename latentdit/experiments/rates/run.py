@@ -25,6 +25,7 @@ from latentdit.experiments.rates.claims import analyse
 from latentdit.experiments.rates.plan import Budget, Plan, config_key, plan_for, tasks
 from latentdit.experiments.rates.report import summary_dict, write_report
 from latentdit.experiments.rates.store import DB_NAME, RateStore
+from latentdit.experiments.rates.timing import add_session
 from latentdit.io import atomic_write_json, json_safe
 from latentdit.provenance import provenance_end, provenance_start
 
@@ -312,34 +313,6 @@ def _cpu_total() -> float:
 
 
 
-def _add_session(timing_file: Path, plan_name: str, now: dict, before: list[tuple[float, float]]) -> dict:
-    """timing.json after a session that ran tasks. A resumed sweep of the same plan (killed, or a
-    section extended) adds its wall and CPU seconds to those of the earlier sessions, each kept under
-    ``sessions``; a sweep of another plan, or on an empty store, starts afresh. ``before``: (start, end) of the tasks that
-    were finished when this session began (:meth:`RateStore.done_times`); those that ended after the
-    last recorded session, run by a driver that was stopped before it wrote timing.json, count as one
-    unrecorded session whose wall is the span of those tasks (a lower bound: the time after its last
-    finished task is unknown). ``mean_task_seconds`` is this session's, over all finished tasks."""
-    prev = json.loads(timing_file.read_text()) if timing_file.is_file() and before else None  # empty store: afresh
-    same = bool(prev) and prev.get("plan", plan_name) == plan_name and prev.get("wall_seconds") is not None
-    sessions = []
-    if same:
-        sessions = prev.get("sessions") or [{k: prev.get(k) for k in ("wall_seconds", "cpu_seconds", "tasks_ran",
-                                                                      "provenance") if k in prev}]
-    ended = [x["ended"] for x in sessions if x.get("ended") is not None]
-    lost = [(a, b) for a, b in before if b > max(ended)] if ended else ([] if same else list(before))
-    if lost:
-        sessions.append({"wall_seconds": max(b for _, b in lost) - min(a for a, _ in lost), "tasks_ran": len(lost),
-                         "recorded": False, "ended": max(b for _, b in lost),
-                         "note": "a driver stopped before it wrote timing.json: the span of its finished tasks"})
-    sessions = [*sessions, {**now, "ended": time.time()}]
-    return {"plan": plan_name, "wall_seconds": sum(x["wall_seconds"] for x in sessions),
-            "cpu_seconds": sum(x.get("cpu_seconds") or 0.0 for x in sessions), "cpus": now["cpus"],
-            "tasks_ran": sum(x.get("tasks_ran") or 0 for x in sessions),
-            "wall_is_lower_bound": any(x.get("recorded") is False for x in sessions),
-            "mean_task_seconds": now["mean_task_seconds"], "provenance": now["provenance"], "sessions": sessions}
-
-
 def run_rates(out: Path, plan: Plan, *, workers: int = 1, threads: int = 1, scheduler: str | None = None,
               progress: bool = True, runner=run_task, attention: bool = True, with_estimate: bool = False) -> dict:
     """Run (or resume) the plan's tasks in ``out`` and write summary.json, report.md and the plots
@@ -364,16 +337,18 @@ def run_rates(out: Path, plan: Plan, *, workers: int = 1, threads: int = 1, sche
             "ran_now": counts["ran"], "skipped": counts["skipped"], "failures": failures}
     timing_file = out / "timing.json"
     if rows and counts["ran"] > 0:
-        meta["timing"] = _add_session(timing_file, plan.name, {
+        meta["timing"] = add_session(timing_file, plan.name, {
             "wall_seconds": time.time() - t0, "cpu_seconds": _cpu_total() - cpu0, "cpus": os.cpu_count(),
             "tasks_ran": counts["ran"], "mean_task_seconds": float(np.mean([r["seconds"] for r in rows])),
             "provenance": provenance_end(prov)}, before)
     elif timing_file.is_file():  # a resumed run that ran nothing keeps the earlier figures
         meta["timing"] = json.loads(timing_file.read_text())
+    elif rows and before:  # every earlier driver was stopped before it wrote timing.json
+        meta["timing"] = add_session(timing_file, plan.name, None, before)
     if with_estimate and meta.get("timing") is not None and "estimate_total_seconds" not in meta["timing"]:
         meta["timing"].update(estimate(plan_for("full"), out, threads=threads))
     if meta.get("timing"):
-        meta["timing"].setdefault("provenance", provenance_end(prov))
+        meta["timing"]["provenance"] = meta["timing"].get("provenance") or provenance_end(prov)
         atomic_write_json(timing_file, meta["timing"], indent=1)
     analysis = analyse(rows, plan)
     att = attention_phase(out, quick=plan.name != "full") if attention else None
