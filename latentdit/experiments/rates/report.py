@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from latentdit.io import json_safe, save_figure
-from latentdit.experiments.rates.plan import PLAN_FIELDS
+from latentdit.experiments.rates.plan import PLAN_FIELDS, plan_for
 
 TOP_KEYS = ("d_independence_spread", "sample_complexity_slope_d0_4", "capacity_D_mismatch_max")
 ENTRY_KEYS = ("kind", "title", "theorem", "slope", "ci", "predicted", "bound", "verdict", "reasons", "n_points",
@@ -203,7 +203,17 @@ def _plan_line(plan) -> str:
     if own:
         line += (" (" + "; ".join(f"`{f}`: {len(v)} seeds" for f, v in own.items())
                  + f", the {len(seeds)} of the other sections do not fit the plan's time budget there)")
-    return line + "."
+    line += "."
+    try:  # a run of a subset of the mode's sections (--sections) says which ones it leaves out
+        whole = plan_for(name)
+    except ValueError:
+        return line
+    left = [f for f in dict.fromkeys(PLAN_FIELDS.values())
+            if getattr(whole, f) is not None and getattr(plan, f, None) is None]
+    if left:
+        line += (f" Not in this report: {', '.join(f'`{f}`' for f in left)} (left out with --sections: after "
+                 "the sections above, they did not fit the 2-hour budget).")
+    return line
 
 
 def write_report(out_dir, plan, rows: list[dict], analysis: dict, *, meta: dict, attention: dict | None = None) -> Path:
