@@ -14,7 +14,7 @@ from latentdit import provenance as prov
 from latentdit.provenance import REQUIRED, missing_fields, provenance, provenance_end, provenance_start
 
 ROOT = Path(__file__).resolve().parents[1]
-FIGURE_JSONS = sorted([*ROOT.glob("docs/bench/*.json"), *ROOT.glob("docs/rates-quick/*.json"),
+FIGURE_JSONS = sorted([*ROOT.glob("docs/bench/*.json"), *ROOT.glob("docs/rates-quick/*.json"), *ROOT.glob("docs/rates/*.json"),
                        *ROOT.glob("docs/efficient/*.json")])
 
 
