@@ -147,15 +147,15 @@ SECTIONS = ("sample", "approx", "blocks", "t0", "dcheck", "encoder", "encoder_no
 
 def plan_for(mode: str) -> Plan:
     """``full`` (the reference run, 5 seeds), ``quick`` (every section, small) or ``micro`` (tests)."""
-    if mode == "full":  # sized for <= 2 h on 2 idle cores with 2 workers (``--estimate`` times it)
+    if mode == "full":  # meant for about 2 h on 2 idle cores with 2 workers; not yet met (docs/rates)
         train = Budget(max_steps=4000, patience=4)
         short = replace(train, max_steps=1500, val_every=150, patience=3, val_points=2048, checkpoint_every=500)
-        # Sized to the measured cost of each section (timing.json) for about 2 h on 2 cores: 5 seeds
-        # for the n sweep, 3 for the capacity and d0 sweeps, 2 for the T0 sweep, the learned encoder
-        # and the D check; the capacity sweep at d0 in {4, 16}, where both D = 32 and D = 2048 exist
-        # (d0 = 64 has only D = 2048, and its DiT tasks cost 2-4 CPU minutes each). The n sweep reaches
-        # down to n = 8: from n = 1024 on, the excess is within the seed-to-seed optimisation noise of
-        # the n = inf runs, so 1.5 decades of a measurable excess need n <= 256 / 10^1.5.
+        # Sized from the measured task costs: 5 seeds for the n sweep, 3 for the capacity and d0
+        # sweeps, 2 for the T0 sweep, the learned encoder and the D check; the capacity sweep at d0 in
+        # {4, 16}, where both D = 32 and D = 2048 exist (d0 = 64 has only D = 2048, and its DiT tasks
+        # took 77-109 CPU seconds each at depth 1-2, more when deeper). The n sweep reaches down to
+        # n = 8: from n = 1024 on, the excess is within the seed-to-seed optimisation noise of the
+        # n = inf runs, so 1.5 decades of a measurable excess need n <= 256 / 10^1.5.
         three, two = (0, 1, 2), (0, 1)
         return Plan("full", seeds=(0, 1, 2, 3, 4), budget=train,
                     sample=SampleSection(n_values=(8, 16, 32, 64, 128, 256, 1024, 4096, 16384),
