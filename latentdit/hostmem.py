@@ -23,6 +23,8 @@ import ctypes.util
 import os
 import sys
 
+from latentdit.errors import ConfigError
+
 ENV = "LATENTDIT_HOST_MALLOC"
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # glibc's mallopt parameter numbers (malloc.h)
 _state: dict = {"mode": "system"}
@@ -47,8 +49,6 @@ def reuse_host_memory(enable: bool | None = None) -> str:
     if enable is None:
         want = os.environ.get(ENV, "reuse").strip().lower()
         if want not in ("reuse", "system"):
-            from latentdit.errors import ConfigError
-
             raise ConfigError(f"${ENV}={want!r}: choose 'reuse' or 'system'")
         enable = want == "reuse"
     if not enable or _state["mode"] == "reuse":
