@@ -11,7 +11,8 @@ a large share of its time in page faults rather than arithmetic.
 large blocks and no trimming of the heap, so that once a step or two have shaped the heap, freed
 activations are reused by the next step without faulting. This is what a caching allocator (jemalloc, tcmalloc) buys a CPU PyTorch job, without a
 preloaded library. The price: memory freed during the run is kept by the process until it exits
-(the resident size stays at its high-water mark). The CLI calls it for every command on CPU;
+(the resident size stays at its high-water mark; :func:`release_host_memory` hands the free part
+back, as ``latentdit bench dit`` does before its peak-memory subprocesses). The CLI calls it for every command on CPU;
 ``LATENTDIT_HOST_MALLOC=system`` keeps the C library's defaults. Anything other than glibc on
 Linux is left alone.
 """
@@ -60,6 +61,14 @@ def reuse_host_memory(enable: bool | None = None) -> str:
     if libc.mallopt(_M_MMAP_MAX, 0) == 1 and libc.mallopt(_M_TRIM_THRESHOLD, trim) == 1:
         _state["mode"] = "reuse"
     return _state["mode"]
+
+
+def release_host_memory() -> bool:
+    """Hand the free pages of the heap back to the system (glibc's ``malloc_trim(0)``), e.g. before
+    another process needs the memory this one keeps under reuse; True if any was released. Live
+    tensors are untouched; a platform without glibc does nothing (False)."""
+    libc = _libc()
+    return bool(libc.malloc_trim(0)) if libc is not None else False
 
 
 def host_malloc_mode() -> str:

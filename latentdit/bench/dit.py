@@ -40,6 +40,7 @@ over all lengths.
 from __future__ import annotations
 
 import copy
+import gc
 import json
 import math
 import os
@@ -53,7 +54,7 @@ import torch
 
 from latentdit.bench import bench_parser, interleaved_times, medians, parse_bench_args
 from latentdit.bench.model import _status_kib
-from latentdit.hostmem import host_malloc_mode, reuse_host_memory
+from latentdit.hostmem import host_malloc_mode, release_host_memory, reuse_host_memory
 from latentdit.config import ModelConfig
 from latentdit.models.blocks import attention_summary
 from latentdit.models.score import LatentScoreNet
@@ -122,16 +123,10 @@ def make_ops(model, c: dict, L: int, seed: int = 1) -> dict:
 
 def _peak_child(c: dict, L: int, mode: str, op: str, threads: int, malloc: str = "system") -> int:
     """In a fresh process: extra peak RSS (bytes) of one ``op`` on top of the built network."""
-    import ctypes
-
-
     torch.set_num_threads(threads)
     reuse_host_memory(malloc == "reuse")  # the allocator the timings ran with
     ops = make_ops(build(c, L, mode), c, L)
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except OSError:  # pragma: no cover - not glibc
-        pass
+    release_host_memory()
     before = _status_kib("VmRSS")
     Path("/proc/self/clear_refs").write_text("5")
     ops[op]()
@@ -156,6 +151,11 @@ def bench_length(c: dict, L: int, repeats: int, exact: bool, memory: bool, exact
     reference forward (flagged ``exact_measured_once``)."""
 
     modes = [m for m in MODES if exact or m != "exact"]
+    peaks = None
+    if memory:  # first, while this process holds no network of this length: the subprocesses need the RAM
+        gc.collect()
+        release_host_memory()  # under reuse the heap keeps the last length's high-water mark otherwise
+        peaks = {f"{m}_{op}": peak_memory(c, L, m, op) for m in modes for op in ("fwd", "train")}
     base = build(c, L, "exact")
     models = {}
     for m in modes:
@@ -198,8 +198,8 @@ def bench_length(c: dict, L: int, repeats: int, exact: bool, memory: bool, exact
             out["times_s"][f"exact_{op}"] = [out["median_s"][f"exact_{op}"]]
             print(f"[L={L}] exact {op} measured once: {out['median_s'][f'exact_{op}']:.1f} s", flush=True)
         out["exact_measured_once"] = True
-    if memory:
-        out["peak_memory_bytes"] = {f"{m}_{op}": peak_memory(c, L, m, op) for m in modes for op in ("fwd", "train")}
+    if peaks is not None:
+        out["peak_memory_bytes"] = peaks
     return out
 
 
