@@ -158,6 +158,24 @@ def synthetic_rows(plan, tilt=0.02):
     return rows
 
 
+def test_capacity_mismatch_in_standard_errors():
+    """The D gap of the capacity curves, relative and in standard errors of the difference of the
+    seed means: D = 32 scores 1, 2, 3 and D = 2048 scores 2, 3, 4 at one capacity (means 2 and 3,
+    each SE 1/sqrt(3)), so the gap is 1/2.5 of the mean and 1/sqrt(2/3) standard errors."""
+    from dataclasses import replace
+
+    from latentdit.experiments.rates.claims import _approx
+
+    plan = plan_for("micro")
+    plan = replace(plan, approx=replace(plan.approx, blocks=("dit",), d0_values=(4,), D_values=(32, 2048)))
+    rows = [{"section": "approx", "block": "dit", "d0": 4, "D": D, "seed": s, "params": 100, "converged": True,
+             "score_uniform": float(v)} for D, vals in ((32, (1, 2, 3)), (2048, (2, 3, 4))) for s, v in enumerate(vals)]
+    out, top = {}, {}
+    _approx(rows, plan, out, top)
+    assert top["capacity_D_mismatch_max"] == pytest.approx(0.4, rel=1e-12)
+    assert top["capacity_D_mismatch_se"] == pytest.approx(1 / math.sqrt(2 / 3), rel=1e-12)
+
+
 def test_analysis_reports_known_exponents():
     """Constructed rows with known exponents: each claim's slope, its interval (closed-form
     t-interval of the per-seed slopes), the verdict, the excess over n = inf and the D mismatch."""

@@ -21,7 +21,8 @@ import numpy as np
 from latentdit.io import json_safe, save_figure
 from latentdit.experiments.rates.plan import PLAN_FIELDS, plan_for
 
-TOP_KEYS = ("d_independence_spread", "sample_complexity_slope_d0_4", "capacity_D_mismatch_max")
+TOP_KEYS = ("d_independence_spread", "sample_complexity_slope_d0_4", "capacity_D_mismatch_max",
+            "capacity_D_mismatch_se")
 ENTRY_KEYS = ("kind", "title", "theorem", "slope", "ci", "predicted", "bound", "verdict", "reasons", "n_points",
               "decades")
 
