@@ -315,3 +315,18 @@ def test_erm_score_against_autograd_and_one_point():
     logp = torch.logsumexp(-(xr[:, None, :] - b[:, :, None] * xtr[None]).pow(2).sum(-1) / (2 * s), dim=1)
     (grad,) = torch.autograd.grad(logp.sum(), xr)
     assert torch.allclose(erm_score(xtr, x, t, chunk=3), grad, rtol=1e-8, atol=1e-8)
+
+
+def test_timing_section_compares_with_the_target_and_splits_by_section():
+    """The report's timing lines: the wall against the mode's target (over or within) and each
+    section's share of the task seconds, summed from the rows."""
+    from latentdit.experiments.rates.report import _timing_lines, section_costs
+
+    rows = [{"section": "sample", "seconds": 30.0}, {"section": "sample", "seconds": 10.0},
+            {"section": "t0", "seconds": 60.0}]
+    assert section_costs(rows) == {"sample": {"tasks": 2, "task_seconds": 40.0}, "t0": {"tasks": 1, "task_seconds": 60.0}}
+    over = "\n".join(_timing_lines("full", {"wall_seconds": 7300.0, "wall_is_lower_bound": True}, rows))
+    assert "7300 s (a lower bound) against the `full` plan's target of 7200 s: over by 100 s" in over
+    assert "| sample | 2 | 40 | 40% | 20 |" in over and "| t0 | 1 | 60 | 60% | 60 |" in over
+    within = "\n".join(_timing_lines("quick", {"wall_seconds": 400.0}, rows))
+    assert "400 s against the `quick` plan's target of 900 s: within" in within

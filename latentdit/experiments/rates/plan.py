@@ -142,6 +142,9 @@ class Plan:
     encoder: EncoderSection | None = field(default_factory=EncoderSection)
 
 
+# the wall time each mode is sized for on 2 cores (the report compares the measured wall with it)
+WALL_TARGET_SECONDS = {"full": 7200, "quick": 900}
+
 SECTIONS = ("sample", "approx", "blocks", "t0", "dcheck", "encoder", "encoder_noisy")
 
 

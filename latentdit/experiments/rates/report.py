@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from latentdit.io import json_safe, save_figure
-from latentdit.experiments.rates.plan import PLAN_FIELDS, plan_for
+from latentdit.experiments.rates.plan import PLAN_FIELDS, WALL_TARGET_SECONDS, plan_for
 
 TOP_KEYS = ("d_independence_spread", "sample_complexity_slope_d0_4", "capacity_D_mismatch_max",
             "capacity_D_mismatch_se")
@@ -254,6 +254,7 @@ def write_report(out_dir, plan, rows: list[dict], analysis: dict, *, meta: dict,
     tm = meta.get("timing")
     if tm:
         L += ["## Timing", ""] + [f"- {k}: {_fmt(v)}" for k, v in tm.items() if not isinstance(v, (dict, list))] + [""]
+        L += _timing_lines(getattr(plan, "name", None), tm, rows)
     fails = meta.get("failures") or []
     if fails:
         L += ["## Failed configurations", ""] + [f"- `{p}`: {m}" for p, m in fails] + [""]
@@ -262,6 +263,32 @@ def write_report(out_dir, plan, rows: list[dict], analysis: dict, *, meta: dict,
     return path
 
 
+
+
+def section_costs(rows: list[dict]) -> dict[str, dict]:
+    """Per section: finished tasks and the seconds they ran (each task's own time, from the store)."""
+    out: dict[str, dict] = {}
+    for r in rows:
+        c = out.setdefault(r.get("section", "?"), {"tasks": 0, "task_seconds": 0.0})
+        c["tasks"] += 1
+        c["task_seconds"] += float(r.get("seconds") or 0.0)
+    return out
+
+
+def _timing_lines(mode, tm: dict, rows: list[dict]) -> list[str]:
+    """The wall time against the mode's target, and where the task time went, section by section."""
+    L = []
+    target, wall = WALL_TARGET_SECONDS.get(mode), tm.get("wall_seconds")
+    if target and isinstance(wall, (int, float)):
+        bound = " (a lower bound)" if tm.get("wall_is_lower_bound") else ""
+        verdict = "within" if wall <= target else f"over by {wall - target:.0f} s"
+        L += [f"Wall time {wall:.0f} s{bound} against the `{mode}` plan's target of {target} s: {verdict}.", ""]
+    costs = section_costs(rows)
+    total = sum(c["task_seconds"] for c in costs.values()) or 1.0
+    L += ["| section | tasks | task seconds | share | mean per task |", "|---|---|---|---|---|"]
+    L += [f"| {k} | {c['tasks']} | {c['task_seconds']:.0f} | {c['task_seconds'] / total:.0%} | "
+          f"{c['task_seconds'] / max(c['tasks'], 1):.0f} |" for k, c in costs.items()] + [""]
+    return L
 
 
 def summary_dict(analysis: dict, plan, meta: dict, attention: dict | None = None) -> dict:
