@@ -60,6 +60,7 @@ def main() -> None:
     args = ap.parse_args()
     check_output_file(args.out)
     prov = provenance_start(["python", *sys.argv])
+    prov["threads"] = args.threads  # the children's: this driver never imports torch
     rows = []
     for L in (int(x) for x in args.lengths.split(",")):
         for mode in args.modes.split(","):
