@@ -61,7 +61,8 @@ DEMO_CONFIG: dict = {
     "optim": {"lr": 2e-3, "warmup_steps": 200, "schedule": "cosine", "min_lr_ratio": 0.05, "grad_clip": 1.0},
     "train": {"steps": 5000, "batch_size": 128, "ema_decay": 0.999, "seed": 0,
               "log_every": 100, "checkpoint_every": 1000, "threads": 2},
-    "sample": {"sampler": "dpm2m", "steps": 30, "guidance": 2.0, "denoise": True},
+    # guidance 1.5: FID 19.7 against 21.6 at 2.0 for the same trained run (docs/bench/demo_ae_guidance_1.5.json)
+    "sample": {"sampler": "dpm2m", "steps": 30, "guidance": 1.5, "denoise": True},
     "eval": {"num_samples": 2000, "sampler": "dpm2m", "steps": 30, "seed": 1234},
 }
 
@@ -71,6 +72,7 @@ LINEAR_DEMO_CONFIG: dict = {
     **{k: v for k, v in DEMO_CONFIG.items() if k not in ("encoder", "autoencoder")},
     "encoder": {"latent_dim": 64, "init": "pca", "learn": False},
     "train": {**DEMO_CONFIG["train"], "steps": 4000},
+    "sample": {**DEMO_CONFIG["sample"], "guidance": 2.0},
 }
 DEMO_CONFIGS = {"autoencoder": DEMO_CONFIG, "linear": LINEAR_DEMO_CONFIG}
 
