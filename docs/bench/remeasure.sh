@@ -44,6 +44,12 @@ python docs/bench/demo_ablation.py --run runs/demo-pca/run --num 1000 --out docs
     g=2,d=0,fid=1 g=2,d=1,fid=1 g=1.5,d=1,fid=1 g=1,d=1 g=2,d=1,s=100
 # the attention kernels alone (docs/attention.md)
 latentdit bench attention --out docs/bench/attention.json
+# the autoencoder demo at guidance 2 (docs/bench/demo_ae.json is its metrics.json) and the same run
+# at guidance 1.5, the default (README "Real data")
+rm -rf runs/demo-ae
+latentdit demo --out runs/demo-ae --quiet --set sample.guidance=2
+cp runs/demo-ae/metrics.json docs/bench/demo_ae.json
+latentdit evaluate --run runs/demo-ae/run --guidance 1.5 --out docs/bench/demo_ae_guidance_1.5.json
 # README's main command on a fresh clone: the autoencoder demo, installs and FID included
 python docs/bench/fresh_demo.py --out docs/bench/fresh_demo.json
 # Inception feature throughput, reference and fast paths (docs: README "Real data")
