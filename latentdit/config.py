@@ -142,6 +142,9 @@ class TrainConfig:
     # go on, at most plateau_decays times, before stopping (0: stop at the first plateau)
     plateau_decays: int = 0
     plateau_factor: float = 0.3
+    # DSM noise: ambient (N(0, I_D)) or latent (W_B u, u ~ N(0, I_d0); frozen encoder only): the same
+    # loss in law, d0 normals per point, and a random stream that does not depend on D
+    noise: str = "ambient"
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
     compile: bool = False  # torch.compile the network
@@ -316,6 +319,10 @@ def validate(cfg: Config) -> None:
     validate_autoencoder(cfg.autoencoder, cfg.encoder.kind, cfg.data.source)
     if cfg.encoder.init == "identity" and cfg.encoder.learn:
         raise ConfigError("encoder.init='identity' is a fixed W_B = I; set encoder.learn=false")
+    _choice(cfg.train.noise, ("ambient", "latent"), "train.noise")
+    if cfg.train.noise == "latent" and cfg.encoder.learn:
+        raise ConfigError("train.noise='latent' draws only W_B^T z, which a learned W_B's gradient does not allow; "
+                          "set train.noise='ambient' or encoder.learn=false")
     _choice(cfg.model.block, ("dit", "paper"), "model.block")
     _choice(cfg.model.patching, ("auto", "2d", "1d"), "model.patching")
     _choice(cfg.model.activation, ("gelu", "gelu_tanh"), "model.activation")

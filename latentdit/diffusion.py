@@ -81,6 +81,22 @@ def dsm_target(x0: torch.Tensor, xt: torch.Tensor, t: torch.Tensor) -> torch.Ten
     return (beta(t)[:, None] * x0 - xt) / sigma(t)[:, None]
 
 
+def draw_noise(n: int, dim: int, *, generator: torch.Generator | None = None, device=None,
+               basis: torch.Tensor | None = None) -> torch.Tensor:
+    """The DSM noise z of x_t = beta x0 + sigma z (eq. 2.1): (n, dim) ambient normals, or with a frozen
+    orthonormal basis W_B (dim, d0) its latent part z = W_B u, u ~ N(0, I_d0).
+
+    The latent-form loss of eq. (2.5) sees the noise only through W_B^T z, which is N(0, I_d0) both
+    ways, so with W_B frozen the two give the same loss in law (and the same gradient for the same
+    u). The latent draw costs d0 normals per point and its stream does not depend on D, so runs that
+    differ only in D see the same latent draws. Not for a learned W_B, whose gradient sees all of z.
+    """
+    if basis is None:
+        return torch.randn((n, dim), generator=generator, device=device)
+    u = torch.randn((n, basis.shape[1]), generator=generator, device=device)
+    return u @ basis.to(device=u.device, dtype=u.dtype).T
+
+
 def sample_times(n: int, T0: float, T: float, *, generator: torch.Generator | None = None,
                  device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """t ~ Uniform[T0, T] (the training time distribution of eq. 2.3)."""

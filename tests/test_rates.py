@@ -158,22 +158,29 @@ def synthetic_rows(plan, tilt=0.02):
     return rows
 
 
-def test_capacity_mismatch_in_standard_errors():
-    """The D gap of the capacity curves, relative and in standard errors of the difference of the
-    seed means: D = 32 scores 1, 2, 3 and D = 2048 scores 2, 3, 4 at one capacity (means 2 and 3,
-    each SE 1/sqrt(3)), so the gap is 1/2.5 of the mean and 1/sqrt(2/3) standard errors."""
+def test_capacity_mismatch_is_paired_by_seed_and_scaled_by_the_seed_noise():
+    """The D gap of the capacity curves, compared on the seeds both D have, relative to their mean
+    and in standard errors of the reference (first D) curve: D = 32 scores 1, 2, 3 (SE 1/sqrt(3))
+    and D = 2048 scores 2, 3, 4: gap 1 = 1/2.5 of the mean and sqrt(3) standard errors. With D = 2048
+    run at seed 0 only (score 1.1), the comparison is seed 0's pair: 0.1/1.05 and 0.1 sqrt(3)."""
     from dataclasses import replace
 
     from latentdit.experiments.rates.claims import _approx
 
     plan = plan_for("micro")
     plan = replace(plan, approx=replace(plan.approx, blocks=("dit",), d0_values=(4,), D_values=(32, 2048)))
-    rows = [{"section": "approx", "block": "dit", "d0": 4, "D": D, "seed": s, "params": 100, "converged": True,
-             "score_uniform": float(v)} for D, vals in ((32, (1, 2, 3)), (2048, (2, 3, 4))) for s, v in enumerate(vals)]
+
+    def rows(vals):
+        return [{"section": "approx", "block": "dit", "d0": 4, "D": D, "seed": s, "params": 100, "converged": True,
+                 "score_uniform": float(v)} for D, vs in vals for s, v in enumerate(vs)]
+
     out, top = {}, {}
-    _approx(rows, plan, out, top)
+    _approx(rows(((32, (1, 2, 3)), (2048, (2, 3, 4)))), plan, out, top)
     assert top["capacity_D_mismatch_max"] == pytest.approx(0.4, rel=1e-12)
-    assert top["capacity_D_mismatch_se"] == pytest.approx(1 / math.sqrt(2 / 3), rel=1e-12)
+    assert top["capacity_D_mismatch_se"] == pytest.approx(math.sqrt(3), rel=1e-12)
+    _approx(rows(((32, (1, 2, 3)), (2048, (1.1,)))), plan, out, top)
+    assert top["capacity_D_mismatch_max"] == pytest.approx(0.1 / 1.05, rel=1e-12)
+    assert top["capacity_D_mismatch_se"] == pytest.approx(0.1 * math.sqrt(3), rel=1e-9)
 
 
 def test_analysis_reports_known_exponents():

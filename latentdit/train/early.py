@@ -16,19 +16,20 @@ import math
 
 import torch
 
-from latentdit.diffusion import sample_times
+from latentdit.diffusion import draw_noise, sample_times
 
 
 class ValidationSet:
     """Fixed (x0, t, noise[, labels]) on which :meth:`loss` evaluates a model (no gradients)."""
 
     def __init__(self, x0: torch.Tensor, y: torch.Tensor | None, T0: float, T: float, seed: int,
-                 weighting: str, chunk: int = 2048):
+                 weighting: str, chunk: int = 2048, basis: torch.Tensor | None = None):
         g = torch.Generator().manual_seed(seed * 1_000_037 + 41)
         n = x0.shape[0]
         self.x0, self.y, self.weighting, self.chunk = x0, y, weighting, chunk
         self.t = sample_times(n, T0, T, generator=g).to(x0.device)
-        self.noise = torch.randn(x0.shape, generator=g).to(device=x0.device, dtype=x0.dtype)
+        # train.noise = latent: the latent part W_B u only (see draw_noise), as in training
+        self.noise = draw_noise(n, x0.shape[1], generator=g, basis=basis).to(device=x0.device, dtype=x0.dtype)
 
     @torch.no_grad()
     def loss(self, model: torch.nn.Module) -> float:

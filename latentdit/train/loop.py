@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 import latentdit.autoencoder.fit as first_stage_fit  # the autoencoder stage (a module: it imports train.checkpoint)
 from latentdit.attention import attention_stats, reset_attention_stats
 from latentdit.config import Config
-from latentdit.diffusion import sample_times
+from latentdit.diffusion import draw_noise, sample_times
 from latentdit.distributed import DistContext, init_distributed, rank_device
 from latentdit.errors import CheckpointError, ConfigError, DivergenceError
 from latentdit.models.blocks import attention_summary
@@ -111,6 +111,7 @@ class Trainer:
         if self.data.basis is not None:
             use_basis(self.model, self.data.basis, self.data.x)
         self.model = self.model.to(self.device)
+        self.noise_basis = W = self.model.W_B if tc.noise == "latent" else None  # frozen W_B: latent draws W_B u
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
         self.opt = make_optimizer(self.model, cfg)
         base, self.early = lr_lambda(cfg), None  # the schedule times the scale of train.plateau_decays
@@ -135,7 +136,7 @@ class Trainer:
                 vx, vy = x[out], None if y is None else y[out]
                 x, y = x[keep], None if y is None else y[keep]
             self.val = ValidationSet(vx.float().to(self.device), None if vy is None else vy.to(self.device),
-                                     cfg.diffusion.T0, cfg.diffusion.T, tc.seed, cfg.diffusion.weighting)
+                                     cfg.diffusion.T0, cfg.diffusion.T, tc.seed, cfg.diffusion.weighting, basis=W)
             self.early = EarlyStopping(tc.patience, tc.val_min_delta, tc.plateau_decays, tc.plateau_factor)
         n, world = x.shape[0], self.dist.world_size
         self.global_batch = tc.batch_size if sampler is not None else min(tc.batch_size, n)
@@ -218,7 +219,7 @@ class Trainer:
         cfg, G = self.cfg, self.global_batch
         x0, y = self.batches.next()  # (G, D) the same on every rank
         t = sample_times(G, cfg.diffusion.T0, cfg.diffusion.T, generator=self.gen, device=self.device)
-        noise = torch.randn((G, self.x.shape[1]), generator=self.gen, device=self.device)
+        noise = draw_noise(G, self.x.shape[1], generator=self.gen, device=self.device, basis=self.noise_basis)
         drop = None
         if self.y is not None:
             drop = torch.rand(G, generator=self.gen, device=self.device) < cfg.model.class_dropout

@@ -110,7 +110,7 @@ def task_config(task: dict):
                   "device": "cpu", "log_every": max(b.val_every, 1), "checkpoint_every": b.checkpoint_every,
                   "val_every": b.val_every, "patience": b.patience, "val_points": b.val_points,
                   "val_min_delta": b.val_min_delta, "eval_every": task.get("eval_every", 0),
-                  "plateau_decays": task.get("plateau_decays", 0)},
+                  "plateau_decays": task.get("plateau_decays", 0), "noise": "ambient" if learn else b.noise},
         "sample": {"sampler": "dpm2m", "steps": b.sample_steps},
         "eval": {"num_samples": b.eval_samples, "sampler": "dpm2m", "steps": b.sample_steps,
                  "score_times": b.score_times, "seed": 1000 + seed},
