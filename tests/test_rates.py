@@ -181,9 +181,13 @@ def test_capacity_mismatch_is_paired_by_seed_and_scaled_by_the_seed_noise():
     _approx(rows(((32, (1, 2, 3)), (2048, (2, 3, 4)))), plan, out, top)
     assert top["capacity_D_mismatch_max"] == pytest.approx(0.4, rel=1e-12)
     assert top["capacity_D_mismatch_se"] == pytest.approx(math.sqrt(3), rel=1e-12)
+    assert out["approximation_dit_d0_4"]["reference"] == {"D=2048, seeds [0, 1, 2]": [[100, 3.0]]}
     _approx(rows(((32, (1, 2, 3)), (2048, (1.1,)))), plan, out, top)
     assert top["capacity_D_mismatch_max"] == pytest.approx(0.1 / 1.05, rel=1e-12)
     assert top["capacity_D_mismatch_se"] == pytest.approx(0.1 * math.sqrt(3), rel=1e-9)
+    # the reference curves put the paired runs side by side: D = 32 at seed 0 next to D = 2048 at seed 0
+    ref = out["approximation_dit_d0_4"]["reference"]
+    assert ref == {"D=32, seeds [0]": [[100, 1.0]], "D=2048, seeds [0]": [[100, 1.1]]}
 
 
 def test_analysis_reports_known_exponents():
