@@ -168,7 +168,7 @@ def plan_for(mode: str) -> Plan:
         # from n = 1024 on, the excess is within the seed-to-seed optimisation noise of the n = inf runs,
         # so 1.5 decades of a measurable excess need n <= 256 / 10^1.5. At 5 seeds the n = 256 excess
         # stood at 3.1 and then 2.1 standard errors in two runs (docs/rates at a0baa81 and before it), on
-        # the edge of the fit; 10 seeds cost about 900 s of wall more, within the 2 h.
+        # the edge of the fit; the 5 added seeds took 1,199 s of wall (docs/rates/timing.json), within the 2 h.
         three, two = (0, 1, 2), (0, 1)
         return Plan("full", seeds=(0, 1, 2, 3, 4), budget=train,
                     sample=SampleSection(n_values=(8, 16, 32, 64, 128, 256, 1024, 4096, 16384),
