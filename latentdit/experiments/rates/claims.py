@@ -151,8 +151,7 @@ def capacity_D_gap(curves: dict) -> tuple[float, float]:
             continue
         gap = max(means) - min(means)
         worst = max(worst, gap / float(np.mean(means)))
-        v = np.asarray(list(ref.values()), float)
-        se = float(v.std(ddof=1) / math.sqrt(len(v))) if len(v) > 1 else 0.0
+        se = _curve([(s, x, y) for s, y in ref.items()])[0][2]
         if se > 0:
             worst_se = max(worst_se, gap / se)
     return worst, worst_se
