@@ -1,8 +1,8 @@
-"""Builds the pieces of a run from its configuration: data, ground truth and the model."""
+"""Builds the pieces of a run from its configuration: data, ground truth, the model and the pipeline."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Callable
 
 import torch
@@ -10,10 +10,14 @@ import torch
 from latentdit.config import Config
 from latentdit.data.gmm import SubspaceGMM
 from latentdit.data.long import LongMixture
-from latentdit.data.real import load_data
-from latentdit.encoder import pca_basis
+from latentdit.data.real import LoadedData, load_data
+from latentdit.export import default_pixel_range
+from latentdit.firststage.linear import pca_basis
+from latentdit.firststage.stage import FirstStage
+from latentdit.device import resolve_device  # noqa: F401 (re-exported)
 from latentdit.errors import ConfigError, DataError
 from latentdit.models.score import LatentScoreNet
+from latentdit.pipeline import DataRecord, LatentDiTPipeline, SamplingDefaults
 
 
 @dataclass
@@ -24,10 +28,10 @@ class TrainData:
     labels: torch.Tensor | None  # (N,) int64
     num_classes: int
     gmm: SubspaceGMM | None = None  # the ground truth when data.source == "gmm"
-    loaded: object | None = None  # latentdit.data.real.LoadedData for real data
-    # latentdit.autoencoder.FirstStage when encoder.kind = "autoencoder": x then holds its scaled
-    # latent rows (N, c h w) and ``loaded`` the images
-    first_stage: object | None = None
+    loaded: LoadedData | None = None  # real data
+    # encoder.kind = "autoencoder": x then holds the first stage's scaled latent rows (N, c h w) and
+    # ``loaded`` the images
+    first_stage: FirstStage | None = None
     # a population sampler (n, generator) -> (n, D) float32 in the model's space: the trainer then
     # draws fresh points every step (n = infinity) and ``x`` serves only the encoder init
     sampler: Callable[[int, torch.Generator], torch.Tensor] | None = None
@@ -111,8 +115,10 @@ def build_model(cfg: Config, data: TrainData, *, generator: torch.Generator | No
     else:
         W, h = None, None
         second = float(x.double().pow(2).sum(1).mean() / d0)
-    model = LatentScoreNet(mcfg, D, d0, encoder_init=W, learn_encoder=cfg.encoder.learn,
-                           latent_second_moment=max(second, 1e-8), generator=generator)
+    identity = isinstance(W, str)
+    model = LatentScoreNet(D, d0, **asdict(mcfg), learn_encoder=cfg.encoder.learn, identity_encoder=identity,
+                           encoder_init=None if identity else W, latent_second_moment=max(second, 1e-8),
+                           generator=generator)
     if mcfg.precondition_stats == "diagonal":
         if h is None:  # a random W_B: the statistics of the data's coordinates along it
             h = x.double() @ model.W_B.detach().double()
@@ -121,10 +127,19 @@ def build_model(cfg: Config, data: TrainData, *, generator: torch.Generator | No
     return model
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"train.device={name!r} but CUDA is not available; use 'cpu' or 'auto'")
-    return dev
+def data_record(cfg: Config, data: TrainData) -> DataRecord:
+    """The data record an export carries: the normalisation, image shape, pixel range and class names
+    of real data (nothing for the ground-truth sources)."""
+    loaded = data.loaded
+    if loaded is None:
+        return DataRecord()
+    pr = loaded.pixel_range
+    pr = [float(v) for v in pr] if pr is not None else default_pixel_range(cfg.data.source, loaded.image_shape)
+    return DataRecord.from_dict({"normalisation": loaded.norm.to_dict(), "image_shape": loaded.image_shape,
+                                 "pixel_range": pr, "class_names": loaded.class_names})
+
+
+def make_pipeline(model: LatentScoreNet, cfg: Config, data: TrainData) -> LatentDiTPipeline:
+    """The pipeline of a network trained with ``cfg`` on ``data``: what a run exports."""
+    return LatentDiTPipeline(model, cfg.diffusion.T0, cfg.diffusion.T, data_record(cfg, data),
+                             SamplingDefaults(**asdict(cfg.sample)), data.first_stage)

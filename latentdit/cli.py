@@ -89,7 +89,8 @@ def _delegate(module: str, argv: list[str]) -> int:
 
 def _cmd_train(a: argparse.Namespace) -> int:
     from latentdit.config import Config, load_config
-    from latentdit.train import check_run_dir, train
+    from latentdit.evaluation import snapshot_metrics
+    from latentdit.train import TrainCallbacks, check_run_dir, prepare_first_stage, train
 
     check_output_dir(a.out)
     check_run_dir(a.out)
@@ -103,7 +104,9 @@ def _cmd_train(a: argparse.Namespace) -> int:
             cfg = Config.from_dict(apply_overrides(cfg.to_dict(), a.overrides))
     else:
         cfg = load_config(a.config, a.overrides)
-    train(cfg, a.out, progress=None if not a.quiet else False)
+    progress = None if not a.quiet else False
+    data = prepare_first_stage(cfg, a.out, progress=progress)  # the first stage, before the DiT
+    train(cfg, a.out, progress=progress, data=data, callbacks=TrainCallbacks(evaluate=snapshot_metrics(cfg)))
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"run written to {a.out} (export in {a.out / 'model'})")
     return 0

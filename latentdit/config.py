@@ -17,10 +17,12 @@ from pathlib import Path
 from typing import Any
 
 
-from latentdit.autoencoder.config import AutoencoderConfig, validate_autoencoder
 from latentdit.diffusion import WEIGHTINGS
 from latentdit.config_files import apply_overrides, read_config_file
 from latentdit.errors import ConfigError
+from latentdit.export import IMAGE_SOURCES as AE_SOURCES
+from latentdit.models.config import ModelConfig
+from latentdit.pipeline import SamplingDefaults
 from latentdit.sampling import GRIDS, SAMPLERS
 
 
@@ -49,7 +51,7 @@ class DataConfig:
 @dataclass
 class EncoderConfig:
     """The linear W_B (D x d0, orthonormal columns), on the data or (``kind="autoencoder"``) inside
-    the scaled latent of a learned conv autoencoder ([autoencoder], :mod:`latentdit.autoencoder`),
+    the scaled latent of a learned conv autoencoder ([autoencoder], :mod:`latentdit.firststage`),
     where D = c h w; ``init="identity"`` then models the whole latent in c x p x p patch tokens."""
 
     kind: str = "linear"  # linear (W_B on the data) | autoencoder (W_B on a learned conv latent)
@@ -63,38 +65,44 @@ class EncoderConfig:
 
 
 @dataclass
-class ModelConfig:
-    """Score network s_W(x, t) = (W_B f(W_B^T x, t) - x) / sigma(t), eq. (2.5)."""
+class AutoencoderConfig:
+    """A small conv autoencoder trained on the images before the DiT (``epochs`` is its budget), with
+    checkpoints and exact resume in RUN/autoencoder/; see :mod:`latentdit.firststage`."""
 
-    block: str = "dit"  # dit (practical DiT block) | paper (the T^{r,m,l} class, Sec. 3)
-    patch: int = 2  # p: patch side (2d) or token size (1d)
-    patching: str = "auto"  # 2d | 1d | auto (2d when d0 is a square divisible by p, else 1d)
-    hidden: int = 128  # DiT block width
-    depth: int = 4  # number of blocks K
-    heads: int = 4  # DiT block heads
-    mlp_ratio: float = 4.0
-    # DiT MLP activation: gelu (exact, erf) | gelu_tanh (the tanh approximation of the original DiT,
-    # about 3x slower on CPU, which costs ~5% of a training step at hidden 256 and ~10% at 64)
-    activation: str = "gelu"
-    # paper block T^{r,m,l}: r heads of size m, feed-forward width l
-    paper_heads: int = 2
-    paper_head_dim: int = 1
-    paper_ff: int = 4
-    paper_entry_bound: float | None = None  # Def. 3.2: bound |entries| of W_K X, W_Q X (tanh clip)
-    attention: str = "exact"  # exact | poly | auto | relu_linear (ReLU linear attention, no certificate)
-    # DiT block: per-head query/key size m, apart from the value size hidden / heads (0 = the same).
-    # A small m with QK-norm keeps the polynomial method's rank C(m + g, g) small (Sec. 4).
-    qk_dim: int = 0
-    attention_eps: float = 1e-3  # target relative error of the polynomial method
-    qk_norm: bool = False  # DiT block: normalise q, k and use a capped learnable temperature
-    tau_max: float = 1.7  # |logit| <= tau^2 <= tau_max^2 when qk_norm is on
-    precondition: bool = True  # f = c_skip h + c_out F(c_in h, t) (EDM-style; see models/score.py)
-    # statistics of the latent the preconditioning is built around: scalar (one second moment for all
-    # coordinates) | diagonal (each coordinate's own mean and variance; for latents whose coordinates
-    # differ in scale, such as PCA coordinates of images)
-    precondition_stats: str = "scalar"
-    num_classes: int = 0  # > 0 enables class conditioning (a null class is added for guidance)
-    class_dropout: float = 0.1  # probability of dropping the label during training
+    factor: int = 4  # spatial downsampling f (1, 2, 4 or 8): an H x W image -> an H/f x W/f latent
+    channels: int = 4  # latent channels c
+    width: int = 16  # conv width of the first level (doubled at the first downsampling only)
+    pad_to: int = 0  # images are padded (edge pixels repeated) to this side; 0 = next multiple of 2f
+    latent_noise: float = 0.1  # std of the training noise on the latent, relative to the latent's RMS
+    loss: str = "bce"  # bce (pixels in [0, 1] read as probabilities) | mse
+    epochs: int = 16
+    batch_size: int = 64
+    lr: float = 3e-3  # AdamW, cosine decay to a tenth over the run
+    weight_decay: float = 1e-4
+    seed: int = 0
+    checkpoint_every: int = 0  # optimiser steps between checkpoints; 0 = once per epoch
+    recon_samples: int = 1000  # reconstructions whose Inception FID is the floor the demo reports
+
+
+def _validate_autoencoder(a: AutoencoderConfig, kind: str, source: str) -> None:
+    """Range and choice checks of the section (``kind`` = encoder.kind, ``source`` = data.source)."""
+    if a.factor not in (1, 2, 4, 8):
+        raise ConfigError(f"autoencoder.factor={a.factor} is not one of [1, 2, 4, 8]")
+    if a.loss not in ("bce", "mse"):
+        raise ConfigError(f"autoencoder.loss={a.loss!r} is not one of ['bce', 'mse']")
+    for where, v in (("channels", a.channels), ("width", a.width), ("epochs", a.epochs),
+                     ("batch_size", a.batch_size), ("lr", a.lr)):
+        if not v > 0:
+            raise ConfigError(f"autoencoder.{where}={v} must be > 0")
+    for where, v in (("latent_noise", a.latent_noise), ("weight_decay", a.weight_decay), ("pad_to", a.pad_to),
+                     ("checkpoint_every", a.checkpoint_every), ("recon_samples", a.recon_samples)):
+        if v < 0:
+            raise ConfigError(f"autoencoder.{where}={v} must be >= 0")
+    if a.pad_to % a.factor:
+        raise ConfigError(f"autoencoder.pad_to={a.pad_to} must be divisible by autoencoder.factor={a.factor}")
+    if kind == "autoencoder" and source not in AE_SOURCES:
+        raise ConfigError(f"encoder.kind='autoencoder' needs image data (data.source one of {list(AE_SOURCES)}), "
+                          f"not data.source={source!r}; use encoder.kind='linear'")
 
 
 @dataclass
@@ -154,15 +162,9 @@ class TrainConfig:
 
 
 @dataclass
-class SampleConfig:
-    sampler: str = "dpm2m"  # em | ei | heun | ddim | dpm2m | dpm3m
-    steps: int = 50
-    grid: str = "auto"  # auto (the sampler's own) | uniform | log | logsnr | karras
-    rho: float = 7.0  # the karras grid's exponent
-    guidance: float = 1.0  # classifier-free guidance scale (1 = no guidance)
-    # Return Tweedie's E[x0 | x_T0] (one more NFE) instead of x_T0: no residual noise of scale
-    # sqrt(sigma(T0)). Off by default, the paper's estimator (the law at T0); on for image data.
-    denoise: bool = False
+class SampleConfig(SamplingDefaults):
+    """The ``[sample]`` section: the sampling defaults an export records (``sampling.json``); the
+    fields and their defaults are :class:`latentdit.pipeline.SamplingDefaults`."""
 
 
 @dataclass
@@ -316,7 +318,7 @@ def validate(cfg: Config) -> None:
     _choice(cfg.data.normalise, ("minmax", "standard", "none"), "data.normalise")
     _choice(cfg.encoder.init, ("pca", "random", "identity"), "encoder.init")
     _choice(cfg.encoder.kind, ("linear", "autoencoder"), "encoder.kind")
-    validate_autoencoder(cfg.autoencoder, cfg.encoder.kind, cfg.data.source)
+    _validate_autoencoder(cfg.autoencoder, cfg.encoder.kind, cfg.data.source)
     if cfg.encoder.init == "identity" and cfg.encoder.learn:
         raise ConfigError("encoder.init='identity' is a fixed W_B = I; set encoder.learn=false")
     _choice(cfg.train.noise, ("ambient", "latent"), "train.noise")
@@ -358,6 +360,13 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"model.hidden={cfg.model.hidden} must be divisible by model.heads={cfg.model.heads}")
     if not 0 <= cfg.model.class_dropout < 1:
         raise ConfigError(f"model.class_dropout={cfg.model.class_dropout} must be in [0, 1)")
+    tc = cfg.train
+    if (min(tc.val_every, tc.patience, tc.val_points - 1, tc.plateau_decays) < 0 or not 0 <= tc.val_min_delta < 1
+            or not 0 < tc.plateau_factor < 1):
+        raise ConfigError(f"train.val_every={tc.val_every}, train.patience={tc.patience} and train.plateau_decays="
+                          f"{tc.plateau_decays} must be >= 0, train.val_points={tc.val_points} >= 1, "
+                          f"train.val_min_delta={tc.val_min_delta} in [0, 1), train.plateau_factor="
+                          f"{tc.plateau_factor} in (0, 1)")
     if not 0 <= cfg.train.ema_decay < 1:
         raise ConfigError(f"train.ema_decay={cfg.train.ema_decay} must be in [0, 1)")
     if cfg.data.source == "gmm":

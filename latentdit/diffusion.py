@@ -9,64 +9,12 @@ Notation trap: ``sigma(t)`` is a *variance*, not a standard deviation.
 
 from __future__ import annotations
 
-import math
-from typing import Callable
-
 import torch
 
-ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x_t, t) -> E[x0 | x_t]
+from latentdit.schedule import (OU, Denoiser, OUSchedule, ScoreFn, beta, denoised_from_score, log_snr,  # noqa: F401
+                                score_from_denoised, sigma, t_from_log_snr)
 
 WEIGHTINGS = ("none", "sigma", "sigma2", "edm")
-
-
-class OUSchedule:
-    """The OU noise schedule of Sec. 2, the one place its formulas live.
-
-    beta(t) = exp(-t/2) (mean coefficient), sigma(t) = 1 - exp(-t) (variance), the half log-SNR
-    lambda(t) = log(beta / sqrt(sigma)) and its inverse. Every method takes a Python float (and
-    returns a float: per-step sampler coefficients) or a tensor (and returns a tensor).
-    """
-
-    @staticmethod
-    def beta(t):
-        """Mean coefficient beta(t) = exp(-t/2) of the OU transition kernel (Sec. 2)."""
-        return math.exp(-0.5 * t) if isinstance(t, (int, float)) else torch.exp(-0.5 * t)
-
-    @staticmethod
-    def sigma(t):
-        """Variance sigma(t) = 1 - exp(-t) of the OU transition kernel (Sec. 2); a variance."""
-        return -math.expm1(-t) if isinstance(t, (int, float)) else -torch.expm1(-t)
-
-    @classmethod
-    def log_snr(cls, t):
-        """lambda(t) = log(beta(t) / sqrt(sigma(t))) = -t/2 - log(sigma(t))/2."""
-        if isinstance(t, (int, float)):
-            return -0.5 * t - 0.5 * math.log(cls.sigma(t))
-        return -0.5 * t - 0.5 * torch.log(cls.sigma(t))
-
-    @staticmethod
-    def t_from_log_snr(lam):
-        """Inverse of :meth:`log_snr`: exp(-t) / (1 - exp(-t)) = exp(2 lambda), t = softplus(-2 lambda)."""
-        if isinstance(lam, (int, float)):
-            z = -2.0 * lam
-            return z + math.log1p(math.exp(-z)) if z > 0 else math.log1p(math.exp(z))
-        return torch.nn.functional.softplus(-2.0 * lam)
-
-
-OU = OUSchedule()
-beta, sigma, log_snr, t_from_log_snr = OU.beta, OU.sigma, OU.log_snr, OU.t_from_log_snr
-
-
-def score_from_denoised(x: torch.Tensor, x0_hat: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """Eq. (2.5): s(x, t) = (W_B f - x) / sigma(t) with W_B f = beta(t) x0_hat, i.e.
-    s = (beta(t) x0_hat - x) / sigma(t) for x, x0_hat (N, D) and t (N,) (Tweedie's formula)."""
-    return (OU.beta(t)[:, None] * x0_hat - x) / OU.sigma(t)[:, None]
-
-
-def denoised_from_score(x: torch.Tensor, score: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """The inverse of :func:`score_from_denoised`: E[x0 | x_t] = (x + sigma(t) s) / beta(t)."""
-    return (x + OU.sigma(t)[:, None] * score) / OU.beta(t)[:, None]
 
 
 def add_noise(x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
@@ -111,7 +59,7 @@ def weight(t: torch.Tensor, kind: str, c_out2: torch.Tensor | None = None) -> to
     - ``sigma``:  gamma = sigma(t), the usual likelihood-style weighting.
     - ``sigma2``: gamma = sigma(t)^2, i.e. plain x0-prediction: ||W_B f - beta x0||^2.
     - ``edm``:    gamma = sigma(t)^2 / c_out(t)^2, which gives the network's own output a unit-scale
-                  regression target under the preconditioning of :mod:`latentdit.models.score`.
+                  regression target under the preconditioning of :mod:`latentdit.models.precond`.
     """
     s = sigma(t)
     if kind == "none":
@@ -131,9 +79,51 @@ def dsm_loss_from_score(score_fn: ScoreFn, x0: torch.Tensor, t: torch.Tensor, no
                         weighting: str = "sigma") -> torch.Tensor:
     """E gamma(t) || s(x_t, t) - (beta x0 - x_t)/sigma ||^2 / D for any score function (eq. 2.3).
 
-    This is the definition; :meth:`LatentScoreNet.loss` computes the same value in latent form.
+    This is the definition; :class:`DSMLoss` computes the same value in latent form.
     ``edm`` weighting needs the model's preconditioning and is not available here.
     """
     xt = add_noise(x0, t, noise)
     err = (score_fn(xt, t) - dsm_target(x0, xt, t)).pow(2).mean(dim=1)
     return (weight(t, weighting) * err).mean()
+
+
+class DSMLoss:
+    """The denoising score-matching loss of eq. (2.3) for t ~ U[T0, T], weighted by gamma(t):
+
+        gamma(t) || s_W(x_t, t) - (beta x0 - x_t)/sigma ||^2 / D,  averaged over the batch,
+
+    computed in the equivalent latent form gamma/sigma^2 ||W_B f(W_B^T x_t, t) - beta x0||^2 / D,
+    which avoids the division by sigma(t) and the cancellation of x_t. It reads only the network's
+    latent denoiser (``net(x_t, t, y, latent=True)`` -> (f, W_B), one forward, so a DDP wrapper
+    works) and its preconditioner (``edm``: gamma = sigma^2 / c_out^2). With diagonal latent
+    statistics each latent coordinate's residual is weighted by its own 1 / c_out_i^2 and the part
+    off the subspace by the mean of those weights, since
+    ||W_B f - beta x0||^2 = ||f - beta W_B^T x0||^2 + beta^2 ||x0_perp||^2 (W_B orthonormal).
+    """
+
+    def __init__(self, weighting: str = "edm", T0: float = 1e-3, T: float = 10.0):
+        if weighting not in WEIGHTINGS:
+            raise ValueError(f"unknown weighting {weighting!r}; choose one of {WEIGHTINGS}")
+        self.weighting, self.T0, self.T = weighting, T0, T
+
+    def times(self, n: int, *, generator: torch.Generator | None = None, device: torch.device | str = "cpu") -> torch.Tensor:
+        """t ~ U[T0, T], (n,)."""
+        return sample_times(n, self.T0, self.T, generator=generator, device=device)
+
+    def __call__(self, net, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor,
+                 y: torch.Tensor | None = None) -> torch.Tensor:
+        """The loss of ``net`` on clean points x0 (N, D) at times t (N,) with DSM noise z (N, D)."""
+        core = getattr(net, "module", net)  # the network inside a DDP wrapper
+        f, W = net(add_noise(x0, t, noise), t, y, latent=True)
+        pre, enc = core.precond, core.encoder
+        if self.weighting == "edm" and pre.diagonal:
+            b = beta(t)[:, None]
+            h0 = enc.encode(x0, W)
+            inv_c2 = pre.c_out(t).pow(-2)
+            latent = (inv_c2 * (f - b * h0).pow(2)).sum(dim=1)
+            off = inv_c2.mean(dim=1) * (b * (x0 - enc.decode(h0, W))).pow(2).sum(dim=1)
+            return ((latent + off) / x0.shape[1]).mean()
+        res = enc.decode(f, W) - beta(t)[:, None] * x0
+        c_out2 = pre.c_out(t)[:, 0] ** 2 if self.weighting == "edm" else None
+        w = weight(t, self.weighting, c_out2) / sigma(t) ** 2
+        return (w * res.pow(2).mean(dim=1)).mean()

@@ -1,86 +1,87 @@
-"""Versioned export directories: ``save_pretrained`` / ``load_export``.
+"""The export format: the files of a trained pipeline, read by their format version.
 
-An export (format 1) holds
+An export (format 3) holds
 
-- ``config.json``: the model's own configuration, ``{"format": 1, "library": "latentdit",
-  "ambient_dim", "latent_dim", "learn_encoder", "identity_encoder" (W_B = I, not stored), "model": {...model config with the resolved
-  num_classes...}, "diffusion": {"T0", "T"}, "data": {"normalisation", "image_shape",
-  "pixel_range", "class_names"}}``: everything needed to rebuild the network and map its samples
-  back to data space;
-- ``sampling.json``: the sampling defaults (sampler, steps, grid, rho, guidance, denoise, clip);
-- ``training.json``: the training configuration the model came from and the training metadata
-  (step, seconds), for reference and for evaluation;
-- ``model.safetensors``: the weights (EMA), no pickle.
+- ``config.json``: ``{"format": 3, "library": "latentdit", "version", "model", "diffusion", "data"}``
+  where ``model`` holds exactly the score network's arguments
+  (:class:`latentdit.models.config.ScoreNetConfig`: ``LatentScoreNet(**model)`` builds it),
+  ``diffusion`` the trained time range ``{"T0", "T"}``, ``data`` the data record
+  (``normalisation``, ``image_shape``, ``pixel_range``, ``class_names``) and, with a learned
+  first stage, ``"first_stage": {"kind", "weights", "config"}`` naming that stage's
+  ``autoencoder.safetensors`` and ``autoencoder.json``;
+- ``sampling.json``: the sampling defaults (sampler, steps, grid, rho, guidance, denoise);
+- ``model.safetensors``: the weights (EMA), no pickle;
+- ``training.json``: the training configuration and metadata (step, seconds) as provenance.
+  Loading never reads it.
 
-Format 2 is format 1 with a learned first stage (``encoder.kind = "autoencoder"``): config.json
-gains ``"first_stage": {"kind", "weights", "config"}`` and the export holds that stage's
-``autoencoder.safetensors`` and ``autoencoder.json`` (:class:`latentdit.autoencoder.FirstStage`);
-the network's ``ambient_dim`` is then the latent's c h w. Exports without a first stage are still
-written as format 1, so that every version that reads format 1 reads them.
-
-Format 0 is the layout before the format was versioned: one ``config.json`` holding the whole
-training configuration under ``"config"`` beside the dimensions and the data record. Its model
-section is read as written then, where a DiT block without ``activation`` used the tanh GELU.
+Earlier formats still load. Format 1 kept the network's arguments in three places (``ambient_dim``,
+``latent_dim``, ``learn_encoder``, ``identity_encoder`` beside ``model``); format 2 is format 1 with
+a first stage. Format 0 is the layout before the format was versioned: one ``config.json`` with the
+whole training configuration under ``"config"`` (a DiT block without ``activation`` used the tanh
+GELU then), read here without today's training schema.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, replace
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
-from latentdit.autoencoder.stage import STAGE_CONFIG, STAGE_WEIGHTS, FirstStage
-from latentdit.config import Config, ModelConfig, SampleConfig
-from latentdit.errors import CheckpointError, ConfigError
+from latentdit.errors import CheckpointError
+from latentdit.firststage.stage import STAGE_CONFIG, STAGE_WEIGHTS, FirstStage
 from latentdit.io import atomic_write_bytes, atomic_write_json
-from latentdit.models.score import LatentScoreNet
+from latentdit.models.config import ModelConfig, ScoreNetConfig
+from latentdit.version import __version__
 
-FORMAT_VERSION = 1  # an export without a first stage
-FIRST_STAGE_FORMAT = 2  # an export with a learned first stage
+FORMAT_VERSION = 3
 EXPORT_CONFIG = "config.json"
 EXPORT_SAMPLING = "sampling.json"
 EXPORT_TRAINING = "training.json"
 EXPORT_WEIGHTS = "model.safetensors"
 DATA_KEYS = ("normalisation", "image_shape", "pixel_range", "class_names")
 IMAGE_SOURCES = ("mnist", "digits", "images")  # data read as pixels in [0, 1]
+_ARCH = tuple(f.name for f in fields(ModelConfig))
 
 
-def sampling_defaults(sc: SampleConfig) -> dict:
-    """The ``sampling.json`` record of a sample configuration."""
-    return asdict(sc)
+def default_pixel_range(source: str, image_shape) -> list[float] | None:
+    """The pixel range of image data whose loader records none: [0, 1] for the image sources."""
+    return [0.0, 1.0] if image_shape is not None and source in IMAGE_SOURCES else None
 
 
-def save_pretrained(model: LatentScoreNet, cfg: Config, path: str | Path, extra: dict | None = None,
-                    first_stage=None) -> None:
-    """Write a format-1 export of ``model`` (trained with ``cfg``) into ``path``, file by file atomically;
-    format 2 with ``first_stage`` (a :class:`latentdit.autoencoder.FirstStage`), whose files go first.
+@dataclass
+class ExportContents:
+    """What an export holds, by meaning rather than by file (any format version)."""
 
-    ``extra`` holds training metadata; its keys ``normalisation``, ``image_shape``, ``pixel_range``
-    and ``class_names`` (the data record) go into the model config, the rest into ``training.json``.
-    """
+    model: dict  # the score network's arguments (ScoreNetConfig fields)
+    state: dict  # its weights
+    T0: float
+    T: float
+    data: dict = field(default_factory=dict)  # the data record, DATA_KEYS
+    sampling: dict = field(default_factory=dict)  # sampling.json without its format key
+    first_stage: FirstStage | None = None
+    format: int = FORMAT_VERSION
+
+
+def write_export(path: str | Path, c: ExportContents, training: dict | None = None) -> None:
+    """Write ``c`` as a format-3 export into ``path``, file by file atomically, config.json last (it
+    marks a complete export); ``training`` (the run's configuration and metadata) goes to training.json."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    extra = dict(extra or {})
-    data = {k: extra.pop(k, None) for k in DATA_KEYS}
-    if data["pixel_range"] is None and data["image_shape"] is not None and cfg.data.source in IMAGE_SOURCES:
-        data["pixel_range"] = [0.0, 1.0]
-    version = FORMAT_VERSION if first_stage is None else FIRST_STAGE_FORMAT
-    model_cfg = {"format": version, "library": "latentdit", "ambient_dim": model.ambient_dim,
-                 "latent_dim": model.latent_dim, "learn_encoder": model.encoder.learn,
-                 "identity_encoder": model.encoder.identity, "model": asdict(model.cfg),
-                 "diffusion": {"T0": cfg.diffusion.T0, "T": cfg.diffusion.T}, "data": data}
-    if first_stage is not None:
-        first_stage.save(path)
-        model_cfg["first_stage"] = {"kind": "conv_autoencoder", "weights": STAGE_WEIGHTS, "config": STAGE_CONFIG}
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    head = {"format": FORMAT_VERSION, "library": "latentdit", "version": __version__, "model": dict(c.model),
+            "diffusion": {"T0": c.T0, "T": c.T}, "data": {k: c.data.get(k) for k in DATA_KEYS}}
+    if c.first_stage is not None:
+        c.first_stage.save(path)
+        head["first_stage"] = {"kind": "conv_autoencoder", "weights": STAGE_WEIGHTS, "config": STAGE_CONFIG}
+    state = {k: v.detach().cpu().contiguous() for k, v in c.state.items()}
     atomic_write_bytes(path / EXPORT_WEIGHTS, save(state, metadata={"format": "pt", "library": "latentdit"}))
-    atomic_write_json(path / EXPORT_TRAINING, {"config": cfg.to_dict(), **extra})
-    atomic_write_json(path / EXPORT_SAMPLING, {"format": version, **sampling_defaults(cfg.sample)})
-    atomic_write_json(path / EXPORT_CONFIG, model_cfg)  # last: marks a complete export
+    if training is not None:
+        atomic_write_json(path / EXPORT_TRAINING, training)
+    atomic_write_json(path / EXPORT_SAMPLING, {"format": FORMAT_VERSION, **c.sampling})
+    atomic_write_json(path / EXPORT_CONFIG, head)
 
 
 def _read_json(p: Path) -> dict:
@@ -93,7 +94,9 @@ def _read_json(p: Path) -> dict:
     return d
 
 
-def _resolve_dir(path: Path) -> Path:
+def export_dir(path: str | Path) -> Path:
+    """The export directory of ``path``: itself, or the ``model`` folder of a run directory."""
+    path = Path(path)
     if (path / "model" / EXPORT_WEIGHTS).exists() and not (path / EXPORT_WEIGHTS).exists():
         path = path / "model"  # a run directory was given
     if not path.is_dir():
@@ -105,73 +108,76 @@ def _resolve_dir(path: Path) -> Path:
     return path
 
 
-def _read_v0(head: dict) -> tuple[dict, Config, dict, dict]:
-    """(model record, training config, sampling defaults, metadata) of a format-0 config.json."""
-    cfg = Config.from_saved(head["config"])  # fills a missing DiT activation with gelu_tanh
-    record = {"ambient_dim": head["ambient_dim"], "latent_dim": head["latent_dim"],
-              "learn_encoder": cfg.encoder.learn,
-              "model": asdict(replace(cfg.model, num_classes=head.get("num_classes", cfg.model.num_classes))),
-              "diffusion": {"T0": cfg.diffusion.T0, "T": cfg.diffusion.T},
-              "data": {k: head.get(k) for k in DATA_KEYS}}
-    if record["data"]["image_shape"] is not None and cfg.data.source in IMAGE_SOURCES:
-        record["data"]["pixel_range"] = [0.0, 1.0]
-    meta = {k: v for k, v in head.items() if k not in ("config", *DATA_KEYS)}
-    return record, cfg, sampling_defaults(cfg.sample), meta
+def _read_v0(head: dict) -> dict:
+    """The parts of a format-0 config.json (the whole training configuration under "config")."""
+    run = head["config"]
+    model = {k: v for k, v in run["model"].items() if k in _ARCH}
+    if model.get("block", "dit") == "dit":
+        model.setdefault("activation", "gelu_tanh")  # written before the exact GELU became the default
+    model["num_classes"] = head.get("num_classes", model.get("num_classes", 0))
+    data = {k: head.get(k) for k in DATA_KEYS}
+    data["pixel_range"] = data["pixel_range"] or default_pixel_range(run["data"].get("source", "gmm"),
+                                                                     data["image_shape"])
+    return {"model": {**model, "ambient_dim": head["ambient_dim"], "latent_dim": head["latent_dim"],
+                      "learn_encoder": run["encoder"].get("learn", False)},
+            "diffusion": run["diffusion"], "data": data, "sampling": run.get("sample", {})}
 
 
-def load_export(path: str | Path) -> tuple[dict, Config, dict, dict, dict]:
-    """Read an export directory (or a run directory holding one) by its format version:
-    (model record, training config, sampling defaults, training metadata, weights)."""
-    path = _resolve_dir(Path(path))
+def _read_v12(head: dict, path: Path) -> dict:
+    model = {**head["model"], "ambient_dim": head["ambient_dim"], "latent_dim": head["latent_dim"],
+             "learn_encoder": head["learn_encoder"], "identity_encoder": head.get("identity_encoder", False)}
+    return {"model": model, "diffusion": head["diffusion"], "data": head["data"],
+            "sampling": _read_json(path / EXPORT_SAMPLING)}
+
+
+def _read_v3(head: dict, path: Path) -> dict:
+    return {"model": head["model"], "diffusion": head["diffusion"], "data": head["data"],
+            "sampling": _read_json(path / EXPORT_SAMPLING)}
+
+
+def read_export(path: str | Path) -> ExportContents:
+    """Read an export directory (or a run directory holding one) of any format version; never
+    reads training.json."""
+    path = export_dir(path)
     head = _read_json(path / EXPORT_CONFIG)
     version = head.get("format", 0)
+    readers = {0: lambda: _read_v0(head), 1: lambda: _read_v12(head, path), 2: lambda: _read_v12(head, path),
+               FORMAT_VERSION: lambda: _read_v3(head, path)}
+    if version not in readers:
+        raise CheckpointError(f"{str(path / EXPORT_CONFIG)!r} has export format {version!r}; this version of "
+                              f"latentdit reads formats 0..{FORMAT_VERSION}: upgrade latentdit")
     try:
-        if version == 0:
-            record, cfg, sampling, meta = _read_v0(head)
-        elif version in (FORMAT_VERSION, FIRST_STAGE_FORMAT):
-            training = _read_json(path / EXPORT_TRAINING)
-            cfg = Config.from_saved(training["config"])
-            sampling = {k: v for k, v in _read_json(path / EXPORT_SAMPLING).items() if k != "format"}
-            record, meta = head, {k: v for k, v in training.items() if k != "config"}
-        else:
-            raise CheckpointError(f"{str(path / EXPORT_CONFIG)!r} has export format {version!r}; this version of "
-                                  f"latentdit reads formats 0..{FIRST_STAGE_FORMAT}: upgrade latentdit")
-    except (KeyError, TypeError, ConfigError) as e:
+        parts = readers[version]()
+        model = ScoreNetConfig.from_dict(parts["model"]).__dict__.copy()
+        T0, T = float(parts["diffusion"]["T0"]), float(parts["diffusion"]["T"])
+    except (KeyError, TypeError, AttributeError) as e:
         raise CheckpointError(f"{str(path / EXPORT_CONFIG)!r} is not a latentdit export config: {e}") from e
     try:
         state = load_file(str(path / EXPORT_WEIGHTS))
     except (SafetensorError, OSError, RuntimeError) as e:
         raise CheckpointError(f"{str(path / EXPORT_WEIGHTS)!r} is truncated or corrupt ({e}); re-export it from "
                               "the run's newest checkpoint with `latentdit train --out RUN`") from e
-    meta["format"] = version
-    if record.get("first_stage"):
-        meta["first_stage"] = FirstStage.load(path)
-    return record, cfg, sampling, meta, state
+    sampling = {k: v for k, v in parts["sampling"].items() if k != "format"}
+    stage = FirstStage.load(path) if head.get("first_stage") else None
+    return ExportContents(model, state, T0, T, {k: parts["data"].get(k) for k in DATA_KEYS}, sampling, stage, version)
 
 
-def model_from_record(record: dict, state: dict | None = None) -> LatentScoreNet:
-    """The network described by a model record, with ``state`` loaded when given."""
-    mcfg = ModelConfig(**record["model"])
-    model = LatentScoreNet(mcfg, record["ambient_dim"], record["latent_dim"], learn_encoder=record["learn_encoder"],
-                           encoder_init="identity" if record.get("identity_encoder", False) else None)
-    if state is not None:
-        try:
-            model.load_state_dict(state)
-        except RuntimeError as e:
-            raise CheckpointError(f"weights do not match the export's config.json: {str(e).splitlines()[0]}") from e
-    return model
+def read_training_record(path: str | Path) -> dict:
+    """The provenance an export keeps in training.json (the run's configuration under ``config``,
+    ``step``, ``steps_trained``, ...; format 0: in config.json); {} when absent. Not needed to load
+    or sample."""
+    path = export_dir(path)
+    if (path / EXPORT_TRAINING).is_file():
+        return _read_json(path / EXPORT_TRAINING)
+    head = _read_json(path / EXPORT_CONFIG)
+    if head.get("format", 0) == 0 and "config" in head:
+        return {k: v for k, v in head.items() if k not in DATA_KEYS}
+    return {}
 
 
-def from_pretrained(path: str | Path, *, device: str | torch.device = "cpu") -> tuple[LatentScoreNet, Config, dict]:
-    """Load an export (any format version): (model in eval mode, training config, metadata).
-
-    The metadata hold the training record (``step``, ...), ``format``, the data record
-    (``normalisation``, ``image_shape``, ``pixel_range``, ``class_names``), ``sampling``, the
-    sampling defaults, and for format 2 ``first_stage``, the :class:`latentdit.autoencoder.FirstStage`
-    that maps the network's latent rows to the data.
-    """
-    record, cfg, sampling, meta, state = load_export(path)
-    model = model_from_record(record, state)
-    meta = {**meta, **{k: v for k, v in record["data"].items() if v is not None}, "sampling": sampling,
-            "diffusion": record["diffusion"]}
-    return model.to(device).eval(), cfg, meta
+def load_weights(model: torch.nn.Module, state: dict) -> None:
+    """``model.load_state_dict(state)`` with a one-line error naming the export."""
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise CheckpointError(f"weights do not match the export's config.json: {str(e).splitlines()[0]}") from e

@@ -1,90 +1,116 @@
-"""The sampling pipeline: a trained network, its OU schedule and its data normalisation.
+"""The trained artifact: a score network, its OU time range, its data record, an optional first
+stage and its sampling defaults.
 
 ``LatentDiTPipeline.from_pretrained(path)(num, ...)`` returns samples in DATA space (decoded by
 the first stage when there is one, the normalisation undone; image data clipped to their pixel
-range unless ``clip=False``). :meth:`LatentDiTPipeline.sample_model_space` returns the network's
-own space (the normalised data, or the autoencoder's scaled latent rows), and
+range unless ``clip=False``); :meth:`LatentDiTPipeline.save_pretrained` writes it
+(:mod:`latentdit.export` holds the file format). :meth:`LatentDiTPipeline.sample_model_space`
+returns the network's own space (the normalised data, or the autoencoder's scaled latent rows), and
 :meth:`LatentDiTPipeline.decode` maps that space to the normalised data, for metrics that compare
-with the training set as the model saw it.
-
-Building (data, model) lives in :mod:`latentdit.build`, the export format in :mod:`latentdit.export`;
-their public names are re-exported here.
+with the training set as the model saw it. Sampling needs nothing of the training recipe.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
 
-from latentdit.autoencoder.stage import FirstStage
-from latentdit.build import TrainData, build_data, build_ground_truth, build_model, model_dims, resolve_device
 from latentdit.data.normalise import Normalisation
-from latentdit.export import (EXPORT_CONFIG, EXPORT_WEIGHTS, FORMAT_VERSION, IMAGE_SOURCES, from_pretrained,
-                              sampling_defaults, save_pretrained)
+from latentdit.export import ExportContents, load_weights, read_export, write_export
+from latentdit.firststage.stage import FirstStage
 from latentdit.models.guidance import GuidedDenoiser
 from latentdit.models.score import LatentScoreNet
 from latentdit.sampling import DEFAULT_RHO, get_sampler, sample
 
-__all__ = ["EXPORT_CONFIG", "EXPORT_WEIGHTS", "FORMAT_VERSION", "LatentDiTPipeline", "TrainData", "build_data",
-           "build_ground_truth", "build_model", "from_pretrained", "model_dims", "resolve_device", "save_pretrained"]
+__all__ = ["DataRecord", "LatentDiTPipeline", "SamplingDefaults"]
+
+
+@dataclass
+class SamplingDefaults:
+    """The settings a pipeline samples with when a call leaves them unset (``sampling.json``)."""
+
+    sampler: str = "dpm2m"  # em | ei | heun | ddim | dpm2m | dpm3m
+    steps: int = 50
+    grid: str = "auto"  # auto (the sampler's own) | uniform | log | logsnr | karras
+    rho: float = DEFAULT_RHO  # the karras grid's exponent
+    guidance: float = 1.0  # classifier-free guidance scale (1 = no guidance)
+    # Return Tweedie's E[x0 | x_T0] (one more NFE) instead of x_T0: no residual noise of scale
+    # sqrt(sigma(T0)). Off by default, the paper's estimator (the law at T0); on for image data.
+    denoise: bool = False
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "SamplingDefaults":
+        """From a ``sampling.json`` record; keys it lacks take today's defaults."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+@dataclass
+class DataRecord:
+    """How the network's data space maps to the data: the normalisation to undo, the image shape of
+    image data (rows are row-major (H, W[, C])), their pixel range and class names."""
+
+    normalisation: Normalisation | None = None
+    image_shape: tuple[int, ...] | None = None
+    pixel_range: tuple[float, float] | None = None
+    class_names: list[str] | None = None
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "DataRecord":
+        norm, shape, pr = d.get("normalisation"), d.get("image_shape"), d.get("pixel_range")
+        return cls(Normalisation.from_dict(norm) if norm else None, tuple(shape) if shape else None,
+                   (float(pr[0]), float(pr[1])) if pr else None, d.get("class_names"))
+
+    def to_dict(self) -> dict:
+        return {"normalisation": None if self.normalisation is None else self.normalisation.to_dict(),
+                "image_shape": None if self.image_shape is None else list(self.image_shape),
+                "pixel_range": None if self.pixel_range is None else list(self.pixel_range),
+                "class_names": self.class_names}
 
 
 @dataclass
 class LatentDiTPipeline:
-    """model + OU time range + data normalisation + sampling defaults.
-
-    ``defaults`` has the keys of ``sampling.json`` (sampler, steps, grid, rho, guidance, denoise);
-    ``pixel_range`` (lo, hi) is set for image data, whose samples are clipped to it by default.
-    """
+    """model + OU time range + data record + first stage + sampling defaults."""
 
     model: LatentScoreNet
     T0: float = 1e-3
     T: float = 10.0
-    normalisation: Normalisation | None = None
-    pixel_range: tuple[float, float] | None = None
-    defaults: dict = field(default_factory=dict)
-    image_shape: tuple[int, ...] | None = None
+    data: DataRecord = field(default_factory=DataRecord)
+    defaults: SamplingDefaults = field(default_factory=SamplingDefaults)
     first_stage: FirstStage | None = None  # the autoencoder of encoder.kind = "autoencoder"
 
     @classmethod
     def from_pretrained(cls, path: str | Path, *, device: str | torch.device = "cpu") -> "LatentDiTPipeline":
-        """The pipeline of an export or run directory."""
-        model, _, meta = from_pretrained(path, device=device)
-        return cls.from_model(model, meta)
+        """The pipeline of an export or run directory (any export format), the network in eval mode."""
+        c = read_export(path)
+        model = LatentScoreNet(**c.model)
+        load_weights(model, c.state)
+        return cls(model.to(device).eval(), c.T0, c.T, DataRecord.from_dict(c.data),
+                   SamplingDefaults.from_dict(c.sampling), c.first_stage)
 
-    @classmethod
-    def from_model(cls, model: LatentScoreNet, meta: dict) -> "LatentDiTPipeline":
-        """A pipeline from a network and an export's metadata (as :func:`from_pretrained` returns)."""
-        norm = meta.get("normalisation")
-        pr, shape = meta.get("pixel_range"), meta.get("image_shape")
-        diff = meta.get("diffusion", {})
-        return cls(model, T0=diff.get("T0", 1e-3), T=diff.get("T", 10.0),
-                   normalisation=Normalisation.from_dict(norm) if norm else None,
-                   pixel_range=tuple(pr) if pr else None, defaults=dict(meta.get("sampling", {})),
-                   image_shape=tuple(shape) if shape else None, first_stage=meta.get("first_stage"))
+    def save_pretrained(self, path: str | Path, *, training: dict | None = None) -> None:
+        """Write the pipeline as an export (:mod:`latentdit.export`); ``training`` (the training
+        configuration and metadata) is kept as provenance in training.json."""
+        write_export(path, ExportContents(self.model.config_dict(), self.model.state_dict(), self.T0, self.T,
+                                          self.data.to_dict(), asdict(self.defaults), self.first_stage), training)
 
-    @classmethod
-    def from_config(cls, model: LatentScoreNet, cfg, data_meta: dict | None = None,
-                    first_stage: FirstStage | None = None) -> "LatentDiTPipeline":
-        """A pipeline for a network being trained with ``cfg`` (sampling defaults from ``cfg.sample``);
-        ``data_meta`` is the data record of an export (normalisation, image_shape, pixel_range),
-        ``first_stage`` the autoencoder when the network models its latent."""
-        meta = {**(data_meta or {}), "sampling": sampling_defaults(cfg.sample),
-                "diffusion": {"T0": cfg.diffusion.T0, "T": cfg.diffusion.T}}
-        if meta.get("image_shape") and "pixel_range" not in meta and cfg.data.source in IMAGE_SOURCES:
-            meta["pixel_range"] = [0.0, 1.0]
-        if first_stage is not None:
-            meta["first_stage"] = first_stage
-        return cls.from_model(model, meta)
+    @property
+    def normalisation(self) -> Normalisation | None:
+        return self.data.normalisation
+
+    @property
+    def pixel_range(self) -> tuple[float, float] | None:
+        return self.data.pixel_range
+
+    @property
+    def image_shape(self) -> tuple[int, ...] | None:
+        return self.data.image_shape
 
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
-
-    def _setting(self, name: str, value, fallback):
-        return self.defaults.get(name, fallback) if value is None else value
 
     @torch.no_grad()
     def sample_model_space(self, num: int, *, labels: torch.Tensor | None = None, guidance: float | None = None,
@@ -97,12 +123,13 @@ class LatentDiTPipeline:
             raise ValueError(f"sample_model_space: num={num!r} must be a positive integer")
         if labels is not None and len(labels) != num:
             raise ValueError(f"sample_model_space: labels has {len(labels)} entries for num={num}")
-        sampler = self._setting("sampler", sampler, "dpm2m")
+        d = self.defaults
+        sampler = d.sampler if sampler is None else sampler
         get_sampler(sampler)
-        steps = self._setting("steps", steps, 50)
-        grid, rho = self._setting("grid", grid, "auto"), self._setting("rho", rho, DEFAULT_RHO)
-        guidance = self._setting("guidance", guidance, 1.0)
-        denoise = self._setting("denoise", denoise, False)
+        steps = d.steps if steps is None else steps
+        grid, rho = d.grid if grid is None else grid, d.rho if rho is None else rho
+        guidance = d.guidance if guidance is None else guidance
+        denoise = d.denoise if denoise is None else denoise
         if generator is None:
             generator = torch.Generator(device=self.device).manual_seed(0 if seed is None else seed)
         out = []

@@ -10,14 +10,15 @@ import numpy as np
 import pytest
 import torch
 
-from latentdit.autoencoder import ConvAutoencoder, FirstStage, latent_scale, padded_side
-from latentdit.autoencoder.fit import prepare_first_stage, train_first_stage
-from latentdit.autoencoder.metrics import reconstruction_mse
+from latentdit.firststage import ConvAutoencoder, FirstStage, latent_scale, padded_side
+from latentdit.train.firststage import prepare_first_stage, train_first_stage
+from latentdit.evaluation.firststage import reconstruction_mse
 from latentdit.build import build_data
 from latentdit.config import Config
 from latentdit.data.normalise import Normalisation
 from latentdit.errors import ConfigError
-from latentdit.models.reshape import Reshape, latent_patchify, latent_unpatchify
+from latentdit.firststage.stage import latent_patchify, latent_unpatchify
+from latentdit.models.reshape import Reshape
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -135,6 +136,7 @@ def test_first_stage_resume_equals_an_uninterrupted_run(tmp_path):
 
 
 def test_export_round_trip_gives_identical_pixels(tmp_path):
+    from latentdit.build import make_pipeline
     from latentdit.pipeline import LatentDiTPipeline
     from latentdit.train import Trainer
 
@@ -145,9 +147,9 @@ def test_export_round_trip_gives_identical_pixels(tmp_path):
     tr = Trainer(cfg, run, data=data, progress=False)
     tr.fit()
     assert tr.model.reshape.num_tokens == 4 and tr.model.reshape.token_dim == 16  # 2 x 2 patches of 4 channels
-    memory = LatentDiTPipeline.from_config(tr.ema, cfg, tr._data_meta(), first_stage=data.first_stage)
+    memory = make_pipeline(tr.ema, cfg, tr.data)
     disk = LatentDiTPipeline.from_pretrained(run)
-    assert json.loads((run / "model" / "config.json").read_text())["format"] == 2
+    assert json.loads((run / "model" / "config.json").read_text())["first_stage"]["weights"] == "autoencoder.safetensors"
     labels = torch.arange(10)
     a, b = memory(10, seed=3, labels=labels), disk(10, seed=3, labels=labels)
     assert a.shape == (10, 64) and torch.equal(a, b)
@@ -172,8 +174,8 @@ def test_evaluate_an_autoencoder_run_decodes_samples_and_the_latent_baseline(tmp
 
     run = tmp_path / "run"
     cfg = _cfg(channels=2)  # a 2 x 4 x 4 latent: 32 coordinates for 64 pixels
-    train(Config.from_dict({**cfg.to_dict(), "encoder": {**cfg.to_dict()["encoder"], "latent_dim": 32}}), run,
-          progress=False)
+    cfg = Config.from_dict({**cfg.to_dict(), "encoder": {**cfg.to_dict()["encoder"], "latent_dim": 32}})
+    train(cfg, run, progress=False, data=prepare_first_stage(cfg, run, progress=False))
     m = evaluate_run(run, num_samples=40, steps=3, extractor=StubFeatures(), feature_cache=False,
                      classifier_epochs=1)
     for key in ("fid", "fid_gaussian_baseline", "classifier_accuracy", "classifier_accuracy_unguided",
@@ -219,7 +221,8 @@ def test_pca_inside_the_autoencoder_latent(tmp_path):
     d = _cfg().to_dict()
     d["encoder"].update(init="pca", latent_dim=16)
     run = tmp_path / "run"
-    train(Config.from_dict(d), run, progress=False)
+    cfg = Config.from_dict(d)
+    train(cfg, run, progress=False, data=prepare_first_stage(cfg, run, progress=False))
     pipe = LatentDiTPipeline.from_pretrained(run)
     W = pipe.model.W_B
     assert pipe.model.ambient_dim == 64 and W.shape == (64, 16)  # D = c h w of the 4 x 4 x 4 latent

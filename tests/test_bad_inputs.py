@@ -201,15 +201,15 @@ def test_nan_loss_stops_training_keeping_the_last_good_checkpoint(tmp_path, monk
 
 def test_python_entry_points_raise_typed_errors(trained, tmp_path):
     from latentdit.data.real import from_array, load_data
-    from latentdit.pipeline import from_pretrained
+    from latentdit.pipeline import LatentDiTPipeline
     from latentdit.sampling import sample
 
     with pytest.raises(CheckpointError, match="does not exist|not a directory"):
-        from_pretrained(tmp_path / "nope")
+        LatentDiTPipeline.from_pretrained(tmp_path / "nope")
     shutil.copytree(trained, tmp_path / "run")
     (tmp_path / "run" / "model" / "model.safetensors").write_bytes(b"\x00" * 10)
     with pytest.raises(CheckpointError, match="truncated or corrupt"):
-        from_pretrained(tmp_path / "run")
+        LatentDiTPipeline.from_pretrained(tmp_path / "run")
     # library functions raise ValueError naming their own arguments
     with pytest.raises(ValueError, match="steps=0 must be a positive integer"):
         sample(lambda x, t: -x, (2, 3), steps=0)

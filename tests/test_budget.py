@@ -4,7 +4,7 @@ import json
 from pathlib import Path
 
 from latentdit.config import load_config
-from latentdit.pipeline import from_pretrained
+from latentdit.export import read_training_record
 from latentdit.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -22,7 +22,7 @@ def test_time_limited_run_records_steps_trained_and_warns(tmp_path, capsys):
     train(load_config(TINY, SETS + ["train.time_limit=1e-6"]), run, progress=False)
     err = capsys.readouterr().err
     assert "warning: train.time_limit=1e-06s reached after step 1 of 6" in err
-    _, _, meta = from_pretrained(run)
+    meta = read_training_record(run)
     assert (meta["step"], meta["steps_trained"], meta["steps_planned"]) == (1, 1, 6)
     end = last_metrics(run)
     assert (end["step"], end["steps_trained"], end["steps_planned"]) == (1, 1, 6)
@@ -31,6 +31,6 @@ def test_time_limited_run_records_steps_trained_and_warns(tmp_path, capsys):
     train(load_config(run / "config.json", ["train.time_limit=0"]), run, progress=False)
     err = capsys.readouterr().err
     assert "resumed from step 1" in err and "warning" not in err
-    _, _, meta = from_pretrained(run)
+    meta = read_training_record(run)
     assert (meta["steps_trained"], meta["steps_planned"]) == (6, 6)
     assert (last_metrics(run)["steps_trained"], last_metrics(run)["steps_planned"]) == (6, 6)

@@ -34,9 +34,9 @@ def test_train_sample_evaluate(tmp_path):
     assert x.shape == (64, 32) and np.isfinite(x).all()
     # --denoise ends with W_B f(W_B^T x, T0) / beta(T0): exactly in the encoder's subspace, whereas
     # x_T0 keeps noise of variance sigma(T0) off it
-    from latentdit.pipeline import from_pretrained
+    from latentdit.pipeline import LatentDiTPipeline
 
-    W = from_pretrained(run / "model")[0].W_B.detach().double().numpy()
+    W = LatentDiTPipeline.from_pretrained(run / "model").model.W_B.detach().double().numpy()
     out_d = tmp_path / "xd.npy"
     r = cli("sample", "--run", run, "--num", 64, "--steps", 5, "--sampler", "ddim", "--seed", 1, "--denoise",
             "--out", out_d)
@@ -58,9 +58,11 @@ def _check_against_closed_forms(run: Path, metrics: dict) -> None:
     """``latentdit evaluate``'s figures against what they must equal, computed here independently."""
     from scipy.stats import chi2
 
-    from latentdit.pipeline import build_ground_truth, from_pretrained
+    from latentdit.build import build_ground_truth
+    from latentdit.evaluation import run_config
+    from latentdit.pipeline import LatentDiTPipeline
 
-    model, cfg, _ = from_pretrained(run / "model")
+    model, cfg = LatentDiTPipeline.from_pretrained(run / "model").model, run_config(run)
     W = model.W_B.detach().double()
     B = build_ground_truth(cfg).B.double()
     assert metrics["subspace_error"] == pytest.approx(float(((W @ W.T - B @ B.T) ** 2).sum()), rel=1e-5, abs=1e-6)  # float32

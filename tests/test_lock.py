@@ -12,7 +12,7 @@ import pytest
 
 from latentdit.config import load_config
 from latentdit.errors import ConfigError
-from latentdit.pipeline import from_pretrained
+from latentdit.export import read_training_record
 from latentdit.train import RunLock, list_checkpoints, train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,7 +48,7 @@ def test_train_on_a_locked_directory_writes_nothing(tmp_path):
             train(load_config(TINY, SETS), run, progress=False)
         assert [p.name for p in run.iterdir()] == [".lock"]
     train(load_config(TINY, SETS), run, progress=False)  # a directory holding only a lock file is a new run
-    assert from_pretrained(run)[2]["step"] == 6
+    assert read_training_record(run)["step"] == 6
 
 
 def test_concurrent_second_run_is_refused_while_the_first_runs(tmp_path):
@@ -71,7 +71,7 @@ def test_concurrent_second_run_is_refused_while_the_first_runs(tmp_path):
         go.touch()
         out, err = first.communicate(timeout=120)
     assert first.returncode == 0, err
-    assert from_pretrained(run)[2]["step"] == 6
+    assert read_training_record(run)["step"] == 6
 
 
 def test_lock_of_a_killed_run_does_not_block_resume(tmp_path):

@@ -12,7 +12,9 @@ from latentdit.config import load_config
 from latentdit.data.long import LongMixture
 from latentdit.diffusion import beta, sigma
 from latentdit.errors import ConfigError
-from latentdit.pipeline import build_data, build_model, from_pretrained
+from latentdit.build import build_data, build_model
+from latentdit.evaluation import run_config
+from latentdit.pipeline import LatentDiTPipeline
 
 
 @pytest.fixture(autouse=True)
@@ -126,8 +128,8 @@ def test_trains_and_exports_through_the_one_training_path(tmp_path):
 
     cfg = _long_cfg()
     run = train(cfg, tmp_path / "run", progress=False)
-    model, cfg2, meta = from_pretrained(run)
-    assert cfg2.encoder.init == "identity" and meta["step"] == 3
+    model = LatentDiTPipeline.from_pretrained(run).model
+    assert model.config.identity_encoder and run_config(run).encoder.init == "identity"
     lines = [json.loads(s) for s in (run / "metrics.jsonl").read_text().splitlines()]
     assert all(math.isfinite(r["loss"]) for r in lines if "loss" in r)
     x = torch.randn(2, 256)
@@ -176,7 +178,7 @@ def test_latentdit_evaluate_on_a_long_run_against_the_closed_form(tmp_path):
     assert main(["evaluate", "--run", str(run), "--out", str(out), "--num", "128"]) == 0
     m = json.loads(out.read_text())
     assert m["steps_trained"] == 3 and m["w2"] > 0 and m["w2_reference"] > 0 and m["d0"] == 256
-    model, _, _ = from_pretrained(run)
+    model = LatentDiTPipeline.from_pretrained(run).model
     law = LongMixture.random(cfg.data.ambient_dim, cfg.data.components, seed=cfg.data.seed)
     g = torch.Generator().manual_seed(99)
     assert len(m["score_rel_error_by_t"]) == cfg.eval.score_times

@@ -1,10 +1,12 @@
 """Score network of eq. (2.5): reshape, blocks, encoder, and the exact-score limit."""
 
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 import torch
 
+from latentdit.diffusion import DSMLoss
 from latentdit.config import ModelConfig
 from latentdit.data.gmm import SubspaceGMM
 from latentdit.errors import ConfigError
@@ -51,7 +53,7 @@ def test_exact_f_gives_exact_score():
     """With W_B = B and f = f* (= sigma grad log p_t^h + h), eq. (2.5) is the exact score (Lemma)."""
     g = _gmm()
     cfg = ModelConfig(hidden=16, depth=1, heads=2, patch=2)
-    m = LatentScoreNet(cfg, 24, 4, encoder_init=g.B.float()).double()
+    m = LatentScoreNet(24, 4, **asdict(cfg), encoder_init=g.B.float()).double()
     m.f = lambda h, t, y=None: g.optimal_f(h, t)  # swap in the closed-form latent network
     t = torch.rand(50, dtype=torch.float64) * 3 + 0.01
     x = g.sample(50, 0.7)
@@ -63,7 +65,7 @@ def test_exact_f_gives_exact_score():
 def test_shapes_and_zero_init_is_linear_gaussian_score(block, classes):
     """At initialisation (zeroed output) the preconditioned net is the score of N(0, v W W^T + ...)."""
     cfg = ModelConfig(block=block, hidden=16, depth=2, heads=2, patch=2, num_classes=classes)
-    m = LatentScoreNet(cfg, 20, 16, latent_second_moment=2.0)
+    m = LatentScoreNet(20, 16, **asdict(cfg), latent_second_moment=2.0)
     x, t = torch.randn(8, 20), torch.rand(8) + 0.1
     y = torch.randint(0, classes, (8,)) if classes else None
     s = m(x, t, y)
@@ -81,7 +83,7 @@ def _diagonal_net(D=20, d0=16, seed=0):
     g = torch.Generator().manual_seed(seed)
     mean, var = torch.randn(d0, generator=g), torch.rand(d0, generator=g) * 3 + 0.01
     cfg = ModelConfig(hidden=16, depth=2, heads=2, patch=2, precondition_stats="diagonal")
-    m = LatentScoreNet(cfg, D, d0, latent_mean=mean, latent_var=var).double()
+    m = LatentScoreNet(D, d0, **asdict(cfg), latent_mean=mean, latent_var=var).double()
     return m, mean.double(), var.double()
 
 
@@ -106,20 +108,21 @@ def test_edm_loss_of_the_exact_gaussian_denoiser_is_d0_over_D(stats):
         m, mean, var = _diagonal_net(D, d0)
     else:
         cfg = ModelConfig(hidden=16, depth=2, heads=2, patch=2)
-        m = LatentScoreNet(cfg, D, d0, latent_second_moment=1.7).double()
+        m = LatentScoreNet(D, d0, **asdict(cfg), latent_second_moment=1.7).double()
         mean, var = torch.zeros(d0, dtype=torch.float64), torch.full((d0,), 1.7, dtype=torch.float64)
     g = torch.Generator().manual_seed(3)
     h0 = mean + var.sqrt() * torch.randn(n, d0, generator=g, dtype=torch.float64)
     x0 = h0 @ m.W_B.detach().T
     t = torch.rand(n, generator=g, dtype=torch.float64) * 3 + 1e-3
     with torch.no_grad():
-        loss = m.loss(x0, t, torch.randn(n, D, generator=g, dtype=torch.float64))
+        loss = DSMLoss()(m, x0, t, torch.randn(n, D, generator=g, dtype=torch.float64))
     assert abs(loss.item() - d0 / D) < 0.02 * d0 / D, loss.item()
 
 
 def test_build_model_fits_diagonal_statistics_and_they_survive_export(tmp_path):
+    from latentdit.build import build_data, build_model, make_pipeline
     from latentdit.config import Config, read_config_file
-    from latentdit.pipeline import build_data, build_model, from_pretrained, save_pretrained
+    from latentdit.pipeline import LatentDiTPipeline
 
     d = read_config_file(Path(__file__).resolve().parents[1] / "configs" / "tiny.toml")
     d["model"]["precondition_stats"] = "diagonal"
@@ -129,15 +132,15 @@ def test_build_model_fits_diagonal_statistics_and_they_survive_export(tmp_path):
     h = data.x.double() @ m.W_B.detach().double()
     assert torch.allclose(m.latent_mean.double(), h.mean(0), atol=1e-5)
     assert torch.allclose(m.latent_var.double(), h.var(0, correction=0), rtol=1e-4)
-    save_pretrained(m, cfg, tmp_path / "export")
-    m2 = from_pretrained(tmp_path / "export")[0]
+    make_pipeline(m, cfg, data).save_pretrained(tmp_path / "export")
+    m2 = LatentDiTPipeline.from_pretrained(tmp_path / "export").model
     assert torch.equal(m2.latent_mean, m.latent_mean) and torch.equal(m2.latent_var, m.latent_var)
 
 
 def test_diagonal_statistics_shape_is_checked():
     cfg = ModelConfig(hidden=16, depth=1, heads=2, patch=2, precondition_stats="diagonal")
     with pytest.raises(ValueError, match="shape"):
-        LatentScoreNet(cfg, 20, 16, latent_mean=torch.zeros(4), latent_var=torch.ones(16))
+        LatentScoreNet(20, 16, **asdict(cfg), latent_mean=torch.zeros(4), latent_var=torch.ones(16))
 
 
 def test_paper_attention_matches_column_formula():
@@ -204,13 +207,13 @@ def test_paper_entry_bound_bounds_logits(monkeypatch):
 
 def test_learned_encoder_stays_orthonormal_and_moves():
     cfg = ModelConfig(hidden=16, depth=1, heads=2, patch=2)
-    m = LatentScoreNet(cfg, 30, 4, learn_encoder=True, generator=torch.Generator().manual_seed(0))
+    m = LatentScoreNet(30, 4, **asdict(cfg), learn_encoder=True, generator=torch.Generator().manual_seed(0))
     W0 = m.W_B.detach().clone()
     opt = torch.optim.Adam(m.parameters(), lr=1e-2)
     for _ in range(5):
         x0 = torch.randn(64, 30)
         t = torch.rand(64) + 0.05
-        loss = m.loss(x0, t, torch.randn(64, 30))
+        loss = DSMLoss()(m, x0, t, torch.randn(64, 30))
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -221,14 +224,14 @@ def test_learned_encoder_stays_orthonormal_and_moves():
 
 def test_frozen_encoder_has_no_gradient():
     cfg = ModelConfig(hidden=16, depth=1, heads=2, patch=2)
-    m = LatentScoreNet(cfg, 30, 4, learn_encoder=False)
+    m = LatentScoreNet(30, 4, **asdict(cfg), learn_encoder=False)
     assert all(not p.requires_grad for p in m.encoder.parameters())
     W = m.W_B
     assert torch.allclose(W.T @ W, torch.eye(4), atol=1e-5)
 
 
 def test_random_encoder_is_not_the_ground_truth_of_the_same_seed():
-    from latentdit.encoder import LinearEncoder
+    from latentdit.firststage.linear import LinearEncoder
     from latentdit.metrics.distances import subspace_error
 
     g = SubspaceGMM.random(64, 4, 2, seed=0)
@@ -241,7 +244,7 @@ def test_random_encoder_is_not_the_ground_truth_of_the_same_seed():
 def test_dit_mlp_activation_is_the_closed_form_gelu(activation):
     """The MLP nonlinearity is x Phi(x) (exact) or the tanh formula of Hendrycks & Gimpel."""
     cfg = ModelConfig(hidden=8, depth=1, heads=2, patch=2, activation=activation)
-    act = LatentScoreNet(cfg, 4, 4).backbone.blocks[0].mlp[1]
+    act = LatentScoreNet(4, 4, **asdict(cfg)).backbone.blocks[0].mlp[1]
     x = torch.linspace(-4, 4, 101, dtype=torch.float64)
     if activation == "gelu":
         want = x * 0.5 * (1 + torch.erf(x / 2**0.5))
@@ -256,53 +259,25 @@ def test_format0_export_from_before_activation_loads_the_network_it_saved(tmp_pa
     import json
 
     from latentdit.config import Config
-    from latentdit.pipeline import from_pretrained, save_pretrained
+    from latentdit.pipeline import LatentDiTPipeline
 
     cfg = Config.from_dict({"data": {"ambient_dim": 8, "latent_dim": 4}, "encoder": {"latent_dim": 4},
                             "model": {"hidden": 16, "depth": 1, "heads": 2, "activation": "gelu_tanh"}})
     torch.manual_seed(0)
-    model = LatentScoreNet(cfg.model, 8, 4).eval()
+    model = LatentScoreNet(8, 4, **asdict(cfg.model)).eval()
     for p in model.parameters():  # non-zero everywhere so the activation matters
         torch.nn.init.normal_(p, std=0.5)
-    save_pretrained(model, cfg, tmp_path)
+    LatentDiTPipeline(model).save_pretrained(tmp_path)
     old = cfg.to_dict()
     del old["model"]["activation"]
     (tmp_path / "config.json").write_text(json.dumps({"config": old, "ambient_dim": 8, "latent_dim": 4,
                                                       "num_classes": 0}))
-    for name in ("training.json", "sampling.json"):
-        (tmp_path / name).unlink()
-    loaded, loaded_cfg, meta = from_pretrained(tmp_path)
-    assert meta["format"] == 0 and loaded.cfg.activation == "gelu_tanh"
+    (tmp_path / "sampling.json").unlink()
+    loaded = LatentDiTPipeline.from_pretrained(tmp_path).model
+    assert loaded.config.activation == "gelu_tanh"
     x, t = torch.randn(16, 8), torch.full((16,), 0.5)
     with torch.no_grad():
         torch.testing.assert_close(loaded(x, t), model(x, t), rtol=0, atol=0)
-
-
-def test_format1_export_keeps_model_config_apart_and_refuses_newer_formats(tmp_path):
-    import json
-
-    from latentdit.config import Config
-    from latentdit.errors import CheckpointError
-    from latentdit.pipeline import FORMAT_VERSION, from_pretrained, save_pretrained
-
-    cfg = Config.from_dict({"data": {"ambient_dim": 8, "latent_dim": 4}, "encoder": {"latent_dim": 4},
-                            "model": {"hidden": 16, "depth": 1, "heads": 2}, "sample": {"steps": 7}})
-    model = LatentScoreNet(cfg.model, 8, 4).eval()
-    save_pretrained(model, cfg, tmp_path, extra={"step": 3, "normalisation": {"kind": "none", "shift": 0.0,
-                                                                               "scale": 1.0}})
-    head = json.loads((tmp_path / "config.json").read_text())
-    assert head["format"] == FORMAT_VERSION == 1 and "config" not in head
-    assert head["model"]["hidden"] == 16 and head["data"]["normalisation"]["kind"] == "none"
-    assert json.loads((tmp_path / "sampling.json").read_text())["steps"] == 7
-    assert json.loads((tmp_path / "training.json").read_text())["step"] == 3
-    loaded, loaded_cfg, meta = from_pretrained(tmp_path)
-    assert meta["step"] == 3 and meta["sampling"]["steps"] == 7 and loaded_cfg == cfg
-    from latentdit.export import FIRST_STAGE_FORMAT
-
-    head["format"] = FIRST_STAGE_FORMAT + 1  # newer than any format this version reads
-    (tmp_path / "config.json").write_text(json.dumps(head))
-    with pytest.raises(CheckpointError, match="export format 3"):
-        from_pretrained(tmp_path)
 
 
 def test_build_model_leaves_the_config_unchanged():

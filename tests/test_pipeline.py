@@ -1,5 +1,6 @@
 """The sampling pipeline (data space, clipping), label dropout, and the OU schedule's two forms."""
 
+from dataclasses import asdict
 import math
 
 import pytest
@@ -10,7 +11,7 @@ from latentdit.data.normalise import Normalisation
 from latentdit.diffusion import OU
 from latentdit.models.guidance import drop_labels, null_labels
 from latentdit.models.score import LatentScoreNet
-from latentdit.pipeline import LatentDiTPipeline
+from latentdit.pipeline import DataRecord, LatentDiTPipeline, SamplingDefaults
 
 
 def test_ou_float_and_tensor_forms_match_the_closed_forms():
@@ -39,10 +40,10 @@ def test_drop_labels_and_null_class():
 
 def _pipe(pixel_range):
     torch.manual_seed(0)
-    model = LatentScoreNet(ModelConfig(hidden=16, depth=1, heads=2), 8, 4).eval()
+    model = LatentScoreNet(8, 4, **asdict(ModelConfig(hidden=16, depth=1, heads=2))).eval()
     norm = Normalisation("minmax", torch.tensor(0.5), torch.tensor(0.5))
-    return LatentDiTPipeline(model, normalisation=norm, pixel_range=pixel_range,
-                             defaults={"sampler": "ddim", "steps": 4})
+    return LatentDiTPipeline(model, data=DataRecord(norm, pixel_range=pixel_range),
+                             defaults=SamplingDefaults(sampler="ddim", steps=4))
 
 
 def test_pipeline_returns_data_space_and_clips_images_unless_asked():

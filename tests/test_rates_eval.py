@@ -130,6 +130,12 @@ class ExactModel(torch.nn.Module):
         return self.law.score(x, t)
 
 
+def _pipe(law, cfg):
+    from latentdit.pipeline import LatentDiTPipeline
+
+    return LatentDiTPipeline(ExactModel(law), cfg.diffusion.T0, cfg.diffusion.T)
+
+
 def _cfg(D, d0, T0=1e-3, steps=30):
     return Config.from_dict({"data": {"source": "gmm", "n": 50, "ambient_dim": D, "latent_dim": d0, "components": 2},
                              "encoder": {"latent_dim": d0}, "diffusion": {"T0": T0, "T": 10.0},
@@ -141,7 +147,7 @@ def test_evaluate_ground_truth_with_the_exact_score():
     subspace error is 0 and the off-subspace variance is sigma(T0) within its chi-square range."""
     law = _law(D=8, d0=2, seed=2)
     cfg = _cfg(8, 2, T0=0.05)
-    m = evaluate_ground_truth(ExactModel(law), law, cfg, W=law.B.float(), score_points=200, num_samples=600,
+    m = evaluate_ground_truth(_pipe(law, cfg), law, sampler="dpm2m", steps=30, score_points=200, num_samples=600,
                               tv_points=2000, seed=3, control=True, x_train=law.sample(40, generator=torch.Generator()))
     assert len(m["score_t"]) == 16 and max(m["score_mse"]) < 1e-8 * max(m["score_true_sq_norm"])
     assert m["score_integral"] < 1e-8 and m["score_uniform"] < 1e-4
@@ -158,18 +164,19 @@ def test_evaluate_ground_truth_with_the_exact_score():
     assert len(m["erm_score_mse"]) == 16 and m["erm_score_mse"][0] > 100 * m["erm_score_mse"][-1] > 0
     assert m["erm_score_integral"] > 0 and m["erm_score_uniform"] > 0
     with pytest.raises(ValueError, match="times="):
-        evaluate_ground_truth(ExactModel(law), law, cfg, W=law.B, score_points=10, num_samples=10, seed=0, times=6)
+        evaluate_ground_truth(_pipe(law, cfg), law, sampler="dpm2m", steps=30, score_points=10, num_samples=10, seed=0,
+                              times=6)
 
 
 def test_evaluate_gmm_keeps_its_keys_and_adds_the_functionals():
-    from latentdit.build import build_data, build_model
+    from latentdit.build import build_data, build_model, make_pipeline
 
     cfg = Config.from_dict({"data": {"source": "gmm", "n": 64, "ambient_dim": 8, "latent_dim": 4, "components": 2},
                             "encoder": {"latent_dim": 4},
                             "model": {"hidden": 8, "depth": 1, "heads": 1, "patch": 1},
                             "eval": {"num_samples": 64, "steps": 3, "score_times": 4}})
     model = build_model(cfg, build_data(cfg), generator=torch.Generator().manual_seed(0)).eval()
-    m = evaluate_gmm(model, cfg)
+    m = evaluate_gmm(make_pipeline(model, cfg, build_data(cfg)), cfg)
     for key in ("subspace_error", "w2_latent", "w2_latent_reference", "off_subspace_var", "off_subspace_var_expected",
                 "score_rel_error", "score_sigma_error", "score_error_by_t", "num_samples", "eval_seconds",
                 "score_t", "score_mse", "score_uniform", "score_integral", "w2_floor", "w2_excess"):

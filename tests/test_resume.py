@@ -1,7 +1,7 @@
 """Crash safety: kill -9 at five points of a tiny run, resume each time, and get bitwise-identical weights.
 
 Also: unreadable checkpoints fall back to the previous one (or stop with a clear error when none is
-readable), and a run's export loads with ``from_pretrained`` in a fresh process and samples.
+readable), and a run's export loads with ``LatentDiTPipeline.from_pretrained`` in a fresh process and samples.
 """
 
 import json
@@ -131,9 +131,9 @@ def test_all_checkpoints_unreadable_is_a_clear_error(reference, tmp_path):
 def test_from_pretrained_in_a_fresh_process_samples(reference):
     code = (
         "import sys, torch\n"
-        "from latentdit.pipeline import LatentDiTPipeline, from_pretrained\n"
-        "model, cfg, meta = from_pretrained(sys.argv[1])\n"
-        "x = LatentDiTPipeline.from_model(model, meta)(16, sampler='ddim', steps=4, seed=0)\n"
+        "from latentdit.pipeline import LatentDiTPipeline\n"
+        "pipe = LatentDiTPipeline.from_pretrained(sys.argv[1])\n"
+        "x = pipe(16, sampler='ddim', steps=4, seed=0)\n"
         "assert x.shape == (16, 32) and torch.isfinite(x).all()\n"
         "print(meta['step'], sum(float(v.double().sum()) for v in model.state_dict().values()))\n"
     )

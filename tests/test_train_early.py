@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from latentdit.build import TrainData
 from latentdit.config import load_config
 from latentdit.data.gmm import SubspaceGMM
-from latentdit.export import from_pretrained
+from latentdit.pipeline import LatentDiTPipeline
 from latentdit.train import TrainCallbacks, list_checkpoints, train
 from latentdit.train.early import EarlyStopping, ValidationSet
 
@@ -125,7 +125,7 @@ def test_early_stopping_on_an_overfit_problem_restores_the_best_weights(tmp_path
     assert max(v for _, v in vals) > 1.3 * best, vals  # the held-out loss rose: the model overfits
     assert rs[-1]["converged"] is True and rs[-1]["steps_trained"] == meta["steps_trained"]
     # the exported weights are the best evaluation's: their held-out loss is that value, not the last one
-    model, _, _ = from_pretrained(run / "model")
+    model = LatentDiTPipeline.from_pretrained(run / "model").model
     from latentdit.train.batches import held_out_split
 
     _, out = held_out_split(x.shape[0], 256, cfg.train.seed)

@@ -41,7 +41,8 @@ def main() -> None:
     from latentdit.provenance import provenance_end, provenance_start
     from latentdit.metrics.classifier import classifier_accuracy, train_classifier
     from latentdit.metrics.fid import InceptionFeatures, fid_from_features
-    from latentdit.pipeline import LatentDiTPipeline, from_pretrained
+    from latentdit.evaluation import run_config
+    from latentdit.pipeline import LatentDiTPipeline
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run", type=Path, required=True,
@@ -58,8 +59,8 @@ def main() -> None:
     prov = provenance_start(["python", *sys.argv])
     settings = {s: parse_setting(s) for s in args.settings}
 
-    model, cfg, meta = from_pretrained(args.run)
-    pipe = LatentDiTPipeline.from_model(model, meta)
+    pipe, cfg = LatentDiTPipeline.from_pretrained(args.run), run_config(args.run)
+    model = pipe.model
     loaded = load_real(cfg)
     W = model.W_B.detach().double()
     real_var = (loaded.x.double() @ W).var(0)

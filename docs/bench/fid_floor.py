@@ -23,7 +23,7 @@ import torch
 def main() -> None:
     from latentdit.io import atomic_write_json, check_output_file
     from latentdit.provenance import provenance_end, provenance_start
-    from latentdit.encoder import pca_basis
+    from latentdit.firststage.linear import pca_basis
     from latentdit.experiments.demo import DEMO_CONFIG
     from latentdit.evaluation.real import load_real
     from latentdit.metrics.fid import cache_dir, cached_features

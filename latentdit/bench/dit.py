@@ -39,6 +39,8 @@ over all lengths.
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 import copy
 import gc
 import json
@@ -52,6 +54,7 @@ from pathlib import Path
 
 import torch
 
+from latentdit.diffusion import DSMLoss
 from latentdit.bench import bench_parser, interleaved_times, medians, parse_bench_args
 from latentdit.bench.model import _status_kib
 from latentdit.hostmem import host_malloc_mode, release_host_memory, reuse_host_memory
@@ -77,7 +80,7 @@ def build(c: dict, L: int, mode: str, seed: int = 0):
                       attention_eps=c["eps"])
     d0 = c["token"] * L
     torch.manual_seed(seed)
-    model = LatentScoreNet(cfg, d0, d0, encoder_init="identity")
+    model = LatentScoreNet(d0, d0, **asdict(cfg), identity_encoder=True)
     g = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
         for name, p in model.backbone.named_parameters():
@@ -110,7 +113,7 @@ def make_ops(model, c: dict, L: int, seed: int = 1) -> dict:
     def train():
         model.train()
         opt.zero_grad(set_to_none=True)
-        model.loss(x, t, noise, weighting="edm").backward()
+        DSMLoss("edm")(model, x, t, noise).backward()
         opt.step()
 
     def backbone():

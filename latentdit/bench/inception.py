@@ -31,7 +31,7 @@ import torch
 
 from latentdit.bench import bench_parser, interleaved_times, medians, parse_bench_args
 from latentdit.data.real import load_data
-from latentdit.encoder import pca_basis
+from latentdit.firststage.linear import pca_basis
 from latentdit.evaluation.baselines import GaussianLatentBaseline
 from latentdit.io import atomic_write_json
 from latentdit.metrics.fid import InceptionFeatures, fid_from_features

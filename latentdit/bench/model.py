@@ -27,6 +27,8 @@ diffusers is the optional ``bench`` extra (``pip install diffusers``); it is imp
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 import json
 import os
 import platform
@@ -40,6 +42,7 @@ from typing import Callable
 
 import torch
 
+from latentdit.diffusion import DSMLoss
 from latentdit.bench import bench_parser, interleaved_times, medians, parse_bench_args
 from latentdit.io import atomic_write_json
 from latentdit.provenance import provenance_end, provenance_start
@@ -73,7 +76,7 @@ def build_ours(c: dict, seed: int = 0):
     d0 = c["side"] ** 2
     cfg = ModelConfig(block="dit", hidden=c["hidden"], depth=c["depth"], heads=c["heads"], patch=c["patch"],
                       patching="2d", num_classes=c["classes"])
-    return LatentScoreNet(cfg, d0, d0, generator=torch.Generator().manual_seed(seed))
+    return LatentScoreNet(d0, d0, **asdict(cfg), generator=torch.Generator().manual_seed(seed))
 
 
 def build_diffusers(c: dict, seed: int = 0):
@@ -148,7 +151,7 @@ def make_ops(which: str, c: dict) -> dict[str, Callable[[], None]]:
             return m(v["x"], v["t"], v["y"])
 
         def loss():
-            return m.loss(v["x"], v["t"], v["noise"], v["y"], weighting="edm")
+            return DSMLoss("edm")(m, v["x"], v["t"], v["noise"], v["y"])
     else:
         m = build_diffusers(c)
         noise = v["noise"].reshape_as(v["img"])

@@ -38,7 +38,9 @@ from latentdit.bench import bench_parser, parse_bench_args
 from latentdit.io import atomic_write_json, save_figure
 from latentdit.metrics.distances import (aligned_latent, expected_off_subspace_variance, off_subspace_variance,
                                          w2)
-from latentdit.pipeline import build_ground_truth, from_pretrained
+from latentdit.build import build_ground_truth
+from latentdit.evaluation import run_config
+from latentdit.pipeline import LatentDiTPipeline
 from latentdit.provenance import provenance_end, provenance_start
 from latentdit.sampling import (DEFAULT_GRID, DEFAULT_RHO, SAMPLERS, CountingCalls, get_sampler, nfe_per_step,
                                 time_grid)
@@ -205,8 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     exact["acceptance"] = acceptance(exact, w2_ref, p)
     results["exact"] = exact
     if args.run is not None:
-        model_dir = args.run / "model" if (args.run / "model").is_dir() else args.run
-        model, cfg, _ = from_pretrained(model_dir)
+        model, cfg = LatentDiTPipeline.from_pretrained(args.run).model, run_config(args.run)
         if cfg.data.source != "gmm":
             raise CheckpointError(f"run {str(args.run)!r} was trained on data.source={cfg.data.source!r}; "
                                   "the sampler benchmark needs a gmm run")

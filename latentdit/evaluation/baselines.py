@@ -8,6 +8,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 
 from latentdit.errors import DataError
+from latentdit.models.guidance import balanced_labels  # noqa: F401 (its home; kept importable here)
 
 
 def retained_variance(x: torch.Tensor, W: torch.Tensor) -> dict[str, float]:
@@ -54,11 +55,6 @@ class GaussianLatentBaseline:
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """(n, D) float32 samples W_B h in the normalised data space."""
         return (self.sample_latent(n, generator) @ self.W.T).float()
-
-
-def balanced_labels(num: int, num_classes: int) -> torch.Tensor:
-    """Labels 0, 1, ..., K-1, 0, 1, ... of length ``num`` (equal counts up to one)."""
-    return torch.arange(num) % num_classes
 
 
 def w2_equal(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -35,7 +35,6 @@ the part of ``w2_excess`` that the sampler causes with no score error at all.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 
@@ -47,7 +46,6 @@ from latentdit.config import Config
 from latentdit.diffusion import sigma
 from latentdit.metrics.distances import (aligned_latent, expected_off_subspace_variance, off_subspace_variance,
                                          erm_score, subspace_error, tv_to_density, w2)
-from latentdit.models.score import LatentScoreNet
 from latentdit.pipeline import LatentDiTPipeline
 from latentdit.sampling import denoiser_from_score, sample
 
@@ -154,17 +152,47 @@ def exact_score_samples(law, num: int, *, sampler: str, steps: int, T0: float, T
                   grid=grid, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
 
 
+def _score_metrics(score_fn, law, ts: torch.Tensor, score_points: int, eg: torch.Generator, T0: float, T: float,
+                   prefix: str = "") -> dict:
+    """The score functionals of the module docstring for ``score_fn`` against ``law``'s exact score."""
+    d0 = law.B.shape[1]
+    prof = score_error_profile(score_fn, law.score, lambda m, t: law.sample(m, t, generator=eg), ts, score_points)
+    if prefix:  # the reference curve of the empirical risk minimiser
+        return {f"{prefix}score_mse": prof["mse"], f"{prefix}score_uniform": score_uniform_error(prof, d0),
+                f"{prefix}score_integral": score_integral_error(prof, T0, T)}
+    return {"score_t": prof["t"], "score_mse": prof["mse"], "score_mse_se": prof["mse_se"],
+            "score_true_sq_norm": prof["true_sq_norm"],
+            "score_uniform": score_uniform_error(prof, d0), "score_integral": score_integral_error(prof, T0, T),
+            "score_rel_error": float(np.mean([math.sqrt(m / max(s, 1e-300))
+                                             for m, s in zip(prof["mse"], prof["true_sq_norm"])])),
+            # the quadrature's standard error (linear in the mse values at fixed exponents; the
+            # weights treated as fixed, which is what the 3-SE rule of the verdicts needs)
+            "score_integral_se": _integral_se(prof, T0, T)}
+
+
+def _tv_args(law, h_ref: torch.Tensor, T0: float, tv_points: int, eg: torch.Generator):
+    """(log density at T0, points drawn from it, the TV floor) for d0 <= 2, else None."""
+    if law.B.shape[1] > 2 or tv_points <= 0:
+        return None
+
+    def log_p(h: np.ndarray) -> np.ndarray:
+        return law.latent_log_prob(torch.from_numpy(h), T0).numpy()
+
+    hp = law.sample_latent(tv_points, T0, generator=eg).numpy()
+    return log_p, hp, tv_to_density(h_ref.numpy(), log_p, hp)
+
+
 @torch.no_grad()
-def evaluate_ground_truth(model: LatentScoreNet, law, cfg: Config, *, W: torch.Tensor, score_points: int,
+def evaluate_ground_truth(pipe: LatentDiTPipeline, law, *, sampler: str, steps: int, score_points: int,
                           num_samples: int, tv_points: int = 0, seed: int, times: int = MIN_TIMES,
                           control: bool = False, x_train: torch.Tensor | None = None) -> dict:
-    """Every metric of the module docstring for ``model`` (pass the EMA copy) against ``law``.
+    """Every metric of the module docstring for ``pipe`` (holding the EMA network) against ``law``.
 
     ``law`` is a ground truth with ``score``, ``sample``, ``sample_latent``, ``B`` (D, d0) and, for TV,
-    ``latent_log_prob``; ``W`` (D, d0) is the model's encoder basis; ``cfg`` gives T0, T and the
-    sampler (``eval.sampler``, ``eval.steps``). The model's samples (and the controls') use seed
-    ``seed``; the true draws of the floors, then the score profile's draws, use ``seed + 1``. All
-    values are floats or lists.
+    ``latent_log_prob``; the pipeline gives T0, T and the encoder basis W_B; samples are drawn with
+    ``sampler`` in ``steps`` steps. The model's samples (and the controls') use seed ``seed``; the
+    true draws of the floors, then the score profile's draws, use ``seed + 1``. All values are
+    floats or lists.
 
     ``x_train`` (n, D), optional: the training points; then ``erm_score_mse`` / ``erm_score_uniform`` /
     ``erm_score_integral`` give the same functionals for the empirical risk minimiser's score
@@ -175,41 +203,19 @@ def evaluate_ground_truth(model: LatentScoreNet, law, cfg: Config, *, W: torch.T
         raise ValueError(f"evaluate_ground_truth: num_samples={num_samples!r} must be an integer >= 2")
     if not isinstance(times, int) or times < MIN_TIMES:
         raise ValueError(f"evaluate_ground_truth: times={times!r} must be an integer >= {MIN_TIMES}")
-    T0, T = cfg.diffusion.T0, cfg.diffusion.T
-    sampler, steps = cfg.eval.sampler, cfg.eval.steps
-    W = W.detach().cpu()
-    d0 = law.B.shape[1]
+    model, T0, T = pipe.model, pipe.T0, pipe.T
+    W = model.W_B.detach().cpu()
     eg = torch.Generator().manual_seed(seed + 1)
     # true draws first: the same streams as earlier versions of this evaluation, so W2 figures reproduce
     h_true = law.sample_latent(num_samples, T0, generator=eg)
     h_ref = law.sample_latent(num_samples, T0, generator=eg)
-
-    prof = score_error_profile(lambda xx, tt: model(xx, tt), law.score,
-                               lambda m, t: law.sample(m, t, generator=eg), log_times(T0, T, times), score_points)
-    out = {"score_t": prof["t"], "score_mse": prof["mse"], "score_mse_se": prof["mse_se"],
-           "score_true_sq_norm": prof["true_sq_norm"],
-           "score_uniform": score_uniform_error(prof, d0), "score_integral": score_integral_error(prof, T0, T),
-           "score_rel_error": float(np.mean([math.sqrt(m / max(s, 1e-300))
-                                             for m, s in zip(prof["mse"], prof["true_sq_norm"])]))}
-    # standard error of the quadrature (the quadrature is linear in the mse values at fixed exponents;
-    # this treats the weights as fixed, which is what the 3-SE rule of the verdicts needs)
-    out["score_integral_se"] = _integral_se(prof, T0, T)
+    ts = log_times(T0, T, times)
+    out = _score_metrics(lambda xx, tt: model(xx, tt), law, ts, score_points, eg, T0, T)
     if x_train is not None:
-        erm = score_error_profile(lambda xx, tt: erm_score(x_train, xx, tt), law.score,
-                                  lambda m, t: law.sample(m, t, generator=eg), log_times(T0, T, times), score_points)
-        out.update(erm_score_mse=erm["mse"], erm_score_uniform=score_uniform_error(erm, d0),
-                   erm_score_integral=score_integral_error(erm, T0, T))
-
-    x = LatentDiTPipeline.from_config(model, cfg).sample_model_space(num_samples, sampler=sampler, steps=steps,
-                                                                      seed=seed).cpu()
+        out.update(_score_metrics(lambda xx, tt: erm_score(x_train, xx, tt), law, ts, score_points, eg, T0, T, "erm_"))
+    x = pipe.sample_model_space(num_samples, sampler=sampler, steps=steps, seed=seed).cpu()
     w2_floor = w2(h_ref, h_true)
-    tv_args = None
-    if d0 <= 2 and tv_points > 0:
-        def log_p(h: np.ndarray) -> np.ndarray:
-            return law.latent_log_prob(torch.from_numpy(h), T0).numpy()
-
-        hp = law.sample_latent(tv_points, T0, generator=eg).numpy()
-        tv_args = (log_p, hp, tv_to_density(h_ref.numpy(), log_p, hp))
+    tv_args = _tv_args(law, h_ref, T0, tv_points, eg)
     gen = _latent_distances(aligned_latent(x, W, law.B), h_true, w2_floor, tv_args)
     out.update(w2_latent=gen["w2"], w2_floor=w2_floor, w2_excess=gen["w2_excess"])
     if tv_args is not None:
@@ -243,7 +249,7 @@ def _integral_se(prof: dict, T0: float, T: float) -> float:
 
 
 @torch.no_grad()
-def evaluate_gmm(model: LatentScoreNet, cfg: Config, *, num_samples: int | None = None, sampler: str | None = None,
+def evaluate_gmm(pipe: LatentDiTPipeline, cfg: Config, *, num_samples: int | None = None, sampler: str | None = None,
                  steps: int | None = None, seed: int | None = None, progress: bool = False) -> dict:
     """All ground-truth metrics for a model trained on ``data.source = gmm`` (:func:`evaluate_ground_truth`
     on ``cfg``'s ground truth, with ``max(eval.score_times, 16)`` times), plus the earlier keys:
@@ -253,9 +259,8 @@ def evaluate_gmm(model: LatentScoreNet, cfg: Config, *, num_samples: int | None 
     num = num_samples or ec.num_samples
     sampler, steps = sampler or ec.sampler, steps or ec.steps
     seed = ec.seed if seed is None else seed
-    run_cfg = dataclasses.replace(cfg, eval=dataclasses.replace(ec, sampler=sampler, steps=steps))
     t0 = time.time()
-    m = evaluate_ground_truth(model, build_ground_truth(cfg), run_cfg, W=model.W_B, score_points=min(num, 2000),
+    m = evaluate_ground_truth(pipe, build_ground_truth(cfg), sampler=sampler, steps=steps, score_points=min(num, 2000),
                               num_samples=num, seed=seed, times=max(ec.score_times, MIN_TIMES))
     sig = [float(sigma(torch.tensor(t, dtype=torch.float64))) for t in m["score_t"]]
     sigma_err = [s * math.sqrt(e) for s, e in zip(sig, m["score_mse"])]

@@ -16,7 +16,6 @@ any sequence length:
 
 from __future__ import annotations
 
-import dataclasses
 import time
 
 import torch
@@ -25,39 +24,40 @@ from latentdit.build import build_long_law
 from latentdit.config import Config
 from latentdit.data.long import LongMixture
 from latentdit.metrics.distances import score_errors, w2
-from latentdit.models.score import LatentScoreNet
 from latentdit.pipeline import LatentDiTPipeline
 from latentdit.sampling import time_grid
 
 
 @torch.no_grad()
-def long_quality(model: LatentScoreNet, cfg: Config, law: LongMixture, n_eval: int, seed: int) -> dict:
-    """Score error against the closed form and W2 of ``n_eval`` generated vs true samples at T0
-    (sampler and steps from ``cfg.sample``; every random draw seeded by ``seed``)."""
+def long_quality(pipe: LatentDiTPipeline, law: LongMixture, n_eval: int, seed: int, *, score_times: int,
+                 sampler: str | None = None, steps: int | None = None) -> dict:
+    """Score error against the closed form (on ``score_times`` log-spaced times) and W2 of ``n_eval``
+    generated vs true samples at T0 (``sampler`` and ``steps``: the pipeline's defaults when None;
+    every random draw seeded by ``seed``)."""
+    model, T0 = pipe.model, pipe.T0
     gen = torch.Generator().manual_seed(seed + 7)
-    ts = time_grid(cfg.diffusion.T0, cfg.diffusion.T, max(cfg.eval.score_times - 1, 1), "log")
+    ts = time_grid(T0, pipe.T, max(score_times - 1, 1), "log")
     errs = score_errors(lambda x, t: model(x, t), law.score, lambda n, t: law.sample(n, t, generator=gen),
                         ts, n_eval)
-    x = LatentDiTPipeline.from_config(model, cfg).sample_model_space(n_eval, seed=seed, batch_size=64).double()
-    T0 = cfg.diffusion.T0
+    x = pipe.sample_model_space(n_eval, sampler=sampler, steps=steps, seed=seed, batch_size=64).double()
     truth, ref = law.sample(n_eval, T0, generator=gen), law.sample(n_eval, T0, generator=gen)
     return {"score_rel_error": errs["rel_err_mean"], "score_sigma_error": errs["sigma_err_mean"],
             "score_rel_error_by_t": dict(zip(map(str, errs["t"]), errs["rel_err"])),
             "w2": w2(x, truth), "w2_reference": w2(ref, truth)}
 
 
-def evaluate_long(model: LatentScoreNet, cfg: Config, *, num_samples: int | None = None, sampler: str | None = None,
+def evaluate_long(pipe: LatentDiTPipeline, cfg: Config, *, num_samples: int | None = None, sampler: str | None = None,
                   steps: int | None = None, seed: int | None = None, progress: bool = False) -> dict:
     """:func:`long_quality` with the run's ``[eval]`` sizes (``--num``, ``--sampler``, ``--steps``,
-    ``--seed`` of ``latentdit evaluate`` override them), plus the sizes and the wall time."""
+    ``--seed`` of ``latentdit evaluate`` override them), plus the sizes and the wall time; ``cfg`` is
+    the run's configuration (its law and ``[eval]`` sizes)."""
     ec = cfg.eval
     num = num_samples or ec.num_samples
     sampler, steps = sampler or ec.sampler, steps or ec.steps
     seed = ec.seed if seed is None else seed
-    run_cfg = dataclasses.replace(cfg, sample=dataclasses.replace(cfg.sample, sampler=sampler, steps=steps))
-    model.eval()
+    pipe.model.eval()
     t0 = time.time()
-    m = long_quality(model, run_cfg, build_long_law(cfg), num, seed)
+    m = long_quality(pipe, build_long_law(cfg), num, seed, score_times=ec.score_times, sampler=sampler, steps=steps)
     m.update(num_samples=num, sampler=sampler, steps=steps, seed=seed, d0=cfg.data.ambient_dim,
              eval_seconds=time.time() - t0)
     return m

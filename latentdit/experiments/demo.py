@@ -35,17 +35,18 @@ from pathlib import Path
 
 import torch
 
-from latentdit.autoencoder.config import AutoencoderConfig
-from latentdit.autoencoder.metrics import reconstruction_metrics
-from latentdit.autoencoder.stage import padded_side
+from latentdit.config import AutoencoderConfig
+from latentdit.evaluation.firststage import reconstruction_metrics
+from latentdit.firststage.stage import padded_side
 from latentdit.config import Config, apply_overrides, read_config_file
 from latentdit.data.real import load_data
 from latentdit.errors import ConfigError
 from latentdit.evaluation.real import evaluate_real, load_real
 from latentdit.io import atomic_write_json, check_output_dir
-from latentdit.pipeline import from_pretrained
+from latentdit.export import read_training_record
+from latentdit.pipeline import LatentDiTPipeline
 from latentdit.provenance import provenance_end, provenance_start
-from latentdit.train import check_run_dir, train
+from latentdit.train import check_run_dir, prepare_first_stage, train
 
 # The demo's configuration; configs/mnist_ae.toml holds the same values (a test keeps them equal).
 # The first stage is a conv autoencoder (4 x 8 x 8 latent of the 32 x 32-padded digits); the DiT
@@ -234,12 +235,13 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     progress = not args.quiet
     t0 = time.time()
-    train(cfg, run, progress=None if progress else False)
+    data = prepare_first_stage(cfg, run, progress=None if progress else False)
+    train(cfg, run, progress=None if progress else False, data=data)
     train_seconds = time.time() - t0
-    model, cfg, meta = from_pretrained(run)
-    metrics = evaluate_real(model, cfg, meta, progress=progress, device=args.device, fid=not args.no_fid,
+    pipe, meta = LatentDiTPipeline.from_pretrained(run), read_training_record(run)
+    metrics = evaluate_real(pipe, cfg, progress=progress, device=args.device, fid=not args.no_fid,
                             classifier_epochs=3 if args.quick else 8, out_dir=out, fid_baseline=args.baseline_fid)
-    stage = meta.get("first_stage")
+    stage = pipe.first_stage
     if stage is not None:  # the autoencoder's floor: reconstruction MSE and FID
         metrics.update(first_stage_metrics(stage, cfg, device=args.device, fid=not args.no_fid, progress=progress))
     metrics = {

@@ -55,7 +55,8 @@ from latentdit.config import load_config
 from latentdit.evaluation.long import long_quality as quality
 from latentdit.io import atomic_write_json
 from latentdit.metrics.distances import w2
-from latentdit.pipeline import LatentDiTPipeline, from_pretrained
+from latentdit.export import read_training_record
+from latentdit.pipeline import LatentDiTPipeline
 from latentdit.provenance import provenance_end, provenance_start
 from latentdit.train import Trainer, train
 
@@ -93,7 +94,7 @@ def base_overrides(tokens: int, steps: int, batch: int, seed: int) -> list[str]:
 
 def train_variant(out: Path, variant: str, tokens: int, steps: int, batch: int, seed: int,
                   time_limit: float = 0.0):
-    """Train (or resume) one variant through latentdit.train.train; returns (model, cfg, wall
+    """Train (or resume) one variant through latentdit.train.train; returns (pipeline, cfg, wall
     seconds, training seconds, steps done). ``time_limit`` > 0 stops it after that many seconds
     (the learning-rate schedule still spans ``steps``)."""
     extra = [f"train.time_limit={time_limit}"] if time_limit > 0 else []
@@ -103,8 +104,8 @@ def train_variant(out: Path, variant: str, tokens: int, steps: int, batch: int, 
     if run not in _TRAINED:
         print(f"train {run.name}: {steps} steps, batch {batch}, d0 {4 * tokens}", flush=True)
         train(cfg, run, progress=False)
-        model, cfg, meta = from_pretrained(run)
-        _TRAINED[run] = (model, cfg, meta.get("train_seconds"), meta.get("step"))
+        pipe, meta = LatentDiTPipeline.from_pretrained(run), read_training_record(run)
+        _TRAINED[run] = (pipe, cfg, meta.get("train_seconds"), meta.get("step"))
     model, cfg, train_s, done = _TRAINED[run]
     return model, cfg, time.time() - t0, train_s, done
 
@@ -113,7 +114,7 @@ def cached_quality(model, cfg, run: str, n_eval: int, seed: int) -> dict:
     """:func:`quality` once per (run, n_eval, seed) and invocation."""
     key = (run, n_eval, seed)
     if key not in _QUALITY:
-        _QUALITY[key] = quality(model, cfg, _law(cfg), n_eval, seed)
+        _QUALITY[key] = quality(model, _law(cfg), n_eval, seed, score_times=cfg.eval.score_times)
     return _QUALITY[key]
 
 
@@ -157,7 +158,7 @@ def equal_wall_time(out: Path, size: tuple, seed: int, criterion_row: dict) -> d
     tokens, steps, batch, n_eval = size
     budget = float(criterion_row["train_seconds"])
     model, cfg, _, train_s, done = train_variant(out, "exact_same", tokens, steps, batch, seed, time_limit=budget)
-    q = quality(model, cfg, _law(cfg), n_eval, seed)
+    q = quality(model, _law(cfg), n_eval, seed, score_times=cfg.eval.score_times)
     row = {"variant": "exact_same", "seed": seed, "time_limit": budget, "train_seconds": train_s,
            "steps_planned": steps, "steps_done": done, **q}
     print(f"  exact_same at the criterion's wall time {budget:.0f} s ({done} steps): "
@@ -168,10 +169,10 @@ def equal_wall_time(out: Path, size: tuple, seed: int, criterion_row: dict) -> d
 def sample_both(out: Path, size: tuple, seeds: list[int]) -> dict:
     """(c): one criterion model, sampled with poly and with exact attention from the same noise."""
     tokens, steps, batch, n_eval = size
-    model, cfg, _, _, _ = train_variant(out, "criterion", tokens, steps, batch, seeds[0])
+    pipe, cfg, _, _, _ = train_variant(out, "criterion", tokens, steps, batch, seeds[0])
+    model = pipe.model
     law = _law(cfg)
     res = {}
-    pipe = LatentDiTPipeline.from_config(model, cfg)
     for mode in ("poly", "exact"):  # sampling runs without autograd
         set_attention(model, mode)
         res[mode] = pipe.sample_model_space(n_eval, seed=1000, batch_size=64).double()

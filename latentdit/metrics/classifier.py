@@ -10,13 +10,27 @@ and reports accuracy on it; the accuracy of generated samples against their cond
 from __future__ import annotations
 
 import math
+from typing import Protocol
 
 import torch
 from torch import nn
 
-from latentdit.data.real import LoadedData
 from latentdit.errors import DataError
 
+
+
+class LabelledData(Protocol):
+    """What a classifier trains on (e.g. :class:`latentdit.data.real.LoadedData`): normalised rows
+    ``x`` (N, D), ``labels`` (N,) or None, and the set's name, size, class count and image shape."""
+
+    x: torch.Tensor
+    labels: torch.Tensor | None
+    num_classes: int
+    dim: int
+    image_shape: tuple[int, ...] | None
+    name: str
+
+    def __len__(self) -> int: ...
 
 class Classifier(nn.Module):
     """Maps normalised rows (N, D) to class logits (N, K); reshapes to images for the CNN."""
@@ -56,7 +70,7 @@ class Classifier(nn.Module):
         return self.net(self._as_input(x))
 
 
-def train_classifier(data: LoadedData, *, epochs: int = 8, batch_size: int = 64, lr: float = 2e-3,
+def train_classifier(data: LabelledData, *, epochs: int = 8, batch_size: int = 64, lr: float = 2e-3,
                      test_fraction: float = 0.2, seed: int = 0, verbose: bool = False) -> tuple[Classifier, float]:
     """Train on a seeded random (1 - test_fraction) split of ``data``; return (model, test accuracy).
 

@@ -29,18 +29,18 @@ from latentdit.attention import attention, attention_stats, certify
 
 
 class TimestepEmbedder(nn.Module):
-    """Sinusoidal features of log t followed by a 2-layer MLP: t (N,) -> (N, width)."""
+    """Sinusoidal features of the time input c_noise(t) (:mod:`latentdit.models.precond`) followed by a
+    2-layer MLP: (N,) -> (N, width)."""
 
     def __init__(self, width: int, freq_dim: int = 128, max_period: float = 1e4):
         super().__init__()
         self.freq_dim, self.max_period = freq_dim, max_period
         self.mlp = nn.Sequential(nn.Linear(freq_dim, width), nn.SiLU(), nn.Linear(width, width))
 
-    def forward(self, t: torch.Tensor) -> torch.Tensor:
-        # log t spans about [-7, 2.3] for t in [1e-3, 10]; scale it to the usual [0, 1000]-ish range
-        c = 100.0 * (torch.log(t.to(self.mlp[0].weight.dtype)) + 8.0)
+    def forward(self, c_noise: torch.Tensor) -> torch.Tensor:
+        c = c_noise.to(self.mlp[0].weight.dtype)
         half = self.freq_dim // 2
-        freqs = torch.exp(-math.log(self.max_period) * torch.arange(half, device=t.device, dtype=c.dtype) / half)
+        freqs = torch.exp(-math.log(self.max_period) * torch.arange(half, device=c.device, dtype=c.dtype) / half)
         args = c[:, None] * freqs[None]
         return self.mlp(torch.cat([torch.cos(args), torch.sin(args)], dim=-1))
 
@@ -162,9 +162,10 @@ class DiTBackbone(nn.Module):
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
 
-    def forward(self, X: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, X: torch.Tensor, c_noise: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """F(X, c_noise(t), y): tokens (N, L, d) -> (N, L, d)."""
         x = self.embed(X) + self.pos  # (N, L, hidden)
-        c = self.t_embed(t)  # (N, hidden)
+        c = self.t_embed(c_noise)  # (N, hidden)
         if self.y_embed is not None and y is not None:
             c = c + self.y_embed(y)
         for blk in self.blocks:
@@ -238,8 +239,8 @@ class PaperBackbone(nn.Module):
             nn.init.zeros_(p.weight)
             nn.init.zeros_(p.bias)
 
-    def forward(self, X: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        c = self.t_embed(t)
+    def forward(self, X: torch.Tensor, c_noise: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        c = self.t_embed(c_noise)
         if self.y_embed is not None and y is not None:
             c = c + self.y_embed(y)
         X = X + self.E

@@ -58,3 +58,8 @@ class GuidedDenoiser:
                                                                                       device=x.device)]))
         d_c, d_u = d.chunk(2)
         return torch.lerp(d_u, d_c, self.guidance)
+
+
+def balanced_labels(num: int, num_classes: int) -> torch.Tensor:
+    """Labels 0, 1, ..., K-1, 0, 1, ... of length ``num`` (equal counts up to one)."""
+    return torch.arange(num) % num_classes

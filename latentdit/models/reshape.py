@@ -3,7 +3,8 @@
 2-D patching: the latent h in R^{d0} is read as an i x i grid (d0 = i^2, row-major) and cut into
 p x p patches, giving L = (i/p)^2 tokens of size d = p^2 (so d0 = d L).
 1-D patching: tokens are d = p consecutive coordinates, L = d0 / p.
-Autoencoder latents (c, h, w): :func:`latent_patchify` cuts them into c x p x p patch tokens.
+Autoencoder latents (c, h, w) are cut into c x p x p patch tokens by
+:func:`latentdit.firststage.stage.latent_patchify`.
 
 The paper writes tokens as columns (X in R^{d x L}); this code uses rows, X of shape (N, L, d).
 """
@@ -74,29 +75,3 @@ class Reshape:
     def __repr__(self) -> str:
         return (f"Reshape(d0={self.d0}, mode={self.mode!r}, patch={self.patch}, "
                 f"tokens={self.num_tokens}, token_dim={self.token_dim})")
-
-
-def latent_patchify(z: torch.Tensor, patch: int) -> torch.Tensor:
-    """Cut a latent (N, c, h, w) into p x p patches over (h, w): tokens (N, (h/p)(w/p), c p p).
-
-    Token k = (row, col) of the patch grid, row-major; inside a token the order is (channel, i, j).
-    Flattened row by row, the tokens give the autoencoder latent's vector layout, on which the 1-D
-    reshape R with token size c p p is exactly this patching (see :func:`latentdit.build.build_model`).
-    """
-    n, c, h, w = z.shape
-    if patch < 1 or h % patch or w % patch:
-        raise ValueError(f"latent_patchify: patch={patch} must divide the latent's sides h={h} and w={w}")
-    p = patch
-    x = z.reshape(n, c, h // p, p, w // p, p)  # (N, c, grid_row, i, grid_col, j)
-    return x.permute(0, 2, 4, 1, 3, 5).reshape(n, (h // p) * (w // p), c * p * p)
-
-
-def latent_unpatchify(X: torch.Tensor, shape: tuple[int, int, int], patch: int) -> torch.Tensor:
-    """Inverse of :func:`latent_patchify`: tokens (N, L, c p p) -> latent (N, c, h, w), ``shape`` = (c, h, w)."""
-    c, h, w = shape
-    p = patch
-    if patch < 1 or h % p or w % p or X.shape[1:] != (h // p * (w // p), c * p * p):
-        raise ValueError(f"latent_unpatchify: tokens of shape {tuple(X.shape)} do not fit shape={shape} "
-                         f"in patches of {patch}")
-    x = X.reshape(X.shape[0], h // p, w // p, c, p, p).permute(0, 3, 1, 4, 2, 5)
-    return x.reshape(X.shape[0], c, h, w)

@@ -13,7 +13,7 @@ import torch
 
 from latentdit.build import TrainData, build_data, build_ground_truth
 from latentdit.config import Config
-from latentdit.encoder import LinearEncoder
+from latentdit.firststage.linear import LinearEncoder
 from latentdit.errors import ConfigError
 from latentdit.train.checkpoint import DataOrder
 

@@ -16,7 +16,7 @@ import math
 
 import torch
 
-from latentdit.diffusion import draw_noise, sample_times
+from latentdit.diffusion import DSMLoss, draw_noise, sample_times
 
 
 class ValidationSet:
@@ -26,7 +26,8 @@ class ValidationSet:
                  weighting: str, chunk: int = 2048, basis: torch.Tensor | None = None):
         g = torch.Generator().manual_seed(seed * 1_000_037 + 41)
         n = x0.shape[0]
-        self.x0, self.y, self.weighting, self.chunk = x0, y, weighting, chunk
+        self.x0, self.y, self.chunk = x0, y, chunk
+        self.objective = DSMLoss(weighting, T0, T)
         self.t = sample_times(n, T0, T, generator=g).to(x0.device)
         # train.noise = latent: the latent part W_B u only (see draw_noise), as in training
         self.noise = draw_noise(n, x0.shape[1], generator=g, basis=basis).to(device=x0.device, dtype=x0.dtype)
@@ -37,7 +38,7 @@ class ValidationSet:
         for lo in range(0, n, self.chunk):
             s = slice(lo, min(n, lo + self.chunk))
             y = None if self.y is None else self.y[s]
-            part = model.loss(self.x0[s], self.t[s], self.noise[s], y, weighting=self.weighting)
+            part = self.objective(model, self.x0[s], self.t[s], self.noise[s], y)
             total += float(part) * (s.stop - s.start)
         return total / n
 

@@ -17,48 +17,32 @@ Data with a population sampler train on fresh draws (:mod:`latentdit.train.batch
 
 from __future__ import annotations
 
-import copy
-import importlib
 import json
 import math
-import random
 import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-import latentdit.autoencoder.fit as first_stage_fit  # the autoencoder stage (a module: it imports train.checkpoint)
 from latentdit.attention import attention_stats, reset_attention_stats
+from latentdit.build import TrainData, make_pipeline
 from latentdit.config import Config
-from latentdit.diffusion import draw_noise, sample_times
-from latentdit.distributed import DistContext, init_distributed, rank_device
+from latentdit.diffusion import DSMLoss, draw_noise
+from latentdit.distributed import DistContext, init_distributed
 from latentdit.errors import CheckpointError, ConfigError, DivergenceError
 from latentdit.models.blocks import attention_summary
 from latentdit.models.guidance import drop_labels
-from latentdit.pipeline import TrainData, build_model, resolve_device, save_pretrained
-from latentdit.train.batches import BatchSource, default_data, held_out_split, use_basis
+from latentdit.train.batches import BatchSource, default_data
 from latentdit.train.checkpoint import (CKPT_FORMAT, global_rng_state, list_checkpoints, read_latest,
                                         set_global_rng_state, write_checkpoint)
-from latentdit.train.early import EarlyStopping, ValidationSet
 from latentdit.train.optim import ema_decay_at, ema_update, lr_lambda, make_optimizer
 from latentdit.train.rundir import METRICS, RunLock, check_run_dir, fmt_time, prepare_run_dir
-from latentdit.train.snapshot import SAMPLES_DIR, data_meta, evaluate_snapshot
-
-
-class _Objective(torch.nn.Module):
-    """The training loss as a module's forward, so that DDP can wrap it (gradient all-reduce)."""
-
-    def __init__(self, model: torch.nn.Module, weighting: str):
-        super().__init__()
-        self.model, self.weighting = model, weighting
-
-    def forward(self, x0, t, noise, y=None):
-        return self.model.loss(x0, t, noise, y, weighting=self.weighting)
+from latentdit.train.setup import global_batch, setup_model, setup_process, setup_validation
+from latentdit.train.snapshot import SAMPLES_DIR, Evaluator, evaluate_snapshot
 
 
 @dataclass
@@ -68,10 +52,14 @@ class TrainCallbacks:
     ``on_step(step)``: right after optimiser step ``step`` (1-based), before it is logged or saved.
     ``on_checkpoint_write(step, tmp)``: half-way through writing the checkpoint of ``step`` (rank 0
     only), with half of its bytes written and flushed to the temporary file ``tmp``.
+    ``evaluate(pipe)``: the metrics logged every ``train.eval_every`` steps beside a sample snapshot.
     """
 
     on_step: Callable[[int], None] | None = None
     on_checkpoint_write: Callable[[int, Path], None] | None = None
+    # the metrics of periodic evaluation (train.eval_every): a function of the EMA pipeline, given
+    # by the entry point (ground-truth runs: latentdit.evaluation.snapshot_metrics)
+    evaluate: Evaluator | None = None
 
 
 class Trainer:
@@ -91,71 +79,36 @@ class Trainer:
         self.callbacks = callbacks or TrainCallbacks()
         self.dist = dist or DistContext()
         tc = cfg.train
-        if tc.threads > 0:
-            torch.set_num_threads(tc.threads)
-        if tc.deterministic:
-            torch.use_deterministic_algorithms(True)
-        if tc.tensorboard:
-            try:
-                importlib.import_module("torch.utils.tensorboard")
-            except ImportError as e:
-                raise ConfigError("train.tensorboard=true needs the tensorboard package; run `pip install "
-                                  "tensorboard` or set train.tensorboard=false") from e
-        self.device = rank_device(self.dist, resolve_device(tc.device))
-        torch.manual_seed(tc.seed)
-        np.random.seed(tc.seed % 2**32)
-        random.seed(tc.seed)
+        self.device = setup_process(cfg, self.dist)
+        if cfg.encoder.kind == "autoencoder" and (data is None or data.first_stage is None):
+            raise ConfigError("encoder.kind='autoencoder' trains on the first stage's latent: pass the data of "
+                              "latentdit.train.firststage.prepare_first_stage(cfg, run) (as `latentdit train` does)")
         self.data = data if data is not None else default_data(cfg)
-        init_gen = torch.Generator().manual_seed(tc.seed)
-        self.model = build_model(cfg, self.data, generator=init_gen)
-        if self.data.basis is not None:
-            use_basis(self.model, self.data.basis, self.data.x)
-        self.model = self.model.to(self.device)
+        self.model, self.ema = setup_model(cfg, self.data, self.device)
         self.noise_basis = W = self.model.W_B if tc.noise == "latent" else None  # frozen W_B: latent draws W_B u
-        self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
         self.opt = make_optimizer(self.model, cfg)
         base, self.early = lr_lambda(cfg), None  # the schedule times the scale of train.plateau_decays
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: base(s) * getattr(self.early, "lr_scale", 1))
         # one stream for times, noise and label dropout: the same on every rank (see the class docstring)
         self.gen = torch.Generator(device=self.device).manual_seed(tc.seed + 17)
-        x, y, sampler = self.data.x, self.data.labels, self.data.sampler
-        if (min(tc.val_every, tc.patience, tc.val_points - 1, tc.plateau_decays) < 0 or not 0 <= tc.val_min_delta < 1
-                or not 0 < tc.plateau_factor < 1):
-            raise ConfigError(f"train.val_every={tc.val_every}, train.patience={tc.patience} and train.plateau_decays="
-                              f"{tc.plateau_decays} must be >= 0, train.val_points={tc.val_points} >= 1, "
-                              f"train.val_min_delta={tc.val_min_delta} in [0, 1), train.plateau_factor="
-                              f"{tc.plateau_factor} in (0, 1)")
-        self.val = self.early = None
-        if tc.val_every > 0:  # given held-out points, fresh population draws, or a held-out split
-            if self.data.val_x is not None:
-                vx, vy = self.data.val_x, None
-            elif sampler is not None:
-                vx, vy = sampler(tc.val_points, torch.Generator().manual_seed(tc.seed * 1_000_039 + 43)), None
-            else:
-                keep, out = held_out_split(x.shape[0], tc.val_points, tc.seed)
-                vx, vy = x[out], None if y is None else y[out]
-                x, y = x[keep], None if y is None else y[keep]
-            self.val = ValidationSet(vx.float().to(self.device), None if vy is None else vy.to(self.device),
-                                     cfg.diffusion.T0, cfg.diffusion.T, tc.seed, cfg.diffusion.weighting, basis=W)
-            self.early = EarlyStopping(tc.patience, tc.val_min_delta, tc.plateau_decays, tc.plateau_factor)
-        n, world = x.shape[0], self.dist.world_size
-        self.global_batch = tc.batch_size if sampler is not None else min(tc.batch_size, n)
-        if self.global_batch % world:
-            raise ConfigError(f"the global batch {self.global_batch} (train.batch_size, at most the {n} data "
-                              f"points) is not divisible by the {world} processes; choose a multiple of {world}")
-        self.local_batch = self.global_batch // world
+        split = setup_validation(cfg, self.data, self.device, W)
+        self.val, self.early = split.val, split.early
+        sampler = self.data.sampler
+        self.global_batch = global_batch(cfg, split.x.shape[0], self.dist.world_size, sampler is not None)
+        self.local_batch = self.global_batch // self.dist.world_size
         self.step = 0
-        self.x = x.to(self.device)
-        self.y = y.to(self.device) if y is not None else None
+        self.x = split.x.to(self.device)
+        self.y = split.y.to(self.device) if split.y is not None else None
         self.batches = BatchSource(self.x, self.y, self.global_batch, tc.seed, sampler)
         if tc.compile:
             self.model.backbone.compile()  # in place: parameter names (and checkpoints) unchanged
-        self.objective: torch.nn.Module = _Objective(self.model, cfg.diffusion.weighting)
+        self.loss_fn = DSMLoss(cfg.diffusion.weighting, cfg.diffusion.T0, cfg.diffusion.T)
+        self.net: torch.nn.Module = self.model  # what the loss calls: DDP wraps the network
         if self.dist.enabled:
             from torch.nn.parallel import DistributedDataParallel
 
-            self.objective = DistributedDataParallel(
-                self.objective, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            self.net = DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.progress = (sys.stderr.isatty() if progress is None else progress) and self.dist.is_main
         self._saved_step = -1
         self._tb = None
@@ -218,7 +171,7 @@ class Trainer:
         """One optimiser step on the global batch; returns the loss averaged over all ranks."""
         cfg, G = self.cfg, self.global_batch
         x0, y = self.batches.next()  # (G, D) the same on every rank
-        t = sample_times(G, cfg.diffusion.T0, cfg.diffusion.T, generator=self.gen, device=self.device)
+        t = self.loss_fn.times(G, generator=self.gen, device=self.device)
         noise = draw_noise(G, self.x.shape[1], generator=self.gen, device=self.device, basis=self.noise_basis)
         drop = None
         if self.y is not None:
@@ -229,7 +182,7 @@ class Trainer:
         if y is not None:
             y = drop_labels(y[mine], drop[mine], self.model.num_classes)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.train.amp and self.device.type == "cuda"):
-            loss = self.objective(x0, t, noise, y)
+            loss = self.loss_fn(self.net, x0, t, noise, y)
         value = float(self.dist.mean(loss.detach().float()))
         if not math.isfinite(value):
             self._diverged("loss", value)
@@ -285,48 +238,15 @@ class Trainer:
             self._tb = SummaryWriter(str(self.run / "tensorboard"), purge_step=self.step + 1)
         log = open(self.run / METRICS, "a") if main else None
         reset_attention_stats()  # the counts logged below are this run's
-        t_start, last_t, last_step, losses = time.time(), time.time(), self.step, []
         bar = tqdm(total=tc.steps, initial=self.step, desc="train", dynamic_ncols=True, disable=not self.progress)
         if state is not None and main and not self.progress:
             print(f"resumed from step {self.step} ({ckpt.name})", file=sys.stderr)
         if main and tc.time_limit > 0:
             print(f"train.time_limit={tc.time_limit:g}s: training stops at that limit even before "
                   f"train.steps={tc.steps}", file=sys.stderr)
-        timed_out = False
+        t_start = time.time()
         try:
-            while self.step < tc.steps and not (self.early is not None and self.early.stopped):
-                loss = self.train_step()
-                if self.callbacks.on_step is not None:
-                    self.callbacks.on_step(self.step)
-                losses.append(loss)
-                bar.update(1)
-                if self.step % tc.log_every == 0 or self.step == tc.steps:
-                    now = time.time()
-                    rate = (self.step - last_step) / max(now - last_t, 1e-9)
-                    eta = (tc.steps - self.step) / max(rate, 1e-9)
-                    rec = {"step": self.step, "loss": sum(losses) / len(losses),
-                           "lr": self.sched.get_last_lr()[0], "steps_per_s": rate, "eta_s": eta,
-                           "time": now - t_start, **_attention_counts()}
-                    if main:
-                        self._log(log, rec)
-                    bar.set_postfix(loss=f"{rec['loss']:.4f}", steps_s=f"{rate:.1f}")
-                    if main and not self.progress:
-                        print(f"step {self.step}/{tc.steps} loss {rec['loss']:.4f} {rate:.1f} steps/s "
-                              f"eta {fmt_time(eta)}", file=sys.stderr)
-                    losses, last_t, last_step = [], now, self.step
-                if self.val is not None and self.step % tc.val_every == 0:
-                    rec = self.early.update(self.step, self.val.loss(self.ema), self.ema)
-                    if main:
-                        self._log(log, {"step": self.step, **rec})
-                    last_t = time.time()  # the validation before the checkpoint that holds its result
-                if main and tc.checkpoint_every > 0 and self.step % tc.checkpoint_every == 0:
-                    self.save_checkpoint()
-                if main and tc.eval_every > 0 and self.step % tc.eval_every == 0:
-                    self._log(log, {"step": self.step, **self.evaluate_snapshot()})
-                    last_t = time.time()  # steps/s counts training only
-                if tc.time_limit > 0 and self.dist.any(time.time() - t_start > tc.time_limit, self.device):
-                    timed_out = True
-                    break
+            timed_out = self._loop(log, bar, t_start)
             if main:
                 self._log(log, {"step": self.step, **self._budget(), "train_seconds": time.time() - t_start})
         finally:
@@ -336,24 +256,60 @@ class Trainer:
             if self._tb is not None:
                 self._tb.close()
         if main:
-            if self._saved_step != self.step:
-                self.save_checkpoint()
-            if self.early is not None:  # the export holds the best EMA weights on the held-out loss
-                self.early.restore(self.ema)
-            attn = attention_summary(self.ema.backbone, batch=self.local_batch)
-            save_pretrained(self.ema, cfg, self.run / "model", extra={"step": self.step, **self._budget(),
-                                                                      "train_seconds": time.time() - t_start,
-                                                                      "attention": attn, **self._data_meta()},
-                            first_stage=self.data.first_stage)
-            if attn["planned"] != {"exact": len(attn["layers"])}:  # say what ran when it is not plain SDPA
-                print(f"attention: {attn['planned']} layers; calls {_attention_counts()}; fallbacks "
-                      f"{attn['fallback_reasons'] or 'none'}", file=sys.stderr)
-            if timed_out:
-                print(f"warning: train.time_limit={tc.time_limit:g}s reached after step {self.step} of "
-                      f"{tc.steps}: the export holds {self.step} trained steps, not {tc.steps}; "
-                      f"`latentdit train --out {self.run}` trains the rest", file=sys.stderr)
+            self._finish(timed_out, t_start)
         self.dist.barrier()
         return self.run
+
+    def _loop(self, log, bar, t_start: float) -> bool:
+        """The steps to ``train.steps`` (or early stopping); True when ``train.time_limit`` stopped them."""
+        tc, main = self.cfg.train, self.dist.is_main
+        meter = _Meter(self.step, t_start)
+        while self.step < tc.steps and not (self.early is not None and self.early.stopped):
+            loss = self.train_step()
+            if self.callbacks.on_step is not None:
+                self.callbacks.on_step(self.step)
+            meter.losses.append(loss)
+            bar.update(1)
+            if self.step % tc.log_every == 0 or self.step == tc.steps:
+                rec = meter.record(self.step, tc.steps, self.sched.get_last_lr()[0])
+                if main:
+                    self._log(log, rec)
+                bar.set_postfix(loss=f"{rec['loss']:.4f}", steps_s=f"{rec['steps_per_s']:.1f}")
+                if main and not self.progress:
+                    print(f"step {self.step}/{tc.steps} loss {rec['loss']:.4f} {rec['steps_per_s']:.1f} steps/s "
+                          f"eta {fmt_time(rec['eta_s'])}", file=sys.stderr)
+            if self.val is not None and self.step % tc.val_every == 0:
+                rec = self.early.update(self.step, self.val.loss(self.ema), self.ema)
+                if main:
+                    self._log(log, {"step": self.step, **rec})
+                meter.last_t = time.time()  # the validation before the checkpoint that holds its result
+            if main and tc.checkpoint_every > 0 and self.step % tc.checkpoint_every == 0:
+                self.save_checkpoint()
+            if main and tc.eval_every > 0 and self.step % tc.eval_every == 0:
+                self._log(log, {"step": self.step, **self.evaluate_snapshot()})
+                meter.last_t = time.time()  # steps/s counts training only
+            if tc.time_limit > 0 and self.dist.any(time.time() - t_start > tc.time_limit, self.device):
+                return True
+        return False
+
+    def _finish(self, timed_out: bool, t_start: float) -> None:
+        """Rank 0 after the last step: the final checkpoint and the export of the (best) EMA pipeline."""
+        tc = self.cfg.train
+        if self._saved_step != self.step:
+            self.save_checkpoint()
+        if self.early is not None:  # the export holds the best EMA weights on the held-out loss
+            self.early.restore(self.ema)
+        attn = attention_summary(self.ema.backbone, batch=self.local_batch)
+        training = {"config": self.cfg.to_dict(), "step": self.step, **self._budget(),
+                    "train_seconds": time.time() - t_start, "attention": attn}
+        make_pipeline(self.ema, self.cfg, self.data).save_pretrained(self.run / "model", training=training)
+        if attn["planned"] != {"exact": len(attn["layers"])}:  # say what ran when it is not plain SDPA
+            print(f"attention: {attn['planned']} layers; calls {_attention_counts()}; fallbacks "
+                  f"{attn['fallback_reasons'] or 'none'}", file=sys.stderr)
+        if timed_out:
+            print(f"warning: train.time_limit={tc.time_limit:g}s reached after step {self.step} of "
+                  f"{tc.steps}: the export holds {self.step} trained steps, not {tc.steps}; "
+                  f"`latentdit train --out {self.run}` trains the rest", file=sys.stderr)
 
     def _budget(self) -> dict:
         """Steps trained against those planned (fewer after ``train.time_limit`` or early stopping)."""
@@ -370,10 +326,29 @@ class Trainer:
 
     def evaluate_snapshot(self, num: int = 64) -> dict:
         """See :func:`latentdit.train.snapshot.evaluate_snapshot` (never changes the training trajectory)."""
-        return evaluate_snapshot(self.ema, self.cfg, self.data, self.run, self.step, num)
+        ec = self.cfg.eval
+        return evaluate_snapshot(make_pipeline(self.ema, self.cfg, self.data), self.callbacks.evaluate, self.run,
+                                 self.step, sampler=ec.sampler, steps=ec.steps, seed=ec.seed,
+                                 loaded=self.data.loaded, num=num)
 
-    def _data_meta(self) -> dict:
-        return data_meta(self.data)
+
+@dataclass
+class _Meter:
+    """Losses since the last log line and the time and step it was written at."""
+
+    last_step: int
+    last_t: float
+
+    def __post_init__(self):
+        self.t_start, self.losses = self.last_t, []
+
+    def record(self, step: int, total: int, lr: float) -> dict:
+        now = time.time()
+        rate = (step - self.last_step) / max(now - self.last_t, 1e-9)
+        rec = {"step": step, "loss": sum(self.losses) / len(self.losses), "lr": lr, "steps_per_s": rate,
+               "eta_s": (total - step) / max(rate, 1e-9), "time": now - self.t_start, **_attention_counts()}
+        self.losses, self.last_t, self.last_step = [], now, step
+        return rec
 
 
 def _attention_counts() -> dict:
@@ -388,13 +363,14 @@ def train(cfg: Config, run_dir: str | Path, *, progress: bool | None = None, dat
     Holds ``run_dir``'s lock while training (see :meth:`Trainer.fit`): a second run on the same
     directory is refused with a :class:`ConfigError`. Under ``torchrun`` this joins the process group
     (gloo on CPU, NCCL on CUDA) and trains data-parallel; only rank 0 takes the lock.
-    ``callbacks``: see :class:`TrainCallbacks`.
+    ``data``: the training data (built from ``cfg`` when None; with ``encoder.kind = "autoencoder"``
+    those of :func:`latentdit.train.firststage.prepare_first_stage`). ``callbacks``: see
+    :class:`TrainCallbacks`.
     """
     run = Path(run_dir)
     ctx = init_distributed(cfg.train.device)
     try:
         check_run_dir(run)  # every rank checks before any rank writes (the group init is a barrier)
-        data = first_stage_fit.prepare_first_stage(cfg, run, data, progress=progress, world_size=ctx.world_size)
         return Trainer(cfg, run, progress=progress, dist=ctx, data=data, callbacks=callbacks).fit()
     finally:
         ctx.shutdown()

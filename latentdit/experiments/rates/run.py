@@ -162,10 +162,10 @@ def run_task(task: dict, threads: int = 1) -> dict:
 
     from latentdit.data.empirical import memorisation_fraction
     from latentdit.evaluation.gmm import evaluate_ground_truth
-    from latentdit.export import from_pretrained
+    from latentdit.evaluation import snapshot_metrics
     from latentdit.metrics.distances import aligned_latent, subspace_error, w2
     from latentdit.pipeline import LatentDiTPipeline
-    from latentdit.train import train
+    from latentdit.train import TrainCallbacks, train
 
     if threads > 0:
         torch.set_num_threads(threads)
@@ -175,9 +175,9 @@ def run_task(task: dict, threads: int = 1) -> dict:
     data, x_train = task_data(task, law, b)
     run = Path(task["run_dir"])
     if not (run / "model" / "config.json").is_file():
-        train(cfg, run, progress=False, data=data)
-    model, _, _ = from_pretrained(run / "model")
-    model.eval()
+        train(cfg, run, progress=False, data=data, callbacks=TrainCallbacks(evaluate=snapshot_metrics(cfg)))
+    pipe = LatentDiTPipeline.from_pretrained(run / "model")
+    model = pipe.model
     meta = json.loads((run / "model" / "training.json").read_text())
     t_train, cpu_train = time.time() - t_start, time.process_time() - cpu_start
     seed, T0 = task["seed"], cfg.diffusion.T0
@@ -187,7 +187,7 @@ def run_task(task: dict, threads: int = 1) -> dict:
                 "population_loss": meta.get("best_val_loss"), "steps_trained": meta["steps_trained"],
                 "converged": bool(meta.get("converged")), "train_seconds": t_train, "eval_seconds": 0.0,
                 "train_cpu_seconds": cpu_train, "cpu_seconds": time.process_time() - cpu_start}
-    ev = evaluate_ground_truth(model, law, cfg, W=model.W_B.detach(), score_points=b.score_points,
+    ev = evaluate_ground_truth(pipe, law, sampler=cfg.eval.sampler, steps=cfg.eval.steps, score_points=b.score_points,
                                num_samples=b.eval_samples, tv_points=b.tv_points, seed=1000 + seed, times=b.score_times,
                                x_train=x_train if task["section"] == "sample" else None)
     row = {**ev, "population_loss": meta.get("best_val_loss"), "best_val_step": meta.get("best_val_step"),
@@ -201,7 +201,7 @@ def run_task(task: dict, threads: int = 1) -> dict:
                    curve_score_integral=[r.get("eval_score_integral") for r in recs])
     if task["section"] in ("sample", "t0"):
         with torch.no_grad():
-            xg = LatentDiTPipeline.from_config(model, cfg).sample_model_space(
+            xg = pipe.sample_model_space(
                 b.eval_samples, sampler=cfg.eval.sampler, steps=cfg.eval.steps, seed=1000 + seed).cpu()
         h_gen = aligned_latent(xg, model.W_B.detach(), law.B)
         clean = law.sample_latent(b.eval_samples, 0.0, generator=eg)

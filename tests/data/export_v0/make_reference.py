@@ -13,8 +13,6 @@ from pathlib import Path
 
 import torch
 
-from latentdit.pipeline import from_pretrained
-
 HERE = Path(__file__).parent
 
 
@@ -27,6 +25,8 @@ def inputs(D: int, num_classes: int):
 
 
 def main() -> None:
+    from latentdit.pipeline import from_pretrained  # the loader of that time
+
     ref = {}
     for name in ("tiny", "digits"):
         model, cfg, meta = from_pretrained(HERE / name)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from latentdit.autoencoder.stage import FirstStage
+from latentdit.firststage.stage import FirstStage
 from latentdit.metrics import fid as fid_metrics
 
 

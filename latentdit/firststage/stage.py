@@ -10,7 +10,7 @@ and the vector layout of the latent:
 
 The layout patch p is the DiT's patch side when it models the whole latent (``encoder.init =
 "identity"``): then the 1-D reshape R with tokens of c p p consecutive coordinates cuts exactly
-the c x p x p latent patches (:func:`latentdit.models.reshape.latent_patchify`). With W_B (PCA) on
+the c x p x p latent patches (:func:`latent_patchify`). With W_B (PCA) on
 top, p = 1 and the order does not matter.
 
 Saved as ``autoencoder.safetensors`` (weights) and ``autoencoder.json`` (everything else), in the
@@ -27,15 +27,40 @@ import torch.nn.functional as F
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
-from latentdit.autoencoder.model import ConvAutoencoder
+from latentdit.firststage.autoencoder import ConvAutoencoder
 from latentdit.data.normalise import Normalisation
 from latentdit.errors import CheckpointError
 from latentdit.io import atomic_write_bytes, atomic_write_json
-from latentdit.models.reshape import latent_patchify, latent_unpatchify
 
 STAGE_WEIGHTS = "autoencoder.safetensors"
 STAGE_CONFIG = "autoencoder.json"
 STAGE_FORMAT = 1
+
+
+def latent_patchify(z: torch.Tensor, patch: int) -> torch.Tensor:
+    """Cut a latent (N, c, h, w) into p x p patches over (h, w): tokens (N, (h/p)(w/p), c p p).
+
+    Token k = (row, col) of the patch grid, row-major; inside a token the order is (channel, i, j).
+    Flattened row by row, the tokens give the autoencoder latent's vector layout, on which the 1-D
+    reshape R with token size c p p is exactly this patching (see :func:`latentdit.build.build_model`).
+    """
+    n, c, h, w = z.shape
+    if patch < 1 or h % patch or w % patch:
+        raise ValueError(f"latent_patchify: patch={patch} must divide the latent's sides h={h} and w={w}")
+    p = patch
+    x = z.reshape(n, c, h // p, p, w // p, p)  # (N, c, grid_row, i, grid_col, j)
+    return x.permute(0, 2, 4, 1, 3, 5).reshape(n, (h // p) * (w // p), c * p * p)
+
+
+def latent_unpatchify(X: torch.Tensor, shape: tuple[int, int, int], patch: int) -> torch.Tensor:
+    """Inverse of :func:`latent_patchify`: tokens (N, L, c p p) -> latent (N, c, h, w), ``shape`` = (c, h, w)."""
+    c, h, w = shape
+    p = patch
+    if patch < 1 or h % p or w % p or X.shape[1:] != (h // p * (w // p), c * p * p):
+        raise ValueError(f"latent_unpatchify: tokens of shape {tuple(X.shape)} do not fit shape={shape} "
+                         f"in patches of {patch}")
+    x = X.reshape(X.shape[0], h // p, w // p, c, p, p).permute(0, 3, 1, 4, 2, 5)
+    return x.reshape(X.shape[0], c, h, w)
 
 
 def padded_side(image_shape: tuple[int, ...], factor: int, pad_to: int = 0) -> int:

@@ -14,7 +14,7 @@ The diffusable latent: relative latent noise, then a unit-variance scale.
   latent keeps no detail below that noise level, detail a diffusion model would have to learn
   at its smallest, hardest noise levels.
 - After training, one scaling factor s = 1 / std(z) over all entries of the training latents
-  (see :func:`latentdit.autoencoder.stage.latent_scale`) makes the DiT's data of unit variance, as
+  (see :func:`latentdit.firststage.stage.latent_scale`) makes the DiT's data of unit variance, as
   the OU process and its preconditioning expect; s is recorded with the weights.
 
 A KL regulariser would also bound the latent, but its weight trades reconstruction against

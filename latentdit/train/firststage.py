@@ -1,10 +1,10 @@
 """First-stage training: the autoencoder on the training images, then the DiT's latent data.
 
-:func:`prepare_first_stage` is the call :func:`latentdit.train.train` makes before the DiT: with
-``encoder.kind = "autoencoder"`` it trains the autoencoder in RUN/autoencoder/ (or loads it when it
+:func:`prepare_first_stage` is the call the entry points (``latentdit train``, the demo, the
+experiments) make before :func:`latentdit.train.train`: with ``encoder.kind = "autoencoder"`` it trains the autoencoder in RUN/autoencoder/ (or loads it when it
 is already trained there), computes the unit-variance scale on the training latents and returns
 the training data with the scaled latent rows as ``x``. The budget is ``autoencoder.epochs``.
-A :class:`latentdit.train.Trainer` built directly (not through ``train``) needs those data passed in.
+The DiT's trainer takes those data (``train(cfg, run, data=...)``).
 
 Training resumes exactly like the DiT's: a checkpoint (RUN/autoencoder/checkpoints/step_*.pt,
 written atomically by :func:`latentdit.train.checkpoint.write_checkpoint`) holds the weights, the
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
 from dataclasses import asdict, replace
@@ -27,8 +28,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from latentdit.autoencoder.model import ConvAutoencoder
-from latentdit.autoencoder.stage import STAGE_CONFIG, FirstStage, latent_scale, padded_side
+from latentdit.firststage.autoencoder import ConvAutoencoder
+from latentdit.firststage.stage import STAGE_CONFIG, FirstStage, latent_scale, padded_side
 from latentdit.build import TrainData, build_data
 from latentdit.config import Config
 from latentdit.errors import CheckpointError, ConfigError
@@ -170,11 +171,14 @@ def train_first_stage(cfg: Config, data: TrainData, folder: str | Path, *, progr
 
 
 def prepare_first_stage(cfg: Config, run: str | Path, data: TrainData | None = None, *, progress: bool | None = None,
-                        world_size: int = 1) -> TrainData | None:
+                        world_size: int | None = None) -> TrainData | None:
     """The DiT's training data: ``data`` (built from ``cfg`` when None) as they are for a linear encoder;
-    for ``encoder.kind = "autoencoder"`` the scaled latent rows of the trained first stage."""
+    for ``encoder.kind = "autoencoder"`` the scaled latent rows of the trained first stage.
+    ``world_size``: the processes the DiT will train in (default: torchrun's ``WORLD_SIZE``, else 1)."""
     if cfg.encoder.kind != "autoencoder":
         return data  # unchanged (None: the trainer builds them)
+    if world_size is None:
+        world_size = int(os.environ.get("WORLD_SIZE", "1"))
     data = data if data is not None else build_data(cfg)
     if cfg.train.threads > 0:  # the first stage trains under the run's thread count too
         torch.set_num_threads(cfg.train.threads)

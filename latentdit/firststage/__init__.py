@@ -1,0 +1,17 @@
+"""The first stage: the map between the data and the space the score network models.
+
+- :mod:`latentdit.firststage.linear`: the linear encoder W_B of eq. (2.5) (D x d0, orthonormal
+  columns, frozen or learned, PCA-initialised) and the one PCA of the package;
+- :mod:`latentdit.firststage.autoencoder`: a learned conv autoencoder whose scaled latent the DiT
+  models (``encoder.kind = "autoencoder"``);
+- :mod:`latentdit.firststage.stage`: :class:`FirstStage`, that autoencoder on data rows (padding,
+  normalisation, the unit-variance scale, the c x p x p latent patches) and its files.
+
+Its training loop is :mod:`latentdit.train.firststage`, its metrics :mod:`latentdit.evaluation.firststage`.
+"""
+
+from latentdit.firststage.autoencoder import ConvAutoencoder
+from latentdit.firststage.linear import LinearEncoder, pca_basis
+from latentdit.firststage.stage import FirstStage, latent_scale, padded_side
+
+__all__ = ["ConvAutoencoder", "FirstStage", "LinearEncoder", "latent_scale", "padded_side", "pca_basis"]
