@@ -4,13 +4,11 @@ JSON with its provenance; they are not part of the training or sampling path."""
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
-from typing import Callable
 
 from latentdit.io import check_output_file
+from latentdit.timing import interleaved_times, medians  # noqa: F401 (the benchmarks' timers)
 
 def bench_parser(name: str, doc: str, *, quick_help: str,
                  out_help: str = "JSON file to write (a PNG goes beside it)") -> argparse.ArgumentParser:
@@ -20,27 +18,6 @@ def bench_parser(name: str, doc: str, *, quick_help: str,
     ap.add_argument("--out", type=Path, required=True, help=out_help)
     ap.add_argument("--quick", action="store_true", help=quick_help)
     return ap
-
-
-def interleaved_times(jobs: dict[str, Callable[[], object]], repeats: int, label: str, *,
-                      before_repeat: Callable[[], None] | None = None) -> dict[str, list[float]]:
-    """Wall-clock seconds of every job in ``jobs``, ``repeats`` rounds, the jobs interleaved within each
-    round (so slow drifts of the machine's speed hit all of them alike); prints one line per round."""
-    times: dict[str, list[float]] = {k: [] for k in jobs}
-    for r in range(repeats):
-        if before_repeat is not None:
-            before_repeat()
-        for k, f in jobs.items():
-            t0 = time.perf_counter()
-            f()
-            times[k].append(time.perf_counter() - t0)
-        print(f"[{label}] repeat {r + 1}/{repeats}: " + "  ".join(f"{k} {v[-1]:.3f}s" for k, v in times.items()),
-              flush=True)
-    return times
-
-
-def medians(times: dict[str, list[float]]) -> dict[str, float]:
-    return {k: statistics.median(v) for k, v in times.items()}
 
 
 THREADS_HELP = "torch CPU threads (0 = torch's default); 1 is steadier on an oversubscribed machine"

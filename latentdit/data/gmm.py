@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from latentdit.diffusion import beta, sigma
+from latentdit.schedule import beta, sigma
 
 
 def random_orthonormal(rows: int, cols: int, generator: torch.Generator,

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import torch
 
 from latentdit.data.gmm import SubspaceGMM
-from latentdit.diffusion import beta, sigma
+from latentdit.schedule import beta, sigma
 
 CHUNK_ELEMENTS = 1 << 23  # rows are processed in chunks of at most this many (N x K x d0) entries
 

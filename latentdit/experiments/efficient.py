@@ -49,7 +49,7 @@ from pathlib import Path
 
 import torch
 
-from latentdit.bench import interleaved_times, medians
+from latentdit.timing import interleaved_times, medians
 from latentdit.build import build_long_law as _law
 from latentdit.config import load_config
 from latentdit.evaluation.long import long_quality as quality

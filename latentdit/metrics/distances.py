@@ -6,7 +6,7 @@ import numpy as np
 import ot
 import torch
 
-from latentdit.diffusion import ScoreFn, sigma
+from latentdit.schedule import ScoreFn, sigma
 
 
 def subspace_error(W: torch.Tensor, B: torch.Tensor) -> float:
