@@ -30,7 +30,6 @@ from typing import Callable
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 import latentdit.autoencoder.fit as first_stage_fit  # the autoencoder stage (a module: it imports train.checkpoint)
 from latentdit.attention import attention_stats, reset_attention_stats
@@ -46,7 +45,8 @@ from latentdit.train.checkpoint import (CKPT_FORMAT, global_rng_state, list_chec
                                         set_global_rng_state, write_checkpoint)
 from latentdit.train.early import EarlyStopping, ValidationSet
 from latentdit.train.optim import ema_decay_at, ema_update, lr_lambda, make_optimizer
-from latentdit.train.rundir import METRICS, RunLock, check_run_dir, fmt_time, prepare_run_dir
+from latentdit.train.rundir import METRICS, RunLock, check_run_dir, prepare_run_dir
+from latentdit.progress import progress_bar
 from latentdit.train.snapshot import SAMPLES_DIR, data_meta, evaluate_snapshot
 
 
@@ -286,7 +286,7 @@ class Trainer:
         log = open(self.run / METRICS, "a") if main else None
         reset_attention_stats()  # the counts logged below are this run's
         t_start, last_t, last_step, losses = time.time(), time.time(), self.step, []
-        bar = tqdm(total=tc.steps, initial=self.step, desc="train", dynamic_ncols=True, disable=not self.progress)
+        bar = progress_bar(total=tc.steps, initial=self.step, desc="train", unit="step", enabled=main, plain=not self.progress)
         if state is not None and main and not self.progress:
             print(f"resumed from step {self.step} ({ckpt.name})", file=sys.stderr)
         if main and tc.time_limit > 0:
@@ -310,9 +310,6 @@ class Trainer:
                     if main:
                         self._log(log, rec)
                     bar.set_postfix(loss=f"{rec['loss']:.4f}", steps_s=f"{rate:.1f}")
-                    if main and not self.progress:
-                        print(f"step {self.step}/{tc.steps} loss {rec['loss']:.4f} {rate:.1f} steps/s "
-                              f"eta {fmt_time(eta)}", file=sys.stderr)
                     losses, last_t, last_step = [], now, self.step
                 if self.val is not None and self.step % tc.val_every == 0:
                     rec = self.early.update(self.step, self.val.loss(self.ema), self.ema)

@@ -30,11 +30,12 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import pickle
-import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from typing import Callable
+
+from latentdit.progress import progress_bar
 
 ALLOWED_FAILURES = 2  # worker deaths a task may cause before it is reported as failed (Dask paths)
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
@@ -65,9 +66,7 @@ def _timed(fn, task: dict, threads: int) -> tuple[bool, object, float]:
 
 
 def _bar(total: int, progress: bool):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc="tasks", unit="task", dynamic_ncols=True, disable=not progress, file=sys.stderr)
+    return progress_bar(total=total, desc="tasks", unit="task", enabled=progress)
 
 
 def run_tasks(fn: Callable[[dict, int], dict], tasks: list[dict], *, on_result: OnResult, scheduler: str | None = None,
