@@ -25,6 +25,7 @@ from latentdit.export import (EXPORT_CONFIG, EXPORT_WEIGHTS, FORMAT_VERSION, IMA
                               sampling_defaults, save_pretrained)
 from latentdit.models.guidance import GuidedDenoiser
 from latentdit.models.score import LatentScoreNet
+from latentdit.output import to_output
 from latentdit.sampling import DEFAULT_RHO, get_sampler, sample
 
 __all__ = ["EXPORT_CONFIG", "EXPORT_WEIGHTS", "FORMAT_VERSION", "LatentDiTPipeline", "TrainData", "build_data",
@@ -133,7 +134,9 @@ class LatentDiTPipeline:
             x = x.clamp(*self.pixel_range)
         return x
 
-    def __call__(self, num: int, *, clip: bool = True, **kw) -> torch.Tensor:
+    def __call__(self, num: int, *, clip: bool = True, output_type: str | None = None, **kw) -> torch.Tensor:
         """``num`` samples in data space; ``kw`` as :meth:`sample_model_space` (labels, guidance,
-        sampler, steps, grid, rho, denoise, generator or seed, batch_size, progress)."""
-        return self.to_data_space(self.sample_model_space(num, **kw), clip=clip)
+        sampler, steps, grid, rho, denoise, generator or seed, batch_size, progress).
+        ``output_type``: "images" (N, C, H, W), the default for image data, or "vectors" (N, D)."""
+        x = self.to_data_space(self.sample_model_space(num, **kw), clip=clip)
+        return to_output(x, self.image_shape, output_type)

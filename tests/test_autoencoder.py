@@ -226,4 +226,4 @@ def test_pca_inside_the_autoencoder_latent(tmp_path):
     torch.testing.assert_close(W.T @ W, torch.eye(16), atol=1e-5, rtol=0)
     assert pipe.model.reshape.mode == "2d" and pipe.first_stage.layout_patch == 1  # 4 x 4 grid, 2 x 2 patches
     x = pipe(10, seed=0, labels=torch.arange(10))
-    assert x.shape == (10, 64) and torch.isfinite(x).all()
+    assert x.shape == (10, 1, 8, 8) and torch.isfinite(x).all()  # 8 x 8 digits, channel first

@@ -43,10 +43,10 @@ def save_image_grid(images: np.ndarray | torch.Tensor, path: str | Path, nrow: i
         grid[y:y + h, x:x + w] = a[i]
     from PIL import Image
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.round(grid * 255).astype(np.uint8)).save(path)
-    return path
+    from latentdit.io import atomic_write
+
+    picture = Image.fromarray(np.round(grid * 255).astype(np.uint8))
+    return atomic_write(path, lambda f: picture.save(f, format="PNG"))  # complete or absent
 
 
 def save_samples_npz(path: str | Path, x: np.ndarray | torch.Tensor,

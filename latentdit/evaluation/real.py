@@ -53,6 +53,7 @@ from latentdit.metrics import fid as fid_metrics
 from latentdit.metrics.fid import fid_from_features, fid_to_reference
 from latentdit.metrics.fid_stats import cache_dir, cached_features, cached_stats
 from latentdit.models.score import LatentScoreNet
+from latentdit.output import grid_indices, grid_scale
 from latentdit.pipeline import LatentDiTPipeline
 
 def load_real(cfg: Config) -> LoadedData:
@@ -202,18 +203,9 @@ def evaluate_real(model: LatentScoreNet, cfg: Config, meta: dict, *, num_samples
         raw = pipe.to_data_space(z_gen)
         save_samples_npz(out / "samples.npz", raw, labels)
         if images:
-            per = 10
-            if conditional:
-                idx = torch.cat([torch.nonzero(labels == c).flatten()[:per] for c in range(model.num_classes)])
-            else:
-                idx = torch.arange(min(num, per * per))
-            save_image_grid(loaded.to_images(x_gen[idx]), out / "samples.png", nrow=per, scale=_scale(loaded))
-            save_image_grid(loaded.to_images(x_base[:len(idx)]), out / "baseline.png", nrow=per,
-                            scale=_scale(loaded))
+            idx, per = grid_indices(labels if conditional else None, num)  # a row per class
+            scale = grid_scale(loaded.image_shape)
+            save_image_grid(loaded.to_images(x_gen[idx]), out / "samples.png", nrow=per, scale=scale)
+            save_image_grid(loaded.to_images(x_base[:len(idx)]), out / "baseline.png", nrow=per, scale=scale)
     metrics["eval_seconds"] = time.time() - t_start
     return metrics
-
-
-def _scale(loaded: LoadedData) -> int:
-    side = max(loaded.image_shape[:2])
-    return max(1, 28 // side) if side < 28 else 1
