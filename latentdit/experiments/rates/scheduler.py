@@ -112,6 +112,7 @@ def _run_pool(fn, tasks, finish, on_start, workers: int, threads: int) -> None:
     """Spawned local processes; a broken pool (a worker died) fails its in-flight tasks and restarts."""
     queue = list(tasks)
     ctx = mp.get_context("spawn")
+    before = set(mp.active_children())
     while queue:
         with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init,
                                  initargs=(threads,)) as ex:
@@ -134,7 +135,10 @@ def _run_pool(fn, tasks, finish, on_start, workers: int, threads: int) -> None:
                             broken = broken or isinstance(exc, BrokenProcessPool)
                             finish(task, False, exc, time.time() - t0)
             except BaseException:  # Ctrl-C or a failed finish: stop now, not after the tasks in flight
-                procs = list((getattr(ex, "_processes", None) or {}).values())  # public only from Python 3.14
+                procs = set((getattr(ex, "_processes", None) or {}).values())  # public only from Python 3.14
+                # and a worker interrupted between its start and its registration in the pool, which
+                # interpreter exit would otherwise wait for (it joins every multiprocessing child)
+                procs |= set(mp.active_children()) - before
                 ex.shutdown(wait=False, cancel_futures=True)
                 for p in procs:
                     p.terminate()
