@@ -2,7 +2,8 @@
 
 :func:`progress_bar` is the one factory they call. On a terminal it returns a tqdm bar; on anything
 else (a log file, a pipe, a CI log) it returns :class:`PlainProgress`, which writes a plain line
-(``desc: i/N (p%) key=value ..., elapsed, eta``) at most every ``every`` seconds and a closing line
+(``desc: i/N (p%) key=value ..., elapsed, eta``) at most every ``every`` seconds (30, or
+``$LATENTDIT_PROGRESS_EVERY``) and a closing line
 if it wrote any: no carriage returns, no escape codes, so a redirected log stays readable. Short
 stages (under ``every`` seconds) stay silent off a terminal. ``enabled=False`` gives a no-op that
 still iterates.
@@ -13,11 +14,22 @@ Both kinds share the small interface the stages use: iteration over ``iterable``
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from typing import Any, Iterable, Iterator, TextIO
 
-PLAIN_EVERY = 30.0  # seconds between two plain lines
+PLAIN_EVERY = 30.0  # seconds between two plain lines, unless $LATENTDIT_PROGRESS_EVERY says otherwise
+EVERY_ENV = "LATENTDIT_PROGRESS_EVERY"
+
+
+def plain_every() -> float:
+    """Seconds between two plain lines: ``$LATENTDIT_PROGRESS_EVERY`` if set (0: every update), else 30."""
+    value = os.environ.get(EVERY_ENV, "").strip()
+    try:
+        return max(0.0, float(value)) if value else PLAIN_EVERY
+    except ValueError:
+        return PLAIN_EVERY
 
 
 def fmt_seconds(s: float) -> str:
@@ -72,7 +84,7 @@ class PlainProgress(NoProgress):
         self.n = self.n0 = initial
         self.postfix: dict[str, Any] = {}
         self.t0 = self.last = clock()
-        self.lines, self.closed, self.n_written = 0, False, initial
+        self.lines, self.closed, self.n_written, self.postfix_written = 0, False, initial, {}
 
     def __iter__(self) -> Iterator:
         for item in super().__iter__():
@@ -91,8 +103,8 @@ class PlainProgress(NoProgress):
         self.postfix = {"": text}
 
     def close(self) -> None:
-        if not self.closed and self.lines and self.n != self.n_written:
-            self._write()
+        if not self.closed and self.lines and (self.n != self.n_written or self.postfix != self.postfix_written):
+            self._write()  # the final count and values
         self.closed = True
 
     def line(self) -> str:
@@ -113,7 +125,7 @@ class PlainProgress(NoProgress):
     def _write(self) -> None:
         self.file.write(self.line() + "\n")
         self.file.flush()
-        self.last, self.n_written = self.clock(), self.n
+        self.last, self.n_written, self.postfix_written = self.clock(), self.n, dict(self.postfix)
         self.lines += 1
 
 
@@ -126,18 +138,20 @@ def _isatty(stream: TextIO) -> bool:
 
 def progress_bar(iterable: Iterable | None = None, *, total: int | None = None, desc: str = "", enabled: bool = True,
                  plain: bool | None = None, initial: int = 0, unit: str = "it", leave: bool = True,
-                 file: TextIO | None = None, every: float = PLAIN_EVERY) -> Any:
+                 file: TextIO | None = None, every: float | None = None) -> Any:
     """The progress display of a long stage, written to ``file`` (default: standard error).
 
     ``enabled=False``: nothing. Otherwise a tqdm bar when ``file`` is a terminal, periodic plain
-    lines when it is not; ``plain=True`` forces the plain lines, ``plain=False`` the bar. Iterate
-    over the result when ``iterable`` is given, else call ``update``."""
+    lines when it is not, one every ``every`` seconds (default :func:`plain_every`); ``plain=True``
+    forces the plain lines, ``plain=False`` the bar. Iterate over the result when ``iterable`` is
+    given, else call ``update``."""
     if not enabled:
         return NoProgress(iterable)
     stream = file if file is not None else sys.stderr
     if plain is None:
         plain = not _isatty(stream)
     if plain:
+        every = plain_every() if every is None else every
         return PlainProgress(iterable, total=total, desc=desc, initial=initial, unit=unit, file=stream, every=every)
     from tqdm.auto import tqdm
 

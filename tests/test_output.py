@@ -42,7 +42,8 @@ def test_output_type_errors():
 def test_pipeline_of_image_data_returns_images_unless_asked_for_vectors():
     torch.manual_seed(0)
     model = LatentScoreNet(ModelConfig(hidden=16, depth=1, heads=2), 8, 4).eval()
-    pipe = LatentDiTPipeline(model, pixel_range=(0.0, 1.0), image_shape=(2, 4), defaults={"sampler": "ddim", "steps": 3})
+    pipe = LatentDiTPipeline(model, pixel_range=(0.0, 1.0), image_shape=(2, 4),
+                             defaults={"sampler": "ddim", "steps": 3})
     img = pipe(5, seed=3)
     rows = pipe(5, seed=3, output_type="vectors")
     assert img.shape == (5, 1, 2, 4) and rows.shape == (5, 8)

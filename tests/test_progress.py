@@ -85,5 +85,17 @@ def test_a_terminal_gets_a_tqdm_bar_and_disabled_gets_nothing():
     assert out.getvalue() == ""
 
 
+def test_the_closing_line_carries_values_set_after_the_last_line(monkeypatch):
+    monkeypatch.setenv("LATENTDIT_PROGRESS_EVERY", "0")  # a line at every update
+    out = io.StringIO()
+    bar = progress_bar(total=2, desc="train", unit="step", file=out)
+    bar.update(2)
+    bar.set_postfix(loss="0.5")
+    bar.close()
+    assert out.getvalue().splitlines()[-1].startswith("train: 2/2 (100%) step loss=0.5, ")
+    monkeypatch.setenv("LATENTDIT_PROGRESS_EVERY", "nonsense")
+    assert progress_bar(total=1, file=io.StringIO()).every == 30.0
+
+
 def test_fmt_seconds():
     assert [fmt_seconds(s) for s in (0, 59.4, 75, 3700)] == ["0s", "59s", "1m15s", "1h01m"]

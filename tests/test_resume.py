@@ -32,7 +32,7 @@ KILLS = [("3", 0), ("save:10", 5), ("12", 10), ("20", 15), ("save:30", 25)]
 def cli_train(run: Path, kill: str | None) -> subprocess.CompletedProcess:
     """``latentdit train --out RUN`` in a fresh process; with ``kill``, through the test driver that
     installs the kill hook (tests/train_driver.py: the same config handling, plus the callbacks)."""
-    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    env = {**os.environ, "PYTHONHASHSEED": "0", "LATENTDIT_PROGRESS_EVERY": "0"}  # a plain line every step
     if kill is None:
         args = [sys.executable, "-m", "latentdit", "train", "--out", str(run), "--quiet"]
     else:
@@ -63,6 +63,7 @@ def reference(tmp_path_factory) -> Path:
     return run
 
 
+@pytest.mark.slow
 def test_kill_9_at_five_points_then_resume_is_bitwise_identical(reference, tmp_path):
     run = tmp_path / "run"
     for kill, resume_from in KILLS:
@@ -76,7 +77,9 @@ def test_kill_9_at_five_points_then_resume_is_bitwise_identical(reference, tmp_p
     r = cli_train(run, None)
     assert r.returncode == 0, r.stderr
     assert "resumed from step 25" in r.stderr
-    assert "step 30/30 loss" in r.stderr and " eta " in r.stderr  # plain progress lines off a terminal
+    # plain progress lines off a terminal: the resumed steps 26..30, no carriage returns
+    assert "train: 29/30 (97%) step, " in r.stderr and ", eta " in r.stderr and "\r" not in r.stderr
+    assert "train: 30/30 (100%) step loss=" in r.stderr  # the closing line carries the last logged loss
     assert not list((run / "checkpoints").glob("*.tmp"))
 
     ref, got = ckpt_state(reference), ckpt_state(run)
@@ -128,6 +131,7 @@ def test_all_checkpoints_unreadable_is_a_clear_error(reference, tmp_path):
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before  # nothing touched
 
 
+@pytest.mark.slow
 def test_from_pretrained_in_a_fresh_process_samples(reference):
     code = (
         "import sys, torch\n"
