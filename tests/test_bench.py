@@ -16,6 +16,7 @@ def test_analytic_forward_flops_match_the_flop_counter():
     assert model_bench.counted_flops(m, (x, t, y)) == model_bench.forward_flops(c)["total"]
 
 
+@pytest.mark.slow
 def test_model_bench_quick_writes_all_keys(tmp_path):
     pytest.importorskip("diffusers")
     out = tmp_path / "model.json"
@@ -29,6 +30,7 @@ def test_model_bench_quick_writes_all_keys(tmp_path):
     assert len(q["times_s"]["ours_train"]) == d["repeats"]
 
 
+@pytest.mark.slow
 def test_sampler_bench_quick_writes_all_keys(tmp_path):
     out = tmp_path / "sampler.json"
     assert sampler_bench.main(["--out", str(out), "--quick", "--threads", "1"]) == 0
@@ -41,6 +43,7 @@ def test_sampler_bench_quick_writes_all_keys(tmp_path):
     assert (tmp_path / "sampler.png").stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_sampler_bench_core_reports_the_low_nfe_ratio(tmp_path):
     out = tmp_path / "core.json"
     rc = sampler_bench.main(["--out", str(out), "--quick", "--core-only", "--threads", "1"])

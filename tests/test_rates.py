@@ -77,6 +77,7 @@ def test_a_section_can_run_its_own_seeds():
     assert approx == {32: {0, 1, 2}, 2048: {0}}
 
 
+@pytest.mark.slow
 def test_task_data_nested_subsets_and_shared_held_out_points():
     """Finite n are prefixes of one seeded draw; every n of a seed validates on the same held-out
     points, never training points; n = 0 trains on fresh draws from the law."""
@@ -205,6 +206,7 @@ def test_analysis_reports_known_exponents():
     assert e["verdict"] == "untestable" and any("converge" in r for r in e["reasons"])
 
 
+@pytest.mark.slow
 def test_micro_plan_end_to_end_through_the_trainer(tmp_path):
     """Every task trains in its own run directory through the library's Trainer (an export, a
     metrics.jsonl with the held-out loss), the rows carry the documented keys, the off-subspace
@@ -278,6 +280,7 @@ def test_a_subset_of_sections_runs_alone():
         main(["--out", "unused", "--micro", "--sections", "sample,bogus"])
 
 
+@pytest.mark.slow
 def test_a_resumed_sweep_adds_its_session_to_the_timing(tmp_path):
     """Extending a finished sweep (here: one more n) runs only the new tasks and adds that session's
     wall and CPU seconds to the earlier ones in timing.json."""
@@ -306,6 +309,7 @@ def test_a_resumed_sweep_adds_its_session_to_the_timing(tmp_path):
     assert len(t3["sessions"]) == 1 and t3["tasks_ran"] == len(tasks(first))
 
 
+@pytest.mark.slow
 def test_a_killed_drivers_tasks_count_as_an_unrecorded_session(tmp_path):
     """A driver killed before it wrote timing.json leaves finished tasks in the store; the next
     session adds their span as an unrecorded session and says the total is a lower bound."""

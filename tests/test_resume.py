@@ -19,6 +19,8 @@ from latentdit.config import load_config
 from latentdit.errors import CheckpointError
 from latentdit.train import Trainer, list_checkpoints, train
 
+pytestmark = pytest.mark.slow  # every test here builds on a run trained in a subprocess
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tiny.toml"
 DRIVER = ROOT / "tests" / "train_driver.py"
@@ -63,7 +65,6 @@ def reference(tmp_path_factory) -> Path:
     return run
 
 
-@pytest.mark.slow
 def test_kill_9_at_five_points_then_resume_is_bitwise_identical(reference, tmp_path):
     run = tmp_path / "run"
     for kill, resume_from in KILLS:
@@ -131,7 +132,6 @@ def test_all_checkpoints_unreadable_is_a_clear_error(reference, tmp_path):
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before  # nothing touched
 
 
-@pytest.mark.slow
 def test_from_pretrained_in_a_fresh_process_samples(reference):
     code = (
         "import sys, torch\n"
