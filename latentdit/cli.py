@@ -13,7 +13,7 @@ import os
 import sys
 from pathlib import Path
 
-from latentdit.errors import CheckpointError, ConfigError, LatentDitError
+from latentdit.errors import CheckpointError, ConfigError, DataError, LatentDitError
 from latentdit.hostmem import reuse_host_memory
 from latentdit.io import WRITE_ERRNOS, atomic_write, check_output_dir, check_output_file, describe_write_error
 
@@ -54,7 +54,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="class label(s) for conditional models, cycled over the samples")
     s.add_argument("--raw", action="store_true",
                    help="image data: keep values outside the pixel range (default: clipped to it)")
-    s.add_argument("--out", type=Path, required=True, help="output .npy (or .npz with labels)")
+    s.add_argument("--out", type=Path, required=True,
+                   help="output .npy, .npz (with labels) or, for image data, .png (a grid, a row per class)")
 
     e = sub.add_parser("evaluate", help="metrics of a trained run (ground truth or real data)")
     e.add_argument("--run", type=Path, required=True)
@@ -131,13 +132,17 @@ def _cmd_sample(a: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
+    from latentdit.output import save_sample_grid
     from latentdit.pipeline import LatentDiTPipeline
 
     check_output_file(a.out)
     _check_sampling_flags(a)
-    if a.out.suffix not in (".npy", ".npz"):
-        raise ConfigError(f"--out {str(a.out)!r} must end in .npy or .npz")
+    if a.out.suffix not in (".npy", ".npz", ".png"):
+        raise ConfigError(f"--out {str(a.out)!r} must end in .npy, .npz or .png")
     pipe = LatentDiTPipeline.from_pretrained(a.run)
+    if a.out.suffix == ".png" and not pipe.image_shape:
+        raise DataError(f"--out {str(a.out)!r}: a PNG grid needs image data, but {str(a.run)!r} models vectors "
+                        f"of dimension {pipe.model.ambient_dim}; write .npy or .npz instead")
     k = pipe.model.num_classes
     labels = None
     if k > 0:
@@ -149,7 +154,11 @@ def _cmd_sample(a: argparse.Namespace) -> int:
     elif a.label:
         raise ConfigError("--label given but the model is not class-conditional")
     x = pipe(a.num, sampler=a.sampler, steps=a.steps, grid=a.grid, seed=a.seed, labels=labels, guidance=a.guidance,
-             denoise=a.denoise, clip=not a.raw, progress=sys.stderr.isatty())
+             denoise=a.denoise, clip=not a.raw, progress=True, output_type="vectors")
+    if a.out.suffix == ".png":
+        save_sample_grid(x, a.out, image_shape=pipe.image_shape, pixel_range=pipe.pixel_range, labels=labels)
+        print(f"wrote a grid of samples{' (a row per class)' if labels is not None else ''} to {a.out}")
+        return 0
     arr = x.cpu().numpy()
     if a.out.suffix == ".npz":
         atomic_write(a.out, lambda f: np.savez(f, x=arr, **({"labels": labels.numpy()} if labels is not None else {})))

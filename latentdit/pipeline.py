@@ -22,6 +22,7 @@ from latentdit.export import ExportContents, load_weights, read_export, write_ex
 from latentdit.firststage.stage import FirstStage
 from latentdit.models.guidance import GuidedDenoiser
 from latentdit.models.score import LatentScoreNet
+from latentdit.output import to_output
 from latentdit.sampling import DEFAULT_RHO, get_sampler, sample
 
 __all__ = ["DataRecord", "LatentDiTPipeline", "SamplingDefaults"]
@@ -160,7 +161,9 @@ class LatentDiTPipeline:
             x = x.clamp(*self.pixel_range)
         return x
 
-    def __call__(self, num: int, *, clip: bool = True, **kw) -> torch.Tensor:
+    def __call__(self, num: int, *, clip: bool = True, output_type: str | None = None, **kw) -> torch.Tensor:
         """``num`` samples in data space; ``kw`` as :meth:`sample_model_space` (labels, guidance,
-        sampler, steps, grid, rho, denoise, generator or seed, batch_size, progress)."""
-        return self.to_data_space(self.sample_model_space(num, **kw), clip=clip)
+        sampler, steps, grid, rho, denoise, generator or seed, batch_size, progress).
+        ``output_type``: "images" (N, C, H, W), the default for image data, or "vectors" (N, D)."""
+        x = self.to_data_space(self.sample_model_space(num, **kw), clip=clip)
+        return to_output(x, self.image_shape, output_type)

@@ -88,6 +88,7 @@ def test_tuned_split_is_used_and_exact():
     assert (out - explicit_attention(q, k, v, 0.5)).abs().max() < 1e-7
 
 
+@pytest.mark.slow
 def test_exact_attention_compiles_without_graph_breaks():
     """mode='exact' traces into one torch.compile graph (the call counter must not split it)."""
     g = torch.Generator().manual_seed(0)

@@ -96,6 +96,7 @@ def test_latent_patches_by_hand_and_as_the_1d_reshape():
         latent_patchify(z, 4)
 
 
+@pytest.mark.slow
 def test_a_few_steps_reconstruct_better_than_at_init(tmp_path):
     cfg = _cfg(epochs=6, lr=3e-3)
     data = build_data(cfg)
@@ -110,6 +111,7 @@ def test_a_few_steps_reconstruct_better_than_at_init(tmp_path):
     assert float(v.double().std(correction=0)) == pytest.approx(1.0, rel=1e-4)  # implementation check: the scale
 
 
+@pytest.mark.slow
 def test_first_stage_resume_equals_an_uninterrupted_run(tmp_path):
     cfg = _cfg(checkpoint_every=3)  # 2 epochs of 8 steps
     data = build_data(cfg)
@@ -135,6 +137,7 @@ def test_first_stage_resume_equals_an_uninterrupted_run(tmp_path):
         train_first_stage(changed, data, tmp_path / "cut")
 
 
+@pytest.mark.slow
 def test_export_round_trip_gives_identical_pixels(tmp_path):
     from latentdit.build import make_pipeline
     from latentdit.pipeline import LatentDiTPipeline
@@ -152,7 +155,7 @@ def test_export_round_trip_gives_identical_pixels(tmp_path):
     assert json.loads((run / "model" / "config.json").read_text())["first_stage"]["weights"] == "autoencoder.safetensors"
     labels = torch.arange(10)
     a, b = memory(10, seed=3, labels=labels), disk(10, seed=3, labels=labels)
-    assert a.shape == (10, 64) and torch.equal(a, b)
+    assert a.shape == (10, 1, 8, 8) and torch.equal(a, b)  # 8 x 8 digits, channel first
     assert a.min() >= 0 and a.max() <= 16  # decoded pixels in the digits' own units
 
 
@@ -167,6 +170,7 @@ def test_autoencoder_config_errors_name_their_keys():
         prepare_first_stage(Config.from_dict({**_cfg().to_dict(), "model": {"patch": 3}}), "/nonexistent/run")
 
 
+@pytest.mark.slow
 def test_evaluate_an_autoencoder_run_decodes_samples_and_the_latent_baseline(tmp_path):
     from latentdit.evaluation import evaluate_run
     from latentdit.train import train
@@ -189,6 +193,7 @@ def _cli(*args):
                           timeout=300)
 
 
+@pytest.mark.slow
 def test_own_png_folder_trains_and_samples_with_the_autoencoder_from_a_config(tmp_path):
     from PIL import Image
 
@@ -213,6 +218,7 @@ def test_own_png_folder_trains_and_samples_with_the_autoencoder_from_a_config(tm
     assert x.shape == (6, 16 * 16 * 3) and np.isfinite(x).all() and x.min() >= 0 and x.max() <= 1
 
 
+@pytest.mark.slow
 def test_pca_inside_the_autoencoder_latent(tmp_path):
     """encoder.init = "pca" with latent_dim < c h w: the paper's W_B on top of the learned latent."""
     from latentdit.pipeline import LatentDiTPipeline
@@ -229,4 +235,4 @@ def test_pca_inside_the_autoencoder_latent(tmp_path):
     torch.testing.assert_close(W.T @ W, torch.eye(16), atol=1e-5, rtol=0)
     assert pipe.model.reshape.mode == "2d" and pipe.first_stage.layout_patch == 1  # 4 x 4 grid, 2 x 2 patches
     x = pipe(10, seed=0, labels=torch.arange(10))
-    assert x.shape == (10, 64) and torch.isfinite(x).all()
+    assert x.shape == (10, 1, 8, 8) and torch.isfinite(x).all()  # 8 x 8 digits, channel first

@@ -143,7 +143,7 @@ CASES = {
     "out is a file": (lambda d: (d / "out").write_text("x") and train_args(), r"--out 'out' exists and is a file; choose a new directory"),
     "out is not a run directory": (lambda d: ((d / "out").mkdir(), (d / "out" / "f.txt").write_text("x")) and train_args(), r"--out 'out' exists and is not a run directory.*choose a new or empty directory"),
     "incompatible checkpoint": ("incompatible", r"trained with a different \[model\] config; use a new --out directory"),
-    "sample output suffix": (lambda d: ["sample", "--run", "run", "--out", "x.txt"], r"must end in \.npy or \.npz"),
+    "sample output suffix": (lambda d: ["sample", "--run", "run", "--out", "x.txt"], r"must end in \.npy, \.npz or \.png"),
 }
 
 

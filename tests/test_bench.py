@@ -16,6 +16,7 @@ def test_analytic_forward_flops_match_the_flop_counter():
     assert model_bench.counted_flops(m, (x, t, y)) == model_bench.forward_flops(c)["total"]
 
 
+@pytest.mark.slow
 def test_model_bench_quick_writes_all_keys(tmp_path):
     pytest.importorskip("diffusers")
     out = tmp_path / "model.json"
@@ -29,6 +30,7 @@ def test_model_bench_quick_writes_all_keys(tmp_path):
     assert len(q["times_s"]["ours_train"]) == d["repeats"]
 
 
+@pytest.mark.slow
 def test_sampler_bench_quick_writes_all_keys(tmp_path):
     out = tmp_path / "sampler.json"
     assert sampler_bench.main(["--out", str(out), "--quick", "--threads", "1"]) == 0
@@ -41,10 +43,13 @@ def test_sampler_bench_quick_writes_all_keys(tmp_path):
     assert (tmp_path / "sampler.png").stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_sampler_bench_core_reports_the_low_nfe_ratio(tmp_path):
     out = tmp_path / "core.json"
-    sampler_bench.main(["--out", str(out), "--quick", "--core-only", "--threads", "1"])  # 1 if not all_ok
+    rc = sampler_bench.main(["--out", str(out), "--quick", "--core-only", "--threads", "1"])
     d = json.loads(out.read_text())
+    # 100 samples may miss the acceptance tolerances; the exit status must say which it was
+    assert rc == (0 if d["all_ok"] else 1), (rc, d["all_ok"])
     best = d["low_nfe"]["best"]["5"]
     assert best["nfe"] <= 5 and d["w2_ratio_at_5_nfe"] == best["w2_over_reference"] > 0
     assert all(r["w2"] >= best["w2"] for r in d["low_nfe"]["rows"] if r["nfe"] <= 5)

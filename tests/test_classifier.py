@@ -15,6 +15,7 @@ def digits():
     return load_data("digits")
 
 
+@pytest.mark.slow
 def test_cnn_on_digits(digits):
     model, acc = train_classifier(digits, epochs=4, seed=0)
     assert acc > 0.9
@@ -25,6 +26,7 @@ def test_cnn_on_digits(digits):
     assert acc_again == acc  # fixed seed, same split and initialisation
 
 
+@pytest.mark.slow
 def test_mlp_on_vectors(digits):
     vectors = from_array(digits.norm.invert(digits.x), digits.labels)  # no image shape -> MLP
     assert vectors.image_shape is None

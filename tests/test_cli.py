@@ -17,6 +17,7 @@ def cli(*args, cwd=None):
                           cwd=cwd, timeout=600)
 
 
+@pytest.mark.slow
 def test_train_sample_evaluate(tmp_path):
     run = tmp_path / "run"
     r = cli("train", "--config", TINY, "--out", run, "--quiet")
@@ -74,6 +75,7 @@ def _check_against_closed_forms(run: Path, metrics: dict) -> None:
     assert lo <= metrics["off_subspace_var"] / (1 - np.exp(-T0)) <= hi, metrics["off_subspace_var"]
 
 
+@pytest.mark.slow
 def test_learned_random_encoder_finds_the_subspace(tmp_path):
     """From a random W_B (expected subspace error 2 d0 (1 - d0 / D) = 7 for d0 = 4, D = 32), training the
     encoder on the Stiefel manifold must bring ||W_B W_B^T - B B^T||_F^2 well below it; a frozen or
@@ -91,6 +93,7 @@ def test_learned_random_encoder_finds_the_subspace(tmp_path):
     assert 1e-4 < metrics["subspace_error"] < 0.15 * random_expected, metrics["subspace_error"]
 
 
+@pytest.mark.slow
 def test_user_errors_exit_2_without_traceback(tmp_path):
     r = cli("sample", "--run", tmp_path / "missing", "--num", 4, "--out", tmp_path / "x.npy")
     assert r.returncode == 2 and "Traceback" not in r.stderr and r.stderr.strip().count("\n") == 0
@@ -102,6 +105,7 @@ def test_user_errors_exit_2_without_traceback(tmp_path):
     assert r.returncode != 0 and "Traceback" in r.stderr
 
 
+@pytest.mark.slow
 def test_readme_test_command_prints_how_many_tests_passed():
     """README's (and CI's) `python -m pytest -q` must end with an "N passed" line, whatever pyproject's
     addopts hold (a second -q hides it)."""

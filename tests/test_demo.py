@@ -52,6 +52,7 @@ def test_demo_config_files_match_module():
         assert c.eval.num_samples >= 2000 and c.train.time_limit == 0  # the budget is train.steps alone
 
 
+@pytest.mark.slow
 def test_demo_quick_digits_writes_everything(tmp_path, monkeypatch):
     monkeypatch.setenv("LATENTDIT_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr("latentdit.metrics.fid.InceptionFeatures", StubFeatures)
@@ -80,6 +81,7 @@ def test_demo_quick_digits_writes_everything(tmp_path, monkeypatch):
     assert h > w * 0.9 and abs(h - w) < 0.2 * w
 
 
+@pytest.mark.slow
 def test_demo_quick_digits_autoencoder_records_its_floor(tmp_path, monkeypatch):
     monkeypatch.setenv("LATENTDIT_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr("latentdit.metrics.fid.InceptionFeatures", StubFeatures)
@@ -165,6 +167,7 @@ def test_guidance_on_whole_output_by_hand():
         assert torch.allclose(score_from_denoised(x, GuidedDenoiser(model)(x, t), t), s_u, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_training_drops_labels_to_the_null_class(tmp_path):
     from latentdit.train import Trainer
 
@@ -189,6 +192,7 @@ def _cli(*args):
                           timeout=300)
 
 
+@pytest.mark.slow
 def test_own_images_and_vectors_via_cli_with_config_only(tmp_path):
     from PIL import Image
 

@@ -50,6 +50,7 @@ def ddp(tmp_path_factory) -> Path:
     return run
 
 
+@pytest.mark.slow
 def test_two_process_torchrun_matches_single_process(ddp, tmp_path):
     single = tmp_path / "single"
     train(load_config(TINY, SETS), single, progress=False)
@@ -67,6 +68,7 @@ def test_two_process_torchrun_matches_single_process(ddp, tmp_path):
     assert s["world_size"] == 2
 
 
+@pytest.mark.slow
 def test_killed_worker_is_restarted_by_torchrun_and_resumes_to_the_same_weights(ddp, tmp_path):
     run = tmp_path / "run"
     # rank 1 is SIGKILLed right after step 9 on the first attempt only; the last checkpoint is step 6

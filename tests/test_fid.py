@@ -189,6 +189,7 @@ def inception():
     return InceptionFeatures()
 
 
+@pytest.mark.slow
 def test_inception_smoke(inception, tmp_path, monkeypatch):
     images = torch.rand(8, 28, 28, generator=torch.Generator().manual_seed(0))  # (N, H, W) grayscale
     assert compute_fid(images, images, extractor=inception, batch_size=4) == pytest.approx(0.0, abs=1e-3)
@@ -213,6 +214,7 @@ def test_inception_rejects_bad_images(inception):
         inception.features(torch.rand(2, 8, 8, 2))
 
 
+@pytest.mark.slow
 def test_fast_path_matches_reference_path(inception):
     """The default path (separable resize, grayscale resized once, batch norms folded into the
     convolutions) against the reference path of earlier versions (grid_sample on 3 channels, the
@@ -235,6 +237,7 @@ def test_fast_path_matches_reference_path(inception):
         InceptionFeatures(precision="fp16")
 
 
+@pytest.mark.slow
 def test_inception_bench_quick_writes_all_keys(tmp_path):
     import json
 

@@ -43,6 +43,7 @@ def _child(env_value: str | None) -> dict:
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(_libc() is None, reason="needs glibc on Linux")
 def test_reuse_mode_serves_large_blocks_from_the_kept_heap():
     pages = 16 * 2 ** 20 * 4 // 4096
@@ -82,6 +83,7 @@ print(json.dumps({"base": base, "kept": kept, "after": rss(), "released": releas
 """
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(_libc() is None, reason="needs glibc on Linux")
 def test_release_hands_the_kept_heap_back():
     """Under reuse a freed 256 MiB block stays resident; release_host_memory returns it to the

@@ -24,6 +24,7 @@ def _modules() -> list[str]:
     return out
 
 
+@pytest.mark.slow
 def test_every_module_imports_alone():
     code = ("import importlib, sys\n"
             "for m in sys.argv[1:]:\n"

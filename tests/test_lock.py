@@ -51,6 +51,7 @@ def test_train_on_a_locked_directory_writes_nothing(tmp_path):
     assert read_training_record(run)["step"] == 6
 
 
+@pytest.mark.slow
 def test_concurrent_second_run_is_refused_while_the_first_runs(tmp_path):
     run, go = tmp_path / "run", tmp_path / "go"
     first = subprocess.Popen([sys.executable, str(DRIVER), "--out", str(run), "--pause-after-step", "3",
@@ -74,6 +75,7 @@ def test_concurrent_second_run_is_refused_while_the_first_runs(tmp_path):
     assert read_training_record(run)["step"] == 6
 
 
+@pytest.mark.slow
 def test_lock_of_a_killed_run_does_not_block_resume(tmp_path):
     run = tmp_path / "run"
     r = subprocess.run([sys.executable, str(DRIVER), "--out", str(run), "--kill-after-step", "3", *CONFIG],

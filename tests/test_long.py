@@ -137,6 +137,7 @@ def test_trains_and_exports_through_the_one_training_path(tmp_path):
         assert torch.isfinite(model(x, torch.tensor([0.1, 1.0]))).all()
 
 
+@pytest.mark.slow
 def test_efficient_experiment_quick_part_c(tmp_path):
     """Smoke test of the quality script (part c, smoke sizes): one model trained through the
     training path, sampled with poly and with exact attention from the same noise. The poly
@@ -165,6 +166,7 @@ def test_efficient_time_steps_writes_rates(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["step_times.json"]
 
 
+@pytest.mark.slow
 def test_latentdit_evaluate_on_a_long_run_against_the_closed_form(tmp_path):
     """`latentdit evaluate` on a ``data.source = "long"`` run: its per-t relative score error equals
     the one computed here against the autograd gradient of the log density written out per

@@ -29,6 +29,7 @@ def test_extrapolation_underestimates_a_linear_plus_quadratic_law():
     assert 0.5 * true < got < true
 
 
+@pytest.mark.slow
 def test_quick_run_writes_the_report(tmp_path, capsys):
     """Three tiny lengths, exact measured on the first two and extrapolated on the third: the JSON
     has the headline keys, the load averages and the command; poly's output error against exact
@@ -49,6 +50,7 @@ def test_quick_run_writes_the_report(tmp_path, capsys):
     assert out.with_suffix(".png").stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_exact_once_times_exact_above_the_max_length(tmp_path):
     """--exact-once: above --exact-max-len exact is timed (once per operation), not extrapolated,
     and the exponent of exact training uses that length too."""

@@ -99,6 +99,7 @@ def test_diagonal_zero_init_is_the_score_of_the_fitted_gaussian():
     assert torch.allclose(m(x, t), expect, atol=1e-9)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stats", ["scalar", "diagonal"])
 def test_edm_loss_of_the_exact_gaussian_denoiser_is_d0_over_D(stats):
     """With data drawn from the Gaussian the preconditioning is built on, the zero-init net is the
@@ -205,6 +206,7 @@ def test_paper_entry_bound_bounds_logits(monkeypatch):
     assert seen_free["logit_bound"] is None and logits_free.abs().max() > 1e6
 
 
+@pytest.mark.slow
 def test_learned_encoder_stays_orthonormal_and_moves():
     cfg = ModelConfig(hidden=16, depth=1, heads=2, patch=2)
     m = LatentScoreNet(30, 4, **asdict(cfg), learn_encoder=True, generator=torch.Generator().manual_seed(0))

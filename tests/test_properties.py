@@ -101,6 +101,7 @@ def _leaves(cfg: Config):
             yield f"{section.name}.{f.name}", getattr(sub, f.name)
 
 
+@pytest.mark.slow
 @FAST
 @given(configs())
 def test_config_serialise_parse_round_trip(tmp_path_factory, cfg):
@@ -116,6 +117,7 @@ def test_config_serialise_parse_round_trip(tmp_path_factory, cfg):
     assert load_config(None, sets) == cfg
 
 
+@pytest.mark.slow
 @FAST
 @given(st.text(min_size=1, max_size=10).filter(lambda s: "=" not in s and "." not in s))
 def test_unknown_keys_always_rejected(key):

@@ -37,6 +37,7 @@ def test_every_figure_json_records_its_provenance(path):
     _check_record(json.loads((ROOT / path).read_text())["provenance"], committed=True)
 
 
+@pytest.mark.slow
 def test_record_holds_the_command_commit_threads_and_load():
     torch.set_num_threads(1)
     start = provenance_start(["latentdit", "bench", "model", "--out", "a b.json"])
@@ -55,6 +56,7 @@ def test_record_holds_the_command_commit_threads_and_load():
     json.dumps(d)  # JSON-serialisable as it is
 
 
+@pytest.mark.slow
 def test_without_git_the_installed_version_is_recorded(monkeypatch):
     def no_git(*a, **k):
         raise FileNotFoundError("git")

@@ -77,6 +77,7 @@ def test_a_section_can_run_its_own_seeds():
     assert approx == {32: {0, 1, 2}, 2048: {0}}
 
 
+@pytest.mark.slow
 def test_task_data_nested_subsets_and_shared_held_out_points():
     """Finite n are prefixes of one seeded draw; every n of a seed validates on the same held-out
     points, never training points; n = 0 trains on fresh draws from the law."""
@@ -205,6 +206,7 @@ def test_analysis_reports_known_exponents():
     assert e["verdict"] == "untestable" and any("converge" in r for r in e["reasons"])
 
 
+@pytest.mark.slow
 def test_micro_plan_end_to_end_through_the_trainer(tmp_path):
     """Every task trains in its own run directory through the library's Trainer (an export, a
     metrics.jsonl with the held-out loss), the rows carry the documented keys, the off-subspace
@@ -278,6 +280,7 @@ def test_a_subset_of_sections_runs_alone():
         main(["--out", "unused", "--micro", "--sections", "sample,bogus"])
 
 
+@pytest.mark.slow
 def test_a_resumed_sweep_adds_its_session_to_the_timing(tmp_path):
     """Extending a finished sweep (here: one more n) runs only the new tasks and adds that session's
     wall and CPU seconds to the earlier ones in timing.json."""
@@ -306,6 +309,7 @@ def test_a_resumed_sweep_adds_its_session_to_the_timing(tmp_path):
     assert len(t3["sessions"]) == 1 and t3["tasks_ran"] == len(tasks(first))
 
 
+@pytest.mark.slow
 def test_a_killed_drivers_tasks_count_as_an_unrecorded_session(tmp_path):
     """A driver killed before it wrote timing.json leaves finished tasks in the store; the next
     session adds their span as an unrecorded session and says the total is a lower bound."""
@@ -331,9 +335,14 @@ def test_a_killed_drivers_tasks_count_as_an_unrecorded_session(tmp_path):
     assert t["wall_seconds"] == pytest.approx(lost["wall_seconds"] + now["wall_seconds"])
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_a_local_sweep_at_once(tmp_path):
     """SIGINT to the driver ends a pool sweep within seconds, not after the tasks in flight (its
-    workers are stopped with it); the store keeps those tasks as running, so a rerun runs them again."""
+    workers are stopped with it); the store keeps those tasks as running, so a rerun runs them again.
+
+    SIGINT is sent once both tasks run in their workers (each writes a file when it starts): the
+    store marks a task running before the pool has started a worker for it. Should the driver
+    not exit, its stacks (faulthandler, on SIGUSR1) are part of the failure message."""
     import os
     import signal
     import sqlite3
@@ -341,31 +350,34 @@ def test_ctrl_c_stops_a_local_sweep_at_once(tmp_path):
     import sys
     import time
 
-    (tmp_path / "slowtask.py").write_text("import time\n\ndef slow(task, threads):\n    time.sleep(120)\n"
-                                          "    return {'value': 1.0}\n")
-    code = ("import sys; from pathlib import Path; import slowtask\n"
+    (tmp_path / "slowtask.py").write_text(f"import pathlib, time\n\ndef slow(task, threads):\n"
+                                          f"    pathlib.Path({str(tmp_path)!r}, f\"started_{{task['n']}}\").touch()\n"
+                                          f"    time.sleep(120)\n    return {{'value': 1.0}}\n")
+    code = ("import faulthandler, signal, sys; from pathlib import Path; import slowtask\n"
             "from latentdit.experiments.rates import RateStore, run_sweep\n"
             "out = Path(sys.argv[1]); store = RateStore(out / 'r.sqlite')\n"
+            "faulthandler.register(signal.SIGUSR1, file=open(out / 'stacks.txt', 'w'), all_threads=True)\n"
             "todo = [{'section': 'sample', 'D': 8, 'd0': 2, 'n': n, 'T0': 0.01, 'seed': 0} for n in (1, 2, 3)]\n"
             "try:\n    run_sweep(store, todo, out=out, runner=slowtask.slow, workers=2, progress=False)\n"
             "except KeyboardInterrupt:\n    sys.exit(130)\n")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
     p = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], env=env, start_new_session=True)
     try:
-        deadline = time.time() + 90
-        while time.time() < deadline:  # both workers have started a task
-            try:
-                with sqlite3.connect(tmp_path / "r.sqlite") as db:
-                    if db.execute("SELECT COUNT(*) FROM runs WHERE status = 'running'").fetchone()[0] == 2:
-                        break
-            except sqlite3.OperationalError:
-                pass
-            time.sleep(0.5)
-        time.sleep(2)
+        deadline = time.time() + 120
+        while time.time() < deadline and len(list(tmp_path.glob("started_*"))) < 2:  # both tasks in flight
+            assert p.poll() is None, f"the driver ended before its tasks started (status {p.returncode})"
+            time.sleep(0.2)
+        assert len(list(tmp_path.glob("started_*"))) == 2, "the two workers did not start their tasks in 120 s"
         t0 = time.time()
         os.kill(p.pid, signal.SIGINT)  # the driver only: its workers would run on for two minutes
-        assert p.wait(timeout=30) == 130
-        assert time.time() - t0 < 30
+        try:
+            rc = p.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.kill(p.pid, signal.SIGUSR1)
+            time.sleep(1)
+            pytest.fail("the driver did not exit within 30 s of SIGINT; its stacks:\n"
+                        + (tmp_path / "stacks.txt").read_text())
+        assert rc == 130 and time.time() - t0 < 30
         with sqlite3.connect(tmp_path / "r.sqlite") as db:
             assert db.execute("SELECT COUNT(*) FROM runs WHERE status = 'running'").fetchone()[0] == 2
     finally:

@@ -39,6 +39,7 @@ def test_log_times_spacing_and_bad_arguments():
         log_times(1.0, 0.5)
 
 
+@pytest.mark.slow
 def test_profile_of_the_exact_score_is_zero():
     law = _law()
     prof = score_error_profile(law.score, law.score, _sampler(law), log_times(1e-3, 10.0), 500)
@@ -49,6 +50,7 @@ def test_profile_of_the_exact_score_is_zero():
     assert score_uniform_error(prof, 2) < 1e-4
 
 
+@pytest.mark.slow
 def test_profile_of_a_wrong_score_matches_its_closed_form():
     """s(x, t) = -x / sigma(t) (the score of N(0, sigma I)) against a one-component latent law
     h ~ N(mu, S): off the subspace it is exact; in the latent, with C = beta^2 S + sigma I and
@@ -90,6 +92,7 @@ def test_integral_quadrature_against_closed_forms(T0, T):
         score_integral_error({"t": ts[1:], "mse": [1.0] * 15}, T0, T)
 
 
+@pytest.mark.slow
 def test_exact_score_controls():
     """With the exact score, DPM-Solver++(2M) at 50 steps reaches the true-vs-true W2 floor; the
     uniform-step Euler-Maruyama sampler of App. D.1 has a discretisation error that shrinks with steps."""
@@ -142,6 +145,7 @@ def _cfg(D, d0, T0=1e-3, steps=30):
                              "eval": {"sampler": "dpm2m", "steps": steps}})
 
 
+@pytest.mark.slow
 def test_evaluate_ground_truth_with_the_exact_score():
     """Closed forms: the exact score has zero profile, its dpm2m samples sit at the W2/TV floors, the
     subspace error is 0 and the off-subspace variance is sigma(T0) within its chi-square range."""
@@ -168,6 +172,7 @@ def test_evaluate_ground_truth_with_the_exact_score():
                               times=6)
 
 
+@pytest.mark.slow
 def test_evaluate_gmm_keeps_its_keys_and_adds_the_functionals():
     from latentdit.build import build_data, build_model, make_pipeline
 
@@ -209,6 +214,7 @@ def test_attention_phase_head_size_grows_with_log_L_and_curves_differ():
     assert by_L[2 ** 8][1]["meets_target"] and not by_L[2 ** 16][1]["meets_target"]
 
 
+@pytest.mark.slow
 def test_attention_break_even_and_measured_errors():
     """B*(L) is a real boundary of the certificate (ok just below, not ok just above); the polynomial
     attention's measured error on bounded-entry inputs stays within the certified guarantee."""
@@ -225,6 +231,7 @@ def test_attention_break_even_and_measured_errors():
         assert r["measured"] > 0
 
 
+@pytest.mark.slow
 def test_attention_phase_quick_writes_its_plot(tmp_path):
     from latentdit.experiments.rates.attention_phase import attention_phase
 

@@ -19,6 +19,8 @@ from latentdit.config import load_config
 from latentdit.errors import CheckpointError
 from latentdit.train import Trainer, list_checkpoints, train
 
+pytestmark = pytest.mark.slow  # every test here builds on a run trained in a subprocess
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tiny.toml"
 DRIVER = ROOT / "tests" / "train_driver.py"
@@ -32,7 +34,7 @@ KILLS = [("3", 0), ("save:10", 5), ("12", 10), ("20", 15), ("save:30", 25)]
 def cli_train(run: Path, kill: str | None) -> subprocess.CompletedProcess:
     """``latentdit train --out RUN`` in a fresh process; with ``kill``, through the test driver that
     installs the kill hook (tests/train_driver.py: the same config handling, plus the callbacks)."""
-    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    env = {**os.environ, "PYTHONHASHSEED": "0", "LATENTDIT_PROGRESS_EVERY": "0"}  # a plain line every step
     if kill is None:
         args = [sys.executable, "-m", "latentdit", "train", "--out", str(run), "--quiet"]
     else:
@@ -76,7 +78,9 @@ def test_kill_9_at_five_points_then_resume_is_bitwise_identical(reference, tmp_p
     r = cli_train(run, None)
     assert r.returncode == 0, r.stderr
     assert "resumed from step 25" in r.stderr
-    assert "step 30/30 loss" in r.stderr and " eta " in r.stderr  # plain progress lines off a terminal
+    # plain progress lines off a terminal: the resumed steps 26..30, no carriage returns
+    assert "train: 29/30 (97%) step, " in r.stderr and ", eta " in r.stderr and "\r" not in r.stderr
+    assert "train: 30/30 (100%) step loss=" in r.stderr  # the closing line carries the last logged loss
     assert not list((run / "checkpoints").glob("*.tmp"))
 
     ref, got = ckpt_state(reference), ckpt_state(run)

@@ -41,6 +41,7 @@ def _collect():
     return seen, on_result
 
 
+@pytest.mark.slow
 def test_in_process_and_local_pool(tmp_path):
     for workers in (1, 2):
         seen, on_result = _collect()
@@ -72,6 +73,7 @@ def cluster():
     c.close()
 
 
+@pytest.mark.slow
 def test_local_cluster_runs_every_task_and_reports_in_the_driver():
     seen, on_result = _collect()
     started = []
@@ -85,6 +87,7 @@ def test_local_cluster_runs_every_task_and_reports_in_the_driver():
                for _, r, secs, _ in seen)
 
 
+@pytest.mark.slow
 def test_killed_worker_is_rescheduled_and_raising_task_reported_once(cluster, tmp_path):
     assert cluster.scheduler_address.startswith("tcp://127.0.0.1:")
     seen, on_result = _collect()
@@ -112,6 +115,7 @@ def always_dies(task: dict, threads: int) -> dict:
     os._exit(1)
 
 
+@pytest.mark.slow
 def test_a_task_that_always_kills_its_worker_is_reported_not_retried_forever(cluster, tmp_path):
     seen, on_result = _collect()
     counts = run_tasks(always_dies, [{"dir": str(tmp_path)}], on_result=on_result,
@@ -123,6 +127,7 @@ def test_a_task_that_always_kills_its_worker_is_reported_not_retried_forever(clu
     assert len(list(tmp_path.glob("death*"))) == ALLOWED_FAILURES + 1
 
 
+@pytest.mark.slow
 def test_local_pool_survives_a_dead_worker(tmp_path):
     """A worker process that dies breaks the local pool: its task (and any other in flight) is
     reported failed, and the tasks not yet started run in a fresh pool."""

@@ -68,6 +68,7 @@ def test_early_stopping_logic_on_a_constructed_sequence():
     assert float(ema.weight.detach()) == pytest.approx(0.93)
 
 
+@pytest.mark.slow
 def test_fresh_draws_resume_exactly(tmp_path):
     """A fresh-draw run with validation, interrupted after step 23 and resumed, ends with the same
     weights, the same logged losses and the same validation record as an uninterrupted run."""
@@ -99,6 +100,7 @@ def test_fresh_draws_resume_exactly(tmp_path):
     assert key(records(other), "loss") != key(ra, "loss")
 
 
+@pytest.mark.slow
 def test_early_stopping_on_an_overfit_problem_restores_the_best_weights(tmp_path):
     """n = 4 training points of a 1-d Gaussian, times in [1e-3, 0.05] (where the noised empirical law
     of 4 points is far from the true one) and thousands of steps: the held-out population loss must

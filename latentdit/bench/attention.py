@@ -26,10 +26,10 @@ import time
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from latentdit.bench.attention_report import plot, summarize
 from latentdit.io import atomic_write_json, check_output_file
+from latentdit.progress import progress_bar
 from latentdit.provenance import provenance_end, provenance_start
 from latentdit.bench.attention_sweep import CONFIGS, HEADS, METHODS, phase_sweep, timing_sweep
 
@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     n_timing += int(bool(args.exact_single_L) and args.exact_single_L > args.exact_max_L)
     n_phase = 0 if args.no_phase else len(args.phase_lengths) * len(args.phase_bounds)
     t0, load0 = time.time(), _load()
-    with tqdm(total=n_timing + n_phase, desc="bench attention", file=sys.stderr) as bar:
+    with progress_bar(total=n_timing + n_phase, desc="bench attention") as bar:
         data = timing_sweep(args, bar)
         phase = None if args.no_phase else phase_sweep(args, bar)
     summary = summarize(data)

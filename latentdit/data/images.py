@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from latentdit.io import atomic_write
+
 
 def _as_numpy(a: np.ndarray | torch.Tensor) -> np.ndarray:
     return a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else np.asarray(a)
@@ -43,10 +45,8 @@ def save_image_grid(images: np.ndarray | torch.Tensor, path: str | Path, nrow: i
         grid[y:y + h, x:x + w] = a[i]
     from PIL import Image
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.round(grid * 255).astype(np.uint8)).save(path)
-    return path
+    picture = Image.fromarray(np.round(grid * 255).astype(np.uint8))
+    return atomic_write(path, lambda f: picture.save(f, format="PNG"))  # complete or absent
 
 
 def save_samples_npz(path: str | Path, x: np.ndarray | torch.Tensor,

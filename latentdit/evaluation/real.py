@@ -55,6 +55,7 @@ from latentdit.metrics import fid as fid_metrics
 from latentdit.metrics.fid import fid_from_features, fid_to_reference
 from latentdit.metrics.fid_stats import cache_dir, cached_features, cached_stats
 from latentdit.models.guidance import balanced_labels
+from latentdit.output import grid_indices, grid_scale
 from latentdit.pipeline import LatentDiTPipeline
 
 def load_real(cfg: Config) -> LoadedData:
@@ -243,15 +244,7 @@ def _write_samples(pipe: LatentDiTPipeline, smp: _Samples, loaded: LoadedData, o
     save_samples_npz(out / "samples.npz", pipe.to_data_space(smp.z_gen), smp.labels)
     if loaded.image_shape is None:
         return
-    per, k = 10, pipe.model.num_classes
-    if k > 0:
-        idx = torch.cat([torch.nonzero(smp.labels == c).flatten()[:per] for c in range(k)])
-    else:
-        idx = torch.arange(min(len(smp.x_gen), per * per))
-    save_image_grid(loaded.to_images(smp.x_gen[idx]), out / "samples.png", nrow=per, scale=_scale(loaded))
-    save_image_grid(loaded.to_images(smp.x_base[:len(idx)]), out / "baseline.png", nrow=per, scale=_scale(loaded))
-
-
-def _scale(loaded: LoadedData) -> int:
-    side = max(loaded.image_shape[:2])
-    return max(1, 28 // side) if side < 28 else 1
+    idx, per = grid_indices(smp.labels if pipe.model.num_classes > 0 else None, len(smp.x_gen))  # a row per class
+    scale = grid_scale(loaded.image_shape)
+    save_image_grid(loaded.to_images(smp.x_gen[idx]), out / "samples.png", nrow=per, scale=scale)
+    save_image_grid(loaded.to_images(smp.x_base[:len(idx)]), out / "baseline.png", nrow=per, scale=scale)

@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from latentdit.errors import LatentDitError
+from latentdit.progress import progress_bar
 from latentdit.metrics.fid_stats import (FEATURE_BATCH, _drop_noise, cache_dir, cache_key, cached_features,  # noqa: F401
                                          feature_stats, read_npz, sqrt_psd, write_npz)
 
@@ -213,9 +214,7 @@ class InceptionFeatures:
 def _progress(it, on: bool, n: int, batch_size: int):
     if not on:
         return it
-    from tqdm import tqdm
-
-    return tqdm(it, total=-(-n // batch_size), desc="inception features", unit="batch")
+    return progress_bar(it, total=-(-n // batch_size), desc="inception features", unit="batch")
 
 
 def fid_from_stats(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray, *,

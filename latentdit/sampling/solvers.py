@@ -18,14 +18,14 @@ import math
 from typing import Callable
 
 import torch
-from tqdm.auto import tqdm
 
 from latentdit.diffusion import OU, Denoiser, score_from_denoised
+from latentdit.progress import progress_bar
 
 
 def _steps(n: int, progress: bool, desc: str):
     it = range(n)
-    return tqdm(it, desc=desc, leave=False, dynamic_ncols=True) if progress else it
+    return progress_bar(it, desc=desc, unit="step", leave=False) if progress else it
 
 
 def _times(ts: torch.Tensor) -> list[float]:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import sys
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -26,7 +25,6 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from latentdit.firststage.autoencoder import ConvAutoencoder
 from latentdit.firststage.stage import STAGE_CONFIG, FirstStage, latent_scale, padded_side
@@ -34,6 +32,7 @@ from latentdit.build import TrainData, build_data
 from latentdit.config import Config
 from latentdit.errors import CheckpointError, ConfigError
 from latentdit.io import atomic_write_json
+from latentdit.progress import progress_bar
 from latentdit.train.checkpoint import (CKPT_FORMAT, DataOrder, global_rng_state, read_latest,
                                         set_global_rng_state, write_checkpoint)
 from latentdit.train.rundir import RunLock
@@ -108,8 +107,7 @@ class FirstStageTrainer:
         if state is not None:
             self.load_state_dict(state)
         every = self.a.checkpoint_every or max(1, self.total // max(self.a.epochs, 1))
-        bar = tqdm(total=self.total, initial=self.step, desc="autoencoder", dynamic_ncols=True,
-                   disable=not self.progress)
+        bar = progress_bar(total=self.total, initial=self.step, desc="autoencoder", unit="step", enabled=self.progress)
         try:
             while self.step < self.total:
                 loss = self.train_step()
@@ -193,6 +191,6 @@ def prepare_first_stage(cfg: Config, run: str | Path, data: TrainData | None = N
         if not (run / "config.json").is_file():  # a run directory from its first file on (resumable)
             atomic_write_json(run / "config.json", cfg.to_dict())
         with RunLock(run):
-            show = sys.stderr.isatty() if progress is None else progress
+            show = progress is not False  # a bar on a terminal, plain lines otherwise
             stage = train_first_stage(cfg, data, folder, progress=show)
     return replace(data, x=stage.encode_vectors(data.x).float(), first_stage=stage)

@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from tqdm.auto import tqdm
 
 from latentdit.attention import attention_stats, reset_attention_stats
 from latentdit.build import TrainData, make_pipeline
@@ -40,7 +39,8 @@ from latentdit.train.batches import BatchSource, default_data
 from latentdit.train.checkpoint import (CKPT_FORMAT, global_rng_state, list_checkpoints, read_latest,
                                         set_global_rng_state, write_checkpoint)
 from latentdit.train.optim import ema_decay_at, ema_update, lr_lambda, make_optimizer
-from latentdit.train.rundir import METRICS, RunLock, check_run_dir, fmt_time, prepare_run_dir
+from latentdit.progress import progress_bar
+from latentdit.train.rundir import METRICS, RunLock, check_run_dir, prepare_run_dir
 from latentdit.train.setup import global_batch, setup_model, setup_process, setup_validation
 from latentdit.train.snapshot import SAMPLES_DIR, Evaluator, evaluate_snapshot
 
@@ -238,7 +238,7 @@ class Trainer:
             self._tb = SummaryWriter(str(self.run / "tensorboard"), purge_step=self.step + 1)
         log = open(self.run / METRICS, "a") if main else None
         reset_attention_stats()  # the counts logged below are this run's
-        bar = tqdm(total=tc.steps, initial=self.step, desc="train", dynamic_ncols=True, disable=not self.progress)
+        bar = progress_bar(total=tc.steps, initial=self.step, desc="train", unit="step", enabled=main, plain=not self.progress)
         if state is not None and main and not self.progress:
             print(f"resumed from step {self.step} ({ckpt.name})", file=sys.stderr)
         if main and tc.time_limit > 0:
@@ -275,9 +275,6 @@ class Trainer:
                 if main:
                     self._log(log, rec)
                 bar.set_postfix(loss=f"{rec['loss']:.4f}", steps_s=f"{rec['steps_per_s']:.1f}")
-                if main and not self.progress:
-                    print(f"step {self.step}/{tc.steps} loss {rec['loss']:.4f} {rec['steps_per_s']:.1f} steps/s "
-                          f"eta {fmt_time(rec['eta_s'])}", file=sys.stderr)
             if self.val is not None and self.step % tc.val_every == 0:
                 rec = self.early.update(self.step, self.val.loss(self.ema), self.ema)
                 if main:

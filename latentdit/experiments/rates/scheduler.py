@@ -30,11 +30,12 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import pickle
-import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from typing import Callable
+
+from latentdit.progress import progress_bar
 
 ALLOWED_FAILURES = 2  # worker deaths a task may cause before it is reported as failed (Dask paths)
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
@@ -65,9 +66,7 @@ def _timed(fn, task: dict, threads: int) -> tuple[bool, object, float]:
 
 
 def _bar(total: int, progress: bool):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc="tasks", unit="task", dynamic_ncols=True, disable=not progress, file=sys.stderr)
+    return progress_bar(total=total, desc="tasks", unit="task", enabled=progress)
 
 
 def run_tasks(fn: Callable[[dict, int], dict], tasks: list[dict], *, on_result: OnResult, scheduler: str | None = None,
@@ -113,6 +112,7 @@ def _run_pool(fn, tasks, finish, on_start, workers: int, threads: int) -> None:
     """Spawned local processes; a broken pool (a worker died) fails its in-flight tasks and restarts."""
     queue = list(tasks)
     ctx = mp.get_context("spawn")
+    before = set(mp.active_children())
     while queue:
         with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init,
                                  initargs=(threads,)) as ex:
@@ -135,7 +135,10 @@ def _run_pool(fn, tasks, finish, on_start, workers: int, threads: int) -> None:
                             broken = broken or isinstance(exc, BrokenProcessPool)
                             finish(task, False, exc, time.time() - t0)
             except BaseException:  # Ctrl-C or a failed finish: stop now, not after the tasks in flight
-                procs = list((getattr(ex, "_processes", None) or {}).values())  # public only from Python 3.14
+                procs = set((getattr(ex, "_processes", None) or {}).values())  # public only from Python 3.14
+                # and a worker interrupted between its start and its registration in the pool, which
+                # interpreter exit would otherwise wait for (it joins every multiprocessing child)
+                procs |= set(mp.active_children()) - before
                 ex.shutdown(wait=False, cancel_futures=True)
                 for p in procs:
                     p.terminate()
