@@ -15,7 +15,7 @@ PKG = Path(__file__).resolve().parents[1] / "latentdit"
 # lowest first; a layer's packages do not import each other
 LAYERS = [
     ("errors", "version"),
-    ("io", "hostmem", "device", "schedule", "config_files", "distributed", "timing"),
+    ("io", "hostmem", "device", "schedule", "config_files", "distributed", "timing", "progress"),
     ("provenance",),
     ("metrics",),  # distances, FID and classifier metrics on tensors
     ("data",),
@@ -24,7 +24,7 @@ LAYERS = [
     ("models",),  # the score network of eq. (2.5) and its preconditioning
     ("diffusion",),  # forward process and loss
     ("sampling",),
-    ("export",),  # the export format
+    ("export", "output"),  # the export format; what a pipeline hands back
     ("pipeline",),  # the trained artifact
     ("config",),  # the run configuration
     ("build",),  # data, model and pipeline of a run configuration
