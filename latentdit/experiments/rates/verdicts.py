@@ -25,37 +25,33 @@ import math
 
 import numpy as np
 
+from latentdit.fits import loglog_slope, seed_curves
+
 VERDICTS = ("consistent", "faster than the bound", "slower over this range", "untestable")
 MIN_POINTS = 4
 MIN_DECADES = 1.5
 MIN_EXCESS_SE = 3.0
 
 
-def _loglog_slope(x: list[float], y: list[float]) -> float:
-    return float(np.polyfit(np.log(np.asarray(x, float)), np.log(np.asarray(y, float)), 1)[0])
-
-
 def fit_slope(points, level: float = 0.95) -> dict:
     """Per-seed log-log least-squares slopes of (seed, x, y) triples, their mean and t-interval.
 
-    Points with a non-positive or non-finite y are dropped; seeds with fewer than two distinct x are
-    skipped. Returns ``slope`` (the mean of the per-seed slopes), ``se`` (their standard error),
+    Points with a non-positive or non-finite y cannot enter a log-log fit: they are left out and
+    counted (``dropped``); seeds with fewer than two distinct x are skipped. Returns ``slope`` (the mean of the per-seed slopes), ``se`` (their standard error),
     ``df`` (seeds - 1), ``ci`` (the two-sided ``level`` t-interval; +-inf with one seed), ``level``,
-    ``seed_slopes``, ``n_seeds``, ``n_points`` (distinct x kept) and ``decades`` (log10 max x / min x).
+    ``seed_slopes``, ``n_seeds``, ``n_points`` (distinct x kept), ``decades`` (log10 max x / min x) and ``dropped``.
     """
     from scipy.stats import t as student_t
 
     if not 0 < level < 1:
         raise ValueError(f"fit_slope: level={level} must lie in (0, 1)")
-    by_seed: dict = {}
-    for s, x, y in points:
-        if y is not None and x is not None and x > 0 and math.isfinite(y) and y > 0:
-            by_seed.setdefault(s, []).append((float(x), float(y)))
-    xs = sorted({x for v in by_seed.values() for x, _ in v})
+    by_seed, dropped = seed_curves(points)
+    xs = sorted({x for v in by_seed.values() for x in v})
     decades = math.log10(xs[-1] / xs[0]) if xs else 0.0
-    slopes = [_loglog_slope(*zip(*v)) for _, v in sorted(by_seed.items()) if len({a for a, _ in v}) >= 2]
+    slopes = [loglog_slope(list(v), list(v.values()))[0] for _, v in sorted(by_seed.items()) if len(v) >= 2]
     out = {"slope": math.nan, "se": math.nan, "df": 0, "ci": [math.nan, math.nan], "level": level,
-           "seed_slopes": slopes, "n_seeds": len(slopes), "n_points": len(xs), "decades": decades}
+           "seed_slopes": slopes, "n_seeds": len(slopes), "n_points": len(xs), "decades": decades,
+           "dropped": dropped}
     if not slopes:
         return out
     m = float(np.mean(slopes))
