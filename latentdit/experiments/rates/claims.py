@@ -20,12 +20,24 @@ import math
 
 import numpy as np
 
+from latentdit.experiments.rates.headline import curve_converged, headline, scale
 from latentdit.experiments.rates.plan import Plan
-from latentdit.experiments.rates.verdicts import excess_se_ratio, fit_slope, verdict
+from latentdit.experiments.rates.preregistration import describe
+from latentdit.experiments.rates.verdicts import excess_se_ratio, fit_slope, power_verdict, verdict
+from latentdit.fits import bootstrap_power_floor, curvature_test, local_slopes
 
 
-def _sel(rows: list[dict], section: str, **eq) -> list[dict]:
-    return [r for r in rows if r.get("section") == section and all(r.get(k) == v for k, v in eq.items())]
+def _sel(rows: list[dict], section: str, *, doubled: bool = False, **eq) -> list[dict]:
+    """The rows of ``section`` matching ``eq``: budget scale 1, or their doubled twins."""
+    return [r for r in rows if r.get("section") == section and all(r.get(k) == v for k, v in eq.items())
+            and (scale(r) == 2) == doubled]
+
+
+def _conv(rows: list[dict], section: str, x: str, y, **eq) -> dict:
+    """:func:`curve_converged` of one curve of ``section`` (``y``: a field name or a function)."""
+    get = (lambda r: r.get(y)) if isinstance(y, str) else y
+    return curve_converged(_sel(rows, section, **eq), _sel(rows, section, doubled=True, **eq),
+                           lambda r: r[x], get)
 
 
 def _curve(triples) -> list[list[float]]:
@@ -50,13 +62,38 @@ def _profile(rs: list[dict], tkey: str, mkey: str) -> dict:
 
 def _entry(kind, title, theorem, statement, sweep, x, y, triples, predicted, bound="upper", *, why="",
            converged=True, excess_se_ratio=None, reference=None, profiles=None) -> dict:
+    """One entry: the per-seed log-log slope fit and its verdict, the local slopes and the
+    curvature test of the seed means, the fitted x range and the convergence of the curve
+    (``converged``: a bool or a :func:`curve_converged` result)."""
+    conv = converged if isinstance(converged, dict) else {"converged": bool(converged), "rule": "given", "detail": ""}
     fit = fit_slope(triples)
-    v = verdict(fit, predicted, bound=bound, converged=converged, excess_se_ratio=excess_se_ratio)
+    v = verdict(fit, predicted, bound=bound, converged=conv["converged"], excess_se_ratio=excess_se_ratio)
+    pts = _curve(triples)
+    fx = sorted({float(t[1]) for t in triples if t[2] is not None and math.isfinite(t[2]) and t[2] > 0})
     return {"kind": kind, "title": title, "theorem": theorem, "statement": statement, "why": why, "sweep": sweep,
-            "x": x, "y": y, "points": _curve(triples), "reference": reference or {}, "profiles": profiles or {},
+            "x": x, "y": y, "points": pts, "reference": reference or {}, "profiles": profiles or {},
             "slope": fit["slope"], "ci": fit["ci"], "seed_slopes": fit["seed_slopes"], "predicted": predicted,
-            "bound": bound, "verdict": v["verdict"], "reasons": v["reasons"], "n_points": fit["n_points"],
-            "decades": fit["decades"]}
+            "bound": bound, "verdict": v["verdict"], "holds": v["holds"], "reasons": v["reasons"],
+            "n_points": fit["n_points"], "decades": fit["decades"], "dropped_points": fit["dropped"],
+            "fit_range": [fx[0], fx[-1]] if fx else None, "convergence": conv,
+            "local_slopes": local_slopes([p[0] for p in pts], [p[1] for p in pts]),
+            "curvature": curvature_test([p[0] for p in pts], [p[1] for p in pts])}
+
+
+def power_entry(e: dict, triples, predicted_p: float, raw: dict, raw_y: str) -> dict:
+    """``e`` with the model-based fit y = a + b x^-p of the raw ``(seed, x, y)`` triples
+    (:func:`bootstrap_power_floor`) as its headline statistic and verdict (:func:`power_verdict`);
+    the per-seed slope of ``e`` stays as a secondary figure; ``raw`` curves go to their own axes."""
+    f = bootstrap_power_floor(triples)
+    xs = sorted({float(t[1]) for t in triples})
+    decades = math.log10(xs[-1] / xs[0]) if len(xs) > 1 else 0.0
+    v = power_verdict(f, predicted_p, x_decades=decades, converged=e["convergence"]["converged"])
+    f["x_range"] = [xs[0], xs[-1]] if xs else None
+    return {**e, "power_fit": f, "raw": raw, "raw_y": raw_y, "verdict": v["verdict"], "holds": v["holds"],
+            "reasons": v["reasons"] + [f"secondary, the per-seed log-log slope of {e['y']}: {e['slope']:.3g}, "
+                                       f"95% CI [{e['ci'][0]:.3g}, {e['ci'][1]:.3g}], {e['verdict']}"]
+            + [f"secondary: {r}" for r in e["reasons"]],
+            "statistic": "power"}
 
 
 def _above_floor(triples, k: float = 3.0):
@@ -77,15 +114,15 @@ def _sample(rows: list[dict], plan: Plan, out: dict, top: dict) -> None:
         rs = _sel(rows, "sample", d0=d0)
         inf = {r["seed"]: r for r in rs if r["n"] == 0}
         fin = [r for r in rs if r["n"] > 0 and r["seed"] in inf]
-        conv = all(r["converged"] for r in rs) and bool(rs)
+        conv = _conv(rows, "sample", "n", "score_integral", d0=d0)
         ns = sorted({r["n"] for r in fin})
         def col(k: str) -> list:
             return [[x, m] for x, m, _ in _curve([(r["seed"], r["n"], r.get(k)) for r in fin])]
 
         si_inf = float(np.mean([r["score_integral"] for r in inf.values()])) if inf else math.nan
         # reference curves in the unit of the entry's y only (they share its plot); the rest as columns
-        ref = {"score_integral (n)": col("score_integral"), "score_integral (n = inf)": [[n, si_inf] for n in ns],
-               "ERM score_integral": col("erm_score_integral")}
+        raw = {"score_integral (n)": col("score_integral"), "score_integral (n = inf)": [[n, si_inf] for n in ns],
+               "memoriser (closed-form ERM) score_integral": col("erm_score_integral")}
         cols = {k: col(k) for k in ("population_loss", "memorisation_fraction", "w2_excess", "w2_clean")}
         prof = {f"n={n}": _profile([r for r in fin if r["n"] == n], "score_t", "score_mse") for n in ns}
         prof.update({f"ERM n={n}": _profile([r for r in fin if r["n"] == n], "score_t", "erm_score_mse")
@@ -101,10 +138,12 @@ def _sample(rows: list[dict], plan: Plan, out: dict, top: dict) -> None:
             "(1/T) int_{T0}^{T} E||s - grad log p_t||^2 dt minus its n = inf value = O~(n^{-1/3}) (the excess risk "
             "of Thm 3.2's own functional, exact against the closed-form score)", "sample", "n",
             "score_integral(n) - score_integral(inf)", kept, -1 / 3, converged=conv, excess_se_ratio=ratio,
-            reference=ref, profiles=prof), si, dropped)
+            profiles=prof), si, dropped)
+        e = power_entry(e, [(r["seed"], r["n"], r["score_integral"]) for r in fin], 1 / 3, raw, "score_integral")
         e["columns"] = cols
         out[f"sample_complexity_d0_{d0}"] = e
         top[f"sample_complexity_slope_d0_{d0}"] = e["slope"]
+        conv = _conv(rows, "sample", "n", "population_loss", d0=d0)
         exc = [(r["seed"], r["n"], r["population_loss"] - inf[r["seed"]]["population_loss"]) for r in fin]
         kept, ratio, dropped = _above_floor(exc)
         out[f"population_loss_vs_n_d0_{d0}"] = _note_dropped(_entry(
@@ -185,7 +224,7 @@ def _approx(rows: list[dict], plan: Plan, out: dict, top: dict) -> None:
                 "eps_hat = max_t sigma(t) ||s - grad log p_t||_{L2(P_t)} / sqrt(d0) does not grow with capacity "
                 f"and does not depend on D (curves for D = {', '.join(map(str, Ds))})", "approx", "parameters",
                 "score_uniform", [(r["seed"], r["params"], r["score_uniform"]) for r in rs], 0.0,
-                converged=all(r["converged"] for r in rows if r.get("section") == "approx"),
+                converged=_conv(rows, "approx", "params", "score_uniform", block=blk, d0=d0, D=Ds[0]),
                 reference=reference)
     # the D curves compared seed by seed (capacity_D_gap); with a frozen PCA encoder on noiseless data
     # the latent problem is the same at every D, so this is an implementation check of the ambient parts
@@ -202,7 +241,7 @@ def _blocks(rows: list[dict], plan: Plan, out: dict) -> None:
             "claim", f"Uniform score error against d0, {name}", "Thm 3.1",
             "max_t sigma(t) ||s - grad log p_t||_{L2(P_t)} <= eps sqrt(d0): slope <= 1/2 in d0, with the same "
             "per-token law at every d0", "blocks", "d0", "max_t sigma(t) err(t)", tr, 0.5,
-            converged=all(r["converged"] for r in rs) and bool(rs))
+            converged=_conv(rows, "blocks", "d0", "score_uniform", coupled=c))
 
 
 def _t0(rows: list[dict], plan: Plan, out: dict) -> None:
@@ -214,7 +253,7 @@ def _t0(rows: list[dict], plan: Plan, out: dict) -> None:
         "The score-error integral is O~(1/(T0 T)): as T0 falls it grows at most like 1/T0 (slope >= -1); the "
         "W2 to the clean latent law (reference curve) shows the trade-off", "t0", "T0", "score_integral",
         [(r["seed"], r["T0"], r["score_integral"]) for r in rs], -1.0, bound="lower",
-        converged=all(r["converged"] for r in rs) and bool(rs), reference=ref)
+        converged=_conv(rows, "t0", "T0", "score_integral"), reference=ref)
 
 
 def _encoder(rows: list[dict], plan: Plan, out: dict) -> None:
@@ -227,7 +266,7 @@ def _encoder(rows: list[dict], plan: Plan, out: dict) -> None:
         "claim", "Learned encoder from a random init: subspace error against training steps", "Cor. 3.2.1 (i)",
         "||W_B W_B^T - B B^T||_F^2 of a learned W_B (random Stiefel init, n = inf) falls with training at every D "
         f"(curve for D = {first}; the other D as reference curves)", "encoder", "step", "subspace error",
-        curves[first], 0.0, converged=all(r["converged"] for r in rs) and bool(rs),
+        curves[first], 0.0, converged=_conv(rows, "encoder", "D", "score_uniform"),
         reference={f"D={D}": [[x, m] for x, m, _ in _curve(curves[D])] for D in e.D_values[1:]})
     rs = _sel(rows, "encoder_noisy")
     out["learned_subspace_vs_n"] = _entry(
@@ -235,7 +274,7 @@ def _encoder(rows: list[dict], plan: Plan, out: dict) -> None:
         "||W_B W_B^T - B B^T||_F^2 = O~(xi / c0), xi ~ n^{-1/3}, for x = B h + tau xi (PCA of the same points as "
         "the reference curve)", "encoder_noisy", "n", "subspace error",
         [(r["seed"], r["n"], r["subspace_error"]) for r in rs], -1 / 3,
-        converged=all(r["converged"] for r in rs) and bool(rs),
+        converged=_conv(rows, "encoder_noisy", "n", "subspace_error"),
         reference={"PCA": [[x, m] for x, m, _ in _curve([(r["seed"], r["n"], r["subspace_error_pca"]) for r in rs])]})
 
 
@@ -272,7 +311,7 @@ def _checks(rows: list[dict], plan: Plan, out: dict, top: dict) -> None:
     top["d_independence_spread"] = spread
     e = _entry("check", "Score error does not depend on D with a frozen exact encoder", "Thm 3.1",
                "eps_hat at fixed d0 is the same for every D when W_B = B", "dcheck", "D", "score_uniform", tr, 0.0,
-               converged=all(r["converged"] for r in rs) and bool(rs),
+               converged=_conv(rows, "dcheck", "D", "score_uniform"),
                why="with W_B = B the loss of eq. (2.5) is ||f(B^T x_t, t) - beta h0||^2 plus a term free of the "
                "network, and B^T x_t has the same law for every D: the training problem is the same in law")
     e["spread"] = spread
@@ -305,4 +344,26 @@ def analyse(rows: list[dict], plan: Plan) -> dict:
     if plan.encoder is not None:
         _encoder(rows, plan, out)
     _checks(rows, plan, out, top)
-    return {"claims": out, "top": top}
+    from latentdit.experiments.rates.learned import learned_entries
+
+    out.update(learned_entries(rows))
+    top.update(headline(rows))
+    return {"claims": {k: classify(k, e) for k, e in out.items()}, "top": top}
+
+
+def classify(key: str, e: dict) -> dict:
+    """``e`` with the kind of its pre-registered entry (:func:`describe`) and its ``failure`` line:
+    for a claim, how it could fail other than by optimisation; for a check or a diagnostic, why it
+    cannot. A check's slope verdict becomes passes / fails (from ``holds``); a diagnostic's becomes
+    ``reported``. An entry missing from the registry is a claim whose failure line says so."""
+    reg = describe(key)
+    kind = reg.kind if reg is not None else e.get("kind", "claim")
+    out = {**e, "kind": kind, "failure": reg.failure if reg is not None else
+           "NOT PRE-REGISTERED: this entry has no line in preregistration.ENTRIES"}
+    if kind == "check" and e.get("verdict") in ("consistent", "faster than the bound", "slower over this range"):
+        out["verdict"] = "passes" if e.get("holds") else "fails"
+    if kind == "diagnostic":
+        out["verdict"] = "reported"
+    if kind != "claim" and not out.get("why"):
+        out["why"] = out["failure"]
+    return out

@@ -141,3 +141,38 @@ def verdict(fit: dict, predicted: float, *, bound: str = "upper", converged: boo
         out["reasons"].append("over the measured range only: an O-bound with constants, log factors and floors "
                               "can still hold at larger x")
     return out
+
+
+def power_verdict(fit: dict, predicted_p: float, *, x_decades: float, converged: bool = True) -> dict:
+    """The state of a claimed decay exponent for the model y = a + b x^-p (a floor a, fitted by
+    :func:`latentdit.fits.bootstrap_power_floor`): the bound error <= C x^-predicted_p above a floor
+    holds unless the bootstrap interval of p lies entirely below ``predicted_p``.
+
+    States as :func:`verdict`: *slower over this range* (interval below: ``holds`` False), *faster
+    than the bound* (interval above), *consistent*; *untestable* with the reasons (not converged,
+    fewer than :data:`MIN_POINTS` x, fewer than :data:`MIN_DECADES` decades, no interval)."""
+    reasons = []
+    if not converged:
+        reasons.append("the runs did not converge (training budget too small for this sweep)")
+    if fit["k"] < MIN_POINTS:
+        reasons.append(f"{fit['k']} distinct x (< {MIN_POINTS})")
+    if x_decades < MIN_DECADES:
+        reasons.append(f"x spans {x_decades:.2f} decades (< {MIN_DECADES:g})")
+    lo, hi = fit["p_ci"]
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        reasons.append(f"{fit['n_seeds']} seed(s): no bootstrap interval")
+    if fit.get("dropped"):
+        reasons.append(f"{fit['dropped']} point(s) with y <= 0 or not finite left out of the fit")
+    out = {"verdict": "untestable", "holds": None, "reasons": reasons}
+    if any(not r.endswith("left out of the fit") for r in reasons):
+        return out
+    ci = f"p = {fit['p']:.3g}, {100 * fit['level']:g}% bootstrap interval [{lo:.3g}, {hi:.3g}]"
+    if hi < predicted_p:
+        out.update(verdict="slower over this range", holds=False,
+                   reasons=[f"{ci} below predicted {predicted_p:.3g}", "over the measured range only"] + reasons)
+    elif lo > predicted_p:
+        out.update(verdict="faster than the bound", holds=True,
+                   reasons=[f"{ci} above predicted {predicted_p:.3g}"] + reasons)
+    else:
+        out.update(verdict="consistent", holds=True, reasons=[f"{ci} contains predicted {predicted_p:.3g}"] + reasons)
+    return out
