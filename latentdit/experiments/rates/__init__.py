@@ -41,6 +41,36 @@ __all__ = ["DB_NAME", "SECTIONS", "Budget", "Plan", "RateStore", "analyse", "con
            "estimate", "main", "only_sections", "plan_for", "points", "run_rates", "run_sweep", "run_task", "tasks"]
 
 
+def _report_only(out: Path, rows_path: Path | None) -> int:
+    """``--report-only``: the report of ``out`` rebuilt from a rows file alone."""
+    from latentdit.experiments.rates.report import build_report
+    from latentdit.experiments.rates.rows import ROWS_NAME, read_rows
+    from latentdit.io import check_output_dir
+
+    src = rows_path or out / ROWS_NAME
+    if not src.is_file():
+        raise ConfigError(f"--report-only: no rows file at {src}; run `latentdit rates --out {out}` first, or pass "
+                          "--rows FILE (e.g. docs/rates/rows.csv)")
+    check_output_dir(out)
+    try:
+        rows = read_rows(src)
+        s = build_report(out, rows)
+    except ValueError as e:
+        raise ConfigError(f"--report-only: {src}: {e}") from e
+    _print_claims(s)
+    print(f"wrote {out / 'summary.json'} and {out / 'report.md'} from {src}")
+    return 0
+
+
+def _print_claims(s: dict) -> None:
+    for k, c in s["claims"].items():
+        slope = c.get("slope")
+        holds = {None: "untestable", True: "holds", False: "FAILS"}[c.get("holds")]
+        print(f"{k:34s} {c.get('kind', ''):10s} slope {slope if slope is not None else math.nan:+.3f} "
+              f"(predicted {c.get('predicted') if c.get('predicted') is not None else math.nan:+.3f}): "
+              f"{c['verdict']}; bound {holds}")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="latentdit rates",
                                  description="Measure the paper's statistical rates on ground-truth models.")
@@ -58,7 +88,13 @@ def main(argv: list[str] | None = None) -> int:
                     help="comma-separated subset of the plan's sections (default all): " + ", ".join(PLAN_FIELDS))
     ap.add_argument("--estimate", action="store_true", help="also time the full plan (a short probe per section)")
     ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--report-only", action="store_true",
+                    help="train nothing: rebuild report.md, summary.json and the plots in --out from its rows.csv "
+                         "(or from --rows FILE)")
+    ap.add_argument("--rows", type=Path, default=None, help="with --report-only: the rows file to read")
     a = ap.parse_args(argv)
+    if a.report_only:
+        return _report_only(a.out, a.rows)
     if a.workers < 1 or a.threads < 1:
         raise ConfigError(f"--workers={a.workers} and --threads={a.threads} must be >= 1")
     if a.scheduler is not None and a.scheduler != "local" and not a.scheduler.startswith(("tcp://", "tls://")):
@@ -76,9 +112,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"interrupted; finished tasks are kept in {a.out / DB_NAME} and a rerun resumes", file=sys.stderr)
         return 130
-    for k, c in s["claims"].items():
-        slope = c.get("slope")
-        print(f"{k:34s} {c.get('kind', ''):5s} slope {slope if slope is not None else math.nan:+.3f} "
-              f"(predicted {c.get('predicted') if c.get('predicted') is not None else math.nan:+.3f}): {c['verdict']}")
+    _print_claims(s)
     print(f"wrote {a.out / 'summary.json'} and {a.out / 'report.md'}")
     return 0

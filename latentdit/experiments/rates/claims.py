@@ -323,6 +323,7 @@ def _check(title, theorem, statement, x, y, triples, bad, why) -> dict:
             "x": x, "y": y, "points": _curve(triples), "reference": {}, "profiles": {}, "slope": math.nan,
             "ci": [math.nan, math.nan], "predicted": math.nan, "bound": "upper",
             "verdict": "passes" if triples and not bad else ("untestable" if not triples else "fails"),
+            "holds": None if not triples else not bad,
             "reasons": bad[:10] or ([f"all {len(triples)} rows within range"] if triples else ["no rows"]),
             "n_points": len({t[1] for t in triples}), "decades": 0.0}
 

@@ -50,11 +50,11 @@ def curve_converged(rows: list[dict], doubled: list[dict], x: Callable[[dict], f
             if len(base) < 2 or not twin:
                 continue
             se = float(np.std(list(base.values()), ddof=1) / math.sqrt(len(base)))
-            change = abs(np.mean(list(twin.values())) - np.mean([base[s] for s in twin]))
+            change = abs(float(np.mean(list(twin.values()))) - float(np.mean([base[s] for s in twin])))
             worst.append((change / se if se > 0 else math.inf, xv))
         if worst:
             r, xv = max(worst)
-            return {"converged": r < 1.0, "rule": "doubled budget",
+            return {"converged": bool(r < 1.0), "rule": "doubled budget",
                     "detail": f"largest change at doubled budget {r:.2g} seed SE (x = {xv})"}
     capped = [r for r in rows if r.get("stop_reason", "patience" if r.get("converged") else "step cap") == "step cap"]
     return {"converged": not capped, "rule": "stop reason",
