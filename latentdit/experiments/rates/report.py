@@ -352,5 +352,8 @@ def build_report(out_dir, rows: list[dict]) -> dict:
     analysis = analyse(done, plan)
     write_report(out_dir, plan, done, analysis, meta=meta, attention=att)
     summary = summary_dict(analysis, plan, meta, att)
+    prov = [r["provenance"] for r in rows if r.get("section") == "plan" and r.get("provenance")]
+    if prov:  # the session that wrote the rows file (command, commit, threads, load)
+        summary["provenance"] = prov[0]
     atomic_write_text(Path(out_dir) / "summary.json", json.dumps(summary, indent=1, allow_nan=False) + "\n")
     return summary

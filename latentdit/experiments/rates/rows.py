@@ -108,11 +108,13 @@ def _build(cls, d: dict):
     return cls(**kw)
 
 
-def plan_row(plan) -> dict:
-    """The line that records the plan itself (``section = "plan"``, ``spec`` = its fields)."""
+def plan_row(plan, provenance: dict | None = None) -> dict:
+    """The line that records the plan itself (``section = "plan"``, ``spec`` = its fields) and the
+    provenance of the session that wrote the file (summary.json copies it)."""
     from dataclasses import asdict
 
-    return {"section": "plan", "plan": plan.name, "spec": asdict(plan)}
+    return {"section": "plan", "plan": plan.name, "spec": asdict(plan),
+            **({"provenance": provenance} if provenance else {})}
 
 
 def plan_from_rows(rows: list[dict]):
