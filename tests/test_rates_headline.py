@@ -98,3 +98,12 @@ def test_every_entry_is_classified_with_its_failure_line():
     assert e["power_fit"]["p"] == pytest.approx(0.5, abs=1e-3) and e["verdict"] == "faster than the bound"
     md = plan_markdown()
     assert all(f"`{k}`" in md for k in ENTRIES) and "How it could fail other than by optimisation" in md
+
+
+def test_committed_plan_file_is_the_registry():
+    """docs/rates/plan.md is what ``latentdit rates --write-plan`` writes from the code: a change of
+    the plan without a regenerated plan file (and hence a new plan commit) fails here."""
+    from pathlib import Path
+
+    committed = Path(__file__).resolve().parents[1] / "docs" / "rates" / "plan.md"
+    assert committed.read_text() == plan_markdown() + "\n", "regenerate: latentdit rates --out docs/rates --write-plan"

@@ -92,9 +92,20 @@ def main(argv: list[str] | None = None) -> int:
                     help="train nothing: rebuild report.md, summary.json and the plots in --out from its rows.csv "
                          "(or from --rows FILE)")
     ap.add_argument("--rows", type=Path, default=None, help="with --report-only: the rows file to read")
+    ap.add_argument("--write-plan", action="store_true",
+                    help="train nothing: write the pre-registered plan (plan.md) into --out")
     a = ap.parse_args(argv)
     if a.report_only:
         return _report_only(a.out, a.rows)
+    if a.write_plan:
+        from latentdit.experiments.rates.preregistration import PLAN_VERSION, plan_markdown
+        from latentdit.io import atomic_write_text, check_output_dir
+
+        check_output_dir(a.out)
+        a.out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(a.out / "plan.md", plan_markdown() + "\n")
+        print(f"wrote {a.out / 'plan.md'} (plan version {PLAN_VERSION})")
+        return 0
     if a.workers < 1 or a.threads < 1:
         raise ConfigError(f"--workers={a.workers} and --threads={a.threads} must be >= 1")
     if a.scheduler is not None and a.scheduler != "local" and not a.scheduler.startswith(("tcp://", "tls://")):

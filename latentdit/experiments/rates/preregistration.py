@@ -12,13 +12,12 @@ Every row of the store carries the version it ran under (``plan_version``) and t
 changed this module or the plan module (``plan_commit``, :func:`plan_commit`); the report names
 both.
 
-``python -m latentdit.experiments.rates.preregistration PATH`` writes the plan file.
+``latentdit rates --out docs/rates --write-plan`` writes the plan file.
 """
 
 from __future__ import annotations
 
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -217,7 +216,7 @@ def plan_markdown() -> str:
     """docs/rates/plan.md: the version, the changes, every entry of the registry and the grids of
     the ``full`` and ``quick`` modes."""
     L = [f"# Pre-registered plan of `latentdit rates`, version {PLAN_VERSION}", "",
-         "Written by `python -m latentdit.experiments.rates.preregistration docs/rates/plan.md` from "
+         "Written by `latentdit rates --out docs/rates --write-plan` from "
          "`latentdit/experiments/rates/preregistration.py` and `plan.py`; the report names the commit that "
          "last changed those two files.", "", "## Changes", ""]
     L += [f"- **v{v}.** {what} *Why:* {why}" for v, what, why in CHANGES] + [""]
@@ -233,19 +232,3 @@ def plan_markdown() -> str:
     L += ["## Row fields", ""] + [f"- `{k}`: {v}" for k, v in ROW_FIELDS.items()] + [""]
     L += ["## Grids and seeds", ""] + _grid_lines("full") + _grid_lines("quick")
     return "\n".join(L)
-
-
-def main(argv: list[str] | None = None) -> int:
-    from latentdit.io import atomic_write_text
-
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1:
-        print("usage: python -m latentdit.experiments.rates.preregistration PATH", file=sys.stderr)
-        return 2
-    atomic_write_text(args[0], plan_markdown() + "\n")
-    print(f"wrote {args[0]} (plan version {PLAN_VERSION})")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
