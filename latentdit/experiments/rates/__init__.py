@@ -17,9 +17,13 @@ sizes are in :mod:`~latentdit.experiments.rates.plan`; the row metrics are those
   closed-form ERM score of the same n points, :func:`latentdit.metrics.distances.erm_score`, on the
   profile's times ``score_t``) and ``subspace_error_pca_n`` (PCA of those n points).
 
-Every finished task is written at once to ``DIR/rates.sqlite`` by the driver alone; a rerun skips
-finished tasks and resumes unfinished ones from their checkpoints. :mod:`~.claims` turns the rows
-into claims and checks, :mod:`~.report` into report.md, plots and summary.json.
+Every finished task is written at once to ``DIR/rates.sqlite`` by the driver alone (with the plan
+version and the plan's commit, :mod:`~.preregistration`); a rerun skips finished tasks and resumes
+unfinished ones from their checkpoints. At the end the driver writes every row, the plan and the
+attention tables to ``DIR/rows.csv`` (:mod:`~.rows`) and builds report.md, the plots and
+summary.json from that file alone (:func:`~.report.build_report`): ``--report-only`` rebuilds them
+from a rows file, byte for byte, and ``--write-plan`` writes the pre-registered plan (plan.md).
+:mod:`~.claims` turns the rows into claims, checks and diagnostics.
 """
 
 from __future__ import annotations

@@ -1,17 +1,23 @@
-"""The paper's statistical claims and the implementation checks, measured on the finished rows.
+"""The paper's statistical claims, the implementation checks and the diagnostics, measured on the
+finished rows.
 
-:func:`analyse` returns ``{"claims": {key: entry}, "top": {...}}``. Every entry has ``kind``
-("claim": can fail; "check": holds by construction, ``why`` says why), the axes, the measured curve
-``points`` ([x, mean over seeds, standard error]), optional ``reference`` curves and per-t
-``profiles``, the per-seed log-log slope fit with its interval and the verdict of
-:func:`latentdit.experiments.rates.verdicts.verdict`.
+:func:`analyse` returns ``{"claims": {key: entry}, "top": {...}}``. Every entry has ``kind`` from
+the pre-registration (:mod:`~latentdit.experiments.rates.preregistration`: "claim" can fail and
+``failure`` says how, other than by optimisation; "check" holds by construction and "diagnostic"
+describes training, ``why`` says why), the axes, the measured curve ``points`` ([x, mean over seeds,
+standard error]), optional ``reference`` curves (same unit), ``raw`` curves (raw quantities, drawn
+on their own axes) and per-t ``profiles``, the per-seed log-log slope fit with its interval and the
+verdict of :func:`~latentdit.experiments.rates.verdicts.verdict` (``holds`` stored), the points it
+left out (``dropped_points``), the local slopes and the curvature test of the seed means, the
+fitted x range and the curve's convergence (:func:`~latentdit.experiments.rates.headline.curve_converged`).
+A rate claim measured on a quantity with a floor has the model-based fit y = a + b x^-p with its
+seed bootstrap as its headline statistic (:func:`power_entry`).
 
-Claims: sample complexity (Thm 3.2: the excess score risk, Thm 3.2's integral of the squared score
-error against the closed form above its n = inf value, predicted slope -1/3 in n; and the same for
-the held-out population DSM loss J(n) - J(inf) on fixed (x0, t, z)), approximation
-(Thm 3.1: eps_hat = score_uniform against capacity, for each D: not increasing, and the same for
-every D), d0 like-with-like (Thm 3.1: max_t sigma(t) err(t) grows at most like sqrt(d0)) and the
-early-stopping time (Thm 3.2's 1/T0 factor: the score integral grows at most like 1/T0 as T0 falls).
+Claims: the excess score risk and the held-out DSM loss against n (Thm 3.2), the coupled-block d0
+sweep (Thm 3.1) and the learned subspace on noisy data against n (Cor. 3.2.1 (i)); the version-2
+sections' entries come from :mod:`~latentdit.experiments.rates.learned`. Checks: approximation
+against capacity (nested classes), independent blocks, the frozen-encoder D checks, off-subspace
+variance, PCA subspace. Diagnostics: the T0 trade-off and the learned encoder against steps.
 """
 
 from __future__ import annotations

@@ -1,13 +1,16 @@
-"""The report of ``latentdit rates``: report.md, one plot per claim or check, the attention
-criterion section and the summary dictionary, all drawn from the ``analysis`` dictionary.
+"""The report of ``latentdit rates``: report.md, one plot per entry, the attention criterion
+section and summary.json, rebuilt from the rows file alone by :func:`build_report` (the same bytes
+for the same rows: no clock, no absolute path; the session's provenance is a line of the rows).
 
 ``analysis["claims"]`` maps a key to an entry with ``kind`` ("claim": a statement of the paper that
 the measurement can fail; "check": a property that holds by construction of the code, with ``why``),
 ``title``, ``theorem``, ``statement``, axis names ``x`` / ``y``, the measured curve ``points``
 ([x, mean, se] rows), optional ``reference`` curves and per-t ``profiles``, and the statistic: the
 fitted ``slope`` and ``ci``, the ``predicted`` exponent and its ``bound`` ("upper" / "lower"), the
-``verdict`` with its ``reasons``, ``n_points`` and ``decades``. Claims and checks are reported in
-separate sections, so that a check (which passes by construction) is never read as evidence.
+``verdict`` with its ``reasons`` and ``holds``, ``n_points`` and ``decades``, the model-based fit
+``power_fit`` where the entry has one. Claims, checks and diagnostics are reported in separate
+sections, so that a check (which passes by construction) is never read as evidence; every claim
+prints how it could fail other than by optimisation.
 """
 
 from __future__ import annotations
