@@ -24,7 +24,7 @@ def _learned(D_factor=1.0, p=0.5, seeds=range(6)):
         g = 1.0 + 0.05 * (s - 2.5)
         for D, f in ((32, 1.0), (2048, D_factor)):
             for n in NS:
-                rows.append({"section": "learned", "selection": "holdout", "seed": s, "D": D, "d0": 4, "n": n,
+                rows.append({"section": "estimation", "stop": "heldout", "weighting": "none", "seed": s, "D": D, "d0": 4, "n": n,
                              "score_integral": f * g * (0.05 + n ** -p), "w2_excess": g * n ** -0.3,
                              "stop_reason": "patience"})
     return rows
@@ -54,15 +54,43 @@ def test_sample_complexity_exponent_from_the_learned_rows():
     assert slow["p"] == pytest.approx(0.2, abs=1e-3) and slow["holds"] is False
 
 
+class _Fstar:
+    """A plan section with the d0 curve width = 8 sqrt(d0 / 4)."""
+
+    @staticmethod
+    def d0_width(d0: int) -> int:
+        return int(round(8 * (d0 / 4) ** 0.5))
+
+
+def _fstar_rows(shift_2x=0.0):
+    """eps_hat sqrt(d0) = 0.1 d0^(0.3 + 0.02 (s - 1)) on the d0 curve (per-seed slopes 0.28, 0.30,
+    0.32); off the curve (width 99) a value that would change the slope; eps_hat_2x shifted."""
+    rows = []
+    for s in range(3):
+        for d0 in (4, 16, 64, 256):
+            e = 0.1 * d0 ** (0.3 + 0.02 * (s - 1)) / math.sqrt(d0)
+            for w, v in ((_Fstar.d0_width(d0), e), (99, 5.0 * e * d0)):
+                rows.append({"section": "fstar", "seed": s, "D": 512, "d0": d0, "width": w, "params": 10 * w * w, "eps_hat": v,
+                             "score_uniform": v, "eps_hat_2x": v + shift_2x, "eps_hat_F0": 1.0, "norm_W_OV": 2.0})
+    return rows
+
+
 def test_approximation_slope_d0_of_a_known_power():
-    """eps_hat sqrt(d0) = 0.1 d0^(0.3 + 0.02 (s - 1)): per-seed slopes 0.28, 0.30, 0.32."""
-    rows = [{"section": "fstar", "capacity_rule": "grow", "seed": s, "d0": d0,
-             "score_uniform": 0.1 * d0 ** (0.3 + 0.02 * (s - 1)) / math.sqrt(d0)}
-            for s in range(3) for d0 in (4, 16, 64, 256)]
-    rows.append({"section": "fstar", "capacity_rule": "grow", "zero_network": True, "seed": 0, "d0": 4,
-                 "score_uniform": 9.0})  # the F = 0 network is not part of the fit
-    a = approximation_slope_d0(rows)
+    from types import SimpleNamespace
+
+    plan = SimpleNamespace(fstar=_Fstar())
+    a = approximation_slope_d0(_fstar_rows(), plan)
     assert a["slope"] == pytest.approx(0.3, abs=1e-12) and a["verdict"] == "faster than the bound" and a["holds"]
+    assert approximation_slope_d0(_fstar_rows()) == {"status": "absent"}  # no plan section: no d0 curve
+    c = analyse(_fstar_rows(), SimpleNamespace(fstar=_Fstar(), sample=None, approx=None, blocks=None, t0=None,
+                                               encoder=None, budget=SimpleNamespace(eval_samples=100)))["claims"]
+    assert c["approximation_fstar"]["slope"] == pytest.approx(0.3, abs=1e-12)
+    assert c["approximation_fstar"]["convergence"]["converged"] is True  # eps_hat_2x equal: no change
+    assert c["fstar_capacity_d0_4"]["kind"] == "check" and c["fstar_capacity_d0_4"]["columns"]["norm_W_OV"]
+    moved = analyse(_fstar_rows(shift_2x=1.0), SimpleNamespace(
+        fstar=_Fstar(), sample=None, approx=None, blocks=None, t0=None, encoder=None,
+        budget=SimpleNamespace(eval_samples=100)))["claims"]["approximation_fstar"]
+    assert moved["convergence"]["converged"] is False and moved["verdict"] == "untestable"
 
 
 def test_convergence_by_doubled_budget_and_by_stop_reason():

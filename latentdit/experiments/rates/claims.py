@@ -353,8 +353,8 @@ def analyse(rows: list[dict], plan: Plan) -> dict:
     _checks(rows, plan, out, top)
     from latentdit.experiments.rates.learned import learned_entries
 
-    out.update(learned_entries(rows))
-    top.update(headline(rows))
+    out.update(learned_entries(rows, plan))
+    top.update(headline(rows, plan))
     return {"claims": {k: classify(k, e) for k, e in out.items()}, "top": top}
 
 

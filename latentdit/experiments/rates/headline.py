@@ -4,11 +4,12 @@ are missing.
 
 Row fields are those of :data:`latentdit.experiments.rates.preregistration.ROW_FIELDS`:
 
-- :func:`estimation_D_ratio`: section ``learned`` (learned W_B, ``selection = "holdout"``), the
+- :func:`estimation_D_ratio`: section ``estimation`` (learned W_B, ``stop = "heldout"``), the
   score-error integral at D = max over D = min, per d0 and n, on the seeds both have, with a
   percentile bootstrap over those seeds (Thm 3.2: the rate depends on d0, not D);
-- :func:`approximation_slope_d0`: section ``fstar`` with ``capacity_rule = "grow"`` (not the
-  F = 0 network), the per-seed log-log slope of eps_hat sqrt(d0) against d0, tested against 1/2;
+- :func:`approximation_slope_d0`: section ``fstar`` on its d0 curve (width growing with d0,
+  ``FstarSection.d0_width``), the per-seed log-log slope of eps_hat sqrt(d0) against d0, tested
+  against 1/2;
 - :func:`sample_complexity_exponent`: the exponent p of y = a + b n^-p fitted to the score-error
   integral with its seed bootstrap (:func:`latentdit.fits.bootstrap_power_floor`), from the
   learned-W_B rows at the smallest D when they exist, else from section ``sample``.
@@ -75,9 +76,26 @@ def _boot_ratio(num: dict, den: dict, resamples: int = 400) -> tuple[float, list
     return ratio, [float(v) for v in np.percentile(draws, [2.5, 97.5])]
 
 
-def learned_rows(rows: list[dict], selection: str = "holdout") -> list[dict]:
-    return [r for r in rows if r.get("section") == "learned" and r.get("selection", "holdout") == selection
-            and scale(r) == 1 and r.get("score_integral") is not None]
+def learned_rows(rows: list[dict], stop: str = "heldout") -> list[dict]:
+    """Rows of section ``estimation`` with stopping rule ``stop`` and the theorem's unweighted loss
+    (``weighting`` "none" when the section ran several)."""
+    return [r for r in rows if r.get("section") == "estimation" and r.get("stop", "heldout") == stop
+            and r.get("weighting", "none") == "none" and scale(r) == 1 and r.get("score_integral") is not None]
+
+
+def fstar_curve(rows: list[dict], plan=None) -> list[dict]:
+    """The ``fstar`` rows on the d0 curve: width = ``plan.fstar.d0_width(d0)`` (rows with a
+    ``capacity_rule`` of "grow" when the plan has no such section)."""
+    sec = getattr(plan, "fstar", None)
+    rs = [r for r in rows if r.get("section") == "fstar" and scale(r) == 1 and r.get("eps_hat", r.get("score_uniform"))
+          is not None]
+    if sec is not None and hasattr(sec, "d0_width"):
+        return [r for r in rs if r.get("width") == sec.d0_width(r["d0"])]
+    return [r for r in rs if r.get("capacity_rule") == "grow"]
+
+
+def eps_hat(r: dict) -> float:
+    return r["eps_hat"] if r.get("eps_hat") is not None else r["score_uniform"]
 
 
 def estimation_D_ratio(rows: list[dict]) -> dict:
@@ -105,14 +123,13 @@ def estimation_D_ratio(rows: list[dict]) -> dict:
             "parted_at": [[p["d0"], p["n"]] for p in parted]}
 
 
-def approximation_slope_d0(rows: list[dict]) -> dict:
-    """slope, ci, verdict and holds of eps_hat sqrt(d0) against d0 at capacity growing with d0
-    (upper bound 1/2, Thm 3.1); ABSENT without such rows."""
-    rs = [r for r in rows if r.get("section") == "fstar" and r.get("capacity_rule") == "grow"
-          and not r.get("zero_network") and scale(r) == 1 and r.get("score_uniform") is not None]
+def approximation_slope_d0(rows: list[dict], plan=None) -> dict:
+    """slope, ci, verdict and holds of eps_hat sqrt(d0) against d0 on the d0 curve of
+    :func:`fstar_curve` (upper bound 1/2, Thm 3.1); ABSENT without such rows."""
+    rs = fstar_curve(rows, plan)
     if not rs:
         return dict(ABSENT)
-    fit = fit_slope([(r["seed"], r["d0"], r["score_uniform"] * math.sqrt(r["d0"])) for r in rs])
+    fit = fit_slope([(r["seed"], r["d0"], eps_hat(r) * math.sqrt(r["d0"])) for r in rs])
     v = verdict(fit, 0.5, bound="upper")
     return {"status": "measured", "slope": fit["slope"], "ci": fit["ci"], "predicted": 0.5,
             "verdict": v["verdict"], "holds": v["holds"], "reasons": v["reasons"], "dropped": fit["dropped"]}
@@ -141,7 +158,7 @@ def sample_complexity_exponent(rows: list[dict]) -> dict:
             "dropped": f["dropped"], "n_seeds": f["n_seeds"]}
 
 
-def headline(rows: list[dict]) -> dict:
+def headline(rows: list[dict], plan=None) -> dict:
     """The three keys of this module for summary.json."""
-    return {"estimation_D_ratio": estimation_D_ratio(rows), "approximation_slope_d0": approximation_slope_d0(rows),
+    return {"estimation_D_ratio": estimation_D_ratio(rows), "approximation_slope_d0": approximation_slope_d0(rows, plan),
             "sample_complexity_exponent": sample_complexity_exponent(rows)}

@@ -40,13 +40,15 @@ CHANGES: tuple[tuple[int, str, str], ...] = (
 # the row fields that sections added in version 2 produce (documented here so that report code and
 # run code agree on them); absent fields make the entries that need them report "absent"
 ROW_FIELDS = {
-    "all": "seed, section, steps_trained, stop_reason ('patience' | 'step cap' | 'plateau'), budget_scale "
-           "(1; 2 for the doubled-budget twin of a run), plan_version, plan_commit",
-    "fstar": "d0, D, params, score_uniform (eps_hat of the network regressed on f*), zero_network (the F = 0 "
-             "network: preconditioning alone), capacity_rule ('fixed' | 'grow' with d0)",
-    "learned": "D, d0, n (0: infinity), selection ('holdout' | 'plateau'), score_integral, erm_score_integral, "
-               "kde_score_integral, em_score_integral, w2_excess, tv_excess, memorisation_fraction, "
-               "subspace_error, exact_w2_excess (exact-score sampler)",
+    "all": "seed, section, status, steps_trained, stop_reason ('patience' | 'step cap'), converged, budget_scale "
+           "(1; 2 for a doubled-budget twin row), plan_version, plan_commit, seconds",
+    "fstar": "d0, D, width, params, eps_hat (= score_uniform, the network regressed on f*), sigma_err_max, "
+             "eps_hat_2x (the same run at twice the budget), eps_hat_F0 (the F = 0 network), norm_* (Def. 3.2); "
+             "the d0 curve is width = FstarSection.d0_width(d0)",
+    "estimation": "D, d0, n (0: infinity), stop ('heldout' | 'erm' | 'population'), weighting, score_integral, "
+                  "erm_score_integral (memoriser), kde_score_integral, em_score_integral, w2_excess, "
+                  "control_dpm2m_w2_excess (exact-score sampler), tv_classifier(_floor, _control), "
+                  "memorisation_fraction(_control), subspace_error",
 }
 
 
