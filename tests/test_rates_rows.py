@@ -64,7 +64,11 @@ def test_report_only_rebuilds_the_report_byte_for_byte(tmp_path):
     s = build_report(a, read_rows(a / "rows.csv"))
     b.mkdir()
     shutil.copy(a / "rows.csv", b / "rows.csv")
+    (b / "report.md").write_text("![old](old_entry.png)\n")  # an earlier report's plot of an entry now gone
+    (b / "old_entry.png").write_bytes(b"png")
+    (b / "mine.png").write_bytes(b"png")  # not linked by the earlier report: left alone
     assert main(["--out", str(b), "--report-only"]) == 0
+    assert not (b / "old_entry.png").exists() and (b / "mine.png").exists()
     for name in ("report.md", "summary.json"):
         assert (a / name).read_bytes() == (b / name).read_bytes(), name
         assert str(tmp_path) not in (a / name).read_text()

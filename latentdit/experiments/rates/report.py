@@ -333,6 +333,13 @@ def summary_dict(analysis: dict, plan, meta: dict, attention: dict | None = None
     return json_safe(out)
 
 
+def _pngs(report: Path) -> set[str]:
+    """The PNG files a report.md links to (empty when there is none)."""
+    import re
+
+    return set(re.findall(r"\]\(([\w.-]+\.png)\)", report.read_text())) if report.is_file() else set()
+
+
 def build_report(out_dir, rows: list[dict]) -> dict:
     """report.md, summary.json and the PNGs in ``out_dir`` from the lines of a rows file alone
     (:mod:`~latentdit.experiments.rates.rows`): the plan line, the task rows and the attention
@@ -353,7 +360,10 @@ def build_report(out_dir, rows: list[dict]) -> dict:
             "plan_commits": sorted({r["plan_commit"] for r in done if r.get("plan_commit")})}
     att = from_rows(rows, out_dir)
     analysis = analyse(done, plan)
+    before = _pngs(Path(out_dir) / "report.md")
     write_report(out_dir, plan, done, analysis, meta=meta, attention=att)
+    for stale in before - _pngs(Path(out_dir) / "report.md"):  # plots of entries this report no longer has
+        (Path(out_dir) / stale).unlink(missing_ok=True)
     summary = summary_dict(analysis, plan, meta, att)
     prov = [r["provenance"] for r in rows if r.get("section") == "plan" and r.get("provenance")]
     if prov:  # the session that wrote the rows file (command, commit, threads, load)
