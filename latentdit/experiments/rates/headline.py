@@ -137,10 +137,12 @@ def approximation_slope_d0(rows: list[dict], plan=None) -> dict:
 
 def sample_complexity_exponent(rows: list[dict]) -> dict:
     """p of the power-plus-floor fit of score_integral against n with its bootstrap interval; the
-    learned-W_B rows at the smallest D when present, else section ``sample`` (smallest d0)."""
+    learned-W_B rows at the smallest D and d0 = 4 (else the smallest d0) when present, else section
+    ``sample`` (smallest d0)."""
     rs = learned_rows(rows)
     if rs:
-        D, d0 = min(r["D"] for r in rs), min(r["d0"] for r in rs)
+        d0s = {r["d0"] for r in rs}
+        D, d0 = min(r["D"] for r in rs), 4 if 4 in d0s else min(d0s)  # d0 = 4: the v1 sweep's
         src = [r for r in rs if r["D"] == D and r["d0"] == d0 and r["n"] > 0]
         source = f"learned W_B, D = {D}, d0 = {d0}, held-out selection"
     else:

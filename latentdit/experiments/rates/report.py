@@ -172,6 +172,7 @@ def attention_section(att: dict | None) -> list[str]:
         L.append(f"| {r['L']} | {r['m']} | {_fmt(r['B_star'], 3)} | {_fmt(r.get('B_star_over_sqrt_log_L'), 3)} | "
                  f"{_fmt(r['R_star'], 3)} | {_fmt(r['degree'])} | {_fmt(r['rank'])} | "
                  f"{_fmt(r['predicted_speedup'], 3)} | {_fmt(r.get('c_star'), 3)} | {r.get('limit', '-')} |")
+    L += _exponent_table(att.get("exponents") or [])
     meas = att.get("measured") or []
     if meas:
         L += ["", "Measured check (one head, entries uniform in [-B, B]): the error of the polynomial attention "
@@ -181,6 +182,23 @@ def attention_section(att: dict | None) -> list[str]:
             L.append(f"| {r['L']} | {r['m']} | {_fmt(r['B'], 3)} | {r['degree']} | {_fmt(r['guaranteed'], 3)} | "
                      f"{_fmt(r['measured'], 3)} |")
     return L + [""]
+
+
+def _exponent_table(rows: list[dict]) -> list[str]:
+    """Per L: the rank exponent at the smallest c, and the smallest c at which it reaches 1 (no
+    better than quadratic) among the points no cap binds; "-" when it does not within the grid."""
+    if not rows:
+        return []
+    L = ["", "| L | m | smallest c | rank exponent there | first c with exponent >= 1 | c capped from |",
+         "|---|---|---|---|---|---|"]
+    for n in sorted({r["L"] for r in rows}):
+        rs = sorted((r for r in rows if r["L"] == n), key=lambda r: r["c"])
+        free = [r for r in rs if r["capped"] is None]
+        one = [r["c"] for r in free if r["rank_exponent"] >= 1.0]
+        cap = [r["c"] for r in rs if r["capped"] is not None]
+        L.append(f"| {n} | {rs[0]['m']} | {_fmt(rs[0]['c'], 3)} | {_fmt(rs[0]['rank_exponent'], 3)} | "
+                 f"{_fmt(one[0], 3) if one else '-'} | {_fmt(cap[0], 3) if cap else '-'} |")
+    return L
 
 
 def _own_seeds(plan) -> dict:
