@@ -56,7 +56,11 @@ def test_report_only_rebuilds_the_report_byte_for_byte(tmp_path):
     report built with the rows, and the one --report-only builds in another folder from the file
     alone, are the same bytes; neither names a folder of this machine."""
     plan = plan_for("quick")
-    rows = [with_defaults(r, plan.name) for r in [plan_row(plan), *synthetic_rows(plan), *_attention_rows()]]
+    timing = {"wall_seconds": 950.0, "tasks_ran": 108, "wall_is_lower_bound": False, "sessions": [
+        {"wall_seconds": 700.0, "tasks_ran": 80, "ended": 1.7e9}, {"wall_seconds": 250.0, "tasks_ran": 28}]}
+    line = plan_row(plan, {"command": "latentdit rates", "git_commit": "abc"}, timing)
+    assert "ended" not in str(line["timing"])  # durations only, no timestamps
+    rows = [with_defaults(r, plan.name) for r in [line, *synthetic_rows(plan), *_attention_rows()]]
     rows.append(with_defaults({"section": "t0", "seed": 9, "T0": 0.5, "status": "failed", "error": "ValueError: x"},
                               plan.name))
     a, b = tmp_path / "a", tmp_path / "b"
@@ -73,7 +77,9 @@ def test_report_only_rebuilds_the_report_byte_for_byte(tmp_path):
         assert (a / name).read_bytes() == (b / name).read_bytes(), name
         assert str(tmp_path) not in (a / name).read_text()
     text = (a / "report.md").read_text()
-    assert s["meta"]["failed"] == 1 and "ValueError: x" in text
+    assert s["meta"]["failed"] == 1 and "ValueError: x" in text and s["provenance"]["git_commit"] == "abc"
+    assert "950 s against the `quick` plan's target of 900 s: over by 50 s" in text
+    assert "Split into 2 driver session(s) on one store: 700 s, 80 tasks; 250 s, 28 tasks." in text
     assert "## Diagnostics (describe training, not the paper)" in text and "| 256 | 3 | 1.49 |" in text
     assert (a / "attention_phase.png").stat().st_size > 1000
     from latentdit.errors import ConfigError

@@ -291,8 +291,8 @@ def write_report(out_dir, plan, rows: list[dict], analysis: dict, *, meta: dict,
         for k, e in group:
             L += _entry_section(k, e, out_dir)
     L += attention_section(attention)
-    L += ["## Task time by section", "", "Each task's own seconds, from the rows. The wall time of the driver "
-          "sessions is in `timing.json` (not a function of the rows, so not in this report).", ""]
+    L += ["## Time", "", "Each task's own seconds, from the rows; the wall time of the driver sessions as the "
+          "driver recorded it on the plan line of the rows (`timing.json` has their timestamps).", ""]
     L += _timing_lines(getattr(plan, "name", None), meta.get("timing") or {}, rows)
     fails = meta.get("failures") or []
     if fails:
@@ -320,6 +320,11 @@ def _timing_lines(mode, tm: dict, rows: list[dict]) -> list[str]:
         bound = " (a lower bound)" if tm.get("wall_is_lower_bound") else ""
         verdict = "within" if wall <= target else f"over by {wall - target:.0f} s"
         L += [f"Wall time {wall:.0f} s{bound} against the `{mode}` plan's target of {target} s: {verdict}.", ""]
+    ss = tm.get("sessions") or []
+    if ss:
+        L += [f"Split into {len(ss)} driver session(s) on one store: " + "; ".join(
+            f"{s.get('wall_seconds', 0):.0f} s, {s.get('tasks_ran', 0)} tasks"
+            + ("" if s.get("recorded", True) else " (a stopped driver, a lower bound)") for s in ss) + ".", ""]
     costs = section_costs(rows)
     total = sum(c["task_seconds"] for c in costs.values()) or 1.0
     L += ["| section | tasks | task seconds | share | mean per task |", "|---|---|---|---|---|"]
@@ -376,6 +381,9 @@ def build_report(out_dir, rows: list[dict]) -> dict:
                                 r.get("error", "")] for r in failed),
             "plan_versions": sorted({r["plan_version"] for r in done if r.get("plan_version") is not None}),
             "plan_commits": sorted({r["plan_commit"] for r in done if r.get("plan_commit")})}
+    tm = [r["timing"] for r in rows if r.get("section") == "plan" and r.get("timing")]
+    if tm:  # the driver sessions' durations, recorded on the plan line
+        meta["timing"] = tm[0]
     att = from_rows(rows, out_dir)
     analysis = analyse(done, plan)
     before = _pngs(Path(out_dir) / "report.md")

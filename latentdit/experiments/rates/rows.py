@@ -108,13 +108,20 @@ def _build(cls, d: dict):
     return cls(**kw)
 
 
-def plan_row(plan, provenance: dict | None = None) -> dict:
-    """The line that records the plan itself (``section = "plan"``, ``spec`` = its fields) and the
-    provenance of the session that wrote the file (summary.json copies it)."""
+def plan_row(plan, provenance: dict | None = None, timing: dict | None = None) -> dict:
+    """The line that records the plan itself (``section = "plan"``, ``spec`` = its fields), the
+    provenance of the session that wrote the file (summary.json copies it) and the durations of the
+    driver sessions from timing.json (wall and CPU seconds and tasks per session, no timestamps: the
+    report says how the run was split)."""
     from dataclasses import asdict
 
+    keep = ("wall_seconds", "cpu_seconds", "tasks_ran", "recorded")
+    tm = None if not timing else {
+        "wall_seconds": timing.get("wall_seconds"), "cpu_seconds": timing.get("cpu_seconds"),
+        "tasks_ran": timing.get("tasks_ran"), "wall_is_lower_bound": bool(timing.get("wall_is_lower_bound")),
+        "sessions": [{k: s.get(k) for k in keep if k in s} for s in timing.get("sessions") or []]}
     return {"section": "plan", "plan": plan.name, "spec": asdict(plan),
-            **({"provenance": provenance} if provenance else {})}
+            **({"provenance": provenance} if provenance else {}), **({"timing": tm} if tm else {})}
 
 
 def plan_from_rows(rows: list[dict]):

@@ -353,7 +353,7 @@ def run_rates(out: Path, plan: Plan, *, workers: int = 1, threads: int = 1, sche
         atomic_write_json(timing_file, meta["timing"], indent=1)
     att = attention_phase(out, quick=plan.name != "full") if attention else None
     # the report is rebuilt from the rows file alone (latentdit rates --report-only reads the same file)
-    write_rows(out / ROWS_NAME, [with_defaults(r, plan.name) for r in [plan_row(plan, provenance_end(prov)), *raw_rows]]
+    write_rows(out / ROWS_NAME, [with_defaults(r, plan.name) for r in [plan_row(plan, provenance_end(prov), meta.get("timing")), *raw_rows]]
                + ([with_defaults(r, plan.name) for r in to_rows(att)] if att else []))
     summary = build_report(out, read_rows(out / ROWS_NAME))
     return {**summary, "meta": {**summary["meta"], **{k: meta[k] for k in ("workers", "ran_now", "skipped")}}}
