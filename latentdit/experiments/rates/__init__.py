@@ -39,7 +39,11 @@ from latentdit.experiments.rates.claims import analyse
 from latentdit.experiments.rates.plan import (PLAN_FIELDS, SECTIONS, Budget, Plan, config_key, configurations,
                                              only_sections, plan_for, points, tasks)
 from latentdit.experiments.rates.run import estimate, run_rates, run_sweep, run_task
+from latentdit.experiments.rates.preregistration import PLAN_VERSION, plan_markdown
+from latentdit.experiments.rates.report import build_report
+from latentdit.experiments.rates.rows import ROWS_NAME, read_rows
 from latentdit.experiments.rates.store import DB_NAME, RateStore
+from latentdit.io import atomic_write_text, check_output_dir
 
 __all__ = ["DB_NAME", "SECTIONS", "Budget", "Plan", "RateStore", "analyse", "config_key", "configurations",
            "estimate", "main", "only_sections", "plan_for", "points", "run_rates", "run_sweep", "run_task", "tasks"]
@@ -47,10 +51,6 @@ __all__ = ["DB_NAME", "SECTIONS", "Budget", "Plan", "RateStore", "analyse", "con
 
 def _report_only(out: Path, rows_path: Path | None) -> int:
     """``--report-only``: the report of ``out`` rebuilt from a rows file alone."""
-    from latentdit.experiments.rates.report import build_report
-    from latentdit.experiments.rates.rows import ROWS_NAME, read_rows
-    from latentdit.io import check_output_dir
-
     src = rows_path or out / ROWS_NAME
     if not src.is_file():
         raise ConfigError(f"--report-only: no rows file at {src}; run `latentdit rates --out {out}` first, or pass "
@@ -102,9 +102,6 @@ def main(argv: list[str] | None = None) -> int:
     if a.report_only:
         return _report_only(a.out, a.rows)
     if a.write_plan:
-        from latentdit.experiments.rates.preregistration import PLAN_VERSION, plan_markdown
-        from latentdit.io import atomic_write_text, check_output_dir
-
         check_output_dir(a.out)
         a.out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(a.out / "plan.md", plan_markdown() + "\n")

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 
-from latentdit.experiments.rates.claims import _curve, _entry, power_entry
+from latentdit.experiments.rates.entries import _curve, _entry, power_entry
 from latentdit.experiments.rates.headline import curve_converged, eps_hat, fstar_curve, learned_rows, scale
 
 REFERENCES = {"erm_score_integral": "memoriser (closed-form ERM)", "kde_score_integral": "kernel density score",

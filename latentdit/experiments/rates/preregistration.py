@@ -18,8 +18,10 @@ both.
 from __future__ import annotations
 
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
+
+from latentdit.experiments.rates.plan import PLAN_FIELDS, plan_for, section_seeds
 
 PLAN_VERSION = 2
 
@@ -198,10 +200,6 @@ def plan_commit() -> str | None:
 
 
 def _grid_lines(mode: str) -> list[str]:
-    from dataclasses import fields
-
-    from latentdit.experiments.rates.plan import plan_for, section_seeds, PLAN_FIELDS
-
     plan = plan_for(mode)
     L = [f"### Mode `{mode}`", ""]
     for name, field in PLAN_FIELDS.items():

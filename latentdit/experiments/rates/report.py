@@ -20,8 +20,12 @@ import math
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
 
-from latentdit.experiments.rates.plan import PLAN_FIELDS, WALL_TARGET_SECONDS, plan_for
+from latentdit.experiments.rates.attention_phase import from_rows
+from latentdit.experiments.rates.claims import analyse
+from latentdit.experiments.rates.plan import PLAN_FIELDS, WALL_TARGET_SECONDS, config_key, plan_for, tasks
 from latentdit.experiments.rates.plots import plot_entry
+from latentdit.experiments.rates.preregistration import CHANGES, PLAN_VERSION
+from latentdit.experiments.rates.rows import plan_from_rows
 from latentdit.io import atomic_write_text, json_safe
 
 TOP_KEYS = ("sample_complexity_exponent", "estimation_D_ratio", "approximation_slope_d0", "d_independence_spread",
@@ -249,8 +253,6 @@ def _headline_value(v) -> str:
 
 
 def _provenance_lines(meta: dict) -> list[str]:
-    from latentdit.experiments.rates.preregistration import CHANGES, PLAN_VERSION
-
     vs, cs = meta.get("plan_versions") or [], meta.get("plan_commits") or []
     L = [f"Plan version(s) of these rows: {', '.join(map(str, vs)) or '-'} (the code's plan is version "
          f"{PLAN_VERSION}); plan commit(s): {', '.join(f'`{c}`' for c in cs) or '- (not run from a git checkout)'}. "
@@ -338,8 +340,6 @@ def summary_dict(analysis: dict, plan, meta: dict, attention: dict | None = None
     ``analysis["top"]`` at the top level (the version-2 keys as "measured" or "absent" dicts); the
     plan's version, mode, seeds and budget; ``meta``; and the break-even bounds of the attention
     section when given. Non-finite floats become None."""
-    from latentdit.experiments.rates.preregistration import PLAN_VERSION
-
     claims = {k: {f: e.get(f) for f in ENTRY_KEYS} for k, e in (analysis.get("claims") or {}).items()}
     top = analysis.get("top") or {}
     budget = getattr(plan, "budget", None)
@@ -367,11 +367,6 @@ def build_report(out_dir, rows: list[dict]) -> dict:
     """report.md, summary.json and the PNGs in ``out_dir`` from the lines of a rows file alone
     (:mod:`~latentdit.experiments.rates.rows`): the plan line, the task rows and the attention
     lines. Returns the summary. Byte for byte the same for the same rows."""
-    from latentdit.experiments.rates.attention_phase import from_rows
-    from latentdit.experiments.rates.claims import analyse
-    from latentdit.experiments.rates.plan import config_key, tasks
-    from latentdit.experiments.rates.rows import plan_from_rows
-
     plan = plan_from_rows(rows)
     runs = [r for r in rows if r.get("section") not in ("plan", "attention")]
     done = [r for r in runs if r.get("status", "done") == "done"]

@@ -17,6 +17,7 @@ import io
 import json
 from pathlib import Path
 
+from latentdit.experiments.rates.plan import Plan
 from latentdit.io import atomic_write_text
 
 ROWS_NAME = "rows.csv"
@@ -127,8 +128,6 @@ def plan_row(plan, provenance: dict | None = None, timing: dict | None = None) -
 def plan_from_rows(rows: list[dict]):
     """The :class:`~latentdit.experiments.rates.plan.Plan` recorded by :func:`plan_row` in ``rows``
     (a ValueError when there is none)."""
-    from latentdit.experiments.rates.plan import Plan
-
     spec = [r["spec"] for r in rows if r.get("section") == "plan"]
     if len(spec) != 1:
         raise ValueError(f"the rows file records {len(spec)} plans (expected one line with section 'plan')")
