@@ -82,7 +82,7 @@ ENTRIES: dict[str, Entry] = {
     "sample_complexity": Entry(
         "claim", "Thm 3.2", "the score-error integral decays at least like n^(-1/3) above its floor",
         _NET + ", checkpoint chosen on held-out population points (v1's estimator, kept for comparison)", "n",
-        _POWER + " on score_integral(n) itself (no floor subtracted)",
+        "on score_integral(n) itself (no floor subtracted): " + _POWER,
         "holds unless the bootstrap interval of p lies below 1/3",
         "the estimator's variance can decay slower than n^(-1/3): at small n the network interpolates its "
         "n points (the memoriser's error, -2/d0 in log-log) unless early stopping prevents it"),
@@ -111,12 +111,14 @@ ENTRIES: dict[str, Entry] = {
         "one-sided t-test of the slope against 1/2",
         "the class's best error at the theorem's size may grow faster with d0 than sqrt(d0)"),
     "estimation_learned": Entry(
-        "claim", "Thm 3.2, Cor. 3.2.1", "with a learned W_B the estimation curves at D = 32 and D = 2048 "
-        "coincide (the rate depends on d0, not D)",
+        "claim", "Thm 3.2, Cor. 3.2.1", "with a learned W_B the score-error integral decays at least like "
+        "n^(-1/3) above a floor at each D, and the curves at D = 32 and D = 2048 coincide (the rate depends on d0, "
+        "not D)",
         "learned W_B trained jointly, checkpoint chosen on a held-out split of the n points, and the plateau "
         "ERM side by side", "n", "ratio of seed means D = 2048 / D = 32 at every n with a bootstrap "
-        "interval (estimation_D_ratio); " + _POWER + " per D",
-        "the curves part where the ratio's interval excludes 1",
+        "interval (estimation_D_ratio); per D: " + _POWER,
+        "per D, holds unless the bootstrap interval of p lies below 1/3; the curves part where the ratio's interval "
+        "excludes 1",
         "W_B has D d0 parameters learned from n points: if the subspace error enters the score error the "
         "D = 2048 curve sits above D = 32 at small n"),
     "distribution_recovery": Entry(
