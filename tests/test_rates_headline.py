@@ -46,6 +46,23 @@ def test_D_ratio_is_the_ratio_of_seed_means_and_its_interval():
     assert len(apart["parted_at"]) == len(NS)  # a constant factor: the intervals collapse on 1.3
 
 
+def test_d0_collapse_compares_equal_n_over_d0():
+    """score_integral = d0 f(n / d0) g_s collapses exactly (ratio 1 at every shared n / d0); a factor
+    1.5 at d0 = 8 parts the curves at every shared point."""
+    from latentdit.experiments.rates.headline import estimation_d0_collapse
+
+    def rows(k8):
+        return [{"section": "estimation", "stop": "heldout", "seed": s, "D": 32, "d0": d0, "n": n,
+                 "score_integral": (k8 if d0 == 8 else 1.0) * d0 * (1 + 0.1 * s) * (n / d0) ** -0.5}
+                for s in range(4) for d0 in (2, 8) for n in (16, 64, 256)]
+    same = estimation_d0_collapse(rows(1.0))
+    assert {p["n_over_d0"] for p in same["points"]} == {8.0, 32.0} and not same["parted_at"]
+    assert all(p["ratio"] == pytest.approx(1.0, abs=1e-12) for p in same["points"])
+    apart = estimation_d0_collapse(rows(1.5))
+    assert len(apart["parted_at"]) == 2 and apart["points"][0]["ratio"] == pytest.approx(1.5)
+    assert estimation_d0_collapse([]) == {"status": "absent"}
+
+
 def test_sample_complexity_exponent_from_the_learned_rows():
     f = sample_complexity_exponent(_learned(p=0.5))
     assert f["status"] == "measured" and "learned W_B, D = 32" in f["source"]

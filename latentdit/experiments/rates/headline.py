@@ -123,6 +123,31 @@ def estimation_D_ratio(rows: list[dict]) -> dict:
             "parted_at": [[p["d0"], p["n"]] for p in parted]}
 
 
+def estimation_d0_collapse(rows: list[dict]) -> dict:
+    """Whether the learned-W_B curves of score_integral / d0 against n / d0 collapse across d0 (at
+    the smallest D): at every n / d0 that two d0 share, the ratio of seed means (larger d0 over
+    smaller) with its bootstrap interval; ABSENT without two d0 sharing a value of n / d0."""
+    rs = learned_rows(rows)
+    if not rs:
+        return dict(ABSENT)
+    D = min(r["D"] for r in rs)
+    by: dict = {}
+    for r in rs:
+        if r["D"] == D and r["n"] > 0:
+            by.setdefault(r["d0"], {}).setdefault(r["n"] / r["d0"], {})[r["seed"]] = r["score_integral"] / r["d0"]
+    d0s, out = sorted(by), []
+    for i, lo in enumerate(d0s):
+        for hi in d0s[i + 1:]:
+            for u in sorted(set(by[lo]) & set(by[hi])):
+                if set(by[lo][u]) & set(by[hi][u]):
+                    ratio, ci = _boot_ratio(by[hi][u], by[lo][u])
+                    out.append({"d0": [lo, hi], "n_over_d0": u, "ratio": ratio, "ci": ci})
+    if not out:
+        return dict(ABSENT)
+    return {"status": "measured", "D": D, "points": out,
+            "parted_at": [[p["d0"], p["n_over_d0"]] for p in out if not p["ci"][0] <= 1.0 <= p["ci"][1]]}
+
+
 def approximation_slope_d0(rows: list[dict], plan=None) -> dict:
     """slope, ci, verdict and holds of eps_hat sqrt(d0) against d0 on the d0 curve of
     :func:`fstar_curve` (upper bound 1/2, Thm 3.1); ABSENT without such rows."""
@@ -162,5 +187,6 @@ def sample_complexity_exponent(rows: list[dict]) -> dict:
 
 def headline(rows: list[dict], plan=None) -> dict:
     """The three keys of this module for summary.json."""
-    return {"estimation_D_ratio": estimation_D_ratio(rows), "approximation_slope_d0": approximation_slope_d0(rows, plan),
+    return {"estimation_D_ratio": estimation_D_ratio(rows), "estimation_d0_collapse": estimation_d0_collapse(rows),
+            "approximation_slope_d0": approximation_slope_d0(rows, plan),
             "sample_complexity_exponent": sample_complexity_exponent(rows)}

@@ -116,7 +116,8 @@ ENTRIES: dict[str, Entry] = {
         "not D)",
         "learned W_B trained jointly, checkpoint chosen on a held-out split of the n points, and the plateau "
         "ERM side by side", "n", "ratio of seed means D = 2048 / D = 32 at every n with a bootstrap "
-        "interval (estimation_D_ratio); per D: " + _POWER,
+        "interval (estimation_D_ratio); the collapse across d0: the ratio of score_integral / d0 at equal n / d0 "
+        "(estimation_d0_collapse); per D: " + _POWER,
         "per D, holds unless the bootstrap interval of p lies below 1/3; the curves part where the ratio's interval "
         "excludes 1",
         "W_B has D d0 parameters learned from n points: if the subspace error enters the score error the "

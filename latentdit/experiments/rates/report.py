@@ -28,13 +28,15 @@ from latentdit.experiments.rates.preregistration import CHANGES, PLAN_VERSION
 from latentdit.experiments.rates.rows import plan_from_rows
 from latentdit.io import atomic_write_text, json_safe
 
-TOP_KEYS = ("sample_complexity_exponent", "estimation_D_ratio", "approximation_slope_d0", "d_independence_spread",
+TOP_KEYS = ("sample_complexity_exponent", "estimation_D_ratio", "estimation_d0_collapse", "approximation_slope_d0", "d_independence_spread",
             "sample_complexity_slope_d0_4", "capacity_D_mismatch_max", "capacity_D_mismatch_se")
 TOP_NOTES = {
     "sample_complexity_exponent": "p of y = a + b n^-p fitted to the score-error integral, with its bootstrap "
                                   "interval over seeds (claim: p >= 1/3)",
     "estimation_D_ratio": "score-error integral at the largest D over the smallest D, learned W_B, per d0 and n "
                           "with a bootstrap interval (claim: 1 inside every interval)",
+    "estimation_d0_collapse": "score-error integral / d0 at equal n / d0, larger d0 over smaller, learned W_B at the "
+                              "smallest D, with a bootstrap interval (the curves collapse where 1 is inside)",
     "approximation_slope_d0": "slope of eps_hat sqrt(d0) against d0 at capacity growing with d0, regression on "
                               "f* (claim: <= 1/2)",
     "d_independence_spread": "relative spread of eps_hat over D with W_B = B frozen (implementation check)",
@@ -245,6 +247,10 @@ def _headline_value(v) -> str:
     if "p" in v:
         return (f"p = {_fmt(v['p'], 3)} [{_fmt(v['p_ci'][0], 3)}, {_fmt(v['p_ci'][1], 3)}] ({v['source']}; "
                 f"holds: {'untestable' if v.get('holds') is None else 'yes' if v['holds'] else 'no'})")
+    if "points" in v and "n_over_d0" in v["points"][0]:
+        pts = "; ".join(f"d0 = {p['d0'][1]} / {p['d0'][0]} at n/d0 = {_fmt(p['n_over_d0'], 3)}: {_fmt(p['ratio'], 3)} "
+                        f"[{_fmt(p['ci'][0], 3)}, {_fmt(p['ci'][1], 3)}]" for p in v["points"])
+        return f"D = {v['D']}: {pts}; curves part at {v['parted_at'] or 'no point'}"
     if "points" in v:
         pts = "; ".join(f"d0 = {p['d0']}, n = {p['n']}: {_fmt(p['ratio'], 3)} [{_fmt(p['ci'][0], 3)}, "
                         f"{_fmt(p['ci'][1], 3)}]" for p in v["points"])
