@@ -92,20 +92,34 @@ def _tuples(v):
     return tuple(_tuples(x) for x in v) if isinstance(v, list) else v
 
 
+def _field_class(cls, f):
+    """The dataclass named in the annotation of field ``f`` of ``cls`` (a string under ``from
+    __future__ import annotations``), looked up in the modules of ``cls`` and of the plan; None
+    when the annotation names none."""
+    import dataclasses
+    import re
+    import sys
+
+    spaces = [vars(sys.modules[cls.__module__]), vars(sys.modules[Plan.__module__])]
+    for name in re.findall(r"[A-Za-z_]\w*", str(f.type)):
+        for ns in spaces:
+            obj = ns.get(name)
+            if isinstance(obj, type) and dataclasses.is_dataclass(obj):
+                return obj
+    return None
+
+
 def _build(cls, d: dict):
-    """Dataclass ``cls`` from ``asdict`` output: nested dataclasses by their type hints, lists as
+    """Dataclass ``cls`` from ``asdict`` output: nested dataclasses by their annotations, lists as
     tuples; fields the dict lacks keep their defaults (a row file from an earlier plan schema)."""
     import dataclasses
-    import typing
 
-    hints = typing.get_type_hints(cls)
     kw = {}
     for f in dataclasses.fields(cls):
         if f.name not in d:
             continue
-        v = d[f.name]
-        sub = [a for a in (typing.get_args(hints[f.name]) or (hints[f.name],)) if dataclasses.is_dataclass(a)]
-        kw[f.name] = _build(sub[0], v) if sub and isinstance(v, dict) else _tuples(v)
+        v, sub = d[f.name], _field_class(cls, f)
+        kw[f.name] = _build(sub, v) if sub is not None and isinstance(v, dict) else _tuples(v)
     return cls(**kw)
 
 
