@@ -243,7 +243,9 @@ def _headline_value(v) -> str:
     if not isinstance(v, dict):
         return _fmt(v)
     if v.get("status") == "absent":
-        return "absent (the rows this key reads are not in this run" + (f": {v['reason']}" if v.get("reason") else "") + ")"
+        if v.get("reason"):
+            return f"absent (too few rows to fit: {v['reason']}; {v.get('source', '')})"
+        return "absent (the rows this key reads are not in this run)"
     if "p" in v:
         return (f"p = {_fmt(v['p'], 3)} [{_fmt(v['p_ci'][0], 3)}, {_fmt(v['p_ci'][1], 3)}] ({v['source']}; "
                 f"holds: {'untestable' if v.get('holds') is None else 'yes' if v['holds'] else 'no'})")
