@@ -86,3 +86,12 @@ def test_report_only_rebuilds_the_report_byte_for_byte(tmp_path):
 
     with pytest.raises(ConfigError, match="no rows file"):
         main(["--out", str(tmp_path / "empty"), "--report-only"])
+
+
+def test_stop_reason_from_the_training_record():
+    from latentdit.experiments.rates.rows import stop_reason
+
+    assert stop_reason({"converged": True}) == "patience"
+    assert stop_reason({"converged": True, "plateau_decays": 2}) == "plateau"
+    assert stop_reason({"converged": False, "plateau_decays": 2}) == "step cap"
+    assert stop_reason({"section": "attention"}) is None and stop_reason({"stop_reason": "x"}) == "x"

@@ -42,7 +42,7 @@ CHANGES: tuple[tuple[int, str, str], ...] = (
 # the row fields that sections added in version 2 produce (documented here so that report code and
 # run code agree on them); absent fields make the entries that need them report "absent"
 ROW_FIELDS = {
-    "all": "seed, section, status, steps_trained, stop_reason ('patience' | 'step cap'), converged, budget_scale "
+    "all": "seed, section, status, steps_trained, stop_reason ('patience' | 'plateau' | 'step cap'), converged, budget_scale "
            "(1; 2 for a doubled-budget twin row), plan_version, plan_commit, seconds",
     "fstar": "d0, D, width, params, eps_hat (= score_uniform, the network regressed on f*), sigma_err_max, "
              "eps_hat_2x (the same run at twice the budget), eps_hat_F0 (the F = 0 network), norm_* (Def. 3.2); "

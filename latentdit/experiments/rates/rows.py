@@ -42,13 +42,16 @@ def _value(s: str):
 
 
 def stop_reason(row: dict) -> str | None:
-    """How a run's training ended: the row's own ``stop_reason`` if it has one; else 'patience'
-    (early stopping before the cap, ``converged``), 'step cap', or None for rows without training."""
+    """How a run's training ended: the row's own ``stop_reason`` if it has one; else, before the
+    cap (``converged``), 'plateau' (after its reduce-on-plateau steps, ``plateau_decays`` > 0) or
+    'patience' (early stopping); 'step cap'; or None for rows without training."""
     if row.get("stop_reason") is not None:
         return row["stop_reason"]
     if "converged" not in row:
         return None
-    return "patience" if row["converged"] else "step cap"
+    if not row["converged"]:
+        return "step cap"
+    return "plateau" if row.get("plateau_decays") else "patience"
 
 
 def with_defaults(row: dict, plan: str) -> dict:
