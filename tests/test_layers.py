@@ -15,7 +15,7 @@ PKG = Path(__file__).resolve().parents[1] / "latentdit"
 # lowest first; a layer's packages do not import each other
 LAYERS = [
     ("errors", "version"),
-    ("io", "hostmem", "device", "schedule", "config_files", "distributed", "timing", "progress"),
+    ("io", "hostmem", "device", "schedule", "config_files", "distributed", "timing", "progress", "fits"),
     ("provenance",),
     ("metrics",),  # distances, FID and classifier metrics on tensors
     ("data",),

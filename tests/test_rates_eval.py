@@ -231,6 +231,31 @@ def test_attention_break_even_and_measured_errors():
         assert r["measured"] > 0
 
 
+def test_attention_rank_exponent_in_units_of_ln_L():
+    """Per L and c = R / ln L: g is the smallest Chebyshev degree whose certified error on
+    [-R, R] is at most 1/L (degree g - 1 is not), the rank is C(m + g, g) and the exponent
+    log_L of it; it grows with c; a rank past MAX_RANK or no degree is flagged, not plotted as
+    a measurement."""
+    import math
+
+    from latentdit.attention.cost import MAX_RANK
+    from latentdit.attention.polynomials import exp_poly, quantize_bound
+    from latentdit.experiments.rates.attention_phase import exponent_rows
+
+    rows = exponent_rows([2 ** 8, 2 ** 16], [0.05, 0.2, 0.8, 3.2])
+    for L in (2 ** 8, 2 ** 16):
+        rs = [r for r in rows if r["L"] == L and r["degree"] is not None]
+        assert [r["rank_exponent"] for r in rs] == sorted(r["rank_exponent"] for r in rs) and len(rs) >= 2
+        for r in rs:
+            R = quantize_bound(r["c"] * math.log(L))
+            assert exp_poly("chebyshev", R, r["degree"]).error_bound <= 1 / L
+            assert r["degree"] == 0 or exp_poly("chebyshev", R, r["degree"] - 1).error_bound > 1 / L
+            assert r["rank"] == math.comb(r["m"] + r["degree"], r["degree"])
+            assert r["rank_exponent"] == pytest.approx(math.log(r["rank"]) / math.log(L))
+            assert r["capped"] == ("MAX_RANK" if r["rank"] > MAX_RANK else None)
+    assert any(r["capped"] == "MAX_DEGREE" and r["degree"] is None for r in rows)  # c = 3.2 at L = 2^16
+
+
 @pytest.mark.slow
 def test_attention_phase_quick_writes_its_plot(tmp_path):
     from latentdit.experiments.rates.attention_phase import attention_phase
@@ -239,6 +264,8 @@ def test_attention_phase_quick_writes_its_plot(tmp_path):
     assert (tmp_path / out["png"]).stat().st_size > 1000
     assert len(out["break_even"]) == len(out["lengths"]) == 3
     assert all(r["B_star"] is not None for r in out["break_even"])
+    assert all(r["limit"] in ("cost", "MAX_RANK", "MAX_DEGREE") for r in out["break_even"])
+    assert all(r["c_star"] == pytest.approx(r["R_star"] / math.log(r["L"])) for r in out["break_even"])
 
 
 # ------------------------------------------------------------------------------ report

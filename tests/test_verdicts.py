@@ -45,7 +45,7 @@ def test_fit_recovers_the_exponent_and_its_interval_covers():
 def test_bad_points_are_dropped():
     pts = _points(0.5, seeds=3) + [(0, 100.0, 0.0), (1, 100.0, float("nan")), (2, 100.0, -1.0)]
     fit = fit_slope(pts)
-    assert fit["n_points"] == 4 and abs(fit["slope"] - 0.5) < 0.05
+    assert fit["n_points"] == 4 and abs(fit["slope"] - 0.5) < 0.05 and fit["dropped"] == 3
 
 
 @pytest.mark.parametrize("true,predicted,bound,state,holds", [

@@ -7,8 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
+from latentdit.fits import loglog_slope
 from latentdit.io import save_figure
 from latentdit.bench.attention_sweep import CONFIGS, HEADS, METHODS
 
@@ -16,7 +15,7 @@ from latentdit.bench.attention_sweep import CONFIGS, HEADS, METHODS
 def fit_exponent(Ls: list[int], ts: list[float]) -> float | None:
     if len(Ls) < 2:
         return None
-    return float(np.polyfit(np.log(Ls), np.log(ts), 1)[0])
+    return loglog_slope(Ls, ts)[0]
 
 
 def plot(data: dict, phase: dict | None, path: Path) -> None:

@@ -10,7 +10,6 @@ import math
 import statistics
 import time
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
@@ -21,6 +20,7 @@ from latentdit.attention.cost import best_split, rank
 from latentdit.attention.exact import reference_attention, reference_attention_grads
 from latentdit.attention.kernels import choose_split, poly_attention, tune_split
 from latentdit.attention.polynomials import exp_poly, quantize_bound
+from latentdit.fits import loglog_slope
 
 HEADS = 4
 CONFIGS = ((4, 3.0), (8, 1.5))  # (head size, |logit| bound after centring)
@@ -166,7 +166,7 @@ def _extrapolate_exact(results: list[dict], args) -> None:
                 continue
             Ls = [r["L"] for r in fit_rows]
             ts = [r["median_s"] for r in fit_rows]
-            b, a = np.polyfit(np.log(Ls), np.log(ts), 1)
+            b, a = loglog_slope(Ls, ts)
             for L in args.lengths:
                 if L not in have:
                     results.append({"method": "exact", "L": L, "head_dim": m, "pass": pas,

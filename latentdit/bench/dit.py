@@ -44,7 +44,6 @@ from dataclasses import asdict
 import copy
 import gc
 import json
-import math
 import os
 import platform
 import subprocess
@@ -59,6 +58,7 @@ from latentdit.bench import bench_parser, interleaved_times, medians, parse_benc
 from latentdit.bench.model import _status_kib
 from latentdit.hostmem import host_malloc_mode, release_host_memory, reuse_host_memory
 from latentdit.config import ModelConfig
+from latentdit.fits import loglog_slope
 from latentdit.models.blocks import attention_summary
 from latentdit.models.score import LatentScoreNet
 from latentdit.provenance import provenance_end, provenance_start
@@ -216,10 +216,8 @@ def _extrapolate(rows: list[dict], key: str, L: int) -> float:
 
 
 def fit_exponent(Ls: list[int], ts: list[float]) -> float:
-    """Least-squares slope of log t against log L."""
-    x, y = [math.log(v) for v in Ls], [math.log(v) for v in ts]
-    mx, my = sum(x) / len(x), sum(y) / len(y)
-    return sum((a - mx) * (b - my) for a, b in zip(x, y)) / sum((a - mx) ** 2 for a in x)
+    """Least-squares slope of log t against log L (:func:`latentdit.fits.loglog_slope`)."""
+    return loglog_slope(Ls, ts)[0]
 
 
 def summarise(rows: list[dict], exact_max: int) -> dict:

@@ -17,9 +17,13 @@ sizes are in :mod:`~latentdit.experiments.rates.plan`; the row metrics are those
   closed-form ERM score of the same n points, :func:`latentdit.metrics.distances.erm_score`, on the
   profile's times ``score_t``) and ``subspace_error_pca_n`` (PCA of those n points).
 
-Every finished task is written at once to ``DIR/rates.sqlite`` by the driver alone; a rerun skips
-finished tasks and resumes unfinished ones from their checkpoints. :mod:`~.claims` turns the rows
-into claims and checks, :mod:`~.report` into report.md, plots and summary.json.
+Every finished task is written at once to ``DIR/rates.sqlite`` by the driver alone (with the plan
+version and the plan's commit, :mod:`~.preregistration`); a rerun skips finished tasks and resumes
+unfinished ones from their checkpoints. At the end the driver writes every row, the plan and the
+attention tables to ``DIR/rows.csv`` (:mod:`~.rows`) and builds report.md, the plots and
+summary.json from that file alone (:func:`~.report.build_report`): ``--report-only`` rebuilds them
+from a rows file, byte for byte, and ``--write-plan`` writes the pre-registered plan (plan.md).
+:mod:`~.claims` turns the rows into claims, checks and diagnostics.
 """
 
 from __future__ import annotations
@@ -35,10 +39,40 @@ from latentdit.experiments.rates.claims import analyse
 from latentdit.experiments.rates.plan import (PLAN_FIELDS, SECTIONS, Budget, Plan, config_key, configurations,
                                              only_sections, plan_for, points, tasks)
 from latentdit.experiments.rates.run import estimate, run_rates, run_sweep, run_task
+from latentdit.experiments.rates.preregistration import PLAN_VERSION, plan_markdown
+from latentdit.experiments.rates.report import build_report
+from latentdit.experiments.rates.rows import ROWS_NAME, read_rows
 from latentdit.experiments.rates.store import DB_NAME, RateStore
+from latentdit.io import atomic_write_text, check_output_dir
 
 __all__ = ["DB_NAME", "SECTIONS", "Budget", "Plan", "RateStore", "analyse", "config_key", "configurations",
            "estimate", "main", "only_sections", "plan_for", "points", "run_rates", "run_sweep", "run_task", "tasks"]
+
+
+def _report_only(out: Path, rows_path: Path | None) -> int:
+    """``--report-only``: the report of ``out`` rebuilt from a rows file alone."""
+    src = rows_path or out / ROWS_NAME
+    if not src.is_file():
+        raise ConfigError(f"--report-only: no rows file at {src}; run `latentdit rates --out {out}` first, or pass "
+                          "--rows FILE (e.g. docs/rates/rows.csv)")
+    check_output_dir(out)
+    try:
+        rows = read_rows(src)
+        s = build_report(out, rows)
+    except ValueError as e:
+        raise ConfigError(f"--report-only: {src}: {e}") from e
+    _print_claims(s)
+    print(f"wrote {out / 'summary.json'} and {out / 'report.md'} from {src}")
+    return 0
+
+
+def _print_claims(s: dict) -> None:
+    for k, c in s["claims"].items():
+        slope = c.get("slope")
+        holds = {None: "untestable", True: "holds", False: "FAILS"}[c.get("holds")]
+        print(f"{k:34s} {c.get('kind', ''):10s} slope {slope if slope is not None else math.nan:+.3f} "
+              f"(predicted {c.get('predicted') if c.get('predicted') is not None else math.nan:+.3f}): "
+              f"{c['verdict']}; bound {holds}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,7 +92,21 @@ def main(argv: list[str] | None = None) -> int:
                     help="comma-separated subset of the plan's sections (default all): " + ", ".join(PLAN_FIELDS))
     ap.add_argument("--estimate", action="store_true", help="also time the full plan (a short probe per section)")
     ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--report-only", action="store_true",
+                    help="train nothing: rebuild report.md, summary.json and the plots in --out from its rows.csv "
+                         "(or from --rows FILE)")
+    ap.add_argument("--rows", type=Path, default=None, help="with --report-only: the rows file to read")
+    ap.add_argument("--write-plan", action="store_true",
+                    help="train nothing: write the pre-registered plan (plan.md) into --out")
     a = ap.parse_args(argv)
+    if a.report_only:
+        return _report_only(a.out, a.rows)
+    if a.write_plan:
+        check_output_dir(a.out)
+        a.out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(a.out / "plan.md", plan_markdown() + "\n")
+        print(f"wrote {a.out / 'plan.md'} (plan version {PLAN_VERSION})")
+        return 0
     if a.workers < 1 or a.threads < 1:
         raise ConfigError(f"--workers={a.workers} and --threads={a.threads} must be >= 1")
     if a.scheduler is not None and a.scheduler != "local" and not a.scheduler.startswith(("tcp://", "tls://")):
@@ -76,9 +124,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"interrupted; finished tasks are kept in {a.out / DB_NAME} and a rerun resumes", file=sys.stderr)
         return 130
-    for k, c in s["claims"].items():
-        slope = c.get("slope")
-        print(f"{k:34s} {c.get('kind', ''):5s} slope {slope if slope is not None else math.nan:+.3f} "
-              f"(predicted {c.get('predicted') if c.get('predicted') is not None else math.nan:+.3f}): {c['verdict']}")
+    _print_claims(s)
     print(f"wrote {a.out / 'summary.json'} and {a.out / 'report.md'}")
     return 0

@@ -10,7 +10,14 @@ B, target accuracy 1/poly(L). Here
 - the cost of one layer's :data:`HEADS` heads of value size m at Lq = Lk = L from
   :func:`latentdit.attention.cost.predicted_times`.
 
-Two results per L:
+The criterion in the theorem's units (:func:`exponent_rows`): Alman and Song bound the logits by
+R; with c = R / ln L the polynomial of the certified degree g for 1/L has rank r = C(m + g, g) and
+attention costs L r m instead of L^2 m, so the rank exponent log_L(r) is the exponent the method
+saves (0: linear time, 1: no better than quadratic). Plotted against c for each L, the curves
+collapse if c is the right unit; points where no degree <= MAX_DEGREE certifies 1/L, or where the
+rank passes MAX_RANK, are marked as capped rather than drawn as measurements.
+
+Two further results per L:
 
 1. the phase transition (:func:`phase_rows`): the certified relative error of the best Chebyshev
    polynomial the method can afford at L (the largest degree whose modelled cost is still below
@@ -39,6 +46,7 @@ from latentdit.attention.cost import MAX_RANK, predicted_times, rank
 from latentdit.attention.exact import reference_attention
 from latentdit.attention.kernels import poly_attention
 from latentdit.attention.polynomials import MAX_DEGREE, choose_exp_poly, exp_poly, quantize_bound
+from latentdit.experiments.rates.plots import colours
 from latentdit.io import save_figure
 
 HEADS = 32  # heads of one layer in the cost model (a DiT layer of many small heads)
@@ -104,7 +112,18 @@ def break_even(L: int, *, iters: int = 30, heads: int = HEADS) -> dict:
     c = _certified_ok(L, m, lo, heads)
     out.update(B_star=lo, R_star=m * lo * lo, degree=c.degree, rank=c.rank, predicted_speedup=c.predicted_speedup)
     out["B_star_over_sqrt_log_L"] = lo / out["sqrt_log_L"]
+    out["c_star"] = out["R_star"] / math.log(L)
+    out["limit"] = _limit(L, m, hi)
     return out
+
+
+def _limit(L: int, m: int, B: float) -> str:
+    """What stops the certificate just above B*: "MAX_DEGREE" (no degree certifies 1/L), "MAX_RANK"
+    (the certified degree's rank passes the cap) or "cost" (a polynomial exists but is slower)."""
+    poly = choose_exp_poly(quantize_bound(m * B * B), 1.0 / L)
+    if poly is None:
+        return "MAX_DEGREE"
+    return "MAX_RANK" if rank(m, poly.degree) > MAX_RANK else "cost"
 
 
 def spread_error(out: torch.Tensor, exact: torch.Tensor, v: torch.Tensor) -> float:
@@ -144,38 +163,75 @@ def measured_rows(lengths, ratios, seed: int = 0) -> list[dict]:
     return rows
 
 
-def _plot(phase: list[dict], be: list[dict], path: Path) -> None:
+def exponent_rows(lengths, cs) -> list[dict]:
+    """Per L and c = R / ln L: the certified Chebyshev degree for 1/L on [-R, R], its rank at head
+    size :func:`head_size` (L), the rank exponent log_L(rank), and ``capped``: "MAX_DEGREE" (no
+    degree certifies), "MAX_RANK" (the rank passes the cost model's cap) or None."""
+    rows = []
+    for L in lengths:
+        m, lnL = head_size(L), math.log(L)
+        for c in cs:
+            poly = choose_exp_poly(quantize_bound(c * lnL), 1.0 / L)
+            r = None if poly is None else rank(m, poly.degree)
+            capped = "MAX_DEGREE" if poly is None else ("MAX_RANK" if r > MAX_RANK else None)
+            rows.append({"L": L, "m": m, "c": c, "R": c * lnL, "degree": None if poly is None else poly.degree,
+                         "rank": r, "rank_exponent": None if r is None else math.log(r) / lnL, "capped": capped})
+    return rows
+
+
+def _plot_exponents(ax, rows: list[dict]) -> None:
+    Ls = sorted({r["L"] for r in rows})
+    cs = colours(len(Ls))
+    for i, L in enumerate(Ls):
+        rs = [r for r in rows if r["L"] == L]
+        ok = [r for r in rs if r["capped"] is None]
+        ax.plot([r["c"] for r in ok], [r["rank_exponent"] for r in ok], "o-", ms=3, color=cs[i],
+                label=f"L=2^{round(math.log2(L))}, m={rs[0]['m']}")
+        cap = [r for r in rs if r["capped"] == "MAX_RANK"]
+        ax.plot([r["c"] for r in cap], [r["rank_exponent"] for r in cap], "o", mfc="none", color=cs[i], ms=4)
+    ax.axhline(1.0, color="k", lw=0.6, ls="--")
+    ax.set_xscale("log")
+    ax.set_xlabel("c = R / ln L (logit bound over ln L)")
+    ax.set_ylabel("rank exponent log_L C(m + g, g)")
+    ax.set_title("Rank exponent for error 1/L against c (hollow: rank > MAX_RANK)", fontsize=8)
+    ax.legend(fontsize=6)
+
+
+def _plot(phase: list[dict], be: list[dict], path: Path, exps: list[dict] | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10.4, 3.9))
+    fig, axes = plt.subplots(1, 3 if exps else 2, figsize=(15.6 if exps else 10.4, 3.9))
+    a1, a2 = axes[-2], axes[-1]
+    if exps:
+        _plot_exponents(axes[0], exps)
+    pal = colours(len({r["L"] for r in phase}))
     for i, L in enumerate(sorted({r["L"] for r in phase})):
         rs = [r for r in phase if r["L"] == L and r["error_bound"] is not None]
         if not rs:
             continue
         xs = [r["B_over_sqrt_log_L"] for r in rs]
         ys = [min(max(r["error_bound"], 1e-17), 1e3) for r in rs]
-        a1.plot(xs, ys, "o-", color=f"C{i}", ms=3, label=f"L={L}, m={rs[0]['m']}, g={rs[0]['affordable_degree']}")
-        a1.axhline(1.0 / L, color=f"C{i}", ls=":", lw=0.8)
+        a1.plot(xs, ys, "o-", color=pal[i], ms=3, label=f"L={L}, m={rs[0]['m']}, g={rs[0]['affordable_degree']}")
+        a1.axhline(1.0 / L, color=pal[i], ls=":", lw=0.8)
     a1.set_yscale("log")
     a1.set_xlabel("entry bound B / sqrt(ln L)")
     a1.set_ylabel("certified relative error (affordable degree)")
     a1.set_title("Phase transition, m ~ ln L / 2, target 1/L (dotted)", fontsize=9)
     a1.legend(fontsize=6)
     ok = [r for r in be if r["B_star"] is not None]
-    if ok:
-        s = [r["sqrt_log_L"] for r in ok]
-        a2.plot(s, [r["B_star"] for r in ok], "o-", label="B*(L), break-even at error 1/L")
-        c = ok[-1]["B_star"] / ok[-1]["sqrt_log_L"]
-        a2.plot(s, [c * x for x in s], "k--", lw=0.8, label="proportional to sqrt(ln L)")
-        for r in ok:
-            a2.annotate(f"L=2^{round(math.log2(r['L']))}", (r["sqrt_log_L"], r["B_star"]), fontsize=6)
-    a2.set_xlabel("sqrt(ln L)")
-    a2.set_ylabel("break-even entry bound B*")
-    a2.set_title("Largest B at which poly beats exact (cost model, certificate)", fontsize=9)
-    a2.legend(fontsize=7)
+    free = [r for r in ok if r.get("limit", "cost") == "cost"]
+    capped = [r for r in ok if r.get("limit", "cost") != "cost"]
+    a2.plot([math.log2(r["L"]) for r in free], [r["R_star"] / math.log(r["L"]) for r in free], "o", color="C0",
+            label="break-even set by the cost model")
+    a2.plot([math.log2(r["L"]) for r in capped], [r["R_star"] / math.log(r["L"]) for r in capped], "o", mfc="none",
+            color="C3", label="set by MAX_RANK / MAX_DEGREE (not the break-even)")
+    a2.set_xlabel("log2 L")
+    a2.set_ylabel("c* = R* / ln L")
+    a2.set_title("Largest c at which a certified polynomial is predicted faster", fontsize=8)
+    a2.legend(fontsize=6)
     save_figure(fig, path, dpi=110)
 
 
@@ -186,14 +242,38 @@ def attention_phase(out_dir, *, quick: bool) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     if quick:
         lengths, ratios = [2 ** 8, 2 ** 12, 2 ** 16], [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0, 1.3]
-        check = [2 ** 8]
+        check, cs = [2 ** 8], [0.05, 0.1, 0.2, 0.4, 0.8, 1.6]
     else:
         lengths = [2 ** p for p in range(8, 22, 2)]
         ratios = [0.05 * i for i in range(1, 31)]
-        check = [2 ** 8, 2 ** 10]
+        check, cs = [2 ** 8, 2 ** 10], [0.025 * 2 ** (i / 2) for i in range(13)]
     phase = phase_rows(lengths, ratios)
     be = [break_even(L) for L in lengths]
     measured = measured_rows(check, [0.2, 0.4, 0.6])
-    _plot(phase, be, out_dir / PNG)
+    exps = exponent_rows(lengths, cs)
+    _plot(phase, be, out_dir / PNG, exps)
     return {"head_size": "max(2, round(ln L / 2))", "eps": "1/L", "heads": HEADS, "logit_scale": 1.0,
-            "lengths": lengths, "phase": phase, "break_even": be, "measured": measured, "png": PNG}
+            "lengths": lengths, "phase": phase, "break_even": be, "measured": measured, "exponents": exps,
+            "png": PNG}
+
+
+TABLES = ("phase", "break_even", "measured", "exponents")
+
+
+def to_rows(att: dict) -> list[dict]:
+    """The section's tables as lines of the rows file (``section = "attention"``, ``table``)."""
+    return [{"section": "attention", "table": t, **r} for t in TABLES for r in att.get(t, [])]
+
+
+def from_rows(rows: list[dict], out_dir, *, draw: bool = True) -> dict | None:
+    """The section's result rebuilt from the rows file (None when it has no attention lines);
+    ``draw``: redraw the PNG in ``out_dir``."""
+    att = [r for r in rows if r.get("section") == "attention"]
+    if not att:
+        return None
+    tabs = {t: [{k: v for k, v in r.items() if k not in ("section", "table", "plan", "status")}
+                for r in att if r["table"] == t] for t in TABLES}
+    if draw:
+        _plot(tabs["phase"], tabs["break_even"], Path(out_dir) / PNG, tabs["exponents"])
+    return {"head_size": "max(2, round(ln L / 2))", "eps": "1/L", "heads": HEADS, "logit_scale": 1.0,
+            "lengths": sorted({r["L"] for r in tabs["phase"]}), **tabs, "png": PNG}

@@ -1,17 +1,23 @@
-"""The paper's statistical claims and the implementation checks, measured on the finished rows.
+"""The paper's statistical claims, the implementation checks and the diagnostics, measured on the
+finished rows.
 
-:func:`analyse` returns ``{"claims": {key: entry}, "top": {...}}``. Every entry has ``kind``
-("claim": can fail; "check": holds by construction, ``why`` says why), the axes, the measured curve
-``points`` ([x, mean over seeds, standard error]), optional ``reference`` curves and per-t
-``profiles``, the per-seed log-log slope fit with its interval and the verdict of
-:func:`latentdit.experiments.rates.verdicts.verdict`.
+:func:`analyse` returns ``{"claims": {key: entry}, "top": {...}}``. Every entry has ``kind`` from
+the pre-registration (:mod:`~latentdit.experiments.rates.preregistration`: "claim" can fail and
+``failure`` says how, other than by optimisation; "check" holds by construction and "diagnostic"
+describes training, ``why`` says why), the axes, the measured curve ``points`` ([x, mean over seeds,
+standard error]), optional ``reference`` curves (same unit), ``raw`` curves (raw quantities, drawn
+on their own axes) and per-t ``profiles``, the per-seed log-log slope fit with its interval and the
+verdict of :func:`~latentdit.experiments.rates.verdicts.verdict` (``holds`` stored), the points it
+left out (``dropped_points``), the local slopes and the curvature test of the seed means, the
+fitted x range and the curve's convergence (:func:`~latentdit.experiments.rates.headline.curve_converged`).
+A rate claim measured on a quantity with a floor has the model-based fit y = a + b x^-p with its
+seed bootstrap as its headline statistic (:func:`power_entry`).
 
-Claims: sample complexity (Thm 3.2: the excess score risk, Thm 3.2's integral of the squared score
-error against the closed form above its n = inf value, predicted slope -1/3 in n; and the same for
-the held-out population DSM loss J(n) - J(inf) on fixed (x0, t, z)), approximation
-(Thm 3.1: eps_hat = score_uniform against capacity, for each D: not increasing, and the same for
-every D), d0 like-with-like (Thm 3.1: max_t sigma(t) err(t) grows at most like sqrt(d0)) and the
-early-stopping time (Thm 3.2's 1/T0 factor: the score integral grows at most like 1/T0 as T0 falls).
+Claims: the excess score risk and the held-out DSM loss against n (Thm 3.2), the coupled-block d0
+sweep (Thm 3.1) and the learned subspace on noisy data against n (Cor. 3.2.1 (i)); the version-2
+sections' entries come from :mod:`~latentdit.experiments.rates.learned`. Checks: approximation
+against capacity (nested classes), independent blocks, the frozen-encoder D checks, off-subspace
+variance, PCA subspace. Diagnostics: the T0 trade-off and the learned encoder against steps.
 """
 
 from __future__ import annotations
@@ -20,43 +26,25 @@ import math
 
 import numpy as np
 
+from latentdit.experiments.rates.entries import _curve, _entry, _profile, power_entry
+from latentdit.experiments.rates.headline import curve_converged, headline, scale
+from latentdit.experiments.rates.learned import learned_entries
 from latentdit.experiments.rates.plan import Plan
-from latentdit.experiments.rates.verdicts import excess_se_ratio, fit_slope, verdict
+from latentdit.experiments.rates.preregistration import describe
+from latentdit.experiments.rates.verdicts import excess_se_ratio
 
 
-def _sel(rows: list[dict], section: str, **eq) -> list[dict]:
-    return [r for r in rows if r.get("section") == section and all(r.get(k) == v for k, v in eq.items())]
+def _sel(rows: list[dict], section: str, *, doubled: bool = False, **eq) -> list[dict]:
+    """The rows of ``section`` matching ``eq``: budget scale 1, or their doubled twins."""
+    return [r for r in rows if r.get("section") == section and all(r.get(k) == v for k, v in eq.items())
+            and (scale(r) == 2) == doubled]
 
 
-def _curve(triples) -> list[list[float]]:
-    """[[x, mean, se]] over seeds from (seed, x, y) triples (finite y only), sorted by x."""
-    by: dict = {}
-    for _, x, y in triples:
-        if y is not None and math.isfinite(y):
-            by.setdefault(x, []).append(y)
-    out = []
-    for x in sorted(by):
-        v = np.asarray(by[x], float)
-        out.append([x, float(v.mean()), float(v.std(ddof=1) / math.sqrt(len(v))) if len(v) > 1 else 0.0])
-    return out
-
-
-def _profile(rs: list[dict], tkey: str, mkey: str) -> dict:
-    rs = [r for r in rs if r.get(mkey)]
-    if not rs:
-        return {}
-    return {"t": rs[0][tkey], "mse": [float(v) for v in np.mean([r[mkey] for r in rs], axis=0)]}
-
-
-def _entry(kind, title, theorem, statement, sweep, x, y, triples, predicted, bound="upper", *, why="",
-           converged=True, excess_se_ratio=None, reference=None, profiles=None) -> dict:
-    fit = fit_slope(triples)
-    v = verdict(fit, predicted, bound=bound, converged=converged, excess_se_ratio=excess_se_ratio)
-    return {"kind": kind, "title": title, "theorem": theorem, "statement": statement, "why": why, "sweep": sweep,
-            "x": x, "y": y, "points": _curve(triples), "reference": reference or {}, "profiles": profiles or {},
-            "slope": fit["slope"], "ci": fit["ci"], "seed_slopes": fit["seed_slopes"], "predicted": predicted,
-            "bound": bound, "verdict": v["verdict"], "reasons": v["reasons"], "n_points": fit["n_points"],
-            "decades": fit["decades"]}
+def _conv(rows: list[dict], section: str, x: str, y, **eq) -> dict:
+    """:func:`curve_converged` of one curve of ``section`` (``y``: a field name or a function)."""
+    get = (lambda r: r.get(y)) if isinstance(y, str) else y
+    return curve_converged(_sel(rows, section, **eq), _sel(rows, section, doubled=True, **eq),
+                           lambda r: r[x], get)
 
 
 def _above_floor(triples, k: float = 3.0):
@@ -77,15 +65,15 @@ def _sample(rows: list[dict], plan: Plan, out: dict, top: dict) -> None:
         rs = _sel(rows, "sample", d0=d0)
         inf = {r["seed"]: r for r in rs if r["n"] == 0}
         fin = [r for r in rs if r["n"] > 0 and r["seed"] in inf]
-        conv = all(r["converged"] for r in rs) and bool(rs)
+        conv = _conv(rows, "sample", "n", "score_integral", d0=d0)
         ns = sorted({r["n"] for r in fin})
         def col(k: str) -> list:
             return [[x, m] for x, m, _ in _curve([(r["seed"], r["n"], r.get(k)) for r in fin])]
 
         si_inf = float(np.mean([r["score_integral"] for r in inf.values()])) if inf else math.nan
         # reference curves in the unit of the entry's y only (they share its plot); the rest as columns
-        ref = {"score_integral (n)": col("score_integral"), "score_integral (n = inf)": [[n, si_inf] for n in ns],
-               "ERM score_integral": col("erm_score_integral")}
+        raw = {"score_integral (n)": col("score_integral"), "score_integral (n = inf)": [[n, si_inf] for n in ns],
+               "memoriser (closed-form ERM) score_integral": col("erm_score_integral")}
         cols = {k: col(k) for k in ("population_loss", "memorisation_fraction", "w2_excess", "w2_clean")}
         prof = {f"n={n}": _profile([r for r in fin if r["n"] == n], "score_t", "score_mse") for n in ns}
         prof.update({f"ERM n={n}": _profile([r for r in fin if r["n"] == n], "score_t", "erm_score_mse")
@@ -101,10 +89,12 @@ def _sample(rows: list[dict], plan: Plan, out: dict, top: dict) -> None:
             "(1/T) int_{T0}^{T} E||s - grad log p_t||^2 dt minus its n = inf value = O~(n^{-1/3}) (the excess risk "
             "of Thm 3.2's own functional, exact against the closed-form score)", "sample", "n",
             "score_integral(n) - score_integral(inf)", kept, -1 / 3, converged=conv, excess_se_ratio=ratio,
-            reference=ref, profiles=prof), si, dropped)
+            profiles=prof), si, dropped)
+        e = power_entry(e, [(r["seed"], r["n"], r["score_integral"]) for r in fin], 1 / 3, raw, "score_integral")
         e["columns"] = cols
         out[f"sample_complexity_d0_{d0}"] = e
         top[f"sample_complexity_slope_d0_{d0}"] = e["slope"]
+        conv = _conv(rows, "sample", "n", "population_loss", d0=d0)
         exc = [(r["seed"], r["n"], r["population_loss"] - inf[r["seed"]]["population_loss"]) for r in fin]
         kept, ratio, dropped = _above_floor(exc)
         out[f"population_loss_vs_n_d0_{d0}"] = _note_dropped(_entry(
@@ -185,7 +175,7 @@ def _approx(rows: list[dict], plan: Plan, out: dict, top: dict) -> None:
                 "eps_hat = max_t sigma(t) ||s - grad log p_t||_{L2(P_t)} / sqrt(d0) does not grow with capacity "
                 f"and does not depend on D (curves for D = {', '.join(map(str, Ds))})", "approx", "parameters",
                 "score_uniform", [(r["seed"], r["params"], r["score_uniform"]) for r in rs], 0.0,
-                converged=all(r["converged"] for r in rows if r.get("section") == "approx"),
+                converged=_conv(rows, "approx", "params", "score_uniform", block=blk, d0=d0, D=Ds[0]),
                 reference=reference)
     # the D curves compared seed by seed (capacity_D_gap); with a frozen PCA encoder on noiseless data
     # the latent problem is the same at every D, so this is an implementation check of the ambient parts
@@ -202,7 +192,7 @@ def _blocks(rows: list[dict], plan: Plan, out: dict) -> None:
             "claim", f"Uniform score error against d0, {name}", "Thm 3.1",
             "max_t sigma(t) ||s - grad log p_t||_{L2(P_t)} <= eps sqrt(d0): slope <= 1/2 in d0, with the same "
             "per-token law at every d0", "blocks", "d0", "max_t sigma(t) err(t)", tr, 0.5,
-            converged=all(r["converged"] for r in rs) and bool(rs))
+            converged=_conv(rows, "blocks", "d0", "score_uniform", coupled=c))
 
 
 def _t0(rows: list[dict], plan: Plan, out: dict) -> None:
@@ -214,7 +204,7 @@ def _t0(rows: list[dict], plan: Plan, out: dict) -> None:
         "The score-error integral is O~(1/(T0 T)): as T0 falls it grows at most like 1/T0 (slope >= -1); the "
         "W2 to the clean latent law (reference curve) shows the trade-off", "t0", "T0", "score_integral",
         [(r["seed"], r["T0"], r["score_integral"]) for r in rs], -1.0, bound="lower",
-        converged=all(r["converged"] for r in rs) and bool(rs), reference=ref)
+        converged=_conv(rows, "t0", "T0", "score_integral"), reference=ref)
 
 
 def _encoder(rows: list[dict], plan: Plan, out: dict) -> None:
@@ -227,7 +217,7 @@ def _encoder(rows: list[dict], plan: Plan, out: dict) -> None:
         "claim", "Learned encoder from a random init: subspace error against training steps", "Cor. 3.2.1 (i)",
         "||W_B W_B^T - B B^T||_F^2 of a learned W_B (random Stiefel init, n = inf) falls with training at every D "
         f"(curve for D = {first}; the other D as reference curves)", "encoder", "step", "subspace error",
-        curves[first], 0.0, converged=all(r["converged"] for r in rs) and bool(rs),
+        curves[first], 0.0, converged=_conv(rows, "encoder", "D", "score_uniform"),
         reference={f"D={D}": [[x, m] for x, m, _ in _curve(curves[D])] for D in e.D_values[1:]})
     rs = _sel(rows, "encoder_noisy")
     out["learned_subspace_vs_n"] = _entry(
@@ -235,7 +225,7 @@ def _encoder(rows: list[dict], plan: Plan, out: dict) -> None:
         "||W_B W_B^T - B B^T||_F^2 = O~(xi / c0), xi ~ n^{-1/3}, for x = B h + tau xi (PCA of the same points as "
         "the reference curve)", "encoder_noisy", "n", "subspace error",
         [(r["seed"], r["n"], r["subspace_error"]) for r in rs], -1 / 3,
-        converged=all(r["converged"] for r in rs) and bool(rs),
+        converged=_conv(rows, "encoder_noisy", "n", "subspace_error"),
         reference={"PCA": [[x, m] for x, m, _ in _curve([(r["seed"], r["n"], r["subspace_error_pca"]) for r in rs])]})
 
 
@@ -272,7 +262,7 @@ def _checks(rows: list[dict], plan: Plan, out: dict, top: dict) -> None:
     top["d_independence_spread"] = spread
     e = _entry("check", "Score error does not depend on D with a frozen exact encoder", "Thm 3.1",
                "eps_hat at fixed d0 is the same for every D when W_B = B", "dcheck", "D", "score_uniform", tr, 0.0,
-               converged=all(r["converged"] for r in rs) and bool(rs),
+               converged=_conv(rows, "dcheck", "D", "score_uniform"),
                why="with W_B = B the loss of eq. (2.5) is ||f(B^T x_t, t) - beta h0||^2 plus a term free of the "
                "network, and B^T x_t has the same law for every D: the training problem is the same in law")
     e["spread"] = spread
@@ -284,6 +274,7 @@ def _check(title, theorem, statement, x, y, triples, bad, why) -> dict:
             "x": x, "y": y, "points": _curve(triples), "reference": {}, "profiles": {}, "slope": math.nan,
             "ci": [math.nan, math.nan], "predicted": math.nan, "bound": "upper",
             "verdict": "passes" if triples and not bad else ("untestable" if not triples else "fails"),
+            "holds": None if not triples else not bad,
             "reasons": bad[:10] or ([f"all {len(triples)} rows within range"] if triples else ["no rows"]),
             "n_points": len({t[1] for t in triples}), "decades": 0.0}
 
@@ -305,4 +296,24 @@ def analyse(rows: list[dict], plan: Plan) -> dict:
     if plan.encoder is not None:
         _encoder(rows, plan, out)
     _checks(rows, plan, out, top)
-    return {"claims": out, "top": top}
+    out.update(learned_entries(rows, plan))
+    top.update(headline(rows, plan))
+    return {"claims": {k: classify(k, e) for k, e in out.items()}, "top": top}
+
+
+def classify(key: str, e: dict) -> dict:
+    """``e`` with the kind of its pre-registered entry (:func:`describe`) and its ``failure`` line:
+    for a claim, how it could fail other than by optimisation; for a check or a diagnostic, why it
+    cannot. A check's slope verdict becomes passes / fails (from ``holds``); a diagnostic's becomes
+    ``reported``. An entry missing from the registry is a claim whose failure line says so."""
+    reg = describe(key)
+    kind = reg.kind if reg is not None else e.get("kind", "claim")
+    out = {**e, "kind": kind, "failure": reg.failure if reg is not None else
+           "NOT PRE-REGISTERED: this entry has no line in preregistration.ENTRIES"}
+    if kind == "check" and e.get("verdict") in ("consistent", "faster than the bound", "slower over this range"):
+        out["verdict"] = "passes" if e.get("holds") else "fails"
+    if kind == "diagnostic":
+        out["verdict"] = "reported"
+    if kind != "claim" and not out.get("why"):
+        out["why"] = out["failure"]
+    return out

@@ -20,13 +20,13 @@ from typing import Callable
 
 import numpy as np
 
-from latentdit.experiments.rates.attention_phase import attention_phase
-from latentdit.experiments.rates.claims import analyse
+from latentdit.experiments.rates.attention_phase import attention_phase, to_rows
 from latentdit.experiments.rates.plan import Budget, Plan, config_key, plan_for, tasks
-from latentdit.experiments.rates.report import summary_dict, write_report
+from latentdit.experiments.rates.report import build_report
+from latentdit.experiments.rates.rows import ROWS_NAME, plan_row, read_rows, with_defaults, write_rows
 from latentdit.experiments.rates.store import DB_NAME, RateStore
 from latentdit.experiments.rates.timing import add_session
-from latentdit.io import atomic_write_json, json_safe
+from latentdit.io import atomic_write_json
 from latentdit.provenance import provenance_end, provenance_start
 
 RUNS_DIR = "runs"
@@ -331,6 +331,7 @@ def run_rates(out: Path, plan: Plan, *, workers: int = 1, threads: int = 1, sche
         keys = {config_key(t) for t in todo}
         rows = store.results(keys)
         failures = [(p, m) for p, m in store.failures() if config_key(p) in keys]
+        raw_rows = store.rows(keys)
     finally:
         store.close()
     meta = {"plan": plan.name, "configs": len(todo), "finished": len(rows), "failed": len(failures), "workers": workers,
@@ -350,10 +351,9 @@ def run_rates(out: Path, plan: Plan, *, workers: int = 1, threads: int = 1, sche
     if meta.get("timing"):
         meta["timing"]["provenance"] = meta["timing"].get("provenance") or provenance_end(prov)
         atomic_write_json(timing_file, meta["timing"], indent=1)
-    analysis = analyse(rows, plan)
     att = attention_phase(out, quick=plan.name != "full") if attention else None
-    write_report(out, plan, rows, analysis, meta=meta, attention=att)
-    summary = json_safe(summary_dict(analysis, plan, meta, att))
-    summary["provenance"] = provenance_end(prov)
-    atomic_write_json(out / "summary.json", summary, indent=1)
-    return summary
+    # the report is rebuilt from the rows file alone (latentdit rates --report-only reads the same file)
+    write_rows(out / ROWS_NAME, [with_defaults(r, plan.name) for r in [plan_row(plan, provenance_end(prov), meta.get("timing")), *raw_rows]]
+               + ([with_defaults(r, plan.name) for r in to_rows(att)] if att else []))
+    summary = build_report(out, read_rows(out / ROWS_NAME))
+    return {**summary, "meta": {**summary["meta"], **{k: meta[k] for k in ("workers", "ran_now", "skipped")}}}

@@ -1,4 +1,8 @@
-"""The resumable record of a ``latentdit rates`` sweep: one SQLite row per configuration."""
+"""The resumable record of a ``latentdit rates`` sweep: one SQLite row per configuration.
+
+Each finished row records the plan version it ran under and the plan's commit
+(:mod:`latentdit.experiments.rates.preregistration`), so that a store resumed across plan versions
+says which rows came from which plan."""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ from pathlib import Path
 from typing import Iterable
 
 from latentdit.experiments.rates.plan import config_key
+from latentdit.experiments.rates.preregistration import PLAN_VERSION, plan_commit
 
 DB_NAME = "rates.sqlite"
 
@@ -27,6 +32,12 @@ class RateStore:
         self.db.execute("CREATE TABLE IF NOT EXISTS runs (key TEXT PRIMARY KEY, params TEXT NOT NULL, "
                         "status TEXT NOT NULL, result TEXT, seconds REAL, updated REAL)")
         self.db.commit()
+        self._commit: str | None | bool = False  # False: not looked up yet
+
+    def _plan_fields(self) -> dict:
+        if self._commit is False:
+            self._commit = plan_commit()
+        return {"plan_version": PLAN_VERSION, "plan_commit": self._commit}
 
     def close(self) -> None:
         self.db.close()
@@ -41,7 +52,7 @@ class RateStore:
         self._put(config_key(params), params, "running", None, None)
 
     def record(self, params: dict, result: dict, seconds: float) -> None:
-        self._put(config_key(params), params, "done", result, seconds)
+        self._put(config_key(params), params, "done", {**result, **self._plan_fields()}, seconds)
 
     def record_failure(self, params: dict, message: str) -> None:
         self._put(config_key(params), params, "failed", {"error": message}, None)
@@ -69,6 +80,18 @@ class RateStore:
         want = None if keys is None else set(keys)
         return [(u - (s or 0.0), u) for k, s, u in self.db.execute(
             "SELECT key, seconds, updated FROM runs WHERE status = 'done'") if want is None or k in want]
+
+    def rows(self, keys: Iterable[str] | None = None) -> list[dict]:
+        """Every finished and failed row (restricted to ``keys`` if given) for the rows file:
+        ``{**params, **metrics, "status", "seconds"}``; a failed row has ``error``."""
+        want = None if keys is None else set(keys)
+        out = []
+        for key, params, status, result, seconds in self.db.execute(
+                "SELECT key, params, status, result, seconds FROM runs WHERE status IN ('done', 'failed')"):
+            if want is None or key in want:
+                out.append({**json.loads(params), **json.loads(result), "status": status,
+                            **({"seconds": seconds} if status == "done" else {})})
+        return out
 
     def failures(self) -> list[tuple[dict, str]]:
         return [(json.loads(p), json.loads(r)["error"]) for p, r in

@@ -25,37 +25,33 @@ import math
 
 import numpy as np
 
+from latentdit.fits import loglog_slope, seed_curves
+
 VERDICTS = ("consistent", "faster than the bound", "slower over this range", "untestable")
 MIN_POINTS = 4
 MIN_DECADES = 1.5
 MIN_EXCESS_SE = 3.0
 
 
-def _loglog_slope(x: list[float], y: list[float]) -> float:
-    return float(np.polyfit(np.log(np.asarray(x, float)), np.log(np.asarray(y, float)), 1)[0])
-
-
 def fit_slope(points, level: float = 0.95) -> dict:
     """Per-seed log-log least-squares slopes of (seed, x, y) triples, their mean and t-interval.
 
-    Points with a non-positive or non-finite y are dropped; seeds with fewer than two distinct x are
-    skipped. Returns ``slope`` (the mean of the per-seed slopes), ``se`` (their standard error),
+    Points with a non-positive or non-finite y cannot enter a log-log fit: they are left out and
+    counted (``dropped``); seeds with fewer than two distinct x are skipped. Returns ``slope`` (the mean of the per-seed slopes), ``se`` (their standard error),
     ``df`` (seeds - 1), ``ci`` (the two-sided ``level`` t-interval; +-inf with one seed), ``level``,
-    ``seed_slopes``, ``n_seeds``, ``n_points`` (distinct x kept) and ``decades`` (log10 max x / min x).
+    ``seed_slopes``, ``n_seeds``, ``n_points`` (distinct x kept), ``decades`` (log10 max x / min x) and ``dropped``.
     """
     from scipy.stats import t as student_t
 
     if not 0 < level < 1:
         raise ValueError(f"fit_slope: level={level} must lie in (0, 1)")
-    by_seed: dict = {}
-    for s, x, y in points:
-        if y is not None and x is not None and x > 0 and math.isfinite(y) and y > 0:
-            by_seed.setdefault(s, []).append((float(x), float(y)))
-    xs = sorted({x for v in by_seed.values() for x, _ in v})
+    by_seed, dropped = seed_curves(points)
+    xs = sorted({x for v in by_seed.values() for x in v})
     decades = math.log10(xs[-1] / xs[0]) if xs else 0.0
-    slopes = [_loglog_slope(*zip(*v)) for _, v in sorted(by_seed.items()) if len({a for a, _ in v}) >= 2]
+    slopes = [loglog_slope(list(v), list(v.values()))[0] for _, v in sorted(by_seed.items()) if len(v) >= 2]
     out = {"slope": math.nan, "se": math.nan, "df": 0, "ci": [math.nan, math.nan], "level": level,
-           "seed_slopes": slopes, "n_seeds": len(slopes), "n_points": len(xs), "decades": decades}
+           "seed_slopes": slopes, "n_seeds": len(slopes), "n_points": len(xs), "decades": decades,
+           "dropped": dropped}
     if not slopes:
         return out
     m = float(np.mean(slopes))
@@ -144,4 +140,39 @@ def verdict(fit: dict, predicted: float, *, bound: str = "upper", converged: boo
     if state == fails:
         out["reasons"].append("over the measured range only: an O-bound with constants, log factors and floors "
                               "can still hold at larger x")
+    return out
+
+
+def power_verdict(fit: dict, predicted_p: float, *, x_decades: float, converged: bool = True) -> dict:
+    """The state of a claimed decay exponent for the model y = a + b x^-p (a floor a, fitted by
+    :func:`latentdit.fits.bootstrap_power_floor`): the bound error <= C x^-predicted_p above a floor
+    holds unless the bootstrap interval of p lies entirely below ``predicted_p``.
+
+    States as :func:`verdict`: *slower over this range* (interval below: ``holds`` False), *faster
+    than the bound* (interval above), *consistent*; *untestable* with the reasons (not converged,
+    fewer than :data:`MIN_POINTS` x, fewer than :data:`MIN_DECADES` decades, no interval)."""
+    reasons = []
+    if not converged:
+        reasons.append("the runs did not converge (training budget too small for this sweep)")
+    if fit["k"] < MIN_POINTS:
+        reasons.append(f"{fit['k']} distinct x (< {MIN_POINTS})")
+    if x_decades < MIN_DECADES:
+        reasons.append(f"x spans {x_decades:.2f} decades (< {MIN_DECADES:g})")
+    lo, hi = fit["p_ci"]
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        reasons.append(f"{fit['n_seeds']} seed(s): no bootstrap interval")
+    if fit.get("dropped"):
+        reasons.append(f"{fit['dropped']} point(s) with y <= 0 or not finite left out of the fit")
+    out = {"verdict": "untestable", "holds": None, "reasons": reasons}
+    if any(not r.endswith("left out of the fit") for r in reasons):
+        return out
+    ci = f"p = {fit['p']:.3g}, {100 * fit['level']:g}% bootstrap interval [{lo:.3g}, {hi:.3g}]"
+    if hi < predicted_p:
+        out.update(verdict="slower over this range", holds=False,
+                   reasons=[f"{ci} below predicted {predicted_p:.3g}", "over the measured range only"] + reasons)
+    elif lo > predicted_p:
+        out.update(verdict="faster than the bound", holds=True,
+                   reasons=[f"{ci} above predicted {predicted_p:.3g}"] + reasons)
+    else:
+        out.update(verdict="consistent", holds=True, reasons=[f"{ci} contains predicted {predicted_p:.3g}"] + reasons)
     return out
