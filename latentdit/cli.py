@@ -180,7 +180,7 @@ def _cmd_evaluate(a: argparse.Namespace) -> int:
     _check_sampling_flags(a)
     kw = {k: v for k, v in (("num_samples", a.num), ("sampler", a.sampler), ("steps", a.steps),
                             ("seed", a.seed), ("guidance", a.guidance)) if v is not None}
-    m = evaluate_run(a.run, a.out, progress=sys.stderr.isatty(), **kw)
+    m = evaluate_run(a.run, a.out, progress=True, **kw)  # a bar on a terminal, plain lines otherwise
     print(json.dumps({k: v for k, v in m.items() if not isinstance(v, (dict, list))}, indent=2))
     return 0
 

@@ -37,7 +37,8 @@ def test_sample_times_uniform_on_interval():
     assert math.isclose(t.mean().item(), 2.505, rel_tol=1e-2)
 
 
-@pytest.mark.parametrize("weighting", ["none", "sigma", "sigma2"])
+@pytest.mark.parametrize("weighting", ["none", pytest.param("sigma", marks=pytest.mark.slow),
+                                       pytest.param("sigma2", marks=pytest.mark.slow)])  # one in the fast loop
 def test_dsm_loss_is_minimised_by_the_exact_score(weighting):
     g = SubspaceGMM.random(16, 4, 3, seed=0)
     gen = torch.Generator().manual_seed(1)

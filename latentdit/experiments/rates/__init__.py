@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"--sections: {e}") from e
     try:
         s = run_rates(a.out, plan, workers=a.workers, threads=a.threads, scheduler=a.scheduler,
-                      progress=not a.no_progress and sys.stderr.isatty(), attention=not a.no_attention,
+                      progress=not a.no_progress, attention=not a.no_attention,
                       with_estimate=a.estimate)
     except KeyboardInterrupt:
         print(f"interrupted; finished tasks are kept in {a.out / DB_NAME} and a rerun resumes", file=sys.stderr)
