@@ -28,6 +28,7 @@ import torch
 from latentdit.attention.cost import best_split, candidate_splits
 from latentdit.attention.features import FeatureBuilder, Plan, contract_rows, device_tables, kron_rows, make_plan
 from latentdit.attention.polynomials import ExpPoly
+from latentdit.attention.products import key_products, peeled, query_products, values_hat
 
 FEATURE_BUDGET_CPU = 1 << 20   # elements of the largest per-chunk temporary (4 MiB in fp32)
 FEATURE_BUDGET_CUDA = 1 << 25
@@ -86,9 +87,9 @@ class PolyAttentionFunction(torch.autograd.Function):
     """out = D^{-1} P(Xq Xk^T) V with P given by its monomial coefficients and a factorisation plan.
 
     xq (n, Lq, m), xk (n, Lk, m), v (n, Lk, mv); the logits are R <xq_i, xk_j> with |<., .>| <= 1.
-    Padded key rows have V-hat = 0 (no contribution); padded query rows are discarded. The key-side
-    products are kept in the layout the query-side GEMM reads, (n, r2 c, r1), so no transposed copy
-    is made; W is applied there as its transpose (same products).
+    Padded key rows have V-hat = 0 (no contribution); padded query rows are discarded. The forward
+    keeps tokens in rows ((n, L, c) layouts, no transposed copy of V or of the output); the key-side
+    products are saved for the backward in the layout it reads, (n, r2 c, r1), with W applied.
     """
 
     @staticmethod
@@ -96,28 +97,25 @@ class PolyAttentionFunction(torch.autograd.Function):
         n, Lq, m = xq.shape
         Lk, mv = v.shape[1], v.shape[2]
         c = mv + 1
-        Wt = device_tables(plan, coeffs, xq.device, xq.dtype)[1]
+        W = device_tables(plan, coeffs, xq.device, xq.dtype)[0]
         r1, r2 = plan.r1, plan.r2
-        width = max(r1, r2 * c * (m + 1))
+        peel = peeled(plan, c)
+        built = plan if peel is None else peel[0]
+        width = max(built.r1, r2 * c * (m + 1))
 
         step = chunk_length(n, Lk, width, xq.device, chunk)
-        feats = FeatureBuilder.get(plan, n, step, xq)
-        T = _key_side_sum(feats, _padded_T(xk, step), _padded_T(v, step, ones=True), step, _acc_dtype(xq.dtype))
-        Ut = (T.to(xq.dtype).view(n, r2, c, r1) * Wt[None, :, None, :]).view(n, r2 * c, r1)
+        feats = FeatureBuilder.get(built, n, step, xq)
+        T = key_products(feats, _padded_T(xk, step), values_hat(v, step), step, _acc_dtype(xq.dtype), peel)
+        U = T.view(n, r1, r2, c).mul_(W[None, :, :, None]).view(n, r1, r2 * c)
 
         step = chunk_length(n, Lq, width, xq.device, chunk)
-        xqT = _padded_T(xq, step)
         if feats.x.shape[-1] != step:
-            feats = FeatureBuilder.get(plan, n, step, xq)
-        Y = xq.new_empty(n, c, xqT.shape[-1])
-        for a in range(0, xqT.shape[-1], step):
-            F1, F2 = feats(xqT[:, :, a:a + step])
-            Y[:, :, a:a + step] = contract_rows(F2, torch.bmm(Ut, F1), c)
-        den = Y[:, mv, :Lq]
-        out = (Y[:, :mv, :Lq] / den[:, None]).transpose(1, 2)
-
-        ctx.plan, ctx.chunk, ctx.coeffs = plan, chunk, coeffs
-        ctx.save_for_backward(xq, xk, v, Ut, out, den)
+            feats = FeatureBuilder.get(built, n, step, xq)
+        outp, den = query_products(feats, _padded_T(xq, step), U, step, c, peel)
+        out = outp[:, :Lq]
+        if any(ctx.needs_input_grad[:3]):
+            ctx.plan, ctx.chunk, ctx.coeffs = plan, chunk, coeffs
+            ctx.save_for_backward(xq, xk, v, U.transpose(1, 2).contiguous(), out, den[:, :Lq])
         return out
 
     @staticmethod

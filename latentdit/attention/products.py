@@ -1,0 +1,122 @@
+"""The two feature products of the polynomial method's forward pass, chunked over L.
+
+Key side ``T = sum_j phi(k_j) (x) [v_j, 1]`` (one row per monomial), query side
+``Y_i = phi(q_i)^T (W (.) T)`` = [numerator, denominator] of query i. Tokens stay in rows
+((n, L, c) layouts), so neither V nor the output is transposed.
+
+**Peeling the top degree** (unsplit plans). Every monomial gamma of degree g is
+``alpha + e_i`` with i its last variable and alpha a monomial of degree g - 1 whose variables are
+<= i; in the builder's order (:func:`latentdit.attention.features._monomials`) the alphas of one i
+are a *prefix* of the degree-(g - 1) block. Hence
+
+    T[degree-g monomials ending in i] = F_{g-1}[:cnt_i]^T (x_i (.) [V, 1])
+    Y += x_i (.) (F_{g-1}[:cnt_i]^T U[degree-g monomials ending in i])
+
+with F only up to degree g - 1: the largest block of features (120 of 330 at head size 4 and
+degree 7, 792 of 1287 at head size 8 and degree 5) is never built or stored, and the GEMMs cover
+each monomial exactly once (the same products and FLOPs as the unsplit kernel, the same numbers
+up to rounding). The cost is m scaled copies of a (step, c) chunk of V per chunk.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from latentdit.attention.features import FeatureBuilder, Plan, make_plan
+
+ACC_GROUP = 16  # chunks summed in the working dtype before folding into the float64 accumulator
+
+
+@functools.lru_cache(maxsize=None)
+def peeled(plan: Plan, c: int) -> tuple[Plan, tuple] | None:
+    """(the plan of degree g - 1 whose features are built, the degree-g builder steps (src, count,
+    variable, dst)) for an unsplit plan of degree >= 2 whose top block has more rows than the m
+    scaled copies of [V, 1] have columns (m c: what peeling adds per token); else None (built in full).
+    """
+    if plan.split != ("degree", 0) or plan.g < 2:
+        return None
+    low = make_plan(plan.m, plan.g - 1)
+    top = tuple(op for op in plan.ops1 if op[3] >= low.r1)
+    if plan.r1 - low.r1 <= plan.m * c:
+        return None
+    ends = [low.r1] + [dst + cnt for _, cnt, _, dst in top]
+    assert plan.ops1[:len(low.ops1)] == low.ops1 and [op[3] for op in top] == ends[:-1] and ends[-1] == plan.r1
+    return low, top
+
+
+def values_hat(v: torch.Tensor, step: int) -> torch.Tensor:
+    """(n, L, mv) -> V-hat = [V, 1] as (n, L padded to a multiple of step, mv + 1); padded rows 0."""
+    n, L, mv = v.shape
+    Lp = -(-L // step) * step
+    out = v.new_empty(n, Lp, mv + 1)
+    out[:, :L, :mv] = v
+    out[:, :L, mv] = 1.0
+    if Lp > L:
+        out[:, L:] = 0.0
+    return out
+
+
+def _key_chunk(F1: torch.Tensor, F2: torch.Tensor | None, rhs: torch.Tensor, x: torch.Tensor,
+               peel, kron: torch.Tensor | None, scaled: torch.Tensor | None) -> list:
+    """The (left factor, right factor) GEMMs of one key chunk, in the row order of T."""
+    n, step, _ = rhs.shape
+    if F2 is not None:  # the row-wise Kronecker product F2 (x) vh in (n, step, r2 c)
+        rhs = torch.mul(F2.transpose(1, 2)[:, :, :, None], rhs[:, :, None, :], out=kron).view(n, step, -1)
+    gemms = [(F1, rhs)]
+    for j, (src, cnt, i, dst) in enumerate(() if peel is None else peel[1]):
+        s = torch.mul(rhs, x[:, i, :, None], out=scaled[j])
+        gemms.append((F1[:, src:src + cnt], s))
+    return gemms
+
+
+def key_products(feats: FeatureBuilder, xT: torch.Tensor, vh: torch.Tensor, step: int, acc: torch.dtype,
+                 peel: tuple[Plan, tuple] | None = None) -> torch.Tensor:
+    """T as (n, r1, r2 c), r1 the rank of the full plan: GEMMs per chunk accumulated in place
+    (baddbmm) in the working dtype over ``ACC_GROUP`` chunks and across groups in ``acc``."""
+    n, Lp, c = vh.shape
+    kron = None if feats.F2 is None else vh.new_empty(n, step, feats.F2.shape[1], c)
+    scaled = None if peel is None else vh.new_empty(len(peel[1]), n, step, c)
+    width = c if feats.F2 is None else feats.F2.shape[1] * c
+    # one contiguous accumulator per GEMM (baddbmm_ into a strided slice loops over the batch)
+    sizes = [feats.F1.shape[1]] + ([] if peel is None else [op[1] for op in peel[1]])
+    group = [vh.new_zeros(n, rows, width) for rows in sizes]
+    total = None
+    for k, a in enumerate(range(0, Lp, step)):
+        F1, F2 = feats(xT[:, :, a:a + step])
+        for acc_j, (left, right) in zip(group, _key_chunk(F1, F2, vh[:, a:a + step], xT[:, :, a:a + step],
+                                                         peel, kron, scaled)):
+            acc_j.baddbmm_(left, right)
+        if (k + 1) % ACC_GROUP == 0 and a + step < Lp:
+            part = torch.cat(group, dim=1).to(acc)
+            total = part if total is None else total.add_(part)
+            for acc_j in group:
+                acc_j.zero_()
+    out = torch.cat(group, dim=1) if len(group) > 1 else group[0]
+    return out if total is None else total.add_(out).to(vh.dtype)
+
+
+def query_products(feats: FeatureBuilder, xT: torch.Tensor, U: torch.Tensor, step: int, c: int,
+                   peel: tuple[Plan, tuple] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(out, den) over the padded queries, (n, Lp, c - 1) and (n, Lp): per chunk Y = [numerator,
+    denominator] = sum_beta F2_beta(q) (F1(q)^T U)_beta into one (n, step, c) buffer, divided while
+    it is in cache."""
+    n, _, Lp = xT.shape
+    r_low = feats.F1.shape[1]
+    Y = U.new_empty(n, step, c)
+    part = None if peel is None else U.new_empty(n, step, c)
+    out, den = U.new_empty(n, Lp, c - 1), U.new_empty(n, Lp)
+    for a in range(0, Lp, step):
+        F1, F2 = feats(xT[:, :, a:a + step])
+        if F2 is None:
+            torch.bmm(F1.transpose(1, 2), U[:, :r_low], out=Y)
+        else:
+            Z = torch.bmm(F1.transpose(1, 2), U).view(n, step, F2.shape[1], c)
+            torch.sum(Z.mul_(F2.transpose(1, 2)[:, :, :, None]), dim=2, out=Y)
+        for src, cnt, i, dst in () if peel is None else peel[1]:
+            torch.bmm(F1[:, src:src + cnt].transpose(1, 2), U[:, dst:dst + cnt], out=part)
+            Y.addcmul_(part, xT[:, i, a:a + step, None])
+        torch.div(Y[..., :-1], Y[..., -1:], out=out[:, a:a + step])
+        den[:, a:a + step] = Y[..., -1]
+    return out, den
