@@ -74,3 +74,23 @@ def predicted_times(n: int, Lq: int, Lk: int, m: int, mv: int, g: int | None) ->
         return exact, float("inf")
     poly = n * (Lq + Lk) * _row_cost(m, g, mv, best_split(m, g, mv)) + POLY_S_PER_CALL
     return exact, poly
+
+
+def product_flops(n: int, L: int, m: int, mv: int, g: int, split: tuple[str, int] = ("degree", 0)) -> int:
+    """FLOPs of one feature product over L tokens (the key side or the query side): a GEMM of the
+    r1 x r2 (mv + 1) slot table against L rows, 2 n L r1 r2 (mv + 1). Unsplit this is
+    2 n L C(m + g, g) (mv + 1), the minimum of the method; a split adds its zero slots."""
+    r1, r2 = split_ranks(m, g, split)
+    return 2 * n * L * r1 * r2 * (mv + 1)
+
+
+def forward_flops(n: int, Lq: int, Lk: int, m: int, mv: int, g: int, split: tuple[str, int] = ("degree", 0)) -> int:
+    """GEMM FLOPs of the forward pass: the key-side and the query-side products."""
+    return product_flops(n, Lk, m, mv, g, split) + product_flops(n, Lq, m, mv, g, split)
+
+
+def backward_flops(n: int, Lq: int, Lk: int, m: int, mv: int, g: int, split: tuple[str, int] = ("degree", 0)) -> int:
+    """GEMM FLOPs of the backward pass (:class:`latentdit.attention.kernels.PolyAttentionFunction`):
+    on the queries the m derivative products and the key-side gradient, on the keys the value
+    gradient and the m derivative products, 2 (m + 1) products per side."""
+    return (m + 1) * (product_flops(n, Lq, m, mv, g, split) + product_flops(n, Lk, m, mv, g, split))
