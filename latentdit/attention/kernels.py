@@ -28,6 +28,7 @@ import torch
 from latentdit.attention.cost import best_split, candidate_splits
 from latentdit.attention.features import FeatureBuilder, Plan, contract_rows, device_tables, kron_rows, make_plan
 from latentdit.attention.polynomials import ExpPoly
+from latentdit.attention.backward import poly_backward
 from latentdit.attention.products import key_products, peeled, query_products, values_hat
 
 FEATURE_BUDGET_CPU = 1 << 20   # elements of the largest per-chunk temporary (4 MiB in fp32)
@@ -115,22 +116,30 @@ class PolyAttentionFunction(torch.autograd.Function):
         out = outp[:, :Lq]
         if any(ctx.needs_input_grad[:3]):
             ctx.plan, ctx.chunk, ctx.coeffs = plan, chunk, coeffs
-            ctx.save_for_backward(xq, xk, v, U.transpose(1, 2).contiguous(), out, den[:, :Lq])
+            ctx.save_for_backward(xq, xk, v, U, out, den[:, :Lq])
         return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, dout):
-        xq, xk, v, Ut, out, den = ctx.saved_tensors
+        xq, xk, v, U, out, den = ctx.saved_tensors
         plan, chunk = ctx.plan, ctx.chunk
         need_q, need_k, need_v = ctx.needs_input_grad[:3]
         n, Lq, m = xq.shape
         Lk, mv = v.shape[1], v.shape[2]
         c = mv + 1
         r1, r2 = plan.r1, plan.r2
-        _, Wt, src, fac = device_tables(plan, ctx.coeffs, xq.device, xq.dtype)
-        width = max(r1, r2 * c * (m + 1))
+        W, Wt, src, fac = device_tables(plan, ctx.coeffs, xq.device, xq.dtype)
         acc = _acc_dtype(xq.dtype)
+        if plan.split == ("degree", 0) and plan.g >= 1:  # tokens in rows, derivatives on degree <= g - 1
+            peel = peeled(plan, c)
+            width = max(plan.r1 if peel is None else peel[0].r1, c * (m + 1))
+            sq, sk = chunk_length(n, Lq, width, xq.device, chunk), chunk_length(n, Lk, width, xq.device, chunk)
+            grads = poly_backward(plan, W, (xq, xk, v, values_hat(v, sk), U, out, den), dout,
+                                  (need_q, need_k, need_v), (sq, sk), acc, (_padded_T(xq, sq), _padded_T(xk, sk)))
+            return (*grads, None, None, None)
+        Ut = U.transpose(1, 2).contiguous()
+        width = max(r1, r2 * c * (m + 1))
         dq = dk = dv = None
 
         def deriv(M: torch.Tensor, dst: torch.Tensor | None = None) -> torch.Tensor:

@@ -21,6 +21,7 @@ up to rounding). The cost is m scaled copies of a (step, c) chunk of V per chunk
 from __future__ import annotations
 
 import functools
+from typing import Callable
 
 import torch
 
@@ -72,9 +73,12 @@ def _key_chunk(F1: torch.Tensor, F2: torch.Tensor | None, rhs: torch.Tensor, x: 
 
 
 def key_products(feats: FeatureBuilder, xT: torch.Tensor, vh: torch.Tensor, step: int, acc: torch.dtype,
-                 peel: tuple[Plan, tuple] | None = None) -> torch.Tensor:
+                 peel: tuple[Plan, tuple] | None = None,
+                 per_chunk: Callable[[torch.Tensor, int], None] | None = None) -> torch.Tensor:
     """T as (n, r1, r2 c), r1 the rank of the full plan: GEMMs per chunk accumulated in place
-    (baddbmm) in the working dtype over ``ACC_GROUP`` chunks and across groups in ``acc``."""
+    (baddbmm) in the working dtype over ``ACC_GROUP`` chunks and across groups in ``acc``.
+    ``per_chunk(F1, start)`` runs after each chunk's GEMMs, on the same features (the backward's
+    query gradient)."""
     n, Lp, c = vh.shape
     kron = None if feats.F2 is None else vh.new_empty(n, step, feats.F2.shape[1], c)
     scaled = None if peel is None else vh.new_empty(len(peel[1]), n, step, c)
@@ -88,6 +92,8 @@ def key_products(feats: FeatureBuilder, xT: torch.Tensor, vh: torch.Tensor, step
         for acc_j, (left, right) in zip(group, _key_chunk(F1, F2, vh[:, a:a + step], xT[:, :, a:a + step],
                                                          peel, kron, scaled)):
             acc_j.baddbmm_(left, right)
+        if per_chunk is not None:
+            per_chunk(F1, a)
         if (k + 1) % ACC_GROUP == 0 and a + step < Lp:
             part = torch.cat(group, dim=1).to(acc)
             total = part if total is None else total.add_(part)
