@@ -20,7 +20,7 @@ import torch
 
 from latentdit.attention.cost import rank
 from latentdit.attention.features import FeatureBuilder, Plan
-from latentdit.attention.products import key_products, peeled
+from latentdit.attention.products import ValueRows, key_products, peeled
 
 
 def _deriv_coeffs(M: torch.Tensor, plan: Plan, r_low: int) -> torch.Tensor:
@@ -38,70 +38,82 @@ def _contract(Z: torch.Tensor, B: torch.Tensor, m: int) -> torch.Tensor:
     return torch.einsum("nslc,nsc->nsl", Z.view(n, step, m, c), B)
 
 
-def _gradient_rows(dout: torch.Tensor, out: torch.Tensor, den: torch.Tensor, Lp: int) -> torch.Tensor:
-    """G = dL/d[numerator, denominator] as (n, Lp, mv + 1), padded rows 0."""
-    n, L, mv = dout.shape
-    G = dout.new_zeros(n, Lp, mv + 1)
-    torch.div(dout, den[:, :, None], out=G[:, :L, :mv])
-    G[:, :L, mv] = -(dout * out).sum(-1) / den
-    return G
+class GradientRows:
+    """G = dL/d[numerator, denominator] = [dout / den, -<dout, out> / den] chunk by chunk in one reused
+    (n, step, mv + 1) buffer (the row-scaling form of Thm 4.1); rows past L are 0."""
+
+    def __init__(self, dout: torch.Tensor, out: torch.Tensor, den: torch.Tensor, step: int):
+        self.dout, self.out, self.den, self.step, self.L = dout, out, den, step, dout.shape[1]
+        self.buf = dout.new_empty(dout.shape[0], step, dout.shape[2] + 1)
+
+    def __call__(self, a: int) -> torch.Tensor:
+        b, buf = min(self.L, a + self.step) - a, self.buf
+        d, den = self.dout[:, a:a + b], self.den[:, a:a + b, None]
+        torch.div(d, den, out=buf[:, :b, :-1])
+        torch.div(-(d * self.out[:, a:a + b]).sum(-1, keepdim=True), den, out=buf[:, :b, -1:])
+        if b < self.step:
+            buf[:, b:] = 0.0
+        return buf
 
 
 def poly_backward(plan: Plan, W: torch.Tensor, tensors: tuple, dout: torch.Tensor, needs: tuple,
                   steps: tuple[int, int], acc: torch.dtype, xT: tuple) -> tuple:
-    """(dq, dk, dv) for an unsplit plan; ``tensors`` = (xq, xk, v, vh, U, out, den) as saved by the
-    forward, ``steps`` its chunk lengths (queries, keys), ``xT`` the padded transposed inputs."""
-    xq, xk, v, vh, U, out, den = tensors
+    """(dq, dk, dv) for an unsplit plan of degree >= 1; ``tensors`` = (xq, xk, v, U, out, den) as saved
+    by the forward, ``steps`` its chunk lengths (queries, keys), ``xT`` the padded transposed inputs."""
+    xq, xk, v, U, out, den = tensors
     need_q, need_k, need_v = needs
     n, Lq, m = xq.shape
     Lk, mv, c = v.shape[1], v.shape[2], v.shape[2] + 1
     peel = peeled(plan, c)
     built = plan if peel is None else peel[0]
-    r_low = rank(m, plan.g - 1)  # plan.g >= 1
+    r_low = rank(m, plan.g - 1)
     sq, sk = steps
     xqT, xkT = xT
-    G = _gradient_rows(dout.to(xq.dtype), out, den, xqT.shape[-1])
-    dq = xq.new_empty(n, xqT.shape[-1], m) if need_q else None
+    G = GradientRows(dout.to(xq.dtype), out, den, sq)
+    dq = xq.new_empty(n, Lq, m) if need_q else None
     Dq = _deriv_coeffs(U, plan, r_low) if need_q else None
 
-    def dq_chunk(F1: torch.Tensor, a: int) -> None:
+    def dq_chunk(F1: torch.Tensor, a: int) -> None:  # G.buf holds chunk a
+        b = min(Lq, a + sq) - a
         Z = torch.bmm(F1[:, :r_low].transpose(1, 2), Dq)
-        dq[:, a:a + sq] = _contract(Z, G[:, a:a + sq], m)
+        dq[:, a:a + b] = _contract(Z, G.buf, m)[:, :b]
 
     feats = FeatureBuilder.get(built, n, sq, xq)
     dk = dv = None
     if need_k or need_v:
-        dU = key_products(feats, xqT, G, sq, acc, peel, dq_chunk if need_q else None)
+        dU = key_products(feats, xqT, G, sq, c, acc, peel, dq_chunk if need_q else None)
         dT = dU.mul_(W.view(1, plan.r1, 1))
-        dv, dk = _key_pass(plan, built, peel, dT, vh, xkT, sk, r_low, need_k, xq)
-        dv = dv[:, :Lk, :mv] if need_v else None
-        dk = dk[:, :Lk] if need_k else None
+        dv, dk = _key_pass(plan, built, peel, dT, ValueRows(v, sk), xkT, r_low, (need_k, need_v), Lk)
     elif need_q:
         for a in range(0, xqT.shape[-1], sq):
             F1, _ = feats(xqT[:, :, a:a + sq])
+            G(a)
             dq_chunk(F1, a)
-    return (None if dq is None else dq[:, :Lq]), dk, dv
+    return dq, dk, dv
 
 
-def _key_pass(plan: Plan, built: Plan, peel, dT: torch.Tensor, vh: torch.Tensor, xkT: torch.Tensor, step: int,
-              r_low: int, need_k: bool, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """dvh (n, Lp, c) and dk (n, Lp, m) over the padded keys: per chunk the GEMM of the built features
-    against dT (plus its peeled top degree) and that of the degree <= g - 1 features against Dk."""
-    n, Lp, c = vh.shape
+def _key_pass(plan: Plan, built: Plan, peel, dT: torch.Tensor, vh: ValueRows, xkT: torch.Tensor,
+              r_low: int, needs: tuple[bool, bool], L: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """dv (n, L, mv) and dk (n, L, m): per chunk the GEMM of the built features against dT (plus its
+    peeled top degree) and that of the degree <= g - 1 features against Dk."""
+    need_k, need_v = needs
+    n, step, c = vh.buf.shape
     m = plan.m
     Dk = _deriv_coeffs(dT, plan, r_low) if need_k else None
-    feats = FeatureBuilder.get(built, n, step, like)
-    dvh = vh.new_empty(n, Lp, c)
-    dk = vh.new_empty(n, Lp, m) if need_k else None
-    Y, part = vh.new_empty(n, step, c), vh.new_empty(n, step, c)
-    for a in range(0, Lp, step):
+    feats = FeatureBuilder.get(built, n, step, vh.buf)
+    dv = vh.buf.new_empty(n, L, c - 1) if need_v else None
+    dk = vh.buf.new_empty(n, L, m) if need_k else None
+    Y, part = vh.buf.new_empty(n, step, c), vh.buf.new_empty(n, step, c)
+    for a in range(0, xkT.shape[-1], step):
+        b = min(L, a + step) - a
         F1, _ = feats(xkT[:, :, a:a + step])
-        torch.bmm(F1.transpose(1, 2), dT[:, :built.r1], out=Y)
-        for src, cnt, i, dst in () if peel is None else peel[1]:
-            torch.bmm(F1[:, src:src + cnt].transpose(1, 2), dT[:, dst:dst + cnt], out=part)
-            Y.addcmul_(part, xkT[:, i, a:a + step, None])
-        dvh[:, a:a + step] = Y
+        if need_v:
+            torch.bmm(F1.transpose(1, 2), dT[:, :built.r1], out=Y)
+            for src, cnt, i, dst in () if peel is None else peel[1]:
+                torch.bmm(F1[:, src:src + cnt].transpose(1, 2), dT[:, dst:dst + cnt], out=part)
+                Y.addcmul_(part, xkT[:, i, a:a + step, None])
+            dv[:, a:a + b] = Y[:, :b, :-1]
         if need_k:
             Z = torch.bmm(F1[:, :r_low].transpose(1, 2), Dk)
-            dk[:, a:a + step] = _contract(Z, vh[:, a:a + step], m)
-    return dvh, dk
+            dk[:, a:a + b] = _contract(Z, vh(a), m)[:, :b]
+    return dv, dk

@@ -29,7 +29,7 @@ from latentdit.attention.cost import best_split, candidate_splits
 from latentdit.attention.features import FeatureBuilder, Plan, contract_rows, device_tables, kron_rows, make_plan
 from latentdit.attention.polynomials import ExpPoly
 from latentdit.attention.backward import poly_backward
-from latentdit.attention.products import key_products, peeled, query_products, values_hat
+from latentdit.attention.products import ValueRows, key_products, peeled, query_products
 
 FEATURE_BUDGET_CPU = 1 << 20   # elements of the largest per-chunk temporary (4 MiB in fp32)
 FEATURE_BUDGET_CUDA = 1 << 25
@@ -106,17 +106,16 @@ class PolyAttentionFunction(torch.autograd.Function):
 
         step = chunk_length(n, Lk, width, xq.device, chunk)
         feats = FeatureBuilder.get(built, n, step, xq)
-        T = key_products(feats, _padded_T(xk, step), values_hat(v, step), step, _acc_dtype(xq.dtype), peel)
+        T = key_products(feats, _padded_T(xk, step), ValueRows(v, step), step, c, _acc_dtype(xq.dtype), peel)
         U = T.view(n, r1, r2, c).mul_(W[None, :, :, None]).view(n, r1, r2 * c)
 
         step = chunk_length(n, Lq, width, xq.device, chunk)
         if feats.x.shape[-1] != step:
             feats = FeatureBuilder.get(built, n, step, xq)
-        outp, den = query_products(feats, _padded_T(xq, step), U, step, c, peel)
-        out = outp[:, :Lq]
+        out, den = query_products(feats, _padded_T(xq, step), U, step, c, Lq, peel)
         if any(ctx.needs_input_grad[:3]):
             ctx.plan, ctx.chunk, ctx.coeffs = plan, chunk, coeffs
-            ctx.save_for_backward(xq, xk, v, U, out, den[:, :Lq])
+            ctx.save_for_backward(xq, xk, v, U, out, den)
         return out
 
     @staticmethod
@@ -135,7 +134,7 @@ class PolyAttentionFunction(torch.autograd.Function):
             peel = peeled(plan, c)
             width = max(plan.r1 if peel is None else peel[0].r1, c * (m + 1))
             sq, sk = chunk_length(n, Lq, width, xq.device, chunk), chunk_length(n, Lk, width, xq.device, chunk)
-            grads = poly_backward(plan, W, (xq, xk, v, values_hat(v, sk), U, out, den), dout,
+            grads = poly_backward(plan, W, (xq, xk, v, U, out, den), dout,
                                   (need_q, need_k, need_v), (sq, sk), acc, (_padded_T(xq, sq), _padded_T(xk, sk)))
             return (*grads, None, None, None)
         Ut = U.transpose(1, 2).contiguous()

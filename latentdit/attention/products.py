@@ -47,16 +47,21 @@ def peeled(plan: Plan, c: int) -> tuple[Plan, tuple] | None:
     return low, top
 
 
-def values_hat(v: torch.Tensor, step: int) -> torch.Tensor:
-    """(n, L, mv) -> V-hat = [V, 1] as (n, L padded to a multiple of step, mv + 1); padded rows 0."""
-    n, L, mv = v.shape
-    Lp = -(-L // step) * step
-    out = v.new_empty(n, Lp, mv + 1)
-    out[:, :L, :mv] = v
-    out[:, :L, mv] = 1.0
-    if Lp > L:
-        out[:, L:] = 0.0
-    return out
+class ValueRows:
+    """V-hat = [V, 1] chunk by chunk, ``rows(a)`` = rows a .. a + step of (n, L, mv + 1) in one reused
+    buffer (cache-resident; no copy of the whole V is made); rows past L are 0 (no contribution)."""
+
+    def __init__(self, v: torch.Tensor, step: int):
+        self.v, self.step, self.L = v, step, v.shape[1]
+        self.buf = v.new_empty(v.shape[0], step, v.shape[2] + 1)
+
+    def __call__(self, a: int) -> torch.Tensor:
+        b, buf = min(self.L, a + self.step) - a, self.buf
+        buf[:, :b, :-1] = self.v[:, a:a + b]
+        buf[:, :b, -1] = 1.0
+        if b < self.step:
+            buf[:, b:] = 0.0
+        return buf
 
 
 def _key_chunk(F1: torch.Tensor, F2: torch.Tensor | None, rhs: torch.Tensor, x: torch.Tensor,
@@ -72,24 +77,25 @@ def _key_chunk(F1: torch.Tensor, F2: torch.Tensor | None, rhs: torch.Tensor, x: 
     return gemms
 
 
-def key_products(feats: FeatureBuilder, xT: torch.Tensor, vh: torch.Tensor, step: int, acc: torch.dtype,
-                 peel: tuple[Plan, tuple] | None = None,
+def key_products(feats: FeatureBuilder, xT: torch.Tensor, rows: Callable[[int], torch.Tensor], step: int,
+                 c: int, acc: torch.dtype, peel: tuple[Plan, tuple] | None = None,
                  per_chunk: Callable[[torch.Tensor, int], None] | None = None) -> torch.Tensor:
-    """T as (n, r1, r2 c), r1 the rank of the full plan: GEMMs per chunk accumulated in place
-    (baddbmm) in the working dtype over ``ACC_GROUP`` chunks and across groups in ``acc``.
-    ``per_chunk(F1, start)`` runs after each chunk's GEMMs, on the same features (the backward's
-    query gradient)."""
-    n, Lp, c = vh.shape
-    kron = None if feats.F2 is None else vh.new_empty(n, step, feats.F2.shape[1], c)
-    scaled = None if peel is None else vh.new_empty(len(peel[1]), n, step, c)
+    """T = sum_j phi(x_j) (x) rows_j as (n, r1, r2 c), r1 the rank of the full plan, ``rows(a)`` the
+    (n, step, c) rows of chunk a (:class:`ValueRows`): GEMMs per chunk accumulated in place (baddbmm)
+    in the working dtype over ``ACC_GROUP`` chunks and across groups in ``acc``. ``per_chunk(F1, a)``
+    runs after each chunk's GEMMs, on the same features and rows (the backward's query gradient)."""
+    n, _, Lp = xT.shape
+    like = feats.x  # dtype and device
+    kron = None if feats.F2 is None else like.new_empty(n, step, feats.F2.shape[1], c)
+    scaled = None if peel is None else like.new_empty(len(peel[1]), n, step, c)
     width = c if feats.F2 is None else feats.F2.shape[1] * c
     # one contiguous accumulator per GEMM (baddbmm_ into a strided slice loops over the batch)
     sizes = [feats.F1.shape[1]] + ([] if peel is None else [op[1] for op in peel[1]])
-    group = [vh.new_zeros(n, rows, width) for rows in sizes]
+    group = [like.new_zeros(n, size, width) for size in sizes]
     total = None
     for k, a in enumerate(range(0, Lp, step)):
         F1, F2 = feats(xT[:, :, a:a + step])
-        for acc_j, (left, right) in zip(group, _key_chunk(F1, F2, vh[:, a:a + step], xT[:, :, a:a + step],
+        for acc_j, (left, right) in zip(group, _key_chunk(F1, F2, rows(a), xT[:, :, a:a + step],
                                                          peel, kron, scaled)):
             acc_j.baddbmm_(left, right)
         if per_chunk is not None:
@@ -100,19 +106,18 @@ def key_products(feats: FeatureBuilder, xT: torch.Tensor, vh: torch.Tensor, step
             for acc_j in group:
                 acc_j.zero_()
     out = torch.cat(group, dim=1) if len(group) > 1 else group[0]
-    return out if total is None else total.add_(out).to(vh.dtype)
+    return out if total is None else total.add_(out).to(like.dtype)
 
 
-def query_products(feats: FeatureBuilder, xT: torch.Tensor, U: torch.Tensor, step: int, c: int,
+def query_products(feats: FeatureBuilder, xT: torch.Tensor, U: torch.Tensor, step: int, c: int, L: int,
                    peel: tuple[Plan, tuple] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(out, den) over the padded queries, (n, Lp, c - 1) and (n, Lp): per chunk Y = [numerator,
-    denominator] = sum_beta F2_beta(q) (F1(q)^T U)_beta into one (n, step, c) buffer, divided while
-    it is in cache."""
+    """(out, den) of the L queries, (n, L, c - 1) and (n, L): per chunk Y = [numerator, denominator] =
+    sum_beta F2_beta(q) (F1(q)^T U)_beta into one (n, step, c) buffer, divided while it is in cache."""
     n, _, Lp = xT.shape
     r_low = feats.F1.shape[1]
     Y = U.new_empty(n, step, c)
     part = None if peel is None else U.new_empty(n, step, c)
-    out, den = U.new_empty(n, Lp, c - 1), U.new_empty(n, Lp)
+    out, den = U.new_empty(n, L, c - 1), U.new_empty(n, L)
     for a in range(0, Lp, step):
         F1, F2 = feats(xT[:, :, a:a + step])
         if F2 is None:
@@ -123,6 +128,7 @@ def query_products(feats: FeatureBuilder, xT: torch.Tensor, U: torch.Tensor, ste
         for src, cnt, i, dst in () if peel is None else peel[1]:
             torch.bmm(F1[:, src:src + cnt].transpose(1, 2), U[:, dst:dst + cnt], out=part)
             Y.addcmul_(part, xT[:, i, a:a + step, None])
-        torch.div(Y[..., :-1], Y[..., -1:], out=out[:, a:a + step])
-        den[:, a:a + step] = Y[..., -1]
+        b = min(L, a + step) - a
+        torch.div(Y[:, :b, :-1], Y[:, :b, -1:], out=out[:, a:a + b])
+        den[:, a:a + b] = Y[:, :b, -1]
     return out, den
