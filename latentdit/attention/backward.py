@@ -104,16 +104,19 @@ def _key_pass(plan: Plan, built: Plan, peel, dT: torch.Tensor, vh: ValueRows, xk
     dv = vh.buf.new_empty(n, L, c - 1) if need_v else None
     dk = vh.buf.new_empty(n, L, m) if need_k else None
     Y, part = vh.buf.new_empty(n, step, c), vh.buf.new_empty(n, step, c)
+    top = [] if peel is None else [(FT, dT[:, dst:dst + cnt], col) for (_, FT, col), (_, cnt, _, dst)
+                                   in zip(feats.peel_views(peel[1]), peel[1])]
+    F_low, dT_built = feats.F1[:, :r_low].transpose(1, 2), dT[:, :built.r1]
     for a in range(0, xkT.shape[-1], step):
         b = min(L, a + step) - a
         F1, _ = feats(xkT[:, :, a:a + step])
         if need_v:
-            torch.bmm(F1.transpose(1, 2), dT[:, :built.r1], out=Y)
-            for src, cnt, i, dst in () if peel is None else peel[1]:
-                torch.bmm(F1[:, src:src + cnt].transpose(1, 2), dT[:, dst:dst + cnt], out=part)
-                Y.addcmul_(part, xkT[:, i, a:a + step, None])
+            torch.bmm(F1.transpose(1, 2), dT_built, out=Y)
+            for FT, Ti, col in top:
+                torch.bmm(FT, Ti, out=part)
+                Y.addcmul_(part, col)
             dv[:, a:a + b] = Y[:, :b, :-1]
         if need_k:
-            Z = torch.bmm(F1[:, :r_low].transpose(1, 2), Dk)
+            Z = torch.bmm(F_low, Dk)
             dk[:, a:a + b] = _contract(Z, vh(a), m)[:, :b]
     return dv, dk

@@ -64,16 +64,16 @@ class ValueRows:
         return buf
 
 
-def _key_chunk(F1: torch.Tensor, F2: torch.Tensor | None, rhs: torch.Tensor, x: torch.Tensor,
-               peel, kron: torch.Tensor | None, scaled: torch.Tensor | None) -> list:
-    """The (left factor, right factor) GEMMs of one key chunk, in the row order of T."""
+def _key_chunk(F1: torch.Tensor, F2: torch.Tensor | None, rhs: torch.Tensor, top: list,
+               kron: torch.Tensor | None, scaled: torch.Tensor | None) -> list:
+    """The (left factor, right factor) GEMMs of one key chunk, in the row order of T; ``top``: the
+    peeled steps' views (:meth:`FeatureBuilder.peel_views`)."""
     n, step, _ = rhs.shape
     if F2 is not None:  # the row-wise Kronecker product F2 (x) vh in (n, step, r2 c)
         rhs = torch.mul(F2.transpose(1, 2)[:, :, :, None], rhs[:, :, None, :], out=kron).view(n, step, -1)
     gemms = [(F1, rhs)]
-    for j, (src, cnt, i, dst) in enumerate(() if peel is None else peel[1]):
-        s = torch.mul(rhs, x[:, i, :, None], out=scaled[j])
-        gemms.append((F1[:, src:src + cnt], s))
+    for j, (rows, _, col) in enumerate(top):
+        gemms.append((rows, torch.mul(rhs, col, out=scaled[j])))
     return gemms
 
 
@@ -92,11 +92,11 @@ def key_products(feats: FeatureBuilder, xT: torch.Tensor, rows: Callable[[int], 
     # one contiguous accumulator per GEMM (baddbmm_ into a strided slice loops over the batch)
     sizes = [feats.F1.shape[1]] + ([] if peel is None else [op[1] for op in peel[1]])
     group = [like.new_zeros(n, size, width) for size in sizes]
+    top = [] if peel is None else feats.peel_views(peel[1])
     total = None
     for k, a in enumerate(range(0, Lp, step)):
         F1, F2 = feats(xT[:, :, a:a + step])
-        for acc_j, (left, right) in zip(group, _key_chunk(F1, F2, rows(a), xT[:, :, a:a + step],
-                                                         peel, kron, scaled)):
+        for acc_j, (left, right) in zip(group, _key_chunk(F1, F2, rows(a), top, kron, scaled)):
             acc_j.baddbmm_(left, right)
         if per_chunk is not None:
             per_chunk(F1, a)
@@ -118,6 +118,8 @@ def query_products(feats: FeatureBuilder, xT: torch.Tensor, U: torch.Tensor, ste
     Y = U.new_empty(n, step, c)
     part = None if peel is None else U.new_empty(n, step, c)
     out, den = U.new_empty(n, L, c - 1), U.new_empty(n, L)
+    top = [] if peel is None else [(FT, U[:, dst:dst + cnt], col) for (_, FT, col), (_, cnt, _, dst)
+                                   in zip(feats.peel_views(peel[1]), peel[1])]
     for a in range(0, Lp, step):
         F1, F2 = feats(xT[:, :, a:a + step])
         if F2 is None:
@@ -125,9 +127,9 @@ def query_products(feats: FeatureBuilder, xT: torch.Tensor, U: torch.Tensor, ste
         else:
             Z = torch.bmm(F1.transpose(1, 2), U).view(n, step, F2.shape[1], c)
             torch.sum(Z.mul_(F2.transpose(1, 2)[:, :, :, None]), dim=2, out=Y)
-        for src, cnt, i, dst in () if peel is None else peel[1]:
-            torch.bmm(F1[:, src:src + cnt].transpose(1, 2), U[:, dst:dst + cnt], out=part)
-            Y.addcmul_(part, xT[:, i, a:a + step, None])
+        for FT, Ui, col in top:
+            torch.bmm(FT, Ui, out=part)
+            Y.addcmul_(part, col)
         b = min(L, a + step) - a
         torch.div(Y[:, :b, :-1], Y[:, :b, -1:], out=out[:, a:a + b])
         den[:, a:a + b] = Y[:, :b, -1]
