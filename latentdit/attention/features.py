@@ -212,10 +212,10 @@ class FeatureBuilder:
 
     def peel_views(self, top: tuple) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """For peeled builder steps (src, count, variable, dst): the views (F1 rows src:src+count,
-        their transpose, the variable's column (n, Lc, 1) of the current chunk), made once."""
+        their transpose, the variable's row (n, 1, Lc) of the current chunk), made once."""
         views = self.__dict__.setdefault("_peel_views", {})
         if top not in views:
-            views[top] = [(self.F1[:, s:s + c], self.F1[:, s:s + c].transpose(1, 2), self.x[:, i, :, None])
+            views[top] = [(self.F1[:, s:s + c], self.F1[:, s:s + c].transpose(1, 2), self.x[:, i:i + 1])
                           for s, c, i, _ in top]
         return views[top]
 

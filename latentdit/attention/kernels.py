@@ -29,7 +29,7 @@ from latentdit.attention.cost import best_split, candidate_splits
 from latentdit.attention.features import FeatureBuilder, Plan, contract_rows, device_tables, kron_rows, make_plan
 from latentdit.attention.polynomials import ExpPoly
 from latentdit.attention.backward import poly_backward
-from latentdit.attention.products import ValueRows, key_products, peeled, query_products
+from latentdit.attention.products import ValueCols, key_products, peeled, query_products
 
 FEATURE_BUDGET_CPU = 1 << 20   # elements of the largest per-chunk temporary (4 MiB in fp32)
 FEATURE_BUDGET_CUDA = 1 << 25
@@ -88,9 +88,9 @@ class PolyAttentionFunction(torch.autograd.Function):
     """out = D^{-1} P(Xq Xk^T) V with P given by its monomial coefficients and a factorisation plan.
 
     xq (n, Lq, m), xk (n, Lk, m), v (n, Lk, mv); the logits are R <xq_i, xk_j> with |<., .>| <= 1.
-    Padded key rows have V-hat = 0 (no contribution); padded query rows are discarded. The forward
-    keeps tokens in rows ((n, L, c) layouts, no transposed copy of V or of the output); the key-side
-    products are saved for the backward in the layout it reads, (n, r2 c, r1), with W applied.
+    Padded key rows have V-hat = 0 (no contribution); padded query rows are discarded. The key-side
+    products are kept in the layout the query-side GEMM and the backward read, (n, r2 c, r1), with W
+    applied (as its transpose: the same products).
     """
 
     @staticmethod
@@ -98,7 +98,7 @@ class PolyAttentionFunction(torch.autograd.Function):
         n, Lq, m = xq.shape
         Lk, mv = v.shape[1], v.shape[2]
         c = mv + 1
-        W = device_tables(plan, coeffs, xq.device, xq.dtype)[0]
+        Wt = device_tables(plan, coeffs, xq.device, xq.dtype)[1]
         r1, r2 = plan.r1, plan.r2
         peel = peeled(plan, c)
         built = plan if peel is None else peel[0]
@@ -106,22 +106,22 @@ class PolyAttentionFunction(torch.autograd.Function):
 
         step = chunk_length(n, Lk, width, xq.device, chunk)
         feats = FeatureBuilder.get(built, n, step, xq)
-        T = key_products(feats, _padded_T(xk, step), ValueRows(v, step), step, c, _acc_dtype(xq.dtype), peel)
-        U = T.view(n, r1, r2, c).mul_(W[None, :, :, None]).view(n, r1, r2 * c)
+        Tt = key_products(feats, _padded_T(xk, step), ValueCols(v, step), step, c, _acc_dtype(xq.dtype), peel)
+        Ut = Tt.view(n, r2, c, r1).mul_(Wt[None, :, None, :]).view(n, r2 * c, r1)
 
         step = chunk_length(n, Lq, width, xq.device, chunk)
         if feats.x.shape[-1] != step:
             feats = FeatureBuilder.get(built, n, step, xq)
-        out, den = query_products(feats, _padded_T(xq, step), U, step, c, Lq, peel)
+        out, den = query_products(feats, _padded_T(xq, step), Ut, step, c, Lq, peel)
         if any(ctx.needs_input_grad[:3]):
             ctx.plan, ctx.chunk, ctx.coeffs = plan, chunk, coeffs
-            ctx.save_for_backward(xq, xk, v, U, out, den)
+            ctx.save_for_backward(xq, xk, v, Ut, out, den)
         return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, dout):
-        xq, xk, v, U, out, den = ctx.saved_tensors
+        xq, xk, v, Ut, out, den = ctx.saved_tensors
         plan, chunk = ctx.plan, ctx.chunk
         need_q, need_k, need_v = ctx.needs_input_grad[:3]
         n, Lq, m = xq.shape
@@ -134,10 +134,9 @@ class PolyAttentionFunction(torch.autograd.Function):
             peel = peeled(plan, c)
             width = max(plan.r1 if peel is None else peel[0].r1, c * (m + 1))
             sq, sk = chunk_length(n, Lq, width, xq.device, chunk), chunk_length(n, Lk, width, xq.device, chunk)
-            grads = poly_backward(plan, W, (xq, xk, v, U, out, den), dout,
+            grads = poly_backward(plan, W, (xq, xk, v, Ut, out, den), dout,
                                   (need_q, need_k, need_v), (sq, sk), acc, (_padded_T(xq, sq), _padded_T(xk, sk)))
             return (*grads, None, None, None)
-        Ut = U.transpose(1, 2).contiguous()
         width = max(r1, r2 * c * (m + 1))
         dq = dk = dv = None
 

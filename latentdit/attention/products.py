@@ -1,8 +1,11 @@
 """The two feature products of the polynomial method's forward pass, chunked over L.
 
-Key side ``T = sum_j phi(k_j) (x) [v_j, 1]`` (one row per monomial), query side
-``Y_i = phi(q_i)^T (W (.) T)`` = [numerator, denominator] of query i. Tokens stay in rows
-((n, L, c) layouts), so neither V nor the output is transposed.
+Key side ``T = sum_j phi(k_j) (x) [v_j, 1]``, query side ``Y_i = phi(q_i)^T (W (.) T)`` =
+[numerator, denominator] of query i. The GEMMs run with the narrow side first (``(c, L-chunk)``
+times ``(L-chunk, r)`` and ``(c, r)`` times ``(r, L-chunk)``, c = mv + 1), the faster orientation
+for narrow value sizes on CPU BLAS; per chunk, ``[V, 1]`` is transposed into one cache-sized
+buffer and the output is divided and transposed back while it is in cache, so no whole-L copy is
+made and the output is written once, at its exact size.
 
 **Peeling the top degree** (unsplit plans). Every monomial gamma of degree g is
 ``alpha + e_i`` with i its last variable and alpha a monomial of degree g - 1 whose variables are
@@ -25,7 +28,8 @@ from typing import Callable
 
 import torch
 
-from latentdit.attention.features import FeatureBuilder, Plan, make_plan
+from latentdit.attention.cost import peels
+from latentdit.attention.features import FeatureBuilder, Plan, contract_rows, kron_rows, make_plan
 
 ACC_GROUP = 16  # chunks summed in the working dtype before folding into the float64 accumulator
 
@@ -38,99 +42,100 @@ def peeled(plan: Plan, c: int) -> tuple[Plan, tuple] | None:
     """
     if plan.split != ("degree", 0) or plan.g < 2:
         return None
+    if not peels(plan.m, plan.g, c):
+        return None
     low = make_plan(plan.m, plan.g - 1)
     top = tuple(op for op in plan.ops1 if op[3] >= low.r1)
-    if plan.r1 - low.r1 <= plan.m * c:
-        return None
     ends = [low.r1] + [dst + cnt for _, cnt, _, dst in top]
     assert plan.ops1[:len(low.ops1)] == low.ops1 and [op[3] for op in top] == ends[:-1] and ends[-1] == plan.r1
     return low, top
 
 
-class ValueRows:
-    """V-hat = [V, 1] chunk by chunk, ``rows(a)`` = rows a .. a + step of (n, L, mv + 1) in one reused
-    buffer (cache-resident; no copy of the whole V is made); rows past L are 0 (no contribution)."""
+class ValueCols:
+    """``cols(a)`` = [V, 1]^T for rows a .. a + step, (n, mv + 1, step), in one reused buffer; rows past
+    L are 0 (no contribution)."""
 
     def __init__(self, v: torch.Tensor, step: int):
         self.v, self.step, self.L = v, step, v.shape[1]
-        self.buf = v.new_empty(v.shape[0], step, v.shape[2] + 1)
+        self.buf = v.new_empty(v.shape[0], v.shape[2] + 1, step)
 
     def __call__(self, a: int) -> torch.Tensor:
         b, buf = min(self.L, a + self.step) - a, self.buf
-        buf[:, :b, :-1] = self.v[:, a:a + b]
-        buf[:, :b, -1] = 1.0
+        buf[:, :-1, :b] = self.v[:, a:a + b].transpose(1, 2)
+        buf[:, -1, :b] = 1.0
         if b < self.step:
-            buf[:, b:] = 0.0
+            buf[:, :, b:] = 0.0
         return buf
 
 
-def _key_chunk(F1: torch.Tensor, F2: torch.Tensor | None, rhs: torch.Tensor, top: list,
-               kron: torch.Tensor | None, scaled: torch.Tensor | None) -> list:
-    """The (left factor, right factor) GEMMs of one key chunk, in the row order of T; ``top``: the
-    peeled steps' views (:meth:`FeatureBuilder.peel_views`)."""
-    n, step, _ = rhs.shape
-    if F2 is not None:  # the row-wise Kronecker product F2 (x) vh in (n, step, r2 c)
-        rhs = torch.mul(F2.transpose(1, 2)[:, :, :, None], rhs[:, :, None, :], out=kron).view(n, step, -1)
-    gemms = [(F1, rhs)]
-    for j, (rows, _, col) in enumerate(top):
-        gemms.append((rows, torch.mul(rhs, col, out=scaled[j])))
-    return gemms
-
-
-def key_products(feats: FeatureBuilder, xT: torch.Tensor, rows: Callable[[int], torch.Tensor], step: int,
+def key_products(feats: FeatureBuilder, xT: torch.Tensor, cols: Callable[[int], torch.Tensor], step: int,
                  c: int, acc: torch.dtype, peel: tuple[Plan, tuple] | None = None,
                  per_chunk: Callable[[torch.Tensor, int], None] | None = None) -> torch.Tensor:
-    """T = sum_j phi(x_j) (x) rows_j as (n, r1, r2 c), r1 the rank of the full plan, ``rows(a)`` the
-    (n, step, c) rows of chunk a (:class:`ValueRows`): GEMMs per chunk accumulated in place (baddbmm)
-    in the working dtype over ``ACC_GROUP`` chunks and across groups in ``acc``. ``per_chunk(F1, a)``
-    runs after each chunk's GEMMs, on the same features and rows (the backward's query gradient)."""
+    """T^T = sum_j (F2(x_j) (x) A_j) F1(x_j)^T as (n, r2 c, r1), r1 the rank of the full plan, ``cols(a)``
+    the (n, c, step) columns A of chunk a (:class:`ValueCols`): GEMMs per chunk accumulated in place
+    (baddbmm) in the working dtype over ``ACC_GROUP`` chunks and across groups in ``acc``.
+    ``per_chunk(F1, a)`` runs after each chunk's GEMMs, on the same features and columns."""
     n, _, Lp = xT.shape
     like = feats.x  # dtype and device
-    kron = None if feats.F2 is None else like.new_empty(n, step, feats.F2.shape[1], c)
-    scaled = None if peel is None else like.new_empty(len(peel[1]), n, step, c)
-    width = c if feats.F2 is None else feats.F2.shape[1] * c
-    # one contiguous accumulator per GEMM (baddbmm_ into a strided slice loops over the batch)
-    sizes = [feats.F1.shape[1]] + ([] if peel is None else [op[1] for op in peel[1]])
-    group = [like.new_zeros(n, size, width) for size in sizes]
+    r2 = 1 if feats.F2 is None else feats.F2.shape[1]
     top = [] if peel is None else feats.peel_views(peel[1])
+    scaled = like.new_empty(len(top), n, c, step) if top else None
+    sizes = [feats.F1.shape[1]] + [rows.shape[1] for rows, _, _ in top]
+    # one contiguous accumulator per GEMM (baddbmm_ into a strided slice loops over the batch)
+    group = [like.new_zeros(n, r2 * c, size) for size in sizes]
     total = None
     for k, a in enumerate(range(0, Lp, step)):
         F1, F2 = feats(xT[:, :, a:a + step])
-        for acc_j, (left, right) in zip(group, _key_chunk(F1, F2, rows(a), top, kron, scaled)):
-            acc_j.baddbmm_(left, right)
+        A = cols(a)
+        group[0].baddbmm_(kron_rows(F2, A), F1.transpose(1, 2))
+        for j, (_, FT, xrow) in enumerate(top):
+            group[j + 1].baddbmm_(torch.mul(A, xrow, out=scaled[j]), FT)
         if per_chunk is not None:
             per_chunk(F1, a)
         if (k + 1) % ACC_GROUP == 0 and a + step < Lp:
-            part = torch.cat(group, dim=1).to(acc)
+            part = torch.cat(group, dim=2).to(acc)
             total = part if total is None else total.add_(part)
             for acc_j in group:
                 acc_j.zero_()
-    out = torch.cat(group, dim=1) if len(group) > 1 else group[0]
+    out = torch.cat(group, dim=2) if len(group) > 1 else group[0]
     return out if total is None else total.add_(out).to(like.dtype)
 
 
-def query_products(feats: FeatureBuilder, xT: torch.Tensor, U: torch.Tensor, step: int, c: int, L: int,
+def column_products(feats: FeatureBuilder, F1: torch.Tensor, F2: torch.Tensor | None, Ut: torch.Tensor,
+                    top: list, Y: torch.Tensor, part: torch.Tensor | None) -> torch.Tensor:
+    """Y (n, c, step) = sum_beta F2_beta (Ut F1)_beta for one chunk, with the peeled top degree
+    (``top``: (Ut slice, F1 rows, variable row) per step) added as x_i (.) (Ut_i F1_i)."""
+    if F2 is None:
+        torch.bmm(Ut[:, :, :F1.shape[1]], F1, out=Y)
+    else:
+        Y.copy_(contract_rows(F2, torch.bmm(Ut, F1), Y.shape[1]))
+    for Ui, rows, xrow in top:
+        torch.bmm(Ui, rows, out=part)
+        Y.addcmul_(part, xrow)
+    return Y
+
+
+def peeled_columns(feats: FeatureBuilder, peel: tuple[Plan, tuple] | None, Mt: torch.Tensor) -> list:
+    """(Mt columns of the step's monomials, F1 rows, variable row) for each peeled step."""
+    if peel is None:
+        return []
+    return [(Mt[:, :, dst:dst + cnt], rows, xrow)
+            for (rows, _, xrow), (_, cnt, _, dst) in zip(feats.peel_views(peel[1]), peel[1])]
+
+
+def query_products(feats: FeatureBuilder, xT: torch.Tensor, Ut: torch.Tensor, step: int, c: int, L: int,
                    peel: tuple[Plan, tuple] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(out, den) of the L queries, (n, L, c - 1) and (n, L): per chunk Y = [numerator, denominator] =
-    sum_beta F2_beta(q) (F1(q)^T U)_beta into one (n, step, c) buffer, divided while it is in cache."""
+    """(out, den) of the L queries, (n, L, c - 1) and (n, L): per chunk Y = [numerator, denominator]^T
+    (:func:`column_products`) into one (n, c, step) buffer, divided and transposed while in cache."""
     n, _, Lp = xT.shape
-    r_low = feats.F1.shape[1]
-    Y = U.new_empty(n, step, c)
-    part = None if peel is None else U.new_empty(n, step, c)
-    out, den = U.new_empty(n, L, c - 1), U.new_empty(n, L)
-    top = [] if peel is None else [(FT, U[:, dst:dst + cnt], col) for (_, FT, col), (_, cnt, _, dst)
-                                   in zip(feats.peel_views(peel[1]), peel[1])]
+    Y = Ut.new_empty(n, c, step)
+    part = None if peel is None else Ut.new_empty(n, c, step)
+    out, den = Ut.new_empty(n, L, c - 1), Ut.new_empty(n, L)
+    top = peeled_columns(feats, peel, Ut)
     for a in range(0, Lp, step):
         F1, F2 = feats(xT[:, :, a:a + step])
-        if F2 is None:
-            torch.bmm(F1.transpose(1, 2), U[:, :r_low], out=Y)
-        else:
-            Z = torch.bmm(F1.transpose(1, 2), U).view(n, step, F2.shape[1], c)
-            torch.sum(Z.mul_(F2.transpose(1, 2)[:, :, :, None]), dim=2, out=Y)
-        for FT, Ui, col in top:
-            torch.bmm(FT, Ui, out=part)
-            Y.addcmul_(part, col)
+        column_products(feats, F1, F2, Ut, top, Y, part)
         b = min(L, a + step) - a
-        torch.div(Y[:, :b, :-1], Y[:, :b, -1:], out=out[:, a:a + b])
-        den[:, a:a + b] = Y[:, :b, -1]
+        torch.div(Y[:, :-1, :b], Y[:, -1:, :b], out=out[:, a:a + b].transpose(1, 2))
+        den[:, a:a + b] = Y[:, -1, :b]
     return out, den

@@ -38,7 +38,7 @@ from latentdit.attention.cost import backward_flops, forward_flops, product_flop
 from latentdit.attention.features import FeatureBuilder, make_plan
 from latentdit.attention.kernels import PolyAttentionFunction, _acc_dtype, _padded_T, chunk_length, poly_attention
 from latentdit.attention.polynomials import choose_exp_poly
-from latentdit.attention.products import ValueRows, key_products, peeled, query_products
+from latentdit.attention.products import ValueCols, key_products, peeled, query_products
 from latentdit.bench.model import matmul_gflops
 
 PHASES = ("features", "key_product", "query_product", "normalisation", "forward", "backward")
@@ -89,8 +89,8 @@ class _Case:
         self.step = chunk_length(self.n, L, max(self.built.r1, self.c * (m + 1)), self.q.device)
         x = torch.nn.functional.normalize(self.q[0].float(), dim=-1)  # |<xq, xk>| <= 1 like the kernel's inputs
         self.xT = _padded_T(x, self.step)
-        self.vh = ValueRows(self.v[0].float(), self.step)
-        self.U = torch.randn(self.n, self.plan.r1, self.c)
+        self.vc = ValueCols(self.v[0].float(), self.step)
+        self.Ut = torch.randn(self.n, self.c, self.plan.r1)
         self.dout = torch.randn_like(self.v)
         self.F = torch.randn(self.n, self.plan.r1, self.step)
 
@@ -102,19 +102,19 @@ class _Case:
 
     def key(self) -> None:
         feats = FeatureBuilder.get(self.built, self.n, self.step, self.xT)
-        key_products(feats, self.xT, self.vh, self.step, self.c, _acc_dtype(self.xT.dtype), self.peel)
+        key_products(feats, self.xT, self.vc, self.step, self.c, _acc_dtype(self.xT.dtype), self.peel)
 
     def query(self) -> None:
         feats = FeatureBuilder.get(self.built, self.n, self.step, self.xT)
-        query_products(feats, self.xT, self.U, self.step, self.c, self.L, self.peel)
+        query_products(feats, self.xT, self.Ut, self.step, self.c, self.L, self.peel)
 
     def normalisation(self) -> None:
-        Y = torch.randn(self.n, self.step, self.c)
+        Y = torch.randn(self.n, self.c, self.step)
         out, den = Y.new_empty(self.n, self.L, self.mv), Y.new_empty(self.n, self.L)
         for a in range(0, self.L, self.step):
             b = min(self.L, a + self.step) - a
-            torch.div(Y[:, :b, :-1], Y[:, :b, -1:], out=out[:, a:a + b])
-            den[:, a:a + b] = Y[:, :b, -1]
+            torch.div(Y[:, :-1, :b], Y[:, -1:, :b], out=out[:, a:a + b].transpose(1, 2))
+            den[:, a:a + b] = Y[:, -1, :b]
 
     def forward(self) -> None:
         with torch.no_grad():
@@ -127,8 +127,8 @@ class _Case:
     def gemm_probe(self) -> None:
         """The key- and query-side GEMM shapes of one chunk, on resident data, as many times as chunks."""
         for _ in range(self.xT.shape[-1] // self.step):
-            torch.bmm(self.F, self.vh.buf)
-            torch.bmm(self.F.transpose(1, 2), self.U)
+            torch.bmm(self.vc.buf, self.F.transpose(1, 2))
+            torch.bmm(self.Ut, self.F)
 
 
 def phase_profile(L: int, m: int, R: float, *, heads: int = 4, eps: float = 1e-3, repeats: int = 5,
