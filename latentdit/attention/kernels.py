@@ -13,9 +13,12 @@ linear in L. Implementation (all per batch * head, chunked over L so memory stay
   rank-495 GEMM of width 5 into a rank-330 GEMM of width 25, which costs the same per row on a
   CPU, and never builds the top-degree block. The factorisation comes from the cost model
   (:mod:`latentdit.attention.cost`) unless :func:`tune_split` measured a faster one.
+- The unsplit plan's two products, with its top degree peeled: :mod:`latentdit.attention.products`.
 - Backward (Thm 4.1 in the chained low-rank form): with G = dL/dY, ``dT = W (.) (F1(Q)^T (F2(Q) (x) G))``
   is again low rank; gradients w.r.t. the features' inputs use the derivative gather tables of the
-  plan, so every pass is linear in L and nothing L x L or L x r (beyond a chunk) is stored.
+  plan, so every pass is linear in L and nothing L x L or L x r (beyond a chunk) is stored. The
+  unsplit plan has its own backward (:mod:`latentdit.attention.backward`): derivatives on the
+  degree <= g - 1 prefix of the features only.
 """
 
 from __future__ import annotations
@@ -130,7 +133,7 @@ class PolyAttentionFunction(torch.autograd.Function):
         r1, r2 = plan.r1, plan.r2
         W, Wt, src, fac = device_tables(plan, ctx.coeffs, xq.device, xq.dtype)
         acc = _acc_dtype(xq.dtype)
-        if plan.split == ("degree", 0) and plan.g >= 1:  # tokens in rows, derivatives on degree <= g - 1
+        if plan.split == ("degree", 0) and plan.g >= 1:  # derivatives on the degree <= g - 1 prefix
             peel = peeled(plan, c)
             width = max(plan.r1 if peel is None else peel[0].r1, c * (m + 1))
             sq, sk = chunk_length(n, Lq, width, xq.device, chunk), chunk_length(n, Lk, width, xq.device, chunk)

@@ -18,7 +18,9 @@ are a *prefix* of the degree-(g - 1) block. Hence
 with F only up to degree g - 1: the largest block of features (120 of 330 at head size 4 and
 degree 7, 792 of 1287 at head size 8 and degree 5) is never built or stored, and the GEMMs cover
 each monomial exactly once (the same products and FLOPs as the unsplit kernel, the same numbers
-up to rounding). The cost is m scaled copies of a (step, c) chunk of V per chunk.
+up to rounding). The cost is m scaled copies of a (c, step) chunk of [V, 1] per chunk, so the
+kernel peels only when the top block has more rows than those copies have columns
+(:func:`latentdit.attention.cost.peels`; not at head size 4 with value size 32).
 """
 
 from __future__ import annotations
