@@ -10,8 +10,10 @@ with the keys ``command`` (the command line), ``git_commit`` (``git rev-parse HE
 tree, or ``latentdit==VERSION`` when the package is installed without git), ``git_dirty`` (tracked
 code differs from that commit; results and docs do not count; ``None`` when unknown), ``threads`` (torch's intra-op threads at the
 end), ``host_cpus``, ``loadavg_before`` / ``loadavg_after`` (1, 5 and 15 minute load averages),
-``started`` (UTC, ISO 8601) and ``seconds`` (wall-clock). ``REQUIRED`` lists the keys a figure's
-JSON must have (checked by the test suite on ``docs/``).
+``started`` (UTC, ISO 8601), ``seconds`` (wall-clock) and ``cpu`` (the processor's model name and
+the vector instruction sets it offers among ``VECTOR_FLAGS``, read from /proc/cpuinfo: timing
+ratios differ between an AVX2 machine and one with AVX-512 and AMX). ``REQUIRED`` lists the keys a
+figure's JSON must have (checked by the test suite on ``docs/``).
 """
 
 from __future__ import annotations
@@ -30,6 +32,40 @@ from latentdit.hostmem import host_malloc_mode
 
 REQUIRED = ("command", "git_commit", "threads", "loadavg_before", "loadavg_after")
 _SOURCE = Path(__file__).resolve().parents[1]
+# the /proc/cpuinfo flags that decide which GEMM and elementwise kernels torch runs
+VECTOR_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
+                "avx512_bf16", "avx512_fp16", "avx_vnni", "amx_tile", "amx_bf16", "amx_int8", "asimd", "sve")
+
+
+def parse_cpuinfo(text: str) -> dict:
+    """``{"model": ..., "vector_isa": [...]}`` from the text of /proc/cpuinfo (first processor): the
+    model name (x86 ``model name``, else ``Model``/``CPU part``) and the ``VECTOR_FLAGS`` present
+    in its ``flags`` (x86) or ``Features`` (ARM) line, in ``VECTOR_FLAGS`` order."""
+    model, flags = None, set()
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if not sep:
+            continue
+        key = key.strip().lower()
+        if key in ("model name", "model", "cpu part") and model is None and not value.strip().isdigit():
+            model = value.strip()
+        elif key in ("flags", "features") and not flags:
+            flags = set(value.split())
+    return {"model": model, "vector_isa": [f for f in VECTOR_FLAGS if f in flags]}
+
+
+def cpu_info(path: str = "/proc/cpuinfo") -> dict:
+    """The processor of this machine (see :func:`parse_cpuinfo`); model None and no flags where
+    /proc/cpuinfo cannot be read, the model then from :func:`platform.processor` when it names one."""
+    try:
+        info = parse_cpuinfo(Path(path).read_text())
+    except OSError:
+        info = {"model": None, "vector_isa": []}
+    if info["model"] is None:
+        import platform
+
+        info["model"] = platform.processor() or None
+    return info
 
 
 def _loadavg() -> list[float] | None:
@@ -85,7 +121,7 @@ def provenance_start(argv: Sequence[str] | str | None = None) -> dict:
     return {"command": command_line(argv), "git_commit": commit, "git_dirty": dirty, "threads": _threads(),
             "host_cpus": os.cpu_count(), "host_malloc": host_malloc_mode(), "loadavg_before": _loadavg(), "loadavg_after": None,
             "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "seconds": None, "_t0": time.perf_counter()}
+            "seconds": None, "cpu": cpu_info(), "_t0": time.perf_counter()}
 
 
 def provenance_end(d: dict) -> dict:

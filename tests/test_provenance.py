@@ -94,3 +94,46 @@ def test_bench_and_evaluate_outputs_carry_provenance(tmp_path):
     m = json.loads((tmp_path / "m.json").read_text())
     _check_record(m["provenance"])
     assert 0 < m["train_seconds"] <= wall  # the training wall-clock behind a README figure travels along
+
+
+_CPUINFO_AVX2 = """processor\t: 0
+vendor_id\t: GenuineIntel
+model\t\t: 85
+model name\t: Intel(R) Xeon(R) CPU @ 2.20GHz
+flags\t\t: fpu sse sse2 ssse3 sse4_1 sse4_2 avx f16c avx2 fma bmi2
+
+processor\t: 1
+model name\t: Intel(R) Xeon(R) CPU @ 2.20GHz
+flags\t\t: fpu sse avx512f
+"""
+_CPUINFO_AMX = """processor\t: 0
+model\t\t: 143
+model name\t: Intel(R) Xeon(R) Platinum 8481C CPU @ 2.70GHz
+flags\t\t: fpu sse4_2 avx avx2 fma avx512f avx512bw avx512vl avx512_bf16 amx_bf16 amx_tile amx_int8
+"""
+
+
+def test_cpuinfo_gives_the_model_and_the_vector_instruction_sets():
+    """The numeric ``model`` line is not the name; the first processor's flags decide, in a fixed order."""
+    a = prov.parse_cpuinfo(_CPUINFO_AVX2)
+    assert a == {"model": "Intel(R) Xeon(R) CPU @ 2.20GHz", "vector_isa": ["sse4_2", "avx", "avx2", "fma", "f16c"]}
+    b = prov.parse_cpuinfo(_CPUINFO_AMX)
+    assert b["model"] == "Intel(R) Xeon(R) Platinum 8481C CPU @ 2.70GHz"
+    assert {"avx2", "avx512f", "amx_tile", "amx_bf16", "amx_int8"} <= set(b["vector_isa"])
+    assert "avx512f" not in a["vector_isa"]  # the second processor's flags are not read
+    assert prov.parse_cpuinfo("") == {"model": None, "vector_isa": []}
+
+
+def test_every_record_names_the_cpu(tmp_path):
+    d = provenance_end(provenance_start(["x"]))
+    assert set(d["cpu"]) == {"model", "vector_isa"} and isinstance(d["cpu"]["vector_isa"], list)
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        flags = next((ln.split(":", 1)[1].split() for ln in cpuinfo.read_text().splitlines()
+                      if ln.startswith(("flags", "Features"))), [])
+        assert ("avx2" in d["cpu"]["vector_isa"]) == ("avx2" in flags)
+        assert ("avx512f" in d["cpu"]["vector_isa"]) == ("avx512f" in flags)
+        assert ("amx_tile" in d["cpu"]["vector_isa"]) == ("amx_tile" in flags)
+    missing = prov.cpu_info(str(tmp_path / "no-cpuinfo"))
+    assert missing["vector_isa"] == []
+    json.dumps(d)

@@ -34,16 +34,27 @@ def split_ranks(m: int, g: int, split: tuple[str, int]) -> tuple[int, int]:
     return rank(p, g), rank(m - p, g)
 
 
+def peels(m: int, g: int, c: int) -> bool:
+    """Whether the unsplit kernel peels its top degree (:mod:`latentdit.attention.products`): when the
+    degree-g block has more rows than the m scaled copies of [V, 1] (width c) have columns."""
+    return g >= 2 and rank(m, g) - rank(m, g - 1) > m * c
+
+
 def _row_cost(m: int, g: int, mv: int, split: tuple[str, int]) -> float:
     """Modelled seconds per row of L per side (keys or queries) and per head.
 
     A split (r2 > 1) also builds and contracts the row-wise Kronecker product of r2 (mv + 1)
     entries (elementwise, memory bound): at m = 2, mv = 8, g = 7 it makes ("degree", 1) 1.7x slower
-    than the unsplit plan in the forward pass and 2.4x in training, at L = 64 and at L = 4096."""
+    than the unsplit plan in the forward pass and 2.4x in training, at L = 64 and at L = 4096.
+    The unsplit plan, when it peels, builds only the degree <= g - 1 features and m scaled copies
+    of [V, 1]."""
     r1, r2 = split_ranks(m, g, split)
     width = r2 * (mv + 1)
     kron = r2 * (mv + 2) * POLY_S_PER_FEATURE + (r2 * (mv + 1) * POLY_S_PER_KRON if r2 > 1 else 0.0)
-    return r1 * (POLY_S_PER_GEMM_ROW * max(1.0, width / 25.0) ** 0.8 + POLY_S_PER_FEATURE) + kron
+    built = r1
+    if split == ("degree", 0) and peels(m, g, mv + 1):
+        built, kron = rank(m, g - 1), kron + m * (mv + 1) * POLY_S_PER_KRON
+    return r1 * POLY_S_PER_GEMM_ROW * max(1.0, width / 25.0) ** 0.8 + built * POLY_S_PER_FEATURE + kron
 
 
 @functools.lru_cache(maxsize=None)
@@ -74,3 +85,23 @@ def predicted_times(n: int, Lq: int, Lk: int, m: int, mv: int, g: int | None) ->
         return exact, float("inf")
     poly = n * (Lq + Lk) * _row_cost(m, g, mv, best_split(m, g, mv)) + POLY_S_PER_CALL
     return exact, poly
+
+
+def product_flops(n: int, L: int, m: int, mv: int, g: int, split: tuple[str, int] = ("degree", 0)) -> int:
+    """FLOPs of one feature product over L tokens (the key side or the query side): a GEMM of the
+    r1 x r2 (mv + 1) slot table against L rows, 2 n L r1 r2 (mv + 1). Unsplit this is
+    2 n L C(m + g, g) (mv + 1), the minimum of the method; a split adds its zero slots."""
+    r1, r2 = split_ranks(m, g, split)
+    return 2 * n * L * r1 * r2 * (mv + 1)
+
+
+def forward_flops(n: int, Lq: int, Lk: int, m: int, mv: int, g: int, split: tuple[str, int] = ("degree", 0)) -> int:
+    """GEMM FLOPs of the forward pass: the key-side and the query-side products."""
+    return product_flops(n, Lk, m, mv, g, split) + product_flops(n, Lq, m, mv, g, split)
+
+
+def backward_flops(n: int, Lq: int, Lk: int, m: int, mv: int, g: int, split: tuple[str, int] = ("degree", 0)) -> int:
+    """GEMM FLOPs of the backward pass (:class:`latentdit.attention.kernels.PolyAttentionFunction`):
+    on the queries the m derivative products and the key-side gradient, on the keys the value
+    gradient and the m derivative products, 2 (m + 1) products per side."""
+    return (m + 1) * (product_flops(n, Lq, m, mv, g, split) + product_flops(n, Lk, m, mv, g, split))

@@ -210,6 +210,15 @@ class FeatureBuilder:
             F[:, 0].fill_(1.0)
             self.steps += [(F[:, s:s + c], self.x[:, lo + i:lo + i + 1], F[:, d:d + c]) for s, c, i, d in ops]
 
+    def peel_views(self, top: tuple) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """For peeled builder steps (src, count, variable, dst): the views (F1 rows src:src+count,
+        their transpose, the variable's row (n, 1, Lc) of the current chunk), made once."""
+        views = self.__dict__.setdefault("_peel_views", {})
+        if top not in views:
+            views[top] = [(self.F1[:, s:s + c], self.F1[:, s:s + c].transpose(1, 2), self.x[:, i:i + 1])
+                          for s, c, i, _ in top]
+        return views[top]
+
     def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         self.x.copy_(x)
         for a, b, o in self.steps:

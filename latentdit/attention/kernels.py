@@ -13,9 +13,12 @@ linear in L. Implementation (all per batch * head, chunked over L so memory stay
   rank-495 GEMM of width 5 into a rank-330 GEMM of width 25, which costs the same per row on a
   CPU, and never builds the top-degree block. The factorisation comes from the cost model
   (:mod:`latentdit.attention.cost`) unless :func:`tune_split` measured a faster one.
+- The unsplit plan's two products, with its top degree peeled: :mod:`latentdit.attention.products`.
 - Backward (Thm 4.1 in the chained low-rank form): with G = dL/dY, ``dT = W (.) (F1(Q)^T (F2(Q) (x) G))``
   is again low rank; gradients w.r.t. the features' inputs use the derivative gather tables of the
-  plan, so every pass is linear in L and nothing L x L or L x r (beyond a chunk) is stored.
+  plan, so every pass is linear in L and nothing L x L or L x r (beyond a chunk) is stored. The
+  unsplit plan has its own backward (:mod:`latentdit.attention.backward`): derivatives on the
+  degree <= g - 1 prefix of the features only.
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ import torch
 from latentdit.attention.cost import best_split, candidate_splits
 from latentdit.attention.features import FeatureBuilder, Plan, contract_rows, device_tables, kron_rows, make_plan
 from latentdit.attention.polynomials import ExpPoly
+from latentdit.attention.backward import poly_backward
+from latentdit.attention.products import ValueCols, key_products, peeled, query_products
 
 FEATURE_BUDGET_CPU = 1 << 20   # elements of the largest per-chunk temporary (4 MiB in fp32)
 FEATURE_BUDGET_CUDA = 1 << 25
@@ -87,8 +92,8 @@ class PolyAttentionFunction(torch.autograd.Function):
 
     xq (n, Lq, m), xk (n, Lk, m), v (n, Lk, mv); the logits are R <xq_i, xk_j> with |<., .>| <= 1.
     Padded key rows have V-hat = 0 (no contribution); padded query rows are discarded. The key-side
-    products are kept in the layout the query-side GEMM reads, (n, r2 c, r1), so no transposed copy
-    is made; W is applied there as its transpose (same products).
+    products are kept in the layout the query-side GEMM and the backward read, (n, r2 c, r1), with W
+    applied (as its transpose: the same products).
     """
 
     @staticmethod
@@ -98,26 +103,22 @@ class PolyAttentionFunction(torch.autograd.Function):
         c = mv + 1
         Wt = device_tables(plan, coeffs, xq.device, xq.dtype)[1]
         r1, r2 = plan.r1, plan.r2
-        width = max(r1, r2 * c * (m + 1))
+        peel = peeled(plan, c)
+        built = plan if peel is None else peel[0]
+        width = max(built.r1, r2 * c * (m + 1))
 
         step = chunk_length(n, Lk, width, xq.device, chunk)
-        feats = FeatureBuilder.get(plan, n, step, xq)
-        T = _key_side_sum(feats, _padded_T(xk, step), _padded_T(v, step, ones=True), step, _acc_dtype(xq.dtype))
-        Ut = (T.to(xq.dtype).view(n, r2, c, r1) * Wt[None, :, None, :]).view(n, r2 * c, r1)
+        feats = FeatureBuilder.get(built, n, step, xq)
+        Tt = key_products(feats, _padded_T(xk, step), ValueCols(v, step), step, c, _acc_dtype(xq.dtype), peel)
+        Ut = Tt.view(n, r2, c, r1).mul_(Wt[None, :, None, :]).view(n, r2 * c, r1)
 
         step = chunk_length(n, Lq, width, xq.device, chunk)
-        xqT = _padded_T(xq, step)
         if feats.x.shape[-1] != step:
-            feats = FeatureBuilder.get(plan, n, step, xq)
-        Y = xq.new_empty(n, c, xqT.shape[-1])
-        for a in range(0, xqT.shape[-1], step):
-            F1, F2 = feats(xqT[:, :, a:a + step])
-            Y[:, :, a:a + step] = contract_rows(F2, torch.bmm(Ut, F1), c)
-        den = Y[:, mv, :Lq]
-        out = (Y[:, :mv, :Lq] / den[:, None]).transpose(1, 2)
-
-        ctx.plan, ctx.chunk, ctx.coeffs = plan, chunk, coeffs
-        ctx.save_for_backward(xq, xk, v, Ut, out, den)
+            feats = FeatureBuilder.get(built, n, step, xq)
+        out, den = query_products(feats, _padded_T(xq, step), Ut, step, c, Lq, peel)
+        if any(ctx.needs_input_grad[:3]):
+            ctx.plan, ctx.chunk, ctx.coeffs = plan, chunk, coeffs
+            ctx.save_for_backward(xq, xk, v, Ut, out, den)
         return out
 
     @staticmethod
@@ -130,9 +131,16 @@ class PolyAttentionFunction(torch.autograd.Function):
         Lk, mv = v.shape[1], v.shape[2]
         c = mv + 1
         r1, r2 = plan.r1, plan.r2
-        _, Wt, src, fac = device_tables(plan, ctx.coeffs, xq.device, xq.dtype)
-        width = max(r1, r2 * c * (m + 1))
+        W, Wt, src, fac = device_tables(plan, ctx.coeffs, xq.device, xq.dtype)
         acc = _acc_dtype(xq.dtype)
+        if plan.split == ("degree", 0) and plan.g >= 1:  # derivatives on the degree <= g - 1 prefix
+            peel = peeled(plan, c)
+            width = max(plan.r1 if peel is None else peel[0].r1, c * (m + 1))
+            sq, sk = chunk_length(n, Lq, width, xq.device, chunk), chunk_length(n, Lk, width, xq.device, chunk)
+            grads = poly_backward(plan, W, (xq, xk, v, Ut, out, den), dout,
+                                  (need_q, need_k, need_v), (sq, sk), acc, (_padded_T(xq, sq), _padded_T(xk, sk)))
+            return (*grads, None, None, None)
+        width = max(r1, r2 * c * (m + 1))
         dq = dk = dv = None
 
         def deriv(M: torch.Tensor, dst: torch.Tensor | None = None) -> torch.Tensor:

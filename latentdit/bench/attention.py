@@ -27,10 +27,11 @@ from pathlib import Path
 
 import torch
 
+from latentdit.bench.attention_phases import format_profile, phase_profile
 from latentdit.bench.attention_report import plot, summarize
 from latentdit.io import atomic_write_json, check_output_file
 from latentdit.progress import progress_bar
-from latentdit.provenance import provenance_end, provenance_start
+from latentdit.provenance import cpu_info, provenance_end, provenance_start
 from latentdit.bench.attention_sweep import CONFIGS, HEADS, METHODS, phase_sweep, timing_sweep
 
 
@@ -58,6 +59,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--no-tune", dest="tune", action="store_false",
                     help="use the cost model's factorisation instead of timing the candidates first")
     ap.add_argument("--no-phase", action="store_true", help="skip the phase-transition sweep")
+    ap.add_argument("--phases", action="store_true",
+                    help="also profile the poly kernel phase by phase against its FLOP and memory floors "
+                         "(latentdit.bench.attention_phases) at every length <= 16384")
     args = ap.parse_args(argv)
     if args.repeats < 1:
         ap.error("--repeats must be >= 1")
@@ -105,6 +109,10 @@ def main(argv: list[str] | None = None) -> int:
     with progress_bar(total=n_timing + n_phase, desc="bench attention") as bar:
         data = timing_sweep(args, bar)
         phase = None if args.no_phase else phase_sweep(args, bar)
+        profiles = None
+        if args.phases:
+            profiles = [phase_profile(L, m, R, heads=HEADS, eps=args.eps, repeats=args.repeats, seed=args.seed)
+                        for m, R in CONFIGS for L in args.lengths if L <= 16384]
     summary = summarize(data)
     report = {
         "command": "latentdit bench attention " + " ".join(sys.argv[1:] if argv is None else argv),
@@ -114,19 +122,22 @@ def main(argv: list[str] | None = None) -> int:
                     "performer_features": args.num_features, "seed": args.seed,
                     "rel_error": "||out - exact||_F / ||exact||_F vs float64 exact; fwdbwd rows: max over "
                                  "dq, dk, dv; rows above L=16384: a random subset of query rows"},
-        "machine": {"platform": platform.platform(), "processor": platform.processor(),
+        "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpu": cpu_info(),
                     "cpu_count": os.cpu_count(), "torch": torch.__version__, "load_average_start": load0},
         "wall_s": time.time() - t0,
         "results": data["results"],
         "certificates": data["certificates"],
         "exact_single_run": data["exact_single_run"],
         "phase_transition": phase,
+        "phase_profiles": profiles,
     }
     report["machine"]["load_average_end"] = _load()
     report["provenance"] = provenance_end(prov)
     atomic_write_json(args.out, report, indent=1)
     plot(data, phase, args.plot)
     print(json.dumps(summary, indent=1))
+    for p in profiles or ():
+        print(format_profile(p))
     print(f"wrote {args.out} and {args.plot}")
     return 0
 

@@ -115,6 +115,11 @@ def summarize(data: dict) -> dict:
     out["speedup_fwdbwd_16384"] = s
     p = med("poly", Lmid, 4, "fwd")
     out["rel_error_fwd_16384"] = None if p is None else p["rel_error"]
+    for m in (4, 8):  # the share of the machine's matmul rate the poly GEMMs reach (fwd, fwd+bwd)
+        for pas in ("fwd", "fwdbwd"):
+            p = med("poly", Lmid, m, pas)
+            key = f"fraction_of_matmul_probe_{pas}_16384" + ("_head8" if m == 8 else "")
+            out[key] = None if p is None else p.get("fraction_of_matmul_probe")
     p = med("poly", Lmid, 4, "fwdbwd")
     out["rel_error_grad_16384"] = None if p is None else p["rel_error"]
     for mt in ("poly", "exact", "performer"):

@@ -16,11 +16,12 @@ from tqdm import tqdm
 
 from latentdit.attention import certify, choose_exp_poly, performer_attention
 from latentdit.attention.certificate import data_logit_bound
-from latentdit.attention.cost import best_split, rank
+from latentdit.attention.cost import backward_flops, best_split, forward_flops, rank
 from latentdit.attention.exact import reference_attention, reference_attention_grads
 from latentdit.attention.kernels import choose_split, poly_attention, tune_split
 from latentdit.attention.polynomials import exp_poly, quantize_bound
 from latentdit.fits import loglog_slope
+from latentdit.bench.model import matmul_gflops
 
 HEADS = 4
 CONFIGS = ((4, 3.0), (8, 1.5))  # (head size, |logit| bound after centring)
@@ -108,10 +109,17 @@ def timing_sweep(args: argparse.Namespace, bar: tqdm) -> dict:
                         bar.update(1)
                 bar.set_postfix_str(f"m={m} L={L} {pas}")
                 errors = _errors(run, outs, pas, sub, args)
+                probe = matmul_gflops(1024, args.repeats)  # same run, right after the timed repeats
+                flops = forward_flops(HEADS, L, L, m, m, run.poly.degree)
+                if pas == "fwdbwd":
+                    flops += backward_flops(HEADS, L, L, m, m, run.poly.degree)
                 for mt in methods:
                     results.append({"method": mt, "L": L, "head_dim": m, "pass": pas,
                                     "median_s": statistics.median(times[mt]), "times_s": times[mt],
                                     "rel_error": errors.get(mt), "extrapolated": False,
+                                    "matmul_probe_gflops": probe,
+                                    **({"gemm_gflop": flops / 1e9, "fraction_of_matmul_probe":
+                                        flops / statistics.median(times[mt]) / (probe * 1e9)} if mt == "poly" else {}),
                                     **({"rel_error_fwd": errors.get(mt + "_fwd")} if pas == "fwdbwd" else {}),
                                     **({"grad_rel_errors": errors.get(mt + "_grads")} if pas == "fwdbwd" else {})})
                 del outs

@@ -35,6 +35,13 @@ the asymptotic 2, so the extrapolated speed-up is conservative), recorded per ro
 ``--exact-once`` times exact there once per operation instead (``"exact_measured_once": true``).
 ``exponent_poly_train`` is the least-squares slope of log(poly training step time) against log L
 over all lengths.
+
+Per length, a square fp32 matmul probe right after the timed repeats gives
+``fraction_of_matmul_probe_{fwd,train}``: the poly attention GEMM FLOPs over the poly time less the
+ReLU linear time (:func:`probe_fraction`). One full sampling run (dpm2m, ``--sampling-nfe`` = 20
+network evaluations, batch 4) at ``--sampling-length`` (default 16384) with exact and with poly
+attention from the same noise records the wall time of each and the samples' relative difference
+(``sampling``; ``--no-sampling`` skips it).
 """
 
 from __future__ import annotations
@@ -55,13 +62,15 @@ import torch
 
 from latentdit.diffusion import DSMLoss
 from latentdit.bench import bench_parser, interleaved_times, medians, parse_bench_args
-from latentdit.bench.model import _status_kib
+from latentdit.attention.cost import backward_flops, forward_flops
+from latentdit.bench.model import _status_kib, matmul_gflops
 from latentdit.hostmem import host_malloc_mode, release_host_memory, reuse_host_memory
 from latentdit.config import ModelConfig
 from latentdit.fits import loglog_slope
 from latentdit.models.blocks import attention_summary
 from latentdit.models.score import LatentScoreNet
 from latentdit.provenance import provenance_end, provenance_start
+from latentdit.sampling import CountingCalls, sample
 from latentdit.io import atomic_write_json, save_figure
 
 MODES = ("exact", "poly", "relu_linear")
@@ -192,6 +201,7 @@ def bench_length(c: dict, L: int, repeats: int, exact: bool, memory: bool, exact
     times = interleaved_times(jobs, repeats, f"L={L}")
     out["median_s"] = medians(times)
     out["times_s"] = times
+    out.update(probe_fraction(c, L, out["median_s"], out["certificate"]["degree"], repeats))
     if exact_once and not exact:
         once = make_ops(base, c, L)  # the exact copy: base is built with mode "exact"
         for op in ("fwd", "train"):
@@ -204,6 +214,47 @@ def bench_length(c: dict, L: int, repeats: int, exact: bool, memory: bool, exact
     if peaks is not None:
         out["peak_memory_bytes"] = peaks
     return out
+
+
+def probe_fraction(c: dict, L: int, med: dict, degree: int, repeats: int) -> dict:
+    """The matmul probe of this run (square fp32 mm, right after the timed repeats) and the fraction of it
+    that poly attention reaches: its GEMM FLOPs (:mod:`latentdit.attention.cost`, all layers) over its
+    time, estimated as the poly time less the ReLU linear time (the rest of the network is shared and
+    ReLU linear attention costs O(L m v))."""
+    n, mv = c["batch"] * c["heads"], c["hidden"] // c["heads"]
+    fwd = c["depth"] * forward_flops(n, L, L, c["qk_dim"], mv, degree)
+    train = fwd + c["depth"] * backward_flops(n, L, L, c["qk_dim"], mv, degree)
+    probe = matmul_gflops(1024, repeats) * 1e9
+    rec = {"matmul_probe_gflops": probe / 1e9, "poly_attention_gflop_fwd": fwd / 1e9,
+           "poly_attention_gflop_train": train / 1e9}
+    for op, flops in (("fwd", fwd), ("train", train)):
+        extra = med[f"poly_{op}"] - med[f"relu_linear_{op}"]
+        rec[f"fraction_of_matmul_probe_{op}"] = flops / extra / probe if extra > 0 else None
+    return rec
+
+
+def sampling_run(c: dict, L: int, nfe: int = 20, seed: int = 2) -> dict:
+    """One full sampling run (dpm2m, ``nfe`` network evaluations, batch ``c['batch']``) at length L with
+    exact and with poly attention from the same noise: the wall time of each and how far apart the
+    samples end."""
+    model = build(c, L, "exact")
+    rec: dict = {"L": L, "nfe": nfe, "sampler": "dpm2m", "batch": c["batch"]}
+    samples = {}
+    for mode in ("poly", "exact"):
+        set_mode(model, mode)
+        model.eval()
+        calls = CountingCalls(model.denoise)
+        t0 = time.perf_counter()
+        samples[mode] = sample(calls, (c["batch"], c["token"] * L), sampler="dpm2m", steps=nfe,
+                               generator=torch.Generator().manual_seed(seed))
+        rec[f"{mode}_s"] = time.perf_counter() - t0
+        assert calls.calls == nfe, (calls.calls, nfe)
+        print(f"[sampling L={L}] {mode}: {nfe} NFE in {rec[f'{mode}_s']:.1f} s", flush=True)
+    rec["speedup"] = rec["exact_s"] / rec["poly_s"]
+    d = samples["poly"] - samples["exact"]
+    rec["rel_diff"] = float(d.norm() / samples["exact"].norm())
+    rec["max_abs_diff"] = float(d.abs().max())
+    return rec
 
 
 def _extrapolate(rows: list[dict], key: str, L: int) -> float:
@@ -250,6 +301,9 @@ def summarise(rows: list[dict], exact_max: int) -> dict:
     head = 16384 if 16384 in by_L else max(measured)
     rep[f"speedup_forward_{head}"] = by_L[head]["speedup_forward"]
     rep[f"speedup_train_{head}"] = by_L[head]["speedup_train"]
+    rep[f"fraction_of_matmul_probe_fwd_{head}"] = by_L[head].get("fraction_of_matmul_probe_fwd")
+    rep[f"fraction_of_matmul_probe_train_{head}"] = by_L[head].get("fraction_of_matmul_probe_train")
+    rep[f"poly_over_relu_linear_forward_{head}"] = by_L[head]["median_s"]["poly_fwd"] / by_L[head]["median_s"]["relu_linear_fwd"]
     if "rel_error_forward" in by_L[head]:
         rep[f"rel_error_forward_{head}"] = by_L[head]["rel_error_forward"]
     rep["headline_length"] = head
@@ -294,6 +348,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--exact-once", action="store_true",
                     help="above --exact-max-len time exact once per operation instead of extrapolating")
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    ap.add_argument("--sampling-length", type=int, default=None,
+                    help="L of the full sampling run, exact vs poly (default 16384; --quick: 256)")
+    ap.add_argument("--sampling-nfe", type=int, default=20, help="network evaluations of that run")
+    ap.add_argument("--no-sampling", action="store_true", help="skip the full sampling run")
     args, argv = parse_bench_args(ap, argv)
     c = dict(QUICK if args.quick else FULL)
     lengths = list(args.lengths or c.pop("lengths"))
@@ -313,7 +371,10 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.time()
     print(f"bench dit: {c}, lengths {lengths}, repeats {repeats}, threads {torch.get_num_threads()}", flush=True)
     rows = [bench_length(c, L, repeats, L <= args.exact_max_len, memory, args.exact_once) for L in lengths]
-    report = {**summarise(rows, args.exact_max_len), "config": c, "lengths": rows, "repeats": repeats,
+    sampling = None
+    if not args.no_sampling:
+        sampling = sampling_run(c, args.sampling_length or (256 if args.quick else 16384), args.sampling_nfe)
+    report = {**summarise(rows, args.exact_max_len), "sampling": sampling, "config": c, "lengths": rows, "repeats": repeats,
               "exact_max_len": args.exact_max_len,
               "wall_seconds": time.time() - t_start,
               "environment": {"torch": torch.__version__, "cpu_count": os.cpu_count(),
@@ -324,7 +385,9 @@ def main(argv: list[str] | None = None) -> int:
     plot(rows, args.out.with_suffix(".png"))
     head = report["headline_length"]
     print(f"L={head}: forward x{report[f'speedup_forward_{head}']:.1f}, train x{report[f'speedup_train_{head}']:.1f} "
-          f"(poly vs exact); poly train exponent {report['exponent_poly_train']:.2f}; wrote {args.out}", flush=True)
+          f"(poly vs exact), poly at {report[f'fraction_of_matmul_probe_fwd_{head}'] or 0:.0%} of the matmul probe; "
+          + ("" if sampling is None else f"sampling {sampling['nfe']} NFE at L={sampling['L']} x{sampling['speedup']:.1f}; ")
+          + f"poly train exponent {report['exponent_poly_train']:.2f}; wrote {args.out}", flush=True)
     return 0
 
 

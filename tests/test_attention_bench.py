@@ -1,0 +1,51 @@
+"""The kernel and whole-network benchmarks' new records: the phase profile against its floors, the
+matmul-probe fractions and the full sampling run with exact and with poly attention."""
+
+import json
+
+import pytest
+
+from latentdit.attention.cost import backward_flops, forward_flops, product_flops, rank
+from latentdit.bench.attention_phases import PHASES, format_profile, phase_profile
+from latentdit.bench.dit import main as dit_main
+
+
+def test_gemm_flops_count_every_slot_once():
+    """Unsplit: 2 n L C(m + g, g) (mv + 1) per side; a split's zero slots add FLOPs, never remove them;
+    the backward is (m + 1) products per side."""
+    assert product_flops(3, 100, 4, 8, 7) == 2 * 3 * 100 * rank(4, 7) * 9
+    assert product_flops(3, 100, 4, 8, 7, ("degree", 1)) > product_flops(3, 100, 4, 8, 7)
+    assert forward_flops(2, 10, 30, 4, 4, 3) == product_flops(2, 10, 4, 4, 3) + product_flops(2, 30, 4, 4, 3)
+    assert backward_flops(2, 10, 30, 4, 4, 3) == 5 * forward_flops(2, 10, 30, 4, 4, 3)
+
+
+@pytest.mark.slow
+def test_phase_profile_reports_every_phase_against_a_floor():
+    p = phase_profile(256, 4, 3.0, heads=2, repeats=1)
+    assert [r["phase"] for r in p["phases"]] == list(PHASES)
+    for r in p["phases"]:
+        assert r["wall_s"] >= 0 and r["cpu_s"] >= 0 and r["floor_s"] > 0 and r["floor"] in ("flop", "memory")
+    assert p["degree"] == 8 and p["rank"] == rank(4, 8) and p["features_built"] <= p["rank"]
+    assert p["peak_gflops"] > 0 and p["copy_gbytes_per_s"] > 0 and 0 < p["fraction_of_matmul_probe"]
+    assert "forward reaches" in format_profile(p)
+    json.dumps(p)
+
+
+@pytest.mark.slow
+def test_dit_bench_sampling_run_follows_exact_attention(tmp_path):
+    """20 NFE from the same noise with exact and with poly attention: the samples agree far below the
+    certified per-entry error (1e-3); the matmul probe and the poly GEMM FLOPs are recorded per length."""
+    out = tmp_path / "dit.json"
+    assert dit_main(["--quick", "--lengths", "16", "32", "--repeats", "1", "--sampling-length", "32",
+                     "--threads", "1", "--out", str(out)]) == 0
+    r = json.loads(out.read_text())
+    s = r["sampling"]
+    assert s["nfe"] == 20 and s["L"] == 32 and s["exact_s"] > 0 and s["poly_s"] > 0
+    assert s["rel_diff"] < 1e-3
+    first = r["lengths"][0]
+    assert first["matmul_probe_gflops"] > 0 and first["poly_attention_gflop_fwd"] > 0
+    assert r["poly_over_relu_linear_forward_32"] > 0 and r["provenance"]["cpu"]["vector_isa"] is not None
+    out2 = tmp_path / "dit2.json"
+    assert dit_main(["--quick", "--lengths", "16", "32", "--repeats", "1", "--no-sampling", "--no-memory",
+                     "--threads", "1", "--out", str(out2)]) == 0
+    assert json.loads(out2.read_text())["sampling"] is None
