@@ -39,7 +39,6 @@ over all lengths.
 
 from __future__ import annotations
 
-from dataclasses import asdict
 
 import copy
 import gc
@@ -50,11 +49,11 @@ import platform
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
-from latentdit.diffusion import DSMLoss
 from latentdit.bench import bench_parser, interleaved_times, medians, parse_bench_args
 from latentdit.bench.model import _status_kib
 from latentdit.hostmem import host_malloc_mode, release_host_memory, reuse_host_memory
@@ -62,6 +61,7 @@ from latentdit.config import ModelConfig
 from latentdit.models.blocks import attention_summary
 from latentdit.models.score import LatentScoreNet
 from latentdit.provenance import provenance_end, provenance_start
+from latentdit.diffusion import DSMLoss
 from latentdit.io import atomic_write_json, save_figure
 
 MODES = ("exact", "poly", "relu_linear")
@@ -119,7 +119,7 @@ def make_ops(model, c: dict, L: int, seed: int = 1) -> dict:
     def backbone():
         model.eval()
         with torch.no_grad():
-            return model.backbone(model.reshape(x), t)
+            return model.backbone(model.reshape(x), model.precond.c_noise(t))
 
     return {"fwd": fwd, "train": train, "backbone": backbone}
 

@@ -27,7 +27,6 @@ diffusers is the optional ``bench`` extra (``pip install diffusers``); it is imp
 
 from __future__ import annotations
 
-from dataclasses import asdict
 
 import json
 import os
@@ -37,13 +36,14 @@ import statistics
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
 import torch
 
-from latentdit.diffusion import DSMLoss
 from latentdit.bench import bench_parser, interleaved_times, medians, parse_bench_args
+from latentdit.diffusion import DSMLoss
 from latentdit.io import atomic_write_json
 from latentdit.provenance import provenance_end, provenance_start
 
