@@ -314,6 +314,12 @@ def _choice(value: str, options: typing.Sequence[str], where: str) -> None:
 
 def validate(cfg: Config) -> None:
     """Range and choice checks that need more than a type (one message per problem)."""
+    _validate_choices(cfg)
+    _validate_ranges(cfg)
+    _validate_training(cfg.train)
+
+
+def _validate_choices(cfg: Config) -> None:
     _choice(cfg.data.source, ("gmm", "long", "mnist", "digits", "npy", "npz", "csv", "images"), "data.source")
     _choice(cfg.data.normalise, ("minmax", "standard", "none"), "data.normalise")
     _choice(cfg.encoder.init, ("pca", "random", "identity"), "encoder.init")
@@ -330,13 +336,16 @@ def validate(cfg: Config) -> None:
     _choice(cfg.model.activation, ("gelu", "gelu_tanh"), "model.activation")
     _choice(cfg.model.precondition_stats, ("scalar", "diagonal"), "model.precondition_stats")
     _choice(cfg.model.attention, ("exact", "poly", "auto", "relu_linear"), "model.attention")
-    if cfg.model.qk_dim < 0:
-        raise ConfigError(f"model.qk_dim={cfg.model.qk_dim} must be >= 0 (0 = model.hidden / model.heads)")
     _choice(cfg.diffusion.weighting, WEIGHTINGS, "diffusion.weighting")
     _choice(cfg.optim.schedule, ("cosine", "constant"), "optim.schedule")
     for where, s in (("sample.sampler", cfg.sample.sampler), ("eval.sampler", cfg.eval.sampler)):
         _choice(s, tuple(SAMPLERS), where)
     _choice(cfg.sample.grid, ("auto", *GRIDS), "sample.grid")
+
+
+def _validate_ranges(cfg: Config) -> None:
+    if cfg.model.qk_dim < 0:
+        raise ConfigError(f"model.qk_dim={cfg.model.qk_dim} must be >= 0 (0 = model.hidden / model.heads)")
     if not cfg.sample.rho > 0:
         raise ConfigError(f"sample.rho={cfg.sample.rho} must be > 0")
     d = cfg.diffusion
@@ -360,15 +369,6 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"model.hidden={cfg.model.hidden} must be divisible by model.heads={cfg.model.heads}")
     if not 0 <= cfg.model.class_dropout < 1:
         raise ConfigError(f"model.class_dropout={cfg.model.class_dropout} must be in [0, 1)")
-    tc = cfg.train
-    if (min(tc.val_every, tc.patience, tc.val_points - 1, tc.plateau_decays) < 0 or not 0 <= tc.val_min_delta < 1
-            or not 0 < tc.plateau_factor < 1):
-        raise ConfigError(f"train.val_every={tc.val_every}, train.patience={tc.patience} and train.plateau_decays="
-                          f"{tc.plateau_decays} must be >= 0, train.val_points={tc.val_points} >= 1, "
-                          f"train.val_min_delta={tc.val_min_delta} in [0, 1), train.plateau_factor="
-                          f"{tc.plateau_factor} in (0, 1)")
-    if not 0 <= cfg.train.ema_decay < 1:
-        raise ConfigError(f"train.ema_decay={cfg.train.ema_decay} must be in [0, 1)")
     if cfg.data.source == "gmm":
         if cfg.data.latent_dim > cfg.data.ambient_dim:
             raise ConfigError(f"data.latent_dim={cfg.data.latent_dim} is larger than data.ambient_dim="
@@ -376,3 +376,14 @@ def validate(cfg: Config) -> None:
         if cfg.encoder.latent_dim > cfg.data.ambient_dim:
             raise ConfigError(f"encoder.latent_dim={cfg.encoder.latent_dim} is larger than data.ambient_dim="
                               f"{cfg.data.ambient_dim}; lower encoder.latent_dim")
+
+
+def _validate_training(tc: TrainConfig) -> None:
+    if (min(tc.val_every, tc.patience, tc.val_points - 1, tc.plateau_decays) < 0 or not 0 <= tc.val_min_delta < 1
+            or not 0 < tc.plateau_factor < 1):
+        raise ConfigError(f"train.val_every={tc.val_every}, train.patience={tc.patience} and train.plateau_decays="
+                          f"{tc.plateau_decays} must be >= 0, train.val_points={tc.val_points} >= 1, "
+                          f"train.val_min_delta={tc.val_min_delta} in [0, 1), train.plateau_factor="
+                          f"{tc.plateau_factor} in (0, 1)")
+    if not 0 <= tc.ema_decay < 1:
+        raise ConfigError(f"train.ema_decay={tc.ema_decay} must be in [0, 1)")

@@ -116,8 +116,26 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> 
     return path
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    return atomic_write(path, lambda f: f.write(data))
+def atomic_write_bytes(path: str | os.PathLike, data: bytes | memoryview, *,
+                       midway: Callable[[Path], None] | None = None) -> Path:
+    """Write ``data`` to ``path`` through :func:`atomic_write`.
+
+    ``midway(tmp)``, if given, is called with the first half of the bytes written and flushed to the
+    temporary file ``tmp``: the point at which a crash leaves a torn temporary file (tests kill the
+    process there).
+    """
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+
+    def write(f: BinaryIO) -> None:
+        half = len(data) // 2
+        f.write(data[:half])
+        if midway is not None:
+            f.flush()
+            midway(tmp)
+        f.write(data[half:])
+
+    return atomic_write(path, write)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:

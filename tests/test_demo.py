@@ -1,10 +1,10 @@
 """The real-data demo end to end (tiny, with a stand-in feature network), the Gaussian latent
 baseline, classifier-free guidance, label dropout, and own data through the CLI with a config."""
 
-from dataclasses import asdict
 import json
 import subprocess
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -12,13 +12,12 @@ import pytest
 import torch
 
 from latentdit.config import Config, load_config
-from latentdit.firststage.linear import pca_basis
 from latentdit.diffusion import score_from_denoised
 from latentdit.evaluation.baselines import GaussianLatentBaseline, retained_variance
-from latentdit.models.guidance import balanced_labels
+from latentdit.firststage.linear import pca_basis
 from latentdit.experiments.demo import DEMO_CONFIG, LINEAR_DEMO_CONFIG, main as demo_main
 from latentdit.metrics import fid as fid_mod
-from latentdit.models.guidance import GuidedDenoiser
+from latentdit.models.guidance import GuidedDenoiser, balanced_labels
 from latentdit.models.score import LatentScoreNet
 
 ROOT = Path(__file__).resolve().parents[1]

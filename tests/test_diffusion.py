@@ -1,15 +1,14 @@
 """Forward OU process and the denoising score-matching objective."""
 
-from dataclasses import asdict
 import math
+from dataclasses import asdict
 
 import pytest
 import torch
 
-from latentdit.diffusion import DSMLoss
 from latentdit.config import ModelConfig
 from latentdit.data.gmm import SubspaceGMM
-from latentdit.diffusion import (add_noise, beta, dsm_loss_from_score, log_snr, sample_times, sigma,
+from latentdit.diffusion import (DSMLoss, add_noise, beta, dsm_loss_from_score, log_snr, sample_times, sigma,
                                  t_from_log_snr)
 from latentdit.models.score import LatentScoreNet
 

@@ -8,13 +8,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from latentdit.diffusion import DSMLoss
-from latentdit.build import TrainData
+from latentdit.build import TrainData, build_model
 from latentdit.config import load_config
 from latentdit.data.gmm import SubspaceGMM, random_orthonormal
-from latentdit.diffusion import draw_noise
+from latentdit.diffusion import DSMLoss, draw_noise
 from latentdit.errors import ConfigError
-from latentdit.build import build_model
 
 
 def cfg_for(D: int, *sets: str):

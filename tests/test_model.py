@@ -294,3 +294,24 @@ def test_build_model_leaves_the_config_unchanged():
     model = build_model(cfg, data)
     assert cfg == before and cfg.model.num_classes == 0
     assert model.num_classes == 3 and model.cfg.num_classes == 3
+
+
+def test_preconditioner_is_the_gaussian_posterior_and_c_noise_the_log_time():
+    """For h0 ~ N(m, diag(v)) and h_t = beta h0 + sqrt(sigma) z, Bayes gives
+    beta E[h0 | h_t] = beta m + beta^2 v / (beta^2 v + sigma) (h_t - beta m) and
+    Var(beta h0 | h_t) = beta^2 v sigma / (beta^2 v + sigma): the preconditioner with F = 0 is that
+    mean and c_out^2 that variance; c_in^2 is 1 / Var(h_t)."""
+    from latentdit.models.precond import Preconditioner
+
+    m, v = torch.tensor([0.5, -1.0, 2.0], dtype=torch.float64), torch.tensor([0.3, 1.0, 4.0], dtype=torch.float64)
+    t = torch.tensor([1e-3, 0.3, 2.0, 9.0], dtype=torch.float64)
+    b, s = torch.exp(-t / 2)[:, None], (1 - torch.exp(-t))[:, None]
+    h = torch.randn(4, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    pre = Preconditioner(v, m)
+    post_mean = b * m + b * b * v / (b * b * v + s) * (h - b * m)
+    torch.testing.assert_close(pre.apply(lambda hh, tn: torch.zeros_like(hh), h, t), post_mean)
+    torch.testing.assert_close(pre.c_out(t) ** 2, b * b * v * s / (b * b * v + s))
+    torch.testing.assert_close(pre.c_in(t) ** -2, b * b * v + s)
+    torch.testing.assert_close(pre.c_noise(t), 100 * (torch.log(t) + 8))
+    off = Preconditioner(torch.tensor(2.0, dtype=torch.float64), enabled=False)
+    torch.testing.assert_close(off.apply(lambda hh, tn: 3 * hh, h, t), 3 * h)

@@ -1,7 +1,7 @@
 """The sampling pipeline (data space, clipping), label dropout, and the OU schedule's two forms."""
 
-from dataclasses import asdict
 import math
+from dataclasses import asdict
 
 import pytest
 import torch

@@ -135,8 +135,10 @@ def test_all_checkpoints_unreadable_is_a_clear_error(reference, tmp_path):
 def test_from_pretrained_in_a_fresh_process_samples(reference):
     code = (
         "import sys, torch\n"
+        "from latentdit.export import read_training_record\n"
         "from latentdit.pipeline import LatentDiTPipeline\n"
         "pipe = LatentDiTPipeline.from_pretrained(sys.argv[1])\n"
+        "model, meta = pipe.model, read_training_record(sys.argv[1])\n"
         "x = pipe(16, sampler='ddim', steps=4, seed=0)\n"
         "assert x.shape == (16, 32) and torch.isfinite(x).all()\n"
         "print(meta['step'], sum(float(v.double().sum()) for v in model.state_dict().values()))\n"
@@ -152,8 +154,11 @@ def test_from_pretrained_in_a_fresh_process_samples(reference):
 
 def test_periodic_evaluation_and_snapshots_do_not_change_training(reference, tmp_path):
     run = tmp_path / "run"
-    train(load_config(TINY, SETS + ["train.eval_every=15", "eval.num_samples=100", "eval.steps=4"]), run,
-          progress=False)
+    from latentdit.evaluation import snapshot_metrics
+    from latentdit.train import TrainCallbacks
+
+    cfg = load_config(TINY, SETS + ["train.eval_every=15", "eval.num_samples=100", "eval.steps=4"])
+    train(cfg, run, progress=False, callbacks=TrainCallbacks(evaluate=snapshot_metrics(cfg)))
     assert_same_tensors(ckpt_state(reference)["ema"], ckpt_state(run)["ema"])
     evals = [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "snapshot" in r]
     assert [r["step"] for r in evals] == [15, 30]

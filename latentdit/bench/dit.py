@@ -46,7 +46,6 @@ attention from the same noise records the wall time of each and the samples' rel
 
 from __future__ import annotations
 
-from dataclasses import asdict
 
 import copy
 import gc
@@ -56,11 +55,11 @@ import platform
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
-from latentdit.diffusion import DSMLoss
 from latentdit.bench import bench_parser, interleaved_times, medians, parse_bench_args
 from latentdit.attention.cost import backward_flops, forward_flops
 from latentdit.bench.model import _status_kib, matmul_gflops
@@ -70,6 +69,7 @@ from latentdit.fits import loglog_slope
 from latentdit.models.blocks import attention_summary
 from latentdit.models.score import LatentScoreNet
 from latentdit.provenance import provenance_end, provenance_start
+from latentdit.diffusion import DSMLoss
 from latentdit.sampling import CountingCalls, sample
 from latentdit.io import atomic_write_json, save_figure
 
@@ -128,7 +128,7 @@ def make_ops(model, c: dict, L: int, seed: int = 1) -> dict:
     def backbone():
         model.eval()
         with torch.no_grad():
-            return model.backbone(model.reshape(x), t)
+            return model.backbone(model.reshape(x), model.precond.c_noise(t))
 
     return {"fwd": fwd, "train": train, "backbone": backbone}
 

@@ -27,7 +27,6 @@ diffusers is the optional ``bench`` extra (``pip install diffusers``); it is imp
 
 from __future__ import annotations
 
-from dataclasses import asdict
 
 import json
 import os
@@ -37,13 +36,14 @@ import statistics
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
 import torch
 
-from latentdit.diffusion import DSMLoss
 from latentdit.bench import bench_parser, interleaved_times, medians, parse_bench_args
+from latentdit.diffusion import DSMLoss
 from latentdit.io import atomic_write_json
 from latentdit.provenance import provenance_end, provenance_start
 
@@ -240,6 +240,57 @@ def peak_memory(which: str, op: str, c: dict) -> int | None:
     return int(r.stdout.strip().splitlines()[-1])
 
 
+def _compiled_jobs(name: str, c: dict) -> tuple[dict, dict]:
+    """Both networks built again and wrapped by ``torch.compile``: (their training steps, compile seconds)."""
+    jobs, compile_s = {}, {}
+    for which in ("ours", "diffusers"):
+        ops = make_ops(which, c)
+        # ours as train.compile does it (the transformer only; the loss calls the network around it)
+        (ops["model"].backbone if which == "ours" else ops["model"]).compile()
+        t0 = time.perf_counter()
+        ops["train"]()  # traces and compiles forward and backward
+        compile_s[which] = time.perf_counter() - t0
+        print(f"[{name}] compiled {which} in {compile_s[which]:.1f} s", flush=True)
+        jobs[f"{which}_compiled_train"] = ops["train"]
+    return jobs, compile_s
+
+
+def _flop_record(c: dict, med: dict, gflops: float) -> dict:
+    """Analytic and counted forward FLOPs, the achieved GFLOP/s and their fraction of the matmul peak."""
+    n, flops, small = c["batch"], forward_flops(c), dict(c, batch=2)
+    v = _inputs(small)
+    ours_counted = counted_flops(build_ours(small).eval(), (v["x"], v["t"], v["y"])) * n // 2
+    theirs_counted = counted_flops(build_diffusers(small).eval(), (v["img"], v["steps"], v["y"])) * n // 2
+    out = {"ours_fwd_flops": flops["total"], "ours_fwd_flops_parts": flops,
+           "ours_fwd_flops_counted": ours_counted, "diffusers_fwd_flops_counted": theirs_counted,
+           "ours_fwd_gflops": flops["total"] / med["ours_fwd"] / 1e9,
+           "diffusers_fwd_gflops": theirs_counted / med["diffusers_fwd"] / 1e9}
+    out.update(ours_fwd_mfu=out["ours_fwd_gflops"] / gflops, diffusers_fwd_mfu=out["diffusers_fwd_gflops"] / gflops)
+    return out
+
+
+def _compiled_record(med: dict, n: int, compile_s: dict) -> dict:
+    return {"compile_seconds": compile_s,
+            "ours_compiled_train_samples_per_s": n / med["ours_compiled_train"],
+            "diffusers_compiled_train_samples_per_s": n / med["diffusers_compiled_train"],
+            "train_speedup_compiled": med["diffusers_compiled_train"] / med["ours_compiled_train"],
+            "compile_gain_ours": med["ours_train"] / med["ours_compiled_train"],
+            "compile_gain_diffusers": med["diffusers_train"] / med["diffusers_compiled_train"]}
+
+
+def _print_summary(name: str, out: dict) -> None:
+    print(f"[{name}] samples/s  fwd ours {out['ours_fwd_samples_per_s']:.1f} diffusers "
+          f"{out['diffusers_fwd_samples_per_s']:.1f} (x{out['fwd_speedup']:.2f});  train ours "
+          f"{out['ours_train_samples_per_s']:.1f} diffusers {out['diffusers_train_samples_per_s']:.1f} "
+          f"(x{out['train_speedup']:.2f});  matmul {out['matmul_gflops']:.1f} GFLOP/s, ours fwd "
+          f"{out['ours_fwd_gflops']:.1f} GFLOP/s = {100 * out['ours_fwd_mfu']:.0f}%", flush=True)
+    if "compile_seconds" in out:
+        print(f"[{name}] compiled train samples/s ours {out['ours_compiled_train_samples_per_s']:.1f} diffusers "
+              f"{out['diffusers_compiled_train_samples_per_s']:.1f} (x{out['train_speedup_compiled']:.2f}); "
+              f"compile gain ours x{out['compile_gain_ours']:.2f} diffusers x{out['compile_gain_diffusers']:.2f}",
+              flush=True)
+
+
 def bench_config(name: str, c: dict, repeats: int, mm_n: int, memory: bool, compile: bool = False) -> dict:
     """Interleaved medians for one matched configuration (plus the matmul probe in the same loop).
 
@@ -253,27 +304,13 @@ def bench_config(name: str, c: dict, repeats: int, mm_n: int, memory: bool, comp
             "ours_train": ours["train"], "diffusers_train": theirs["train"]}
     compile_s = {}
     if compile:
-        for which in ("ours", "diffusers"):
-            ops = make_ops(which, c)
-            # ours as train.compile does it (the transformer; the step calls model.loss, not forward)
-            (ops["model"].backbone if which == "ours" else ops["model"]).compile()
-            t0 = time.perf_counter()
-            ops["train"]()  # traces and compiles forward and backward
-            compile_s[which] = time.perf_counter() - t0
-            print(f"[{name}] compiled {which} in {compile_s[which]:.1f} s", flush=True)
-            jobs[f"{which}_compiled_train"] = ops["train"]
+        more, compile_s = _compiled_jobs(name, c)
+        jobs.update(more)
     for f in jobs.values():  # warm-up (allocations, optimiser state, kernel selection)
         f()
     mm: list[float] = []
     times = interleaved_times(jobs, repeats, name, before_repeat=lambda: mm.append(matmul_gflops(mm_n, 3)))
-    med = medians(times)
-    n = c["batch"]
-    flops = forward_flops(c)
-    small = dict(c, batch=2)
-    v = _inputs(small)
-    ours_counted = counted_flops(build_ours(small).eval(), (v["x"], v["t"], v["y"])) * n // 2
-    theirs_counted = counted_flops(build_diffusers(small).eval(), (v["img"], v["steps"], v["y"])) * n // 2
-    gflops = statistics.median(mm)
+    med, n, gflops = medians(times), c["batch"], statistics.median(mm)
     out = {
         "config": c, "tokens": (c["side"] // c["patch"]) ** 2, "token_dim": c["patch"] ** 2,
         "params_ours": p_ours, "params_diffusers": p_theirs,
@@ -283,34 +320,14 @@ def bench_config(name: str, c: dict, repeats: int, mm_n: int, memory: bool, comp
         "diffusers_train_samples_per_s": n / med["diffusers_train"],
         "fwd_speedup": med["diffusers_fwd"] / med["ours_fwd"],
         "train_speedup": med["diffusers_train"] / med["ours_train"],
-        "matmul_gflops": gflops, "matmul_gflops_all": mm,
-        "ours_fwd_flops": flops["total"], "ours_fwd_flops_parts": flops,
-        "ours_fwd_flops_counted": ours_counted, "diffusers_fwd_flops_counted": theirs_counted,
-        "ours_fwd_gflops": flops["total"] / med["ours_fwd"] / 1e9,
-        "diffusers_fwd_gflops": theirs_counted / med["diffusers_fwd"] / 1e9,
+        "matmul_gflops": gflops, "matmul_gflops_all": mm, **_flop_record(c, med, gflops),
     }
     if compile:
-        out["compile_seconds"] = compile_s
-        out["ours_compiled_train_samples_per_s"] = n / med["ours_compiled_train"]
-        out["diffusers_compiled_train_samples_per_s"] = n / med["diffusers_compiled_train"]
-        out["train_speedup_compiled"] = med["diffusers_compiled_train"] / med["ours_compiled_train"]
-        out["compile_gain_ours"] = med["ours_train"] / med["ours_compiled_train"]
-        out["compile_gain_diffusers"] = med["diffusers_train"] / med["diffusers_compiled_train"]
-    out["ours_fwd_mfu"] = out["ours_fwd_gflops"] / gflops
-    out["diffusers_fwd_mfu"] = out["diffusers_fwd_gflops"] / gflops
+        out.update(_compiled_record(med, n, compile_s))
     if memory:
         out["peak_memory_bytes"] = {f"{w}_{op}": peak_memory(w, op, c)
                                     for w in ("ours", "diffusers") for op in ("fwd", "train")}
-    print(f"[{name}] samples/s  fwd ours {out['ours_fwd_samples_per_s']:.1f} diffusers "
-          f"{out['diffusers_fwd_samples_per_s']:.1f} (x{out['fwd_speedup']:.2f});  train ours "
-          f"{out['ours_train_samples_per_s']:.1f} diffusers {out['diffusers_train_samples_per_s']:.1f} "
-          f"(x{out['train_speedup']:.2f});  matmul {gflops:.1f} GFLOP/s, ours fwd "
-          f"{out['ours_fwd_gflops']:.1f} GFLOP/s = {100 * out['ours_fwd_mfu']:.0f}%", flush=True)
-    if compile:
-        print(f"[{name}] compiled train samples/s ours {out['ours_compiled_train_samples_per_s']:.1f} diffusers "
-              f"{out['diffusers_compiled_train_samples_per_s']:.1f} (x{out['train_speedup_compiled']:.2f}); "
-              f"compile gain ours x{out['compile_gain_ours']:.2f} diffusers x{out['compile_gain_diffusers']:.2f}",
-              flush=True)
+    _print_summary(name, out)
     return out
 
 

@@ -33,13 +33,12 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-import torch
-
 from latentdit.config import AutoencoderConfig
 from latentdit.evaluation.firststage import reconstruction_metrics
 from latentdit.firststage.stage import padded_side
 from latentdit.config import Config, apply_overrides, read_config_file
 from latentdit.data.real import load_data
+from latentdit.device import resolve_device
 from latentdit.errors import ConfigError
 from latentdit.evaluation.real import evaluate_real, load_real
 from latentdit.io import atomic_write_json, check_output_dir
@@ -214,7 +213,7 @@ def summary(m: dict, out: Path) -> str:
 
 def first_stage_metrics(stage, cfg: Config, *, device: str = "auto", fid: bool = True, progress: bool = False) -> dict:
     """The autoencoder's record (latent shape, scale, training time) and its reconstruction floor."""
-    dev = "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
+    dev = resolve_device(device)
     m = reconstruction_metrics(stage, load_real(cfg), num=cfg.autoencoder.recon_samples, fid=fid, device=dev,
                                seed=cfg.eval.seed, progress=progress)
     return {**m, "latent_shape": list(stage.latent_shape), "latent_scale": stage.scale,

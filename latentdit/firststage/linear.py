@@ -17,13 +17,23 @@ from torch import nn
 
 
 
-def pca_basis(x: torch.Tensor, d0: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-d0 eigenvectors of E[x x^T] (D x d0) and the fraction of energy they retain."""
+def pca_basis(x: torch.Tensor, d0: int, *, randomized: bool = False,
+              dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor | float]:
+    """Top-d0 eigenvectors of the uncentred E[x x^T] (D x d0, in ``dtype``) and the fraction of energy
+    they retain: the package's one PCA.
+
+    Exact (an eigen-decomposition of the D x D moment, or the thin SVD when N < D), or with
+    ``randomized=True`` a randomised range finder with four power iterations (no D x D matrix;
+    float64 throughout), whose retained fraction is that of the top-d0 part of its range.
+    Each column's sign makes its largest-magnitude entry positive.
+    """
     n, D = x.shape
     if not 0 < d0 <= min(n, D):
         raise ValueError(f"pca_basis: d0={d0} must be in 1..min(N, D) = {min(n, D)} for x of shape {(n, D)}")
     x = x.to(torch.float64)
-    if D <= n:
+    if randomized:
+        evals, evecs = _range_finder(x, d0)
+    elif D <= n:
         evals, evecs = torch.linalg.eigh(x.T @ x / n)
         evals, evecs = evals.flip(0), evecs.flip(1)
     else:  # fewer samples than dimensions: use the thin SVD
@@ -34,7 +44,21 @@ def pca_basis(x: torch.Tensor, d0: int) -> tuple[torch.Tensor, torch.Tensor]:
     idx = W.abs().argmax(0)
     W = W * torch.sign(W[idx, torch.arange(d0)])[None]
     retained = (evals[:d0].clamp_min(0).sum() / evals.clamp_min(0).sum().clamp_min(1e-300)).item()
-    return W.to(torch.float32), retained
+    return W.to(dtype), retained
+
+
+def _range_finder(x: torch.Tensor, d0: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(eigenvalues, eigenvectors) of E[x x^T] on the dominant right singular space of x (N, D),
+    found from d0 + 10 seeded random directions and four power iterations."""
+    q = min(d0 + 10, min(x.shape))
+    g = torch.Generator().manual_seed(0)
+    Y = x.T @ (x @ torch.randn(x.shape[1], q, generator=g, dtype=torch.float64))
+    for _ in range(4):
+        Y, _ = torch.linalg.qr(Y)
+        Y = x.T @ (x @ Y)
+    Q, _ = torch.linalg.qr(Y)  # (D, q) spans the dominant right singular space
+    _, svals, vh = torch.linalg.svd(x @ Q, full_matrices=False)
+    return svals**2 / x.shape[0], Q @ vh.T
 
 
 class _Stiefel(nn.Module):

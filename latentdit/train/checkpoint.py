@@ -16,32 +16,11 @@ import numpy as np
 import torch
 
 from latentdit.errors import CheckpointError
-from latentdit.io import atomic_write
+from latentdit.io import atomic_write_bytes
 
 CKPT_DIR = "checkpoints"
 CKPT_FORMAT = 2
 STATE_KEYS = {"format", "config", "step", "model", "ema", "opt", "sched", "rng", "order"}
-
-
-def atomic_write_bytes(data: bytes | memoryview, path: Path, *,
-                       midway: Callable[[Path], None] | None = None) -> None:
-    """Write ``path`` through :func:`latentdit.io.atomic_write` (tmp file, fsync, rename, fsync the
-    folder; the tmp file is removed if writing fails).
-
-    ``midway(tmp)`` is called with the first half of the bytes written and flushed to ``tmp``: the
-    point at which a crash leaves a torn temporary file (tests kill the process there).
-    """
-    tmp = path.with_name(path.name + ".tmp")
-
-    def write(f) -> None:
-        half = len(data) // 2
-        f.write(data[:half])
-        if midway is not None:
-            f.flush()
-            midway(tmp)
-        f.write(data[half:])
-
-    atomic_write(path, write)
 
 
 def list_checkpoints(run: Path) -> list[Path]:
@@ -58,7 +37,7 @@ def write_checkpoint(run: Path, step: int, state: dict, *, keep: int,
     path = d / f"step_{step:08d}.pt"
     buf = io.BytesIO()
     torch.save(state, buf)
-    atomic_write_bytes(buf.getbuffer(), path, midway=midway)
+    atomic_write_bytes(path, buf.getbuffer(), midway=midway)
     for old in list_checkpoints(run)[:-max(1, keep)]:
         old.unlink(missing_ok=True)
     return path

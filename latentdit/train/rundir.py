@@ -19,7 +19,8 @@ import time
 from pathlib import Path
 
 from latentdit.errors import ConfigError
-from latentdit.train.checkpoint import CKPT_DIR, atomic_write_bytes
+from latentdit.io import atomic_write_text
+from latentdit.train.checkpoint import CKPT_DIR
 
 try:
     import fcntl
@@ -43,7 +44,7 @@ def check_run_dir(out: Path) -> None:
 def prepare_run_dir(run: Path, config: dict, step: int, ckpt: Path | None, bad: list[tuple[Path, str]]) -> None:
     """After all checks: config.json, stale temporaries, unreadable checkpoints, metrics past ``step``."""
     run.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes((json.dumps(config, indent=2) + "\n").encode(), run / "config.json")
+    atomic_write_text(run / "config.json", json.dumps(config, indent=2) + "\n")
     for tmp in (run / CKPT_DIR).glob("*.tmp"):
         tmp.unlink(missing_ok=True)  # left by a process killed while writing a checkpoint
     for path, why in bad:
@@ -66,7 +67,7 @@ def trim_metrics(run: Path, step: int) -> None:
             continue
         if isinstance(rec, dict) and rec.get("step", 0) <= step:
             keep.append(line)
-    atomic_write_bytes("".join(x + "\n" for x in keep).encode(), p)
+    atomic_write_text(p, "".join(x + "\n" for x in keep))
 
 
 class RunLock:

@@ -59,20 +59,11 @@ def build_law(task: dict):
 
 
 def top_subspace(x, d0: int):
-    """Top-d0 right singular vectors of the (uncentred) data matrix, i.e. the PCA basis of E[x x^T],
-    by a randomised range finder with power iterations (no D x D eigen-decomposition). Float64."""
+    """Top-d0 PCA basis of E[x x^T] by the randomised range finder (float64)."""
+    from latentdit.firststage.linear import pca_basis
     import torch
 
-    x = x.double()
-    q = min(d0 + 10, min(x.shape))
-    g = torch.Generator().manual_seed(0)
-    Y = x.T @ (x @ torch.randn(x.shape[1], q, generator=g, dtype=torch.float64))
-    for _ in range(4):
-        Y, _ = torch.linalg.qr(Y)
-        Y = x.T @ (x @ Y)
-    Q, _ = torch.linalg.qr(Y)  # (D, q) spans the dominant right singular space
-    _, _, vh = torch.linalg.svd(x @ Q, full_matrices=False)
-    return Q @ vh.T[:, :d0]
+    return pca_basis(x, d0, randomized=True, dtype=torch.float64)[0]
 
 
 def canonical_pca(x, d0: int):
