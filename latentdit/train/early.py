@@ -23,10 +23,10 @@ class ValidationSet:
     """Fixed (x0, t, noise[, labels]) on which :meth:`loss` evaluates a model (no gradients)."""
 
     def __init__(self, x0: torch.Tensor, y: torch.Tensor | None, T0: float, T: float, seed: int,
-                 weighting: str, chunk: int = 2048, basis: torch.Tensor | None = None):
+                 weighting: str, chunk: int = 2048, basis: torch.Tensor | None = None, loss=None):
         g = torch.Generator().manual_seed(seed * 1_000_037 + 41)
         n = x0.shape[0]
-        self.x0, self.y, self.weighting, self.chunk = x0, y, weighting, chunk
+        self.x0, self.y, self.weighting, self.chunk, self.loss_fn = x0, y, weighting, chunk, loss
         self.t = sample_times(n, T0, T, generator=g).to(x0.device)
         # train.noise = latent: the latent part W_B u only (see draw_noise), as in training
         self.noise = draw_noise(n, x0.shape[1], generator=g, basis=basis).to(device=x0.device, dtype=x0.dtype)
@@ -37,7 +37,10 @@ class ValidationSet:
         for lo in range(0, n, self.chunk):
             s = slice(lo, min(n, lo + self.chunk))
             y = None if self.y is None else self.y[s]
-            part = model.loss(self.x0[s], self.t[s], self.noise[s], y, weighting=self.weighting)
+            if self.loss_fn is not None:  # the run's replacement objective (Trainer's ``loss``)
+                part = self.loss_fn(model, self.x0[s], self.t[s], self.noise[s], y)
+            else:
+                part = model.loss(self.x0[s], self.t[s], self.noise[s], y, weighting=self.weighting)
             total += float(part) * (s.stop - s.start)
         return total / n
 

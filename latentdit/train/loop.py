@@ -53,12 +53,12 @@ from latentdit.train.snapshot import SAMPLES_DIR, data_meta, evaluate_snapshot
 class _Objective(torch.nn.Module):
     """The training loss as a module's forward, so that DDP can wrap it (gradient all-reduce)."""
 
-    def __init__(self, model: torch.nn.Module, weighting: str):
+    def __init__(self, model: torch.nn.Module, weighting: str, loss: Callable | None = None):
         super().__init__()
-        self.model, self.weighting = model, weighting
+        self.model, self.loss_fn = model, loss or (lambda m, x0, t, z, y: m.loss(x0, t, z, y, weighting=weighting))
 
     def forward(self, x0, t, noise, y=None):
-        return self.model.loss(x0, t, noise, y, weighting=self.weighting)
+        return self.loss_fn(self.model, x0, t, noise, y)
 
 
 @dataclass
@@ -86,7 +86,7 @@ class Trainer:
 
     def __init__(self, cfg: Config, run_dir: str | Path, *, data: TrainData | None = None,
                  progress: bool | None = None, dist: DistContext | None = None,
-                 callbacks: TrainCallbacks | None = None):
+                 callbacks: TrainCallbacks | None = None, loss: Callable | None = None):
         self.cfg, self.run = cfg, Path(run_dir)
         self.callbacks = callbacks or TrainCallbacks()
         self.dist = dist or DistContext()
@@ -135,8 +135,8 @@ class Trainer:
                 keep, out = held_out_split(x.shape[0], tc.val_points, tc.seed)
                 vx, vy = x[out], None if y is None else y[out]
                 x, y = x[keep], None if y is None else y[keep]
-            self.val = ValidationSet(vx.float().to(self.device), None if vy is None else vy.to(self.device),
-                                     cfg.diffusion.T0, cfg.diffusion.T, tc.seed, cfg.diffusion.weighting, basis=W)
+            self.val = ValidationSet(vx.float().to(self.device), None if vy is None else vy.to(self.device), cfg.diffusion.T0,
+                                     cfg.diffusion.T, tc.seed, cfg.diffusion.weighting, basis=W, loss=loss)
             self.early = EarlyStopping(tc.patience, tc.val_min_delta, tc.plateau_decays, tc.plateau_factor)
         n, world = x.shape[0], self.dist.world_size
         self.global_batch = tc.batch_size if sampler is not None else min(tc.batch_size, n)
@@ -150,7 +150,7 @@ class Trainer:
         self.batches = BatchSource(self.x, self.y, self.global_batch, tc.seed, sampler)
         if tc.compile:
             self.model.backbone.compile()  # in place: parameter names (and checkpoints) unchanged
-        self.objective: torch.nn.Module = _Objective(self.model, cfg.diffusion.weighting)
+        self.objective: torch.nn.Module = _Objective(self.model, cfg.diffusion.weighting, loss)
         if self.dist.enabled:
             from torch.nn.parallel import DistributedDataParallel
 
@@ -382,19 +382,19 @@ def _attention_counts() -> dict:
 
 
 def train(cfg: Config, run_dir: str | Path, *, progress: bool | None = None, data: TrainData | None = None,
-          callbacks: TrainCallbacks | None = None) -> Path:
+          callbacks: TrainCallbacks | None = None, loss: Callable | None = None) -> Path:
     """Train (or resume) a run in ``run_dir``; returns the run directory.
 
     Holds ``run_dir``'s lock while training (see :meth:`Trainer.fit`): a second run on the same
     directory is refused with a :class:`ConfigError`. Under ``torchrun`` this joins the process group
     (gloo on CPU, NCCL on CUDA) and trains data-parallel; only rank 0 takes the lock.
-    ``callbacks``: see :class:`TrainCallbacks`.
+    ``callbacks``: see :class:`TrainCallbacks`; ``loss(model, x0, t, noise, y)`` replaces eq. (2.3) (pass it on resume).
     """
     run = Path(run_dir)
     ctx = init_distributed(cfg.train.device)
     try:
         check_run_dir(run)  # every rank checks before any rank writes (the group init is a barrier)
         data = first_stage_fit.prepare_first_stage(cfg, run, data, progress=progress, world_size=ctx.world_size)
-        return Trainer(cfg, run, progress=progress, dist=ctx, data=data, callbacks=callbacks).fit()
+        return Trainer(cfg, run, progress=progress, dist=ctx, data=data, callbacks=callbacks, loss=loss).fit()
     finally:
         ctx.shutdown()

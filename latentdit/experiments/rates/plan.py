@@ -135,6 +135,47 @@ class EncoderSection:
 
 
 @dataclass(frozen=True)
+class FstarSection:
+    """Thm 3.1 as stated: the network regressed on the closed-form f* (no label noise), W_B = B, n = inf,
+    to a plateau (reduce-on-plateau) and again at twice the budget; eps_hat against capacity per d0 and,
+    along the diagonal width = d0_width(d0), against d0 (:mod:`~.paper_tasks`)."""
+
+    d0_values: tuple[int, ...] = (4, 16, 64)
+    D: int = 128
+    widths: tuple[int, ...] = (8, 16, 32, 64)  # DiT widths at fixed depth: ~1.8 decades of parameters
+    depth: int = 2
+    base_width: int = 16  # the d0 curve: width base_width sqrt(d0 / d0_values[0]), parameters ~ d0
+    T0: float = 1e-3
+    plateau_decays: int = 2
+    budget: Budget | None = None
+    seeds: tuple[int, ...] | None = None
+
+    def d0_width(self, d0: int) -> int:
+        """The width of the d0 curve at ``d0`` (capacity growing linearly with d0, like the token count)."""
+        return int(round(self.base_width * (d0 / self.d0_values[0]) ** 0.5))
+
+
+@dataclass(frozen=True)
+class EstimationSection:
+    """Thm 3.2 / Cor. 3.2.1 with the paper's estimator: learned W_B (random init, trained jointly), the
+    unweighted loss, checkpoints chosen on a held-out fifth of the n points (``heldout``) or none: run
+    to a plateau of the empirical risk (``erm``); n = 0 is the population run. References and
+    distribution recovery per row (:mod:`~.paper_tasks`)."""
+
+    D_values: tuple[int, ...] = (32, 2048)
+    d0_values: tuple[int, ...] = (2, 4, 8)
+    n_values: tuple[int, ...] = (16, 64, 256, 1024, 4096)
+    stops: tuple[str, ...] = ("heldout", "erm")
+    weightings: tuple[str, ...] = ("none",)
+    heldout_fraction: float = 0.2
+    T0: float = 1e-3
+    plateau_decays: int = 2
+    memorisation_quantile: float = 0.1
+    budget: Budget | None = None
+    seeds: tuple[int, ...] | None = None
+
+
+@dataclass(frozen=True)
 class Plan:
     name: str
     seeds: tuple[int, ...]
@@ -146,12 +187,14 @@ class Plan:
     t0: T0Section | None = field(default_factory=T0Section)
     dcheck: DCheckSection | None = field(default_factory=DCheckSection)
     encoder: EncoderSection | None = field(default_factory=EncoderSection)
+    fstar: FstarSection | None = field(default_factory=FstarSection)
+    estimation: EstimationSection | None = field(default_factory=EstimationSection)
 
 
 # the wall time each mode is sized for on 2 cores (the report compares the measured wall with it)
 WALL_TARGET_SECONDS = {"full": 7200, "quick": 900}
 
-SECTIONS = ("sample", "approx", "blocks", "t0", "dcheck", "encoder", "encoder_noisy")
+SECTIONS = ("sample", "approx", "blocks", "t0", "dcheck", "encoder", "encoder_noisy", "fstar", "estimation")
 
 
 def plan_for(mode: str) -> Plan:
@@ -203,12 +246,14 @@ def plan_for(mode: str) -> Plan:
                     blocks=BlocksSection(blocks=(1, 2), block_dim=2, D=8, coupled=(False, True)),
                     t0=T0Section(T0_values=(1e-3, 1e-1), D=8, n=64),
                     dcheck=DCheckSection(D_values=(8, 16)),
-                    encoder=EncoderSection(D_values=(8, 16), eval_every=6, noisy_D=8, n_values=(16, 64)))
+                    encoder=EncoderSection(D_values=(8, 16), eval_every=6, noisy_D=8, n_values=(16, 64)),
+                    fstar=FstarSection(d0_values=(4,), D=8, widths=(8,), depth=1, base_width=8, plateau_decays=1),
+                    estimation=EstimationSection(D_values=(8, 16), d0_values=(2,), n_values=(16,), plateau_decays=1))
     raise ValueError(f"unknown mode {mode!r}; choose full, quick or micro")
 
 
 PLAN_FIELDS = {"sample": "sample", "approx": "approx", "blocks": "blocks", "t0": "t0", "dcheck": "dcheck",
-               "encoder": "encoder", "encoder_noisy": "encoder"}
+               "encoder": "encoder", "encoder_noisy": "encoder", "fstar": "fstar", "estimation": "estimation"}
 
 
 def only_sections(plan: Plan, names: list[str]) -> Plan:
@@ -270,6 +315,28 @@ def points(plan: Plan) -> list[dict]:
         for n in e.n_values:
             out.append({"section": "encoder_noisy", "D": e.noisy_D, "d0": e.d0, "n": n, "T0": e.T0, "tau": e.tau,
                         "n_max": max(e.n_values)})
+    return out + paper_points(plan)
+
+
+def paper_points(plan: Plan) -> list[dict]:
+    """The points of the sections ``fstar`` and ``estimation``."""
+    out: list[dict] = []
+    f = plan.fstar
+    if f is not None:
+        for d0 in f.d0_values:
+            for w in f.widths:
+                out.append({"section": "fstar", "D": f.D, "d0": d0, "n": 0, "T0": f.T0, "depth": f.depth, "width": w,
+                            "exact_encoder": True, "plateau_decays": f.plateau_decays})
+    e = plan.estimation
+    if e is not None:
+        for wt in e.weightings:
+            for d0 in e.d0_values:
+                for D in e.D_values:
+                    runs = [(n, s) for n in e.n_values for s in e.stops] + [(0, "population")]
+                    for n, stop in runs:
+                        out.append({"section": "estimation", "D": D, "d0": d0, "n": n, "T0": e.T0, "stop": stop,
+                                    "weighting": wt, "n_max": max(e.n_values), "heldout_fraction": e.heldout_fraction,
+                                    "plateau_decays": e.plateau_decays, "quantile": e.memorisation_quantile})
     return out
 
 

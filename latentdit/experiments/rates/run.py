@@ -22,6 +22,7 @@ import numpy as np
 
 from latentdit.experiments.rates.attention_phase import attention_phase
 from latentdit.experiments.rates.claims import analyse
+from latentdit.experiments.rates.paper_tasks import run_estimation_task, run_fstar_task
 from latentdit.experiments.rates.plan import Budget, Plan, config_key, plan_for, tasks
 from latentdit.experiments.rates.report import summary_dict, write_report
 from latentdit.experiments.rates.store import DB_NAME, RateStore
@@ -30,6 +31,7 @@ from latentdit.io import atomic_write_json, json_safe
 from latentdit.provenance import provenance_end, provenance_start
 
 RUNS_DIR = "runs"
+PAPER_TASKS = {"fstar": run_fstar_task, "estimation": run_estimation_task}
 VAL_SEED = 7_777  # the held-out population points depend on the task's seed only: the same for every n
 
 
@@ -170,6 +172,9 @@ def run_task(task: dict, threads: int = 1) -> dict:
     if threads > 0:
         torch.set_num_threads(threads)
     t_start, cpu_start = time.time(), time.process_time()
+    if task["section"] in PAPER_TASKS:  # the sections with the paper's own estimators (paper_tasks.py)
+        row = PAPER_TASKS[task["section"]](task)
+        return {**row, "seconds_total": time.time() - t_start, "cpu_seconds": time.process_time() - cpu_start}
     b = Budget(**task["budget"])
     law, cfg = build_law(task), task_config(task)
     data, x_train = task_data(task, law, b)
