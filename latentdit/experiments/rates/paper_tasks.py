@@ -106,7 +106,8 @@ def run_fstar_task(task: dict) -> dict:
     for tag, mult in (("", 1), ("_2x", 2)):
         cfg = replace(base, train=replace(base.train, steps=b.max_steps * mult, patience=b.patience * mult))
         data, _ = task_data(task, law, b)
-        model, meta = _train_and_load(cfg, Path(task["run_dir"] + tag), data, OptimumRegression(law))
+        run = Path(task["run_dir"]) / "twice" if tag else Path(task["run_dir"])  # the 2x run inside the 1x one
+        model, meta = _train_and_load(cfg, run, data, OptimumRegression(law))
         prof = _profile(lambda x, t, m=model: m(x, t), law, task["T0"], b.T, b.score_times, b.score_points, 2000 + seed)
         errs = _sigma_errors(prof, d0)
         row.update({f"{k}{tag}": v for k, v in errs.items()})
@@ -114,10 +115,14 @@ def run_fstar_task(task: dict) -> dict:
         row.update({f"steps_trained{tag}": meta["steps_trained"], f"converged{tag}": bool(meta.get("converged")),
                     f"lr_decays{tag}": meta.get("lr_decays"), f"population_loss{tag}": meta.get("best_val_loss")})
         if not tag:
+            from latentdit.evaluation.gmm import score_integral_error
             from latentdit.experiments.rates.run import capacity
+            from latentdit.metrics.distances import subspace_error
 
-            row.update(score_t=prof["t"], params=capacity(model), params_total=sum(p.numel() for p in model.parameters()),
-                       **def32_norms(model))
+            row.update(score_t=prof["t"], score_mse=prof["mse"], score_uniform=errs["eps_hat"],
+                       score_integral=score_integral_error(prof, task["T0"], b.T),
+                       subspace_error=subspace_error(model.W_B.detach(), law.B), params=capacity(model),
+                       params_total=sum(p.numel() for p in model.parameters()), **def32_norms(model))
             f0 = preconditioning_only(model)
             p0 = _profile(lambda x, t: f0(x, t), law, task["T0"], b.T, b.score_times, b.score_points, 2000 + seed)
             row.update(eps_hat_F0=_sigma_errors(p0, d0)["eps_hat"], sigma_err_F0=_sigma_errors(p0, d0)["sigma_err"])
