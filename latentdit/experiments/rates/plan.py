@@ -21,6 +21,8 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field, replace
 
+from latentdit.experiments.rates.plan_paper import EstimationSection, FstarSection, paper_points
+
 
 @dataclass(frozen=True)
 class Budget:
@@ -135,47 +137,6 @@ class EncoderSection:
 
 
 @dataclass(frozen=True)
-class FstarSection:
-    """Thm 3.1 as stated: the network regressed on the closed-form f* (no label noise), W_B = B, n = inf,
-    to a plateau (reduce-on-plateau) and again at twice the budget; eps_hat against capacity per d0 and,
-    along the diagonal width = d0_width(d0), against d0 (:mod:`~.paper_tasks`)."""
-
-    d0_values: tuple[int, ...] = (4, 16, 64)
-    D: int = 128
-    widths: tuple[int, ...] = (8, 16, 32, 64)  # DiT widths at fixed depth: ~1.8 decades of parameters
-    depth: int = 2
-    base_width: int = 16  # the d0 curve: width base_width sqrt(d0 / d0_values[0]), parameters ~ d0
-    T0: float = 1e-3
-    plateau_decays: int = 2
-    budget: Budget | None = None
-    seeds: tuple[int, ...] | None = None
-
-    def d0_width(self, d0: int) -> int:
-        """The width of the d0 curve at ``d0`` (capacity growing linearly with d0, like the token count)."""
-        return int(round(self.base_width * (d0 / self.d0_values[0]) ** 0.5))
-
-
-@dataclass(frozen=True)
-class EstimationSection:
-    """Thm 3.2 / Cor. 3.2.1 with the paper's estimator: learned W_B (random init, trained jointly), the
-    unweighted loss, checkpoints chosen on a held-out fifth of the n points (``heldout``) or none: run
-    to a plateau of the empirical risk (``erm``); n = 0 is the population run. References and
-    distribution recovery per row (:mod:`~.paper_tasks`)."""
-
-    D_values: tuple[int, ...] = (32, 2048)
-    d0_values: tuple[int, ...] = (2, 4, 8)
-    n_values: tuple[int, ...] = (16, 64, 256, 1024, 4096)
-    stops: tuple[str, ...] = ("heldout", "erm")
-    weightings: tuple[str, ...] = ("none",)
-    heldout_fraction: float = 0.2
-    T0: float = 1e-3
-    plateau_decays: int = 2
-    memorisation_quantile: float = 0.1
-    budget: Budget | None = None
-    seeds: tuple[int, ...] | None = None
-
-
-@dataclass(frozen=True)
 class Plan:
     name: str
     seeds: tuple[int, ...]
@@ -195,6 +156,11 @@ class Plan:
 WALL_TARGET_SECONDS = {"full": 7200, "quick": 900}
 
 SECTIONS = ("sample", "approx", "blocks", "t0", "dcheck", "encoder", "encoder_noisy", "fstar", "estimation")
+
+
+# the quick plan's fstar and estimation budget (each at most 400 steps; fstar also 800 at twice the budget)
+_QUICK_PAPER = Budget(max_steps=400, batch_size=128, hidden=32, depth=1, heads=2, lr=3e-3, warmup=50, ema_decay=0.99,
+                      val_every=50, patience=2, val_min_delta=0.001, val_points=1024, checkpoint_every=200)
 
 
 def plan_for(mode: str) -> Plan:
@@ -222,7 +188,18 @@ def plan_for(mode: str) -> Plan:
                     blocks=BlocksSection(budget=short, seeds=three),
                     t0=T0Section(seeds=two),
                     dcheck=DCheckSection(budget=short, seeds=two),
-                    encoder=EncoderSection(D_values=(32, 256, 2048), seeds=two))
+                    encoder=EncoderSection(D_values=(32, 256, 2048), seeds=two),
+                    # fstar and estimation, sized from probes of their largest and smallest tasks (CPU time
+                    # per step, one thread, on a loaded machine: fstar d0 = 64 / width 64 58 ms, d0 = 4 /
+                    # width 8 7 ms; estimation D = 2048 / d0 = 8 25 ms, D = 32 / d0 = 2 4 ms; an
+                    # estimation task's evaluation with its controls and references 6-40 s): fstar, 12
+                    # points x 3 seeds, each at most 3,000 + 6,000 steps: <= 4,400 CPU s; estimation, 66
+                    # tasks x 3 seeds at <= 2,000 steps and ~50 s each: ~9,900 CPU s. Together ~2 h on 2
+                    # cores, upper estimates (the plateau rule stops most runs before the cap).
+                    fstar=FstarSection(budget=replace(train, max_steps=3000, val_every=100, patience=4,
+                                                      val_points=2048, checkpoint_every=1000), seeds=three),
+                    estimation=EstimationSection(budget=replace(train, max_steps=2000, val_every=100, patience=4,
+                                                                checkpoint_every=1000), seeds=three))
     if mode == "quick":
         return Plan("quick", seeds=(0, 1, 2), components=4,
                     budget=Budget(max_steps=1000, batch_size=128, hidden=32, depth=2, heads=2, lr=3e-3, warmup=50,
@@ -235,7 +212,11 @@ def plan_for(mode: str) -> Plan:
                     t0=T0Section(T0_values=(1e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1), n=512),
                     dcheck=DCheckSection(D_values=(32, 512)),
                     encoder=EncoderSection(D_values=(32, 512), eval_every=200, noisy_D=64, n_values=(64, 256, 1024,
-                                                                                                     4096)))
+                                                                                                     4096)),
+                    fstar=FstarSection(d0_values=(4, 16), widths=(8, 16, 32), depth=1, base_width=8, plateau_decays=1,
+                                       budget=_QUICK_PAPER, seeds=(0, 1)),
+                    estimation=EstimationSection(D_values=(32, 512), d0_values=(2, 4), n_values=(64, 512),
+                                                 plateau_decays=1, budget=_QUICK_PAPER, seeds=(0, 1)))
     if mode == "micro":
         return Plan("micro", seeds=(0, 1), components=2,
                     budget=Budget(max_steps=12, batch_size=16, hidden=8, depth=1, heads=1, lr=1e-3, warmup=1,
@@ -316,28 +297,6 @@ def points(plan: Plan) -> list[dict]:
             out.append({"section": "encoder_noisy", "D": e.noisy_D, "d0": e.d0, "n": n, "T0": e.T0, "tau": e.tau,
                         "n_max": max(e.n_values)})
     return out + paper_points(plan)
-
-
-def paper_points(plan: Plan) -> list[dict]:
-    """The points of the sections ``fstar`` and ``estimation``."""
-    out: list[dict] = []
-    f = plan.fstar
-    if f is not None:
-        for d0 in f.d0_values:
-            for w in f.widths:
-                out.append({"section": "fstar", "D": f.D, "d0": d0, "n": 0, "T0": f.T0, "depth": f.depth, "width": w,
-                            "exact_encoder": True, "plateau_decays": f.plateau_decays})
-    e = plan.estimation
-    if e is not None:
-        for wt in e.weightings:
-            for d0 in e.d0_values:
-                for D in e.D_values:
-                    runs = [(n, s) for n in e.n_values for s in e.stops] + [(0, "population")]
-                    for n, stop in runs:
-                        out.append({"section": "estimation", "D": D, "d0": d0, "n": n, "T0": e.T0, "stop": stop,
-                                    "weighting": wt, "n_max": max(e.n_values), "heldout_fraction": e.heldout_fraction,
-                                    "plateau_decays": e.plateau_decays, "quantile": e.memorisation_quantile})
-    return out
 
 
 def section_budget(plan: Plan, section: str) -> Budget:
