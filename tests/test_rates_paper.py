@@ -101,3 +101,28 @@ def test_micro_fstar_and_estimation_rows(tmp_path):
               "memorisation_fraction_control"):
         assert 0 <= r[k] <= 1, k
     assert r["kde_bandwidth"] > 0
+
+
+def test_estimation_tasks_select_checkpoints_without_population_data():
+    """heldout: the Trainer splits a fifth of the n points off (no val_x, no sampler); erm: the
+    validation loss is the empirical risk on the training points; both with a learned random-init
+    W_B, ambient noise and the theorem's unweighted loss. The n points are nested across n."""
+    from latentdit.experiments.rates.paper_tasks import estimation_config, estimation_data
+    from latentdit.experiments.rates.plan import Budget, plan_for, tasks
+    from latentdit.experiments.rates.run import build_law
+
+    todo = [t for t in tasks(plan_for("micro")) if t["section"] == "estimation"]
+    for t in todo:
+        cfg, law = estimation_config(t), build_law(t)
+        data, x = estimation_data(t, law, Budget(**t["budget"]))
+        assert cfg.encoder.learn and cfg.encoder.init == "random" and cfg.train.noise == "ambient"
+        assert cfg.diffusion.weighting == "none"
+        if t["stop"] == "heldout":
+            assert data.val_x is None and data.sampler is None and cfg.train.val_points == round(0.2 * t["n"])
+        elif t["stop"] == "erm":
+            assert data.val_x is x and data.sampler is None
+        else:
+            assert t["n"] == 0 and data.sampler is not None and x is None
+    t = todo[0]
+    small = estimation_data({**t, "n": 8}, build_law(t), Budget(**t["budget"]))[1]
+    assert torch.equal(small, estimation_data(t, build_law(t), Budget(**t["budget"]))[1][:8])
