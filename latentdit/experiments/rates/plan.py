@@ -213,6 +213,9 @@ def plan_for(mode: str) -> Plan:
                     dcheck=DCheckSection(D_values=(32, 512)),
                     encoder=EncoderSection(D_values=(32, 512), eval_every=200, noisy_D=64, n_values=(64, 256, 1024,
                                                                                                      4096)),
+                    # measured (one thread each, a loaded machine): fstar tasks 6-9 CPU s (both budgets),
+                    # estimation tasks 3-7 CPU s: 280 CPU s for the two sections (52 tasks), ~2.5 min on 2 cores, beside
+                    # the 571 s wall of the other sections (docs/rates-quick/timing.json)
                     fstar=FstarSection(d0_values=(4, 16), widths=(8, 16, 32), depth=1, base_width=8, plateau_decays=1,
                                        budget=_QUICK_PAPER, seeds=(0, 1)),
                     estimation=EstimationSection(D_values=(32, 512), d0_values=(2, 4), n_values=(64, 512),
