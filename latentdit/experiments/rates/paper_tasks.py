@@ -217,8 +217,8 @@ def reference_fields(x_train: torch.Tensor, law, task: dict, budget: Budget) -> 
     out = {"kde_bandwidth": bw, "subspace_error_pca_n": subspace_error(top_subspace(x_train, d0), law.B)}
     for name, fn in (("kde", kde), ("em", em_reference(x_train, d0, task["components"], seed=seed))):
         prof = _profile(fn, law, T0, budget.T, budget.score_times, budget.score_points, 4000 + seed)
-        out.update({f"{name}_score_mse": prof["mse"], f"{name}_score_integral": score_integral_error(prof, T0, budget.T),
-                    f"{name}_score_uniform": score_uniform_error(prof, d0)})
+        out.update({f"{name}_score_mse": prof["mse"], f"{name}_score_uniform": score_uniform_error(prof, d0),
+                    f"{name}_score_integral": score_integral_error(prof, T0, budget.T)})
     return out
 
 

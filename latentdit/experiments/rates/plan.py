@@ -163,6 +163,32 @@ _QUICK_PAPER = Budget(max_steps=400, batch_size=128, hidden=32, depth=1, heads=2
                       val_every=50, patience=2, val_min_delta=0.001, val_points=1024, checkpoint_every=200)
 
 
+def paper_sections(mode: str, train: Budget | None = None) -> dict:
+    """The ``fstar`` and ``estimation`` sections of :func:`plan_for`'s ``mode`` (``train``: the full plan's budget).
+
+    Full: sized from probes of each section's largest and smallest task (CPU time per step, one
+    thread, a loaded machine: fstar d0 = 64 / width 64 58 ms, d0 = 4 / width 8 7 ms; estimation
+    D = 2048 / d0 = 8 25 ms, D = 32 / d0 = 2 4 ms; an estimation task's evaluation with its controls
+    and references 6-40 s). fstar: 12 points x 3 seeds, each at most 3,000 + 6,000 steps, <= 4,400 CPU
+    s; estimation: 66 tasks x 3 seeds at <= 2,000 steps, ~50 s each, ~9,900 CPU s. Together ~2 h on 2
+    cores; upper estimates (the plateau rule stops most runs before the cap).
+    Quick, measured (one thread per task, a loaded machine): fstar tasks 6-9 CPU s (both budgets),
+    estimation tasks 3-7 CPU s, 280 CPU s for the 52 tasks: ~2.5 min on 2 cores beside the 571 s
+    wall of the other sections (docs/rates-quick/timing.json).
+    """
+    if mode == "full":
+        return {"fstar": FstarSection(budget=replace(train, max_steps=3000, val_every=100, patience=4, val_points=2048,
+                                                     checkpoint_every=1000), seeds=(0, 1, 2)),
+                "estimation": EstimationSection(budget=replace(train, max_steps=2000, val_every=100, patience=4,
+                                                               checkpoint_every=1000), seeds=(0, 1, 2))}
+    if mode == "quick":
+        return {"fstar": FstarSection(d0_values=(4, 16), widths=(8, 16, 32), depth=1, base_width=8, plateau_decays=1,
+                                      budget=_QUICK_PAPER, seeds=(0, 1)),
+                "estimation": EstimationSection(D_values=(32, 512), d0_values=(2, 4), n_values=(64, 512),
+                                                plateau_decays=1, budget=_QUICK_PAPER, seeds=(0, 1))}
+    return {"fstar": FstarSection(d0_values=(4,), D=8, widths=(8,), depth=1, base_width=8, plateau_decays=1),
+            "estimation": EstimationSection(D_values=(8, 16), d0_values=(2,), n_values=(16,), plateau_decays=1)}
+
 def plan_for(mode: str) -> Plan:
     """``full`` (the reference run, 5 seeds), ``quick`` (every section, small) or ``micro`` (tests)."""
     if mode == "full":  # sized for <= 2 h on 2 idle cores, 2 workers (docs/rates has the wall)
@@ -189,17 +215,7 @@ def plan_for(mode: str) -> Plan:
                     t0=T0Section(seeds=two),
                     dcheck=DCheckSection(budget=short, seeds=two),
                     encoder=EncoderSection(D_values=(32, 256, 2048), seeds=two),
-                    # fstar and estimation, sized from probes of their largest and smallest tasks (CPU time
-                    # per step, one thread, on a loaded machine: fstar d0 = 64 / width 64 58 ms, d0 = 4 /
-                    # width 8 7 ms; estimation D = 2048 / d0 = 8 25 ms, D = 32 / d0 = 2 4 ms; an
-                    # estimation task's evaluation with its controls and references 6-40 s): fstar, 12
-                    # points x 3 seeds, each at most 3,000 + 6,000 steps: <= 4,400 CPU s; estimation, 66
-                    # tasks x 3 seeds at <= 2,000 steps and ~50 s each: ~9,900 CPU s. Together ~2 h on 2
-                    # cores, upper estimates (the plateau rule stops most runs before the cap).
-                    fstar=FstarSection(budget=replace(train, max_steps=3000, val_every=100, patience=4,
-                                                      val_points=2048, checkpoint_every=1000), seeds=three),
-                    estimation=EstimationSection(budget=replace(train, max_steps=2000, val_every=100, patience=4,
-                                                                checkpoint_every=1000), seeds=three))
+                    **paper_sections("full", train))
     if mode == "quick":
         return Plan("quick", seeds=(0, 1, 2), components=4,
                     budget=Budget(max_steps=1000, batch_size=128, hidden=32, depth=2, heads=2, lr=3e-3, warmup=50,
@@ -213,13 +229,7 @@ def plan_for(mode: str) -> Plan:
                     dcheck=DCheckSection(D_values=(32, 512)),
                     encoder=EncoderSection(D_values=(32, 512), eval_every=200, noisy_D=64, n_values=(64, 256, 1024,
                                                                                                      4096)),
-                    # measured (one thread each, a loaded machine): fstar tasks 6-9 CPU s (both budgets),
-                    # estimation tasks 3-7 CPU s: 280 CPU s for the two sections (52 tasks), ~2.5 min on 2 cores, beside
-                    # the 571 s wall of the other sections (docs/rates-quick/timing.json)
-                    fstar=FstarSection(d0_values=(4, 16), widths=(8, 16, 32), depth=1, base_width=8, plateau_decays=1,
-                                       budget=_QUICK_PAPER, seeds=(0, 1)),
-                    estimation=EstimationSection(D_values=(32, 512), d0_values=(2, 4), n_values=(64, 512),
-                                                 plateau_decays=1, budget=_QUICK_PAPER, seeds=(0, 1)))
+                    **paper_sections("quick"))
     if mode == "micro":
         return Plan("micro", seeds=(0, 1), components=2,
                     budget=Budget(max_steps=12, batch_size=16, hidden=8, depth=1, heads=1, lr=1e-3, warmup=1,
@@ -231,8 +241,7 @@ def plan_for(mode: str) -> Plan:
                     t0=T0Section(T0_values=(1e-3, 1e-1), D=8, n=64),
                     dcheck=DCheckSection(D_values=(8, 16)),
                     encoder=EncoderSection(D_values=(8, 16), eval_every=6, noisy_D=8, n_values=(16, 64)),
-                    fstar=FstarSection(d0_values=(4,), D=8, widths=(8,), depth=1, base_width=8, plateau_decays=1),
-                    estimation=EstimationSection(D_values=(8, 16), d0_values=(2,), n_values=(16,), plateau_decays=1))
+                    **paper_sections("micro"))
     raise ValueError(f"unknown mode {mode!r}; choose full, quick or micro")
 
 
