@@ -34,8 +34,8 @@ exact-score controls (``score_integral``, ``w2_latent``, ``w2_floor``, ``w2_exce
 ``subspace_error``, ``off_subspace_var``, ``control_em_w2_excess``, ``control_dpm2m_w2_excess``,
 ``erm_score_*`` of the memoriser), plus, for finite n, the references on the same times
 (``kde_score_integral``, ``kde_score_uniform``, ``kde_bandwidth``, ``em_score_integral``,
-``em_score_uniform``: :mod:`latentdit.metrics.references`), ``subspace_error_pca_n``, and the
-distribution-recovery fields of :func:`recovery_fields`.
+``em_score_uniform``: :mod:`latentdit.metrics.references`), ``subspace_error_pca_n``, Def. 3.2's
+``norm_*``, and the distribution-recovery fields of :func:`recovery_fields`.
 """
 
 from __future__ import annotations
@@ -227,6 +227,7 @@ def run_estimation_task(task: dict) -> dict:
     from latentdit.evaluation.gmm import evaluate_ground_truth
     from latentdit.experiments.rates.run import build_law, capacity
     from latentdit.metrics.distances import aligned_latent
+    from latentdit.metrics.norms import def32_norms
     from latentdit.pipeline import LatentDiTPipeline
 
     b = Budget(**task["budget"])
@@ -239,7 +240,7 @@ def run_estimation_task(task: dict) -> dict:
     row.update(population_loss=meta.get("best_val_loss"), best_val_step=meta.get("best_val_step"),
                steps_trained=meta["steps_trained"], converged=bool(meta.get("converged")),
                lr_decays=meta.get("lr_decays"), params=capacity(model), train_cpu_seconds=meta["train_cpu_seconds"],
-               params_total=sum(p.numel() for p in model.parameters()))
+               params_total=sum(p.numel() for p in model.parameters()), **def32_norms(model))
     xg = LatentDiTPipeline.from_config(model, cfg).sample_model_space(
         b.eval_samples, sampler=cfg.eval.sampler, steps=cfg.eval.steps, seed=1000 + seed).cpu()
     row.update(recovery_fields(aligned_latent(xg, W, law.B), law, x, T0=task["T0"], T=b.T, sampler=cfg.eval.sampler,
