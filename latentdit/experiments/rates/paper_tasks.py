@@ -48,14 +48,26 @@ from pathlib import Path
 
 import torch
 
+from latentdit.build import TrainData
+from latentdit.data.empirical import memorisation_fraction
+from latentdit.evaluation.gmm import (evaluate_ground_truth, exact_score_samples, log_times, score_error_profile,
+                                      score_integral_error, score_uniform_error)
 from latentdit.experiments.rates.plan import Budget
+from latentdit.experiments.rates.run import VAL_SEED, build_law, capacity, task_config, task_data, top_subspace
+from latentdit.export import from_pretrained
+from latentdit.metrics.distances import aligned_latent, classifier_tv_bound, subspace_error, w2
+from latentdit.metrics.norms import def32_norms
+from latentdit.metrics.references import em_reference, kde_reference
+from latentdit.pipeline import LatentDiTPipeline
+from latentdit.train import train
+from latentdit.train.batches import REFERENCE_POINTS
+from latentdit.train.regression import OptimumRegression
 
 RECOVERY_SEED = 5_000
 
 
 class _ZeroBackbone(torch.nn.Module):
     """F = 0: a backbone whose output is zero, leaving eq. (2.5)'s preconditioning alone."""
-
     def forward(self, X: torch.Tensor, t: torch.Tensor, y=None) -> torch.Tensor:
         return torch.zeros_like(X)
 
@@ -68,7 +80,6 @@ def preconditioning_only(model):
 
 
 def _profile(score_fn, law, T0: float, T: float, times: int, points: int, seed: int) -> dict:
-    from latentdit.evaluation.gmm import log_times, score_error_profile
 
     g = torch.Generator().manual_seed(seed)
     return score_error_profile(score_fn, law.score, lambda m, t: law.sample(m, t, generator=g),
@@ -84,9 +95,6 @@ def _sigma_errors(prof: dict, d0: int) -> dict:
 
 def _train_and_load(cfg, run: Path, data, loss=None):
     """(EMA model, training metadata with ``train_cpu_seconds`` of this call added)."""
-    from latentdit.export import from_pretrained
-    from latentdit.train import train
-
     cpu = time.process_time()
     if not (run / "model" / "config.json").is_file():
         train(cfg, run, progress=False, data=data, loss=loss)
@@ -97,10 +105,6 @@ def _train_and_load(cfg, run: Path, data, loss=None):
 
 def run_fstar_task(task: dict) -> dict:
     """Train the f* regression at the task's budget and at twice it; the fields of the module docstring."""
-    from latentdit.experiments.rates.run import build_law, task_config, task_data
-    from latentdit.metrics.norms import def32_norms
-    from latentdit.train.regression import OptimumRegression
-
     b = Budget(**task["budget"])
     law, d0, seed = build_law(task), task["d0"], task["seed"]
     base = task_config(task)
@@ -119,10 +123,6 @@ def run_fstar_task(task: dict) -> dict:
         row.update({f"steps_trained{tag}": meta["steps_trained"], f"converged{tag}": bool(meta.get("converged")),
                     f"lr_decays{tag}": meta.get("lr_decays"), f"population_loss{tag}": meta.get("best_val_loss")})
         if not tag:
-            from latentdit.evaluation.gmm import score_integral_error
-            from latentdit.experiments.rates.run import capacity
-            from latentdit.metrics.distances import subspace_error
-
             row.update(score_t=prof["t"], score_mse=prof["mse"], score_uniform=errs["eps_hat"],
                        score_integral=score_integral_error(prof, task["T0"], b.T),
                        subspace_error=subspace_error(model.W_B.detach(), law.B), params=capacity(model),
@@ -136,10 +136,6 @@ def run_fstar_task(task: dict) -> dict:
 
 def estimation_data(task: dict, law, budget: Budget):
     """(TrainData, training points or None) of an ``estimation`` task (see the module docstring)."""
-    from latentdit.build import TrainData
-    from latentdit.experiments.rates.run import VAL_SEED
-    from latentdit.train.batches import REFERENCE_POINTS
-
     seed, n = task["seed"], task["n"]
     if n == 0:
         val = law.sample(budget.val_points, generator=torch.Generator().manual_seed(VAL_SEED + seed)).float()
@@ -153,8 +149,6 @@ def estimation_data(task: dict, law, budget: Budget):
 
 def estimation_config(task: dict):
     """The task's Config: a learned random-init W_B, ambient DSM noise, the task's weighting and stop rule."""
-    from latentdit.experiments.rates.run import task_config
-
     cfg = task_config(task)
     n = task["n"]
     val = max(1, round(task.get("heldout_fraction", 0.2) * n)) if task["stop"] == "heldout" else cfg.train.val_points
@@ -182,10 +176,6 @@ def recovery_fields(h_gen: torch.Tensor, law, x_train: torch.Tensor | None, *, T
       of the same distance over fresh draws of p_T0^h (a sampler of the true law gives ``quantile``,
       a memoriser about 1), and ``memorisation_fraction_control`` of the exact-score samples.
     """
-    from latentdit.data.empirical import memorisation_fraction
-    from latentdit.evaluation.gmm import exact_score_samples
-    from latentdit.metrics.distances import classifier_tv_bound, w2
-
     N = h_gen.shape[0]
     g = torch.Generator().manual_seed(RECOVERY_SEED + seed)
     true, ref = law.sample_latent(N, T0, generator=g), law.sample_latent(N, T0, generator=g)
@@ -207,11 +197,6 @@ def recovery_fields(h_gen: torch.Tensor, law, x_train: torch.Tensor | None, *, T
 
 def reference_fields(x_train: torch.Tensor, law, task: dict, budget: Budget) -> dict:
     """The tuned-KDE and EM plug-in references of the n points on the profile's times (module docstring)."""
-    from latentdit.evaluation.gmm import score_integral_error, score_uniform_error
-    from latentdit.experiments.rates.run import top_subspace
-    from latentdit.metrics.distances import subspace_error
-    from latentdit.metrics.references import em_reference, kde_reference
-
     d0, seed, T0 = task["d0"], task["seed"], task["T0"]
     kde, bw = kde_reference(x_train, d0, seed=seed)
     out = {"kde_bandwidth": bw, "subspace_error_pca_n": subspace_error(top_subspace(x_train, d0), law.B)}
@@ -224,12 +209,6 @@ def reference_fields(x_train: torch.Tensor, law, task: dict, budget: Budget) -> 
 
 def run_estimation_task(task: dict) -> dict:
     """Train (or resume) an ``estimation`` task and evaluate it: the fields of the module docstring."""
-    from latentdit.evaluation.gmm import evaluate_ground_truth
-    from latentdit.experiments.rates.run import build_law, capacity
-    from latentdit.metrics.distances import aligned_latent
-    from latentdit.metrics.norms import def32_norms
-    from latentdit.pipeline import LatentDiTPipeline
-
     b = Budget(**task["budget"])
     law, cfg, seed = build_law(task), estimation_config(task), task["seed"]
     data, x = estimation_data(task, law, b)

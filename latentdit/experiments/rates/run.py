@@ -22,7 +22,6 @@ import numpy as np
 
 from latentdit.experiments.rates.attention_phase import attention_phase
 from latentdit.experiments.rates.claims import analyse
-from latentdit.experiments.rates.paper_tasks import run_estimation_task, run_fstar_task
 from latentdit.experiments.rates.plan import Budget, Plan, config_key, plan_for, tasks
 from latentdit.experiments.rates.report import summary_dict, write_report
 from latentdit.experiments.rates.store import DB_NAME, RateStore
@@ -31,7 +30,7 @@ from latentdit.io import atomic_write_json, json_safe
 from latentdit.provenance import provenance_end, provenance_start
 
 RUNS_DIR = "runs"
-PAPER_TASKS = {"fstar": run_fstar_task, "estimation": run_estimation_task}
+PAPER_SECTIONS = ("fstar", "estimation")  # run by latentdit.experiments.rates.paper_tasks
 VAL_SEED = 7_777  # the held-out population points depend on the task's seed only: the same for every n
 
 
@@ -172,8 +171,10 @@ def run_task(task: dict, threads: int = 1) -> dict:
     if threads > 0:
         torch.set_num_threads(threads)
     t_start, cpu_start = time.time(), time.process_time()
-    if task["section"] in PAPER_TASKS:  # the sections with the paper's own estimators (paper_tasks.py)
-        row = PAPER_TASKS[task["section"]](task)
+    if task["section"] in PAPER_SECTIONS:  # the sections with the paper's own estimators
+        from latentdit.experiments.rates.paper_tasks import run_estimation_task, run_fstar_task
+
+        row = (run_fstar_task if task["section"] == "fstar" else run_estimation_task)(task)
         return {**row, "seconds_total": time.time() - t_start, "cpu_seconds": time.process_time() - cpu_start}
     b = Budget(**task["budget"])
     law, cfg = build_law(task), task_config(task)
