@@ -116,7 +116,7 @@ def test_estimation_tasks_select_checkpoints_without_population_data():
         cfg, law = estimation_config(t), build_law(t)
         data, x = estimation_data(t, law, Budget(**t["budget"]))
         assert cfg.encoder.learn and cfg.encoder.init == "random" and cfg.train.noise == "ambient"
-        assert cfg.diffusion.weighting == "none"
+        assert cfg.diffusion.weighting == "none" and cfg.optim.schedule == "constant"
         if t["stop"] == "heldout":
             assert data.val_x is None and data.sampler is None and cfg.train.val_points == round(0.2 * t["n"])
         elif t["stop"] == "erm":

@@ -2,8 +2,9 @@
 
 Section ``fstar`` (Thm 3.1 as stated, :func:`run_fstar_task`): the latent network regressed on the
 closed-form optimum f* (:class:`latentdit.train.regression.OptimumRegression`, no DSM label noise) on
-fresh population draws, W_B = B frozen, trained to a plateau with reduce-on-plateau
-(``train.plateau_decays``) and once more at twice the budget (twice the step cap and the patience).
+fresh population draws, W_B = B frozen, trained to a plateau with reduce-on-plateau (a constant
+learning rate after warmup, ``train.plateau_decays``) and once more at twice the budget (twice the
+step cap and the patience). Section ``estimation`` uses the same schedule.
 Row fields:
 
 - ``eps_hat``: max over the profile's times of sigma(t) ||s - grad log p_t||_{L2(P_t)} / sqrt(d0),
@@ -109,6 +110,7 @@ def run_fstar_task(task: dict) -> dict:
     law, d0, seed = build_law(task), task["d0"], task["seed"]
     base = task_config(task)
     base = replace(base, diffusion=replace(base.diffusion, weighting="sigma2"),
+                   optim=replace(base.optim, schedule="constant"),
                    train=replace(base.train, plateau_decays=task.get("plateau_decays", 0)))
     row: dict = {}
     for tag, mult in (("", 1), ("_2x", 2)):
@@ -153,6 +155,7 @@ def estimation_config(task: dict):
     n = task["n"]
     val = max(1, round(task.get("heldout_fraction", 0.2) * n)) if task["stop"] == "heldout" else cfg.train.val_points
     return replace(cfg, encoder=replace(cfg.encoder, init="random", learn=True),
+                   optim=replace(cfg.optim, schedule="constant"),
                    diffusion=replace(cfg.diffusion, weighting=task["weighting"]),
                    train=replace(cfg.train, noise="ambient", val_points=val,
                                  plateau_decays=task.get("plateau_decays", 0)))
