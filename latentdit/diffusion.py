@@ -9,6 +9,8 @@ Notation trap: ``sigma(t)`` is a *variance*, not a standard deviation.
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import torch
 
 from latentdit.schedule import (OU, Denoiser, OUSchedule, ScoreFn, beta, denoised_from_score, log_snr,  # noqa: F401
@@ -85,6 +87,17 @@ def dsm_loss_from_score(score_fn: ScoreFn, x0: torch.Tensor, t: torch.Tensor, no
     xt = add_noise(x0, t, noise)
     err = (score_fn(xt, t) - dsm_target(x0, xt, t)).pow(2).mean(dim=1)
     return (weight(t, weighting) * err).mean()
+
+
+class Objective(Protocol):
+    """What the Trainer minimises and its validation set evaluates: :class:`DSMLoss`, or a
+    replacement with the same calls (e.g. :class:`latentdit.train.regression.OptimumRegression`)."""
+
+    def times(self, n: int, *, generator: torch.Generator | None = None,
+              device: torch.device | str = "cpu") -> torch.Tensor: ...
+
+    def __call__(self, net, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor,
+                 y: torch.Tensor | None = None) -> torch.Tensor: ...
 
 
 class DSMLoss:

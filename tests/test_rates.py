@@ -156,6 +156,9 @@ def synthetic_rows(plan, tilt=0.02):
         elif t["section"] == "encoder_noisy":
             r.update(subspace_error=t["n"] ** (-0.4 + e), subspace_error_pca=t["n"] ** -1.0)
             del r["off_subspace_var"]
+        elif t["section"] == "fstar":  # every fstar row carries its capacity and eps_hat (paper_tasks)
+            p = 10 * t["depth"] * t["width"]
+            r.update(params=p, eps_hat=0.1 * p ** (-0.2 + e), eps_hat_2x=0.1 * p ** (-0.2 + e), score_uniform=0.1)
         else:
             r.update(score_uniform=0.1 * (1 + 0.01 * s))
         rows.append(r)

@@ -1,5 +1,6 @@
-"""Evaluation of trained pipelines: ground truth (:mod:`.gmm`, :mod:`.long`), real data (:mod:`.real`)
-and the first stage's reconstruction floor (:mod:`.firststage`).
+"""Evaluation of trained pipelines: ground truth (:mod:`.gmm`, :mod:`.long`), real data (:mod:`.real`),
+the first stage's reconstruction floor (:mod:`.firststage`), the reference score estimators of n
+training points (:mod:`.references`) and Def. 3.2's norms of a trained network (:mod:`.norms`).
 
 Evaluation only measures: every evaluator takes a :class:`latentdit.pipeline.LatentDiTPipeline`
 and samples through it, with the run's configuration for the ground truth and the ``[eval]`` sizes.

@@ -16,18 +16,22 @@ import math
 
 import torch
 
-from latentdit.diffusion import DSMLoss, draw_noise, sample_times
+from latentdit.diffusion import DSMLoss, Objective, draw_noise, sample_times
 
 
 class ValidationSet:
-    """Fixed (x0, t, noise[, labels]) on which :meth:`loss` evaluates a model (no gradients)."""
+    """Fixed (x0, t, noise[, labels]) on which :meth:`loss` evaluates a model (no gradients).
+
+    ``loss``: the run's objective when it replaces eq. (2.3) (the Trainer's ``loss``); the times
+    are t ~ U[T0, T] either way."""
 
     def __init__(self, x0: torch.Tensor, y: torch.Tensor | None, T0: float, T: float, seed: int,
-                 weighting: str, chunk: int = 2048, basis: torch.Tensor | None = None):
+                 weighting: str, chunk: int = 2048, basis: torch.Tensor | None = None,
+                 loss: Objective | None = None):
         g = torch.Generator().manual_seed(seed * 1_000_037 + 41)
         n = x0.shape[0]
         self.x0, self.y, self.chunk = x0, y, chunk
-        self.objective = DSMLoss(weighting, T0, T)
+        self.objective = loss if loss is not None else DSMLoss(weighting, T0, T)
         self.t = sample_times(n, T0, T, generator=g).to(x0.device)
         # train.noise = latent: the latent part W_B u only (see draw_noise), as in training
         self.noise = draw_noise(n, x0.shape[1], generator=g, basis=basis).to(device=x0.device, dtype=x0.dtype)

@@ -30,7 +30,7 @@ import torch
 from latentdit.attention import attention_stats, reset_attention_stats
 from latentdit.build import TrainData, make_pipeline
 from latentdit.config import Config
-from latentdit.diffusion import DSMLoss, draw_noise
+from latentdit.diffusion import DSMLoss, Objective, draw_noise
 from latentdit.distributed import DistContext, init_distributed
 from latentdit.errors import CheckpointError, ConfigError, DivergenceError
 from latentdit.models.blocks import attention_summary
@@ -74,7 +74,7 @@ class Trainer:
 
     def __init__(self, cfg: Config, run_dir: str | Path, *, data: TrainData | None = None,
                  progress: bool | None = None, dist: DistContext | None = None,
-                 callbacks: TrainCallbacks | None = None):
+                 callbacks: TrainCallbacks | None = None, loss: Objective | None = None):
         self.cfg, self.run = cfg, Path(run_dir)
         self.callbacks = callbacks or TrainCallbacks()
         self.dist = dist or DistContext()
@@ -91,7 +91,7 @@ class Trainer:
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: base(s) * getattr(self.early, "lr_scale", 1))
         # one stream for times, noise and label dropout: the same on every rank (see the class docstring)
         self.gen = torch.Generator(device=self.device).manual_seed(tc.seed + 17)
-        split = setup_validation(cfg, self.data, self.device, W)
+        split = setup_validation(cfg, self.data, self.device, W, loss)
         self.val, self.early = split.val, split.early
         sampler = self.data.sampler
         self.global_batch = global_batch(cfg, split.x.shape[0], self.dist.world_size, sampler is not None)
@@ -102,7 +102,8 @@ class Trainer:
         self.batches = BatchSource(self.x, self.y, self.global_batch, tc.seed, sampler)
         if tc.compile:
             self.model.backbone.compile()  # in place: parameter names (and checkpoints) unchanged
-        self.loss_fn = DSMLoss(cfg.diffusion.weighting, cfg.diffusion.T0, cfg.diffusion.T)
+        # eq. (2.3) unless the caller replaces it (e.g. Thm 3.1's regression on f*)
+        self.loss_fn = loss if loss is not None else DSMLoss(cfg.diffusion.weighting, cfg.diffusion.T0, cfg.diffusion.T)
         self.net: torch.nn.Module = self.model  # what the loss calls: DDP wraps the network
         if self.dist.enabled:
             from torch.nn.parallel import DistributedDataParallel
@@ -354,7 +355,7 @@ def _attention_counts() -> dict:
 
 
 def train(cfg: Config, run_dir: str | Path, *, progress: bool | None = None, data: TrainData | None = None,
-          callbacks: TrainCallbacks | None = None) -> Path:
+          callbacks: TrainCallbacks | None = None, loss: Objective | None = None) -> Path:
     """Train (or resume) a run in ``run_dir``; returns the run directory.
 
     Holds ``run_dir``'s lock while training (see :meth:`Trainer.fit`): a second run on the same
@@ -362,12 +363,13 @@ def train(cfg: Config, run_dir: str | Path, *, progress: bool | None = None, dat
     (gloo on CPU, NCCL on CUDA) and trains data-parallel; only rank 0 takes the lock.
     ``data``: the training data (built from ``cfg`` when None; with ``encoder.kind = "autoencoder"``
     those of :func:`latentdit.train.firststage.prepare_first_stage`). ``callbacks``: see
-    :class:`TrainCallbacks`.
+    :class:`TrainCallbacks`. ``loss``: an objective with :class:`latentdit.diffusion.DSMLoss`'s calls
+    that replaces eq. (2.3) in training and validation (pass it again on resume).
     """
     run = Path(run_dir)
     ctx = init_distributed(cfg.train.device)
     try:
         check_run_dir(run)  # every rank checks before any rank writes (the group init is a barrier)
-        return Trainer(cfg, run, progress=progress, dist=ctx, data=data, callbacks=callbacks).fit()
+        return Trainer(cfg, run, progress=progress, dist=ctx, data=data, callbacks=callbacks, loss=loss).fit()
     finally:
         ctx.shutdown()

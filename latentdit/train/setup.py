@@ -14,6 +14,7 @@ import torch
 from latentdit.build import TrainData, build_model
 from latentdit.device import resolve_device
 from latentdit.config import Config
+from latentdit.diffusion import Objective
 from latentdit.distributed import DistContext, rank_device
 from latentdit.errors import ConfigError
 from latentdit.models.score import LatentScoreNet
@@ -62,8 +63,10 @@ class Split:
     early: EarlyStopping | None = None
 
 
-def setup_validation(cfg: Config, data: TrainData, device: torch.device, basis: torch.Tensor | None) -> Split:
-    """Held-out points for ``train.val_every``: given ones, fresh population draws, or a held-out split."""
+def setup_validation(cfg: Config, data: TrainData, device: torch.device, basis: torch.Tensor | None,
+                     loss: Objective | None = None) -> Split:
+    """Held-out points for ``train.val_every``: given ones, fresh population draws, or a held-out split;
+    ``loss`` replaces eq. (2.3) on them (see :class:`ValidationSet`)."""
     tc, x, y = cfg.train, data.x, data.labels
     if tc.val_every <= 0:
         return Split(x, y)
@@ -76,7 +79,7 @@ def setup_validation(cfg: Config, data: TrainData, device: torch.device, basis: 
         vx, vy = x[out], None if y is None else y[out]
         x, y = x[keep], None if y is None else y[keep]
     val = ValidationSet(vx.float().to(device), None if vy is None else vy.to(device), cfg.diffusion.T0,
-                        cfg.diffusion.T, tc.seed, cfg.diffusion.weighting, basis=basis)
+                        cfg.diffusion.T, tc.seed, cfg.diffusion.weighting, basis=basis, loss=loss)
     return Split(x, y, val, EarlyStopping(tc.patience, tc.val_min_delta, tc.plateau_decays, tc.plateau_factor))
 
 

@@ -16,6 +16,10 @@ sizes are in :mod:`~latentdit.experiments.rates.plan`; the row metrics are those
 - section ``sample``, finite n: ``erm_score_mse``, ``erm_score_uniform``, ``erm_score_integral`` (the
   closed-form ERM score of the same n points, :func:`latentdit.metrics.distances.erm_score`, on the
   profile's times ``score_t``) and ``subspace_error_pca_n`` (PCA of those n points).
+- sections ``fstar`` (Thm 3.1: ``eps_hat``, ``eps_hat_2x``, ``eps_hat_F0``, Def. 3.2's ``norm_*``) and
+  ``estimation`` (Thm 3.2 / Cor. 3.2.1 with a learned W_B: the references ``kde_*`` / ``em_*``,
+  ``tv_classifier*``, ``memorisation_fraction*``, the exact-score controls): documented in
+  :mod:`~latentdit.experiments.rates.paper_tasks`.
 
 Every finished task is written at once to ``DIR/rates.sqlite`` by the driver alone (with the plan
 version and the plan's commit, :mod:`~.preregistration`); a rerun skips finished tasks and resumes

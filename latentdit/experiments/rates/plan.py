@@ -21,6 +21,8 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field, replace
 
+from latentdit.experiments.rates.plan_paper import EstimationSection, FstarSection, paper_points
+
 
 @dataclass(frozen=True)
 class Budget:
@@ -146,13 +148,52 @@ class Plan:
     t0: T0Section | None = field(default_factory=T0Section)
     dcheck: DCheckSection | None = field(default_factory=DCheckSection)
     encoder: EncoderSection | None = field(default_factory=EncoderSection)
+    fstar: FstarSection | None = field(default_factory=FstarSection)
+    estimation: EstimationSection | None = field(default_factory=EstimationSection)
 
 
 # the wall time each mode is sized for on 2 cores (the report compares the measured wall with it)
 WALL_TARGET_SECONDS = {"full": 7200, "quick": 900}
 
-SECTIONS = ("sample", "approx", "blocks", "t0", "dcheck", "encoder", "encoder_noisy")
+SECTIONS = ("sample", "approx", "blocks", "t0", "dcheck", "encoder", "encoder_noisy", "fstar", "estimation")
 
+
+# the quick plan's fstar and estimation budget (each at most 400 steps; fstar also 800 at twice the budget)
+_QUICK_PAPER = Budget(max_steps=400, batch_size=128, hidden=32, depth=1, heads=2, lr=3e-3, warmup=50, ema_decay=0.99,
+                      val_every=50, patience=2, val_min_delta=0.001, val_points=1024, checkpoint_every=200)
+
+
+def paper_sections(mode: str, train: Budget | None = None) -> dict:
+    """The ``fstar`` and ``estimation`` sections of :func:`plan_for`'s ``mode`` (``train``: the full plan's budget).
+
+    Full: sized from probes of each section's largest and smallest task (CPU time per step, one
+    thread, a loaded machine: fstar d0 = 64 / width 64 58 ms, d0 = 4 / width 8 7 ms; estimation
+    D = 2048 / d0 = 8 25 ms, D = 32 / d0 = 2 4 ms; an estimation task's evaluation with its controls
+    and references 6-40 s). fstar: 12 points x 3 seeds, each at most 3,000 + 6,000 steps, <= 4,400 CPU
+    s; estimation: 66 tasks x 3 seeds at <= 2,000 steps, ~50 s each, ~9,900 CPU s. Together ~2 h on 2
+    cores; upper estimates. One full-budget fstar task (d0 = 4, width 16, seed 0; constant learning
+    rate, a plateau = 4 checks improving the held-out loss by < 1%) took 69 CPU s: both runs reached
+    their caps with no LR reduction (the loss still fell by > 1% per 100 steps), eps_hat 0.0197 at
+    3,000 steps and 0.0143 at 6,000 (F = 0: 0.211). At this budget the fstar curves are likely to
+    be reported as not converged; a 4x larger step cap would cost ~4x the fstar CPU time.
+    Quick, measured (one thread per task, a loaded machine): fstar tasks 6-9 CPU s (both budgets),
+    estimation tasks 3-7 CPU s, 280 CPU s for the 52 tasks: ~2.5 min on 2 cores beside the 571 s
+    wall of the other sections (docs/rates-quick/timing.json).
+    """
+    if mode == "full":
+        # a check that improves the held-out loss by less than 1% is a miss: a plateau is a slow crawl too
+        return {"fstar": FstarSection(budget=replace(train, max_steps=3000, val_every=100, patience=4, val_points=2048,
+                                                     val_min_delta=0.01, checkpoint_every=1000), seeds=(0, 1, 2)),
+                "estimation": EstimationSection(budget=replace(train, max_steps=2000, val_every=100, patience=4,
+                                                               val_min_delta=0.01, checkpoint_every=1000),
+                                                seeds=(0, 1, 2))}
+    if mode == "quick":
+        return {"fstar": FstarSection(d0_values=(4, 16), widths=(8, 16, 32), depth=1, base_width=8, plateau_decays=1,
+                                      budget=_QUICK_PAPER, seeds=(0, 1)),
+                "estimation": EstimationSection(D_values=(32, 512), d0_values=(2, 4), n_values=(64, 512),
+                                                plateau_decays=1, budget=_QUICK_PAPER, seeds=(0, 1))}
+    return {"fstar": FstarSection(d0_values=(4,), D=8, widths=(8,), depth=1, base_width=8, plateau_decays=1),
+            "estimation": EstimationSection(D_values=(8, 16), d0_values=(2,), n_values=(16,), plateau_decays=1)}
 
 def plan_for(mode: str) -> Plan:
     """``full`` (the reference run, 5 seeds), ``quick`` (every section, small) or ``micro`` (tests)."""
@@ -179,7 +220,8 @@ def plan_for(mode: str) -> Plan:
                     blocks=BlocksSection(budget=short, seeds=three),
                     t0=T0Section(seeds=two),
                     dcheck=DCheckSection(budget=short, seeds=two),
-                    encoder=EncoderSection(D_values=(32, 256, 2048), seeds=two))
+                    encoder=EncoderSection(D_values=(32, 256, 2048), seeds=two),
+                    **paper_sections("full", train))
     if mode == "quick":
         return Plan("quick", seeds=(0, 1, 2), components=4,
                     budget=Budget(max_steps=1000, batch_size=128, hidden=32, depth=2, heads=2, lr=3e-3, warmup=50,
@@ -192,7 +234,8 @@ def plan_for(mode: str) -> Plan:
                     t0=T0Section(T0_values=(1e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1), n=512),
                     dcheck=DCheckSection(D_values=(32, 512)),
                     encoder=EncoderSection(D_values=(32, 512), eval_every=200, noisy_D=64, n_values=(64, 256, 1024,
-                                                                                                     4096)))
+                                                                                                     4096)),
+                    **paper_sections("quick"))
     if mode == "micro":
         return Plan("micro", seeds=(0, 1), components=2,
                     budget=Budget(max_steps=12, batch_size=16, hidden=8, depth=1, heads=1, lr=1e-3, warmup=1,
@@ -203,12 +246,13 @@ def plan_for(mode: str) -> Plan:
                     blocks=BlocksSection(blocks=(1, 2), block_dim=2, D=8, coupled=(False, True)),
                     t0=T0Section(T0_values=(1e-3, 1e-1), D=8, n=64),
                     dcheck=DCheckSection(D_values=(8, 16)),
-                    encoder=EncoderSection(D_values=(8, 16), eval_every=6, noisy_D=8, n_values=(16, 64)))
+                    encoder=EncoderSection(D_values=(8, 16), eval_every=6, noisy_D=8, n_values=(16, 64)),
+                    **paper_sections("micro"))
     raise ValueError(f"unknown mode {mode!r}; choose full, quick or micro")
 
 
 PLAN_FIELDS = {"sample": "sample", "approx": "approx", "blocks": "blocks", "t0": "t0", "dcheck": "dcheck",
-               "encoder": "encoder", "encoder_noisy": "encoder"}
+               "encoder": "encoder", "encoder_noisy": "encoder", "fstar": "fstar", "estimation": "estimation"}
 
 
 def only_sections(plan: Plan, names: list[str]) -> Plan:
@@ -270,7 +314,7 @@ def points(plan: Plan) -> list[dict]:
         for n in e.n_values:
             out.append({"section": "encoder_noisy", "D": e.noisy_D, "d0": e.d0, "n": n, "T0": e.T0, "tau": e.tau,
                         "n_max": max(e.n_values)})
-    return out
+    return out + paper_points(plan)
 
 
 def section_budget(plan: Plan, section: str) -> Budget:

@@ -30,6 +30,7 @@ from latentdit.io import atomic_write_json
 from latentdit.provenance import provenance_end, provenance_start
 
 RUNS_DIR = "runs"
+PAPER_SECTIONS = ("fstar", "estimation")  # run by latentdit.experiments.rates.paper_tasks
 VAL_SEED = 7_777  # the held-out population points depend on the task's seed only: the same for every n
 
 
@@ -161,6 +162,11 @@ def run_task(task: dict, threads: int = 1) -> dict:
     if threads > 0:
         torch.set_num_threads(threads)
     t_start, cpu_start = time.time(), time.process_time()
+    if task["section"] in PAPER_SECTIONS:  # the sections with the paper's own estimators
+        from latentdit.experiments.rates.paper_tasks import run_estimation_task, run_fstar_task
+
+        row = (run_fstar_task if task["section"] == "fstar" else run_estimation_task)(task)
+        return {**row, "seconds_total": time.time() - t_start, "cpu_seconds": time.process_time() - cpu_start}
     b = Budget(**task["budget"])
     law, cfg = build_law(task), task_config(task)
     data, x_train = task_data(task, law, b)

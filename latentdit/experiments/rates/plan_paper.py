@@ -1,0 +1,79 @@
+"""The plan sections that measure the theorems with the paper's own estimators (run by :mod:`~.paper_tasks`).
+
+- ``fstar`` (:class:`FstarSection`): Thm 3.1 as stated;
+- ``estimation`` (:class:`EstimationSection`): Thm 3.2 and Cor. 3.2.1 with a learned W_B.
+
+Their points join those of :func:`latentdit.experiments.rates.plan.points`; sizes per mode are in
+:func:`latentdit.experiments.rates.plan.plan_for`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from latentdit.experiments.rates.plan import Budget
+
+
+@dataclass(frozen=True)
+class FstarSection:
+    """Thm 3.1 as stated: the network regressed on the closed-form f* (no label noise), W_B = B, n = inf,
+    to a plateau (reduce-on-plateau) and again at twice the budget; eps_hat against capacity per d0 and,
+    along the diagonal width = d0_width(d0), against d0 (:mod:`~.paper_tasks`)."""
+
+    d0_values: tuple[int, ...] = (4, 16, 64)
+    D: int = 128
+    widths: tuple[int, ...] = (8, 16, 32, 64)  # DiT widths at fixed depth: ~1.8 decades of parameters
+    depth: int = 2
+    base_width: int = 16  # the d0 curve: width base_width sqrt(d0 / d0_values[0]), parameters ~ d0
+    T0: float = 1e-3
+    plateau_decays: int = 2
+    budget: Budget | None = None
+    seeds: tuple[int, ...] | None = None
+
+    def d0_width(self, d0: int) -> int:
+        """The width of the d0 curve at ``d0`` (capacity growing linearly with d0, like the token count)."""
+        return int(round(self.base_width * (d0 / self.d0_values[0]) ** 0.5))
+
+
+@dataclass(frozen=True)
+class EstimationSection:
+    """Thm 3.2 / Cor. 3.2.1 with the paper's estimator: learned W_B (random init, trained jointly), the
+    unweighted loss, checkpoints chosen on a held-out fifth of the n points (``heldout``) or none: run
+    to a plateau of the empirical risk (``erm``); n = 0 is the population run. References and
+    distribution recovery per row (:mod:`~.paper_tasks`)."""
+
+    D_values: tuple[int, ...] = (32, 2048)
+    d0_values: tuple[int, ...] = (2, 4, 8)
+    n_values: tuple[int, ...] = (16, 64, 256, 1024, 4096)
+    stops: tuple[str, ...] = ("heldout", "erm")
+    weightings: tuple[str, ...] = ("none",)
+    heldout_fraction: float = 0.2
+    T0: float = 1e-3
+    plateau_decays: int = 2
+    memorisation_quantile: float = 0.1
+    budget: Budget | None = None
+    seeds: tuple[int, ...] | None = None
+
+
+def paper_points(plan) -> list[dict]:
+    """The points of the sections ``fstar`` and ``estimation``."""
+    out: list[dict] = []
+    f = plan.fstar
+    if f is not None:
+        for d0 in f.d0_values:
+            for w in f.widths:
+                out.append({"section": "fstar", "D": f.D, "d0": d0, "n": 0, "T0": f.T0, "depth": f.depth, "width": w,
+                            "exact_encoder": True, "plateau_decays": f.plateau_decays})
+    e = plan.estimation
+    if e is not None:
+        for wt in e.weightings:
+            for d0 in e.d0_values:
+                for D in e.D_values:
+                    runs = [(n, s) for n in e.n_values for s in e.stops] + [(0, "population")]
+                    for n, stop in runs:
+                        out.append({"section": "estimation", "D": D, "d0": d0, "n": n, "T0": e.T0, "stop": stop,
+                                    "weighting": wt, "n_max": max(e.n_values), "heldout_fraction": e.heldout_fraction,
+                                    "plateau_decays": e.plateau_decays, "quantile": e.memorisation_quantile})
+    return out
