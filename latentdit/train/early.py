@@ -3,7 +3,7 @@
 :class:`ValidationSet` holds a FIXED set of (x0, t, noise): x0 fresh from the population when the
 data carry a sampler (never a training point), otherwise a held-out split of the data; t ~ U[T0, T]
 and the noise drawn once from their own seeded generator. Its loss is the training objective
-(eq. 2.3 with the run's weighting) of the EMA model on that set, so that values at different steps,
+(eq. 2.3 with the run's weighting, or the objective that replaces it) of the EMA model on that set, so that values at different steps,
 and of different runs with the same seed, are comparable: J(n) - J(inf) on the same (x0, t, z) is
 an excess risk. :class:`EarlyStopping` keeps the best EMA weights and stops after ``patience``
 evaluations without improvement.

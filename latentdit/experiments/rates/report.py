@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
 
@@ -366,8 +367,6 @@ def summary_dict(analysis: dict, plan, meta: dict, attention: dict | None = None
 
 def _pngs(report: Path) -> set[str]:
     """The PNG files a report.md links to (empty when there is none)."""
-    import re
-
     return set(re.findall(r"\]\(([\w.-]+\.png)\)", report.read_text())) if report.is_file() else set()
 
 
