@@ -10,9 +10,11 @@ x_t = beta(t) x0 + sqrt(sigma(t)) z with beta = e^{-t/2}, sigma = 1 - e^{-t}:
   and diffusers' ``prediction_type="sample"``).
 
 Their grids run from sigma_VE(T) to sigma_VE(T0) and then make a last call to jump to sigma = 0,
-which counts as one NFE like any other (:data:`latentdit.sampling.NFE_CONVENTION`). Their output is a
-sample at t = 0; the exact forward kernel x_T0 = beta(T0) x + sqrt(sigma(T0)) z (fresh noise, no
-network call) carries it to T0, where every sampler is compared.
+which counts as one NFE like any other (:data:`latentdit.sampling.NFE_CONVENTION`). Their output is then
+a sample at t = 0; the exact forward kernel x_T0 = beta(T0 - t) x + sqrt(sigma(T0 - t)) z (fresh noise,
+no network call) carries it to T0, where every sampler is compared. The k-diffusion rows marked
+``to sigma_min`` run the same solver on a grid that stops at sigma_VE(T0) (no jump to 0), the
+convention of latentdit's own solvers.
 
 A peer that cannot be imported is returned as absent with the reason, never skipped silently.
 """
@@ -31,7 +33,7 @@ import torch
 from latentdit.diffusion import OU, Denoiser
 from latentdit.sampling import CountingCalls
 
-PeerRun = Callable[[Denoiser, torch.Tensor, int, float, float], torch.Tensor]
+PeerRun = Callable[[Denoiser, torch.Tensor, int, float, float], tuple[torch.Tensor, float]]  # (x, its time t)
 N_TRAIN = 1000  # diffusers' discrete training grid, laid uniformly in t over [T0, T]
 
 
@@ -101,16 +103,21 @@ def k_diffusion_runs() -> tuple[dict[str, PeerRun], str]:
     grid (rho 7) with the final jump to sigma = 0; returns ({name: run}, how it was loaded)."""
     ks, how = load_k_diffusion_sampling()
 
-    def make(kind: str) -> PeerRun:
-        def run(denoiser: Denoiser, x: torch.Tensor, nfe: int, T0: float, T: float) -> torch.Tensor:
-            sig = ks.get_sigmas_karras(nfe, ve_sigma(T0), ve_sigma(T), rho=7.0, device=x.device).to(x.dtype)
+    def make(kind: str, to_zero: bool) -> PeerRun:
+        def run(denoiser: Denoiser, x: torch.Tensor, nfe: int, T0: float, T: float) -> tuple[torch.Tensor, float]:
+            n = nfe if to_zero else nfe + 1  # sigmas before the appended 0
+            sig = ks.get_sigmas_karras(n, ve_sigma(T0), ve_sigma(T), rho=7.0, device=x.device).to(x.dtype)
+            sig = sig if to_zero else sig[:-1]
             model, x_ve = _k_model(denoiser), x / OU.beta(T)
             if kind == "2m":
-                return ks.sample_dpmpp_2m(model, x_ve, sig, disable=True)
-            return ks.sample_dpmpp_3m_sde(model, x_ve, sig, eta=0.0, noise_sampler=lambda *a: torch.zeros_like(x),
-                                          disable=True)
+                out = ks.sample_dpmpp_2m(model, x_ve, sig, disable=True)
+            else:
+                out = ks.sample_dpmpp_3m_sde(model, x_ve, sig, eta=0.0, disable=True,
+                                             noise_sampler=lambda *a: torch.zeros_like(x))
+            return (out, 0.0) if to_zero else (out * OU.beta(T0), T0)
         return run
-    return {"k-diffusion dpmpp_2m karras": make("2m"), "k-diffusion dpmpp_3m karras": make("3m")}, how
+    return {f"k-diffusion dpmpp_{kind} karras{'' if z else ' to sigma_min'}": make(kind, z)
+            for kind in ("2m", "3m") for z in (True, False)}, how
 
 
 def diffusers_betas(T0: float, T: float) -> list[float]:
@@ -141,13 +148,13 @@ def diffusers_runs(T0: float, T: float) -> tuple[dict[str, PeerRun], str]:
                 UniPCMultistepScheduler, dict(common, solver_type="bh2", solver_order=order, use_karras_sigmas=karras))
 
     def make(cls, kw) -> PeerRun:
-        def run(denoiser: Denoiser, x: torch.Tensor, nfe: int, T0: float, T: float) -> torch.Tensor:
+        def run(denoiser: Denoiser, x: torch.Tensor, nfe: int, T0: float, T: float) -> tuple[torch.Tensor, float]:
             sched = cls(**kw)
             sched.set_timesteps(nfe)
             for i, step_t in enumerate(sched.timesteps):
                 t = t_of_ve_sigma(torch.as_tensor(float(sched.sigmas[i]), dtype=x.dtype)).expand(x.shape[0])
                 x = sched.step(denoiser(x, t), step_t, x).prev_sample
-            return x
+            return x, 0.0
         return run
     return {name: make(cls, kw) for name, (cls, kw) in makers.items()}, f"diffusers {diffusers.__version__}"
 
@@ -168,10 +175,12 @@ def all_peers(T0: float, T: float) -> tuple[dict[str, PeerRun], dict[str, str]]:
 
 def run_peer(run: PeerRun, denoiser: Denoiser, x: torch.Tensor, nfe: int, T0: float, T: float,
              generator: torch.Generator) -> tuple[torch.Tensor, int]:
-    """(a sample at T0, model calls made): the peer's output at sigma = 0 carried to T0 by the exact
-    forward kernel."""
+    """(a sample at T0, model calls made): a peer's output at t < T0 (sigma = 0) is carried to T0 by the
+    exact forward kernel."""
     counted = CountingCalls(denoiser)
     with torch.no_grad():
-        x0 = run(counted, x, nfe, T0, T)
-    z = torch.randn(x0.shape, generator=generator, dtype=x0.dtype)
-    return OU.beta(T0) * x0 + math.sqrt(OU.sigma(T0)) * z, counted.calls
+        out, t_end = run(counted, x, nfe, T0, T)
+    if t_end < T0:
+        z = torch.randn(out.shape, generator=generator, dtype=out.dtype)
+        out = OU.beta(T0 - t_end) * out + math.sqrt(OU.sigma(T0 - t_end)) * z
+    return out, counted.calls
