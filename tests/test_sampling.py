@@ -56,13 +56,12 @@ def test_final_denoise_gives_the_tweedie_law():
 
 
 def test_counting_and_nfe():
+    """Exactly nfe_per_step calls per step (Heun 2, every other sampler 1); see also
+    tests/test_sampling_solvers.py for every step count, the final denoise and the callback."""
     for name in SAMPLERS:
         c = CountingCalls(gaussian_denoiser)
-        fn = get_sampler(name)
-        ts = time_grid(T0, T, 7, "log")
-        fn(c, torch.randn(4, 3, dtype=torch.float64), ts)
-        assert c.calls <= 7 * nfe_per_step(name)
-        assert c.calls >= 7
+        get_sampler(name)(c, torch.randn(4, 3, dtype=torch.float64), time_grid(T0, T, 7, "log"))
+        assert c.calls == 7 * nfe_per_step(name) == 7 * (2 if name == "heun" else 1), name
 
 
 def test_grids_are_decreasing_and_end_at_T0():
