@@ -21,7 +21,7 @@ from latentdit.autoencoder.config import AutoencoderConfig, validate_autoencoder
 from latentdit.diffusion import WEIGHTINGS
 from latentdit.config_files import apply_overrides, read_config_file
 from latentdit.errors import ConfigError
-from latentdit.sampling import GRIDS, SAMPLERS
+from latentdit.sampling import DEFAULTS, GRIDS, SAMPLERS
 
 
 
@@ -155,14 +155,14 @@ class TrainConfig:
 
 @dataclass
 class SampleConfig:
-    sampler: str = "dpm2m"  # em | ei | heun | ddim | dpm2m | dpm3m
-    steps: int = 50
-    grid: str = "auto"  # auto (the sampler's own) | uniform | log | logsnr | karras
-    rho: float = 7.0  # the karras grid's exponent
-    guidance: float = 1.0  # classifier-free guidance scale (1 = no guidance)
+    sampler: str = DEFAULTS.sampler  # a name of latentdit.sampling.SAMPLERS (em, ei, heun, ddim, dpm2m, ...)
+    steps: int = DEFAULTS.steps
+    grid: str = DEFAULTS.grid  # auto (the sampler's own) | uniform | log | logsnr | karras | polylambda
+    rho: float = DEFAULTS.rho  # the karras and polylambda grids' exponent
+    guidance: float = DEFAULTS.guidance  # classifier-free guidance scale (1 = no guidance)
     # Return Tweedie's E[x0 | x_T0] (one more NFE) instead of x_T0: no residual noise of scale
     # sqrt(sigma(T0)). Off by default, the paper's estimator (the law at T0); on for image data.
-    denoise: bool = False
+    denoise: bool = DEFAULTS.denoise
 
 
 @dataclass

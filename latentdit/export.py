@@ -7,7 +7,8 @@ An export (format 1) holds
   num_classes...}, "diffusion": {"T0", "T"}, "data": {"normalisation", "image_shape",
   "pixel_range", "class_names"}}``: everything needed to rebuild the network and map its samples
   back to data space;
-- ``sampling.json``: the sampling defaults (sampler, steps, grid, rho, guidance, denoise, clip);
+- ``sampling.json``: the sampling defaults (sampler, steps, grid, rho, guidance, denoise, clip); ``grid``
+  is a grid kind or, after :func:`store_fitted_grid`, a list of explicit times from T to T0;
 - ``training.json``: the training configuration the model came from and the training metadata
   (step, seconds), for reference and for evaluation;
 - ``model.safetensors``: the weights (EMA), no pickle.
@@ -52,6 +53,18 @@ IMAGE_SOURCES = ("mnist", "digits", "images")  # data read as pixels in [0, 1]
 def sampling_defaults(sc: SampleConfig) -> dict:
     """The ``sampling.json`` record of a sample configuration."""
     return asdict(sc)
+
+
+def store_fitted_grid(path: str | Path, grid, sampler: str | None = None) -> dict:
+    """Write a fitted time grid (explicit times from T to T0, e.g. from
+    :func:`latentdit.sampling.fit.fit_grid`) into an export's ``sampling.json`` as its default:
+    ``grid`` the times, ``steps`` their number of steps, ``sampler`` if given; returns the record."""
+    path = _resolve_dir(Path(path))
+    rec = _read_json(path / EXPORT_SAMPLING) if (path / EXPORT_SAMPLING).is_file() else {}
+    times = [float(t) for t in grid]
+    rec.update(grid=times, steps=len(times) - 1, **({"sampler": sampler} if sampler else {}))
+    atomic_write_json(path / EXPORT_SAMPLING, rec)
+    return rec
 
 
 def save_pretrained(model: LatentScoreNet, cfg: Config, path: str | Path, extra: dict | None = None,

@@ -25,7 +25,7 @@ from latentdit.export import (EXPORT_CONFIG, EXPORT_WEIGHTS, FORMAT_VERSION, IMA
                               sampling_defaults, save_pretrained)
 from latentdit.models.guidance import GuidedDenoiser
 from latentdit.models.score import LatentScoreNet
-from latentdit.sampling import DEFAULT_RHO, get_sampler, sample
+from latentdit.sampling import DEFAULTS, get_sampler, sample
 
 __all__ = ["EXPORT_CONFIG", "EXPORT_WEIGHTS", "FORMAT_VERSION", "LatentDiTPipeline", "TrainData", "build_data",
            "build_ground_truth", "build_model", "from_pretrained", "model_dims", "resolve_device", "save_pretrained"]
@@ -35,7 +35,8 @@ __all__ = ["EXPORT_CONFIG", "EXPORT_WEIGHTS", "FORMAT_VERSION", "LatentDiTPipeli
 class LatentDiTPipeline:
     """model + OU time range + data normalisation + sampling defaults.
 
-    ``defaults`` has the keys of ``sampling.json`` (sampler, steps, grid, rho, guidance, denoise);
+    ``defaults`` has the keys of ``sampling.json`` (sampler, steps, grid, rho, guidance, denoise; a
+    ``grid`` may be explicit times, a fitted grid); unset keys take :data:`latentdit.sampling.DEFAULTS`;
     ``pixel_range`` (lo, hi) is set for image data, whose samples are clipped to it by default.
     """
 
@@ -88,7 +89,7 @@ class LatentDiTPipeline:
 
     @torch.no_grad()
     def sample_model_space(self, num: int, *, labels: torch.Tensor | None = None, guidance: float | None = None,
-                           sampler: str | None = None, steps: int | None = None, grid: str | None = None,
+                           sampler: str | None = None, steps: int | None = None, grid: str | list[float] | None = None,
                            rho: float | None = None, denoise: bool | None = None,
                            generator: torch.Generator | None = None, seed: int | None = None,
                            batch_size: int = 4096, progress: bool = False) -> torch.Tensor:
@@ -97,12 +98,12 @@ class LatentDiTPipeline:
             raise ValueError(f"sample_model_space: num={num!r} must be a positive integer")
         if labels is not None and len(labels) != num:
             raise ValueError(f"sample_model_space: labels has {len(labels)} entries for num={num}")
-        sampler = self._setting("sampler", sampler, "dpm2m")
+        sampler = self._setting("sampler", sampler, DEFAULTS.sampler)
         get_sampler(sampler)
-        steps = self._setting("steps", steps, 50)
-        grid, rho = self._setting("grid", grid, "auto"), self._setting("rho", rho, DEFAULT_RHO)
-        guidance = self._setting("guidance", guidance, 1.0)
-        denoise = self._setting("denoise", denoise, False)
+        steps = self._setting("steps", steps, DEFAULTS.steps)
+        grid, rho = self._setting("grid", grid, DEFAULTS.grid), self._setting("rho", rho, DEFAULTS.rho)
+        guidance = self._setting("guidance", guidance, DEFAULTS.guidance)
+        denoise = self._setting("denoise", denoise, DEFAULTS.denoise)
         if generator is None:
             generator = torch.Generator(device=self.device).manual_seed(0 if seed is None else seed)
         out = []

@@ -1,6 +1,8 @@
 """Sampler quality per network evaluation: latent W2 to the truth vs NFE for every sampler.
 
-``latentdit bench sampler --out FILE.json [--quick] [--run RUN_DIR]``
+``latentdit bench sampler --out FILE.json [--quick] [--core-only] [--run RUN_DIR]``
+``latentdit bench sampler --out FILE.json --export DIR [--demo-num N] [--demo-nfe 5 10 20] [--no-fid]``
+(a trained image model at a handful of NFE, ours next to the peers: :mod:`latentdit.bench.sampler_demo`)
 
 Ground truth: the subspace Gaussian mixture x = B h in R^64, h a 4-dimensional mixture of 4
 components (:class:`latentdit.data.gmm.SubspaceGMM`, seed 0), whose noised score is exact. Every
@@ -44,6 +46,7 @@ from latentdit.metrics.distances import (aligned_latent, expected_off_subspace_v
                                          w2)
 from latentdit.pipeline import build_ground_truth, from_pretrained
 from latentdit.provenance import provenance_end, provenance_start
+from latentdit.bench.sampler_demo import DEMO_NFE, demo_comparison
 from latentdit.bench.sampler_low_nfe import low_nfe_comparison
 from latentdit.sampling import (DEFAULT_RHO, NFE_CONVENTION, SAMPLERS, CountingCalls, get_sampler, nfe_per_step, spec,
                                 time_grid)
@@ -173,8 +176,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--run", type=Path, default=None, help="a run directory trained on a gmm config")
     ap.add_argument("--core-only", action="store_true",
                     help="only the per-sampler acceptance at each sampler's intended step budget")
+    ap.add_argument("--export", type=Path, default=None,
+                    help="an export (or run) of a model trained on image data: the NFE demo of "
+                         "latentdit.bench.sampler_demo instead of the exact-score benchmark")
+    ap.add_argument("--demo-num", type=int, default=2000, help="samples per row of the demo")
+    ap.add_argument("--demo-nfe", type=int, nargs="+", default=list(DEMO_NFE), help="the demo's NFE budgets")
+    ap.add_argument("--no-fid", action="store_true", help="the demo without Inception FID")
     args, argv = parse_bench_args(ap, argv)
     prov = provenance_start(["latentdit", "bench", "sampler", *argv])
+    if args.export is not None:
+        rep = demo_comparison(args.export, num=args.demo_num, nfes=tuple(args.demo_nfe), fid=not args.no_fid)
+        atomic_write_json(args.out, {**rep, "provenance": provenance_end(prov)})
+        print(f"wrote {args.out}")
+        return 0
     p = QUICK if args.quick else FULL
     t_start = time.perf_counter()
     truth = SubspaceGMM.random(p["D"], p["d0"], p["K"], seed=0)

@@ -20,7 +20,7 @@ from latentdit.sampling import NFE_CONVENTION, CountingCalls, get_sampler, time_
 from latentdit.sampling.fit import fit_grid
 
 LOW_NFE = (5, 10)
-OURS = ("ddim", "dpm2m", "dpm3m", "ipndm", "ipndm_v", "unipc")
+OURS = ("dpm2m", "dpm3m", "ipndm", "ipndm_v", "unipc")  # ddim: see the core block
 FIXED_GRIDS = (("logsnr", None), ("karras", 7.0), ("karras", 20.0), ("polylambda", 1.5))
 WARMUP, FINE_STEPS = 256, 100  # warm-up trajectories and fine-grid steps of the fitted grid
 TARGET_AT_5 = 1.25  # the best latentdit sampler's W2 / floor at 5 NFE

@@ -131,7 +131,10 @@ def diffusers_betas(T0: float, T: float) -> list[float]:
 
 def diffusers_runs(T0: float, T: float) -> tuple[dict[str, PeerRun], str]:
     """diffusers' DPMSolverMultistepScheduler (DPM-Solver++ of orders 2 and 3) and UniPCMultistepScheduler
-    (bh2, orders 2 and 3), each with Karras sigmas and with the default timestep spacing."""
+    (bh2, orders 2 and 3), each on Karras sigmas (rho 7) and on exponential sigmas (uniform in log sigma,
+    i.e. in lambda). Their default timestep spacing is left out: on training times laid uniformly in t it
+    makes a grid uniform in t, whose last call denoises from sigma_VE ~ sqrt(e^{T/n} - 1) (0.6 at
+    30 steps, T = 10), a setting no user of these schedulers would pick for this schedule."""
     import diffusers
     from diffusers import DPMSolverMultistepScheduler, UniPCMultistepScheduler
 
@@ -139,13 +142,12 @@ def diffusers_runs(T0: float, T: float) -> tuple[dict[str, PeerRun], str]:
     common = dict(num_train_timesteps=N_TRAIN, trained_betas=betas, prediction_type="sample")
     makers = {}
     for order in (2, 3):
-        for karras in (True, False):
-            grid = "karras" if karras else "linspace"
+        for grid in ("karras", "exponential"):
+            flag = {f"use_{grid}_sigmas": True}
             makers[f"diffusers DPMSolverMultistep order {order} {grid}"] = (
-                DPMSolverMultistepScheduler, dict(common, algorithm_type="dpmsolver++", solver_order=order,
-                                                  use_karras_sigmas=karras))
+                DPMSolverMultistepScheduler, dict(common, algorithm_type="dpmsolver++", solver_order=order, **flag))
             makers[f"diffusers UniPCMultistep bh2 order {order} {grid}"] = (
-                UniPCMultistepScheduler, dict(common, solver_type="bh2", solver_order=order, use_karras_sigmas=karras))
+                UniPCMultistepScheduler, dict(common, solver_type="bh2", solver_order=order, **flag))
 
     def make(cls, kw) -> PeerRun:
         def run(denoiser: Denoiser, x: torch.Tensor, nfe: int, T0: float, T: float) -> tuple[torch.Tensor, float]:
@@ -174,13 +176,13 @@ def all_peers(T0: float, T: float) -> tuple[dict[str, PeerRun], dict[str, str]]:
 
 
 def run_peer(run: PeerRun, denoiser: Denoiser, x: torch.Tensor, nfe: int, T0: float, T: float,
-             generator: torch.Generator) -> tuple[torch.Tensor, int]:
+             generator: torch.Generator, carry_to_T0: bool = True) -> tuple[torch.Tensor, int]:
     """(a sample at T0, model calls made): a peer's output at t < T0 (sigma = 0) is carried to T0 by the
-    exact forward kernel."""
+    exact forward kernel (unless ``carry_to_T0=False``: the peer's own output)."""
     counted = CountingCalls(denoiser)
     with torch.no_grad():
         out, t_end = run(counted, x, nfe, T0, T)
-    if t_end < T0:
+    if carry_to_T0 and t_end < T0:
         z = torch.randn(out.shape, generator=generator, dtype=out.dtype)
         out = OU.beta(T0 - t_end) * out + math.sqrt(OU.sigma(T0 - t_end)) * z
     return out, counted.calls
