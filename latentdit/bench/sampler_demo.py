@@ -107,16 +107,21 @@ def demo_comparison(export: Path, *, num: int = 2000, nfes: tuple[int, ...] = DE
             x, calls = run_peer(peers[peer], den, z.clone(), nfe, pipe.T0, pipe.T, torch.Generator().manual_seed(5),
                                 carry_to_T0=False)
             add({"kind": "peer", "sampler": peer, "nfe": calls}, x)
+    key = "fid" if fid else "classifier_fd"
     return {"export": str(export), "num": num, "guidance": guidance, "nfe_convention": NFE_CONVENTION,
-            "peers": libs, "classifier_test_accuracy": score.clf_test_accuracy, "rows": rows,
-            "best": _best(rows, nfes, "fid" if fid else "classifier_fd")}
+            "peers": libs, "classifier_test_accuracy": score.clf_test_accuracy, "rows": rows, "ranked_by": key,
+            "best": _best(rows, nfes, key)}
 
 
 def _best(rows: list[dict], nfes, key: str) -> dict:
-    """Per budget, the best latentdit row and the best peer row by ``key`` (lower is better)."""
-    out = {}
+    """Per budget, the best latentdit row and the best peer row by ``key`` (lower is better), and the
+    best latentdit row's gap to the reference row (``gap_to_reference_<nfe>``)."""
+    out: dict = {}
+    ref = next(r for r in rows if r["kind"] == "reference")
     for nfe in nfes:
         for kind in ("latentdit", "peer"):
             got = [r for r in rows if r["kind"] == kind and r["nfe"] == nfe]
             out[f"{kind}_{nfe}"] = min(got, key=lambda r: r[key]) if got else None
+        if out[f"latentdit_{nfe}"] is not None:
+            out[f"gap_to_reference_{nfe}"] = out[f"latentdit_{nfe}"][key] - ref[key]
     return out
