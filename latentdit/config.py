@@ -158,7 +158,7 @@ class SampleConfig:
     sampler: str = DEFAULTS.sampler  # a name of latentdit.sampling.SAMPLERS (em, ei, heun, ddim, dpm2m, ...)
     steps: int = DEFAULTS.steps
     grid: str = DEFAULTS.grid  # auto (the sampler's own) | uniform | log | logsnr | karras | polylambda
-    rho: float = DEFAULTS.rho  # the karras and polylambda grids' exponent
+    rho: float = DEFAULTS.rho  # the karras grid's exponent
     guidance: float = DEFAULTS.guidance  # classifier-free guidance scale (1 = no guidance)
     # Return Tweedie's E[x0 | x_T0] (one more NFE) instead of x_T0: no residual noise of scale
     # sqrt(sigma(T0)). Off by default, the paper's estimator (the law at T0); on for image data.

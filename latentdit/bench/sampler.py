@@ -6,7 +6,8 @@
 
 Ground truth: the subspace Gaussian mixture x = B h in R^64, h a 4-dimensional mixture of 4
 components (:class:`latentdit.data.gmm.SubspaceGMM`, seed 0), whose noised score is exact. Every
-sampler (driven by the exact denoiser E[x0 | x_t]) starts from N(0, I) at T = 10 and stops at T0 = 1e-3; the target is the law of h at T0.
+sampler (driven by the exact denoiser E[x0 | x_t]) starts from N(0, I) at T = 10 and stops at T0 = 1e-3;
+the target is the law of h at T0.
 For each sampler and NFE budget we draw 4000 samples, project them on the subspace (B^T x; for a
 trained model (W_B U)^T x with U the best alignment) and measure the exact W2 (POT EMD) to 4000 fresh
 true latents. References in the same run:

@@ -21,7 +21,9 @@ from latentdit.sampling.fit import fit_grid
 
 LOW_NFE = (5, 10)
 OURS = ("dpm2m", "dpm3m", "ipndm", "ipndm_v", "unipc")  # ddim: see the core block
+# (grid, its exponent: karras rho or polylambda power; the rows' "rho" key holds either)
 FIXED_GRIDS = (("logsnr", None), ("karras", 7.0), ("karras", 20.0), ("polylambda", 1.5))
+GRID_EXPONENT = {"karras": "rho", "polylambda": "power"}
 WARMUP, FINE_STEPS = 256, 100  # warm-up trajectories and fine-grid steps of the fitted grid
 TARGET_AT_5 = 1.25  # the best latentdit sampler's W2 / floor at 5 NFE
 
@@ -41,7 +43,8 @@ def _ours(truth: SubspaceGMM, p: dict, w2_ref: float, target: torch.Tensor, nfe:
     fitted = fit_grid(counted, warm, nfe, T0=p["T0"], T=p["T"], fine_steps=FINE_STEPS)
     fit_info = {"times": fitted.tolist(), "warmup_trajectories": WARMUP, "fine_steps": FINE_STEPS,
                 "warmup_nfe_per_trajectory": counted.calls}
-    grids = [(g, rho, time_grid(p["T0"], p["T"], nfe, g, rho=rho or 1.0)) for g, rho in FIXED_GRIDS]
+    grids = [(g, rho, time_grid(p["T0"], p["T"], nfe, g, **({} if rho is None else {GRID_EXPONENT[g]: rho})))
+             for g, rho in FIXED_GRIDS]
     rows = []
     for name in OURS:
         for grid, rho, ts in grids + [("fitted", None, fitted)]:
@@ -89,7 +92,8 @@ def low_nfe_comparison(truth: SubspaceGMM, p: dict, w2_ref: float, target: torch
         out["peer_best"][k] = _best(peer_rows, nfe)
         out[f"w2_ratio_at_{k}_nfe"] = out["best"][k]["w2_over_reference"]
         out[f"w2_ratio_at_{k}_nfe_fixed_grid"] = out["best_fixed_grid"][k]["w2_over_reference"]
-        out[f"peer_best_w2_ratio_at_{k}_nfe"] = out["peer_best"][k]["w2_over_reference"] if out["peer_best"][k] else None
+        peer = out["peer_best"][k]
+        out[f"peer_best_w2_ratio_at_{k}_nfe"] = peer["w2_over_reference"] if peer else None
     out["targets"] = {
         f"w2_ratio_at_5_nfe <= {TARGET_AT_5}": out["w2_ratio_at_5_nfe"] <= TARGET_AT_5,
         "no worse than every peer at 5 and 10 NFE": all(

@@ -9,11 +9,12 @@ import torch
 from latentdit.diffusion import OU
 
 GRIDS = ("uniform", "log", "logsnr", "karras", "polylambda")
-DEFAULT_RHO = 7.0  # the karras grid's exponent (EDM's choice); polylambda takes rho too
+DEFAULT_RHO = 7.0  # the karras grid's exponent (EDM's choice)
+DEFAULT_POWER = 1.5  # the polylambda grid's exponent
 
 
-def time_grid(T0: float, T: float, steps: int, kind: str = "log", *, rho: float = DEFAULT_RHO, device=None,
-              dtype: torch.dtype = torch.float64) -> torch.Tensor:
+def time_grid(T0: float, T: float, steps: int, kind: str = "log", *, rho: float = DEFAULT_RHO,
+              power: float = DEFAULT_POWER, device=None, dtype: torch.dtype = torch.float64) -> torch.Tensor:
     """A decreasing grid of ``steps + 1`` times from T to T0.
 
     - ``uniform``: equal steps in t (the paper's App. D.1 step size mu = (T - T0) / steps).
@@ -22,8 +23,8 @@ def time_grid(T0: float, T: float, steps: int, kind: str = "log", *, rho: float 
     - ``karras``: the EDM grid, uniform in s^(1/rho) for the noise-to-signal ratio
       s(t) = sqrt(sigma(t)) / beta(t) = exp(-lambda(t)); rho -> 0 tends to ``logsnr``, larger rho
       puts more steps at low noise.
-    - ``polylambda``: polynomial in lambda, lambda_k = lambda_T0 - (lambda_T0 - lambda_T) (1 - k/steps)^rho:
-      rho = 1 is ``logsnr``, rho > 1 puts more steps at low noise (try rho 1.5-3).
+    - ``polylambda``: polynomial in lambda, lambda_k = lambda_T0 - (lambda_T0 - lambda_T) (1 - k/steps)^power:
+      power = 1 is ``logsnr``, power > 1 puts more steps at low noise.
     """
     if not isinstance(steps, int) or steps <= 0:
         raise ValueError(f"time_grid: steps={steps!r} must be a positive integer")
@@ -31,8 +32,10 @@ def time_grid(T0: float, T: float, steps: int, kind: str = "log", *, rho: float 
         raise ValueError(f"time_grid: need 0 < T0 < T, got T0={T0}, T={T}")
     if kind not in GRIDS:
         raise ValueError(f"time_grid: kind={kind!r} is not one of {list(GRIDS)}")
-    if kind in ("karras", "polylambda") and not rho > 0:
+    if kind == "karras" and not rho > 0:
         raise ValueError(f"time_grid: rho={rho} must be > 0")
+    if kind == "polylambda" and not power > 0:
+        raise ValueError(f"time_grid: power={power} must be > 0")
     u = torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64)
     if kind == "uniform":
         ts = T + (T0 - T) * u
@@ -43,7 +46,7 @@ def time_grid(T0: float, T: float, steps: int, kind: str = "log", *, rho: float 
         ts = OU.t_from_log_snr(l0 + (l1 - l0) * u)
     elif kind == "polylambda":
         l0, l1 = OU.log_snr(T), OU.log_snr(T0)
-        ts = OU.t_from_log_snr(l1 - (l1 - l0) * (1.0 - u) ** rho)
+        ts = OU.t_from_log_snr(l1 - (l1 - l0) * (1.0 - u) ** power)
     else:
         s_max, s_min = math.exp(-OU.log_snr(T)), math.exp(-OU.log_snr(T0))
         s = (s_max ** (1 / rho) + (s_min ** (1 / rho) - s_max ** (1 / rho)) * u) ** rho

@@ -24,9 +24,9 @@ import numpy as np
 import torch
 
 from latentdit.diffusion import OU, Denoiser
-from latentdit.sampling.steps import StepCallback, batch_time, grid_floats, linear_part, psi, report, step_range
+from latentdit.sampling.steps import (LOWER_ORDER_FINAL_BELOW, StepCallback, batch_time, grid_floats, linear_part, psi,
+                                     report, step_range)
 
-LOWER_ORDER_FINAL_BELOW = 15  # UniPC: with fewer steps, the last steps drop in order (stabler)
 # Adams-Bashforth weights of orders 1-4 for steps of equal length, newest derivative first.
 AB_WEIGHTS = ((1.0,), (1.5, -0.5), (23 / 12, -16 / 12, 5 / 12), (55 / 24, -59 / 24, 37 / 24, -9 / 24))
 

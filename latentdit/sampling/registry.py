@@ -17,7 +17,8 @@ import torch
 
 from latentdit.sampling.grids import DEFAULT_RHO
 from latentdit.sampling.multistep import ipndm, ipndm_v, unipc
-from latentdit.sampling.solvers import ddim, dpm_solver_2m, dpm_solver_3m, euler_maruyama, exponential_integrator, heun_ode
+from latentdit.sampling.solvers import (ddim, dpm_solver_2m, dpm_solver_3m, euler_maruyama, exponential_integrator,
+                                        heun_ode)
 
 NFE_CONVENTION = ("every model call counts, the first and the last included: a final jump to T0 or to "
                   "sigma = 0, or a final Tweedie denoise, costs one NFE like any other call")

@@ -21,7 +21,8 @@ import math
 import torch
 
 from latentdit.diffusion import OU, Denoiser, score_from_denoised
-from latentdit.sampling.steps import StepCallback, batch_time, data_step, grid_floats, report, step_range
+from latentdit.sampling.steps import (LOWER_ORDER_FINAL_BELOW, StepCallback, batch_time, data_step, grid_floats, report,
+                                     step_range)
 
 
 def score_of(denoiser: Denoiser, x: torch.Tensor, t: float) -> torch.Tensor:
@@ -130,9 +131,6 @@ def dpm_solver_2m(denoiser: Denoiser, x: torch.Tensor, ts: torch.Tensor, *,
     return x
 
 
-LOWER_ORDER_FINAL_BELOW = 15  # with fewer steps, the last two steps drop to orders 2 and 1 (stabler)
-
-
 def dpm_solver_3m(denoiser: Denoiser, x: torch.Tensor, ts: torch.Tensor, *,
                   generator: torch.Generator | None = None, progress: bool = False,
                   callback: StepCallback | None = None) -> torch.Tensor:
@@ -141,7 +139,8 @@ def dpm_solver_3m(denoiser: Denoiser, x: torch.Tensor, ts: torch.Tensor, *,
     The data prediction is interpolated in lambda through the last three evaluations
     (D_k, D_{k-1}, D_{k-2} at offsets 0, r1 = lambda_{k-1} - lambda_k, r2 = lambda_{k-2} - lambda_k):
     d1_j = (D_{k-j} - D_k) / r_j, then D'' = 2 (d1_1 - d1_2) / (r1 - r2) and D' = d1_1 - r1 D'' / 2,
-    and each step is integrated exactly with the psi weights of :func:`latentdit.sampling.steps.data_step`. The first step
+    and each step is integrated exactly with the psi weights of
+    :func:`latentdit.sampling.steps.data_step`. The first step
     is first order and the second second order (not enough history yet); below
     ``LOWER_ORDER_FINAL_BELOW`` steps the last two steps are of orders 2 and 1, which is stabler at a
     handful of steps. One NFE per step.

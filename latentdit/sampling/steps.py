@@ -14,6 +14,8 @@ from tqdm.auto import tqdm
 
 from latentdit.diffusion import OU
 
+LOWER_ORDER_FINAL_BELOW = 15  # multistep solvers: with fewer steps, the last steps drop in order (stabler)
+
 StepCallback = Callable[[dict], None]
 """Called after every step with ``{"i", "t", "t_next", "x", "denoised"}``: the step index, the times it
 went from and to, the state at ``t_next`` and the denoiser output the step used at ``t``."""
