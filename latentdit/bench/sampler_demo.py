@@ -30,7 +30,7 @@ from latentdit.metrics.fid import fid_from_features, fid_to_reference
 from latentdit.metrics.fid_stats import cache_dir, cached_features, cached_stats
 from latentdit.models.guidance import GuidedDenoiser
 from latentdit.pipeline import LatentDiTPipeline, from_pretrained
-from latentdit.sampling import NFE_CONVENTION, CountingCalls, get_sampler, resolve_grid
+from latentdit.sampling import DEFAULTS, NFE_CONVENTION, CountingCalls, get_sampler, resolve_grid
 from latentdit.sampling.fit import fit_grid
 
 DEMO_NFE = (5, 10, 20)
@@ -80,7 +80,7 @@ def demo_comparison(export: Path, *, num: int = 2000, nfes: tuple[int, ...] = DE
     dev = pipe.device
     score = _Scorer(cfg, fid, dev, progress)
     labels = balanced_labels(num, model.num_classes) if model.num_classes > 0 else None
-    guidance = float(pipe.defaults.get("guidance", 1.0))
+    guidance = float(pipe.defaults.get("guidance", DEFAULTS.guidance))
     den = GuidedDenoiser(model, labels, guidance)
     z = torch.randn(num, model.ambient_dim, generator=torch.Generator().manual_seed(seed)).to(dev)
     warm = torch.randn(WARMUP, model.ambient_dim, generator=torch.Generator().manual_seed(seed + 1)).to(dev)
@@ -94,7 +94,7 @@ def demo_comparison(export: Path, *, num: int = 2000, nfes: tuple[int, ...] = DE
         rows.append(row)
         print(f"[demo] {row}", flush=True)
 
-    ref_name = pipe.defaults.get("sampler", "dpm2m")
+    ref_name = pipe.defaults.get("sampler", DEFAULTS.sampler)
     x, calls = _ours(den, z, ref_name, resolve_grid(ref_name, REFERENCE_STEPS, pipe.T0, pipe.T))
     add({"kind": "reference", "sampler": ref_name, "grid": "auto", "nfe": calls}, x)
     for nfe in nfes:
