@@ -22,8 +22,7 @@ from latentdit.config_files import apply_overrides, read_config_file
 from latentdit.errors import ConfigError
 from latentdit.export import IMAGE_SOURCES as AE_SOURCES
 from latentdit.models.config import ModelConfig
-from latentdit.pipeline import SamplingDefaults
-from latentdit.sampling import GRIDS, SAMPLERS
+from latentdit.sampling import GRIDS, SAMPLERS, SamplingDefaults
 
 
 
@@ -164,7 +163,7 @@ class TrainConfig:
 @dataclass
 class SampleConfig(SamplingDefaults):
     """The ``[sample]`` section: the sampling defaults an export records (``sampling.json``); the
-    fields and their defaults are :class:`latentdit.pipeline.SamplingDefaults`."""
+    fields and their defaults are :class:`latentdit.sampling.SamplingDefaults`."""
 
 
 @dataclass
