@@ -54,21 +54,18 @@ def test_every_peer_makes_its_nfe_and_reaches_the_gaussian_law_at_T0():
 
 
 def test_a_fitted_grid_stored_in_sampling_json_is_the_pipelines_default(tmp_path):
-    from latentdit.config import Config
     from latentdit.export import store_fitted_grid
     from latentdit.models.score import LatentScoreNet
-    from latentdit.pipeline import LatentDiTPipeline, save_pretrained
+    from latentdit.pipeline import LatentDiTPipeline
     from latentdit.sampling import time_grid
 
-    cfg = Config.from_dict({"data": {"ambient_dim": 8, "latent_dim": 4}, "encoder": {"latent_dim": 4},
-                            "model": {"hidden": 16, "depth": 1, "heads": 2}})
-    save_pretrained(LatentScoreNet(cfg.model, 8, 4).eval(), cfg, tmp_path)
-    times = time_grid(cfg.diffusion.T0, cfg.diffusion.T, 4, "karras", rho=11.0).tolist()
+    LatentDiTPipeline(LatentScoreNet(8, 4, hidden=16, depth=1, heads=2).eval()).save_pretrained(tmp_path)
+    times = time_grid(1e-3, 10.0, 4, "karras", rho=11.0).tolist()
     rec = store_fitted_grid(tmp_path, times, sampler="ipndm")
     assert json.loads((tmp_path / "sampling.json").read_text()) == rec
     assert rec["grid"] == times and rec["steps"] == 4 and rec["sampler"] == "ipndm"
     pipe = LatentDiTPipeline.from_pretrained(tmp_path)
-    assert pipe.defaults["grid"] == times
+    assert pipe.defaults.grid == times
     assert pipe.sample_model_space(3).shape == (3, 8)
     with pytest.raises(ValueError, match="4 steps but steps=9"):
         pipe.sample_model_space(3, steps=9)

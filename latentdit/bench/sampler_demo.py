@@ -23,13 +23,14 @@ import torch
 from latentdit.bench.sampler_peers import all_peers, run_peer
 from latentdit.errors import DataError
 from latentdit.evaluation.baselines import balanced_labels, classifier_features
+from latentdit.evaluation import run_config
 from latentdit.evaluation.real import load_real
 from latentdit.metrics import fid as fid_metrics
 from latentdit.metrics.classifier import classifier_accuracy, train_classifier
 from latentdit.metrics.fid import fid_from_features, fid_to_reference
 from latentdit.metrics.fid_stats import cache_dir, cached_features, cached_stats
 from latentdit.models.guidance import GuidedDenoiser
-from latentdit.pipeline import LatentDiTPipeline, from_pretrained
+from latentdit.pipeline import LatentDiTPipeline
 from latentdit.sampling import DEFAULTS, NFE_CONVENTION, CountingCalls, get_sampler, resolve_grid
 from latentdit.sampling.fit import fit_grid
 
@@ -75,12 +76,12 @@ def _ours(den, z: torch.Tensor, name: str, ts: torch.Tensor) -> tuple[torch.Tens
 def demo_comparison(export: Path, *, num: int = 2000, nfes: tuple[int, ...] = DEMO_NFE, fid: bool = True,
                     seed: int = 0, progress: bool = False) -> dict:
     """The rows of the module docstring for the model in ``export``."""
-    model, cfg, meta = from_pretrained(export)
-    pipe = LatentDiTPipeline.from_model(model.eval(), meta)
+    pipe = LatentDiTPipeline.from_pretrained(export)
+    model, cfg = pipe.model.eval(), run_config(export)
     dev = pipe.device
     score = _Scorer(cfg, fid, dev, progress)
     labels = balanced_labels(num, model.num_classes) if model.num_classes > 0 else None
-    guidance = float(pipe.defaults.get("guidance", DEFAULTS.guidance))
+    guidance = float(pipe.defaults.guidance)
     den = GuidedDenoiser(model, labels, guidance)
     z = torch.randn(num, model.ambient_dim, generator=torch.Generator().manual_seed(seed)).to(dev)
     warm = torch.randn(WARMUP, model.ambient_dim, generator=torch.Generator().manual_seed(seed + 1)).to(dev)
@@ -94,7 +95,7 @@ def demo_comparison(export: Path, *, num: int = 2000, nfes: tuple[int, ...] = DE
         rows.append(row)
         print(f"[demo] {row}", flush=True)
 
-    ref_name = pipe.defaults.get("sampler", DEFAULTS.sampler)
+    ref_name = pipe.defaults.sampler
     x, calls = _ours(den, z, ref_name, resolve_grid(ref_name, REFERENCE_STEPS, pipe.T0, pipe.T))
     add({"kind": "reference", "sampler": ref_name, "grid": "auto", "nfe": calls}, x)
     for nfe in nfes:
