@@ -46,7 +46,7 @@ def dense_log_prob(law: StationaryMixture, h: torch.Tensor, t: float) -> torch.T
 @pytest.mark.parametrize("dim", [12, 9])
 @pytest.mark.parametrize("t", [1e-3, 0.1, 2.0])
 def test_score_and_log_prob_match_dense_mixture(dim, t):
-    law = StationaryMixture.make(dim, components=4, seed=1, level=0.6, length_scales=(0.5, 3.0))
+    law = StationaryMixture.make(dim, components=4, seed=1, levels=(-0.6, 0.3), length_scales=(0.5, 3.0))
     h = law.sample(16, t, generator=torch.Generator().manual_seed(2)).requires_grad_(True)
     lp = dense_log_prob(law, h, t)
     (grad,) = torch.autograd.grad(lp.sum(), h)
@@ -69,7 +69,7 @@ def test_component_posterior_is_bayes_rule():
 
 def test_sample_covariance_matches_spectrum():
     dim, n = 16, 40000
-    law = StationaryMixture.make(dim, components=2, seed=0, level=0.5, length_scales=(2.0, 2.0))
+    law = StationaryMixture.make(dim, components=2, seed=0, levels=(-0.5, 0.5), length_scales=(2.0, 2.0))
     h, k = law.sample(n, generator=torch.Generator().manual_seed(0), return_labels=True)
     for c in range(2):
         x = h[k == c]
@@ -86,7 +86,7 @@ def test_sample_covariance_matches_spectrum():
 
 def test_noised_samples_have_the_noised_spectrum():
     dim, t = 8, 0.7
-    law = StationaryMixture.make(dim, components=1, seed=0, level=0.0, length_scales=(1.5, 1.5))
+    law = StationaryMixture.make(dim, components=1, seed=0, levels=(0.0, 0.0), length_scales=(1.5, 1.5))
     x = law.sample(60000, t, generator=torch.Generator().manual_seed(5))
     b2, s = math.exp(-t), -math.expm1(-t)
     want = b2 * dense_cov(law.spectra[0], dim) + s * torch.eye(dim, dtype=torch.float64)
@@ -104,7 +104,7 @@ def test_optimal_f_is_the_posterior_mean():
     """f* = beta E[h0 | h_t] for one Gaussian component: beta m + beta^2 C (beta^2 C + sigma I)^{-1} (h - beta m),
     with the dense covariance."""
     dim, t = 6, 0.3
-    law = StationaryMixture.make(dim, components=1, seed=0, level=0.4, length_scales=(1.0, 1.0))
+    law = StationaryMixture.make(dim, components=1, seed=0, levels=(0.4, 0.4), length_scales=(1.0, 1.0))
     h = law.sample(5, t, generator=torch.Generator().manual_seed(1))
     b, s = math.exp(-t / 2), -math.expm1(-t)
     C = dense_cov(law.spectra[0], dim)
@@ -118,4 +118,4 @@ def test_bad_arguments():
     with pytest.raises(ValueError):
         StationaryMixture.make(1)
     with pytest.raises(ValueError):
-        StationaryMixture.make(8, level=1.2)
+        StationaryMixture.make(8, levels=(0.0, 1.2))
