@@ -33,12 +33,14 @@ class DataConfig:
     mixture); the other sources are real data loaded by :mod:`latentdit.data.real`.
     """
 
-    source: str = "gmm"  # gmm | long | mnist | digits | npy | npz | csv | images
+    source: str = "gmm"  # gmm | long | stationary | mnist | digits | npy | npz | csv | images
     path: str | None = None  # file or folder for npy/npz/csv/images
-    n: int = 10000  # number of training points (gmm) or cap on loaded items (0 = all)
-    ambient_dim: int = 256  # D, gmm and long (long: D = d0 = tokens x token size, B = I)
+    # number of training points (gmm, long, stationary; stationary: 0 = fresh draws every step) or
+    # cap on loaded items (0 = all)
+    n: int = 10000
+    ambient_dim: int = 256  # D, gmm, long and stationary (the last two: D = d0 = tokens x token size, B = I)
     latent_dim: int = 16  # d0 of the ground truth, gmm only
-    components: int = 8  # mixture components, gmm and long
+    components: int = 8  # mixture components, gmm, long and stationary
     seed: int = 0  # seed of the ground-truth model and of data shuffling
     normalise: str = "minmax"  # real data: minmax | standard | none
     image_size: int | None = None  # real image folders: resize to this square size
@@ -81,7 +83,9 @@ class ModelConfig:
     paper_head_dim: int = 1
     paper_ff: int = 4
     paper_entry_bound: float | None = None  # Def. 3.2: bound |entries| of W_K X, W_Q X (tanh clip)
-    attention: str = "exact"  # exact | poly | auto | relu_linear (ReLU linear attention, no certificate)
+    # exact | poly | auto | relu_linear (ReLU linear attention, no certificate) | none (no attention:
+    # tokens processed independently, the attention-free baseline)
+    attention: str = "exact"
     # DiT block: per-head query/key size m, apart from the value size hidden / heads (0 = the same).
     # A small m with QK-norm keeps the polynomial method's rank C(m + g, g) small (Sec. 4).
     qk_dim: int = 0
@@ -104,6 +108,7 @@ class DiffusionConfig:
     T0: float = 1e-3  # early-stopping time
     T: float = 10.0  # terminal time
     weighting: str = "edm"  # gamma(t): none | sigma | sigma2 | edm (see diffusion.py)
+    times: str = "uniform"  # training times: uniform on [T0, T] (eq. 2.3) | log (log t uniform)
 
 
 @dataclass
@@ -312,7 +317,7 @@ def _choice(value: str, options: typing.Sequence[str], where: str) -> None:
 
 def validate(cfg: Config) -> None:
     """Range and choice checks that need more than a type (one message per problem)."""
-    _choice(cfg.data.source, ("gmm", "long", "mnist", "digits", "npy", "npz", "csv", "images"), "data.source")
+    _choice(cfg.data.source, ("gmm", "long", "stationary", "mnist", "digits", "npy", "npz", "csv", "images"), "data.source")
     _choice(cfg.data.normalise, ("minmax", "standard", "none"), "data.normalise")
     _choice(cfg.encoder.init, ("pca", "random", "identity"), "encoder.init")
     _choice(cfg.encoder.kind, ("linear", "autoencoder"), "encoder.kind")
@@ -327,10 +332,11 @@ def validate(cfg: Config) -> None:
     _choice(cfg.model.patching, ("auto", "2d", "1d"), "model.patching")
     _choice(cfg.model.activation, ("gelu", "gelu_tanh"), "model.activation")
     _choice(cfg.model.precondition_stats, ("scalar", "diagonal"), "model.precondition_stats")
-    _choice(cfg.model.attention, ("exact", "poly", "auto", "relu_linear"), "model.attention")
+    _choice(cfg.model.attention, ("exact", "poly", "auto", "relu_linear", "none"), "model.attention")
     if cfg.model.qk_dim < 0:
         raise ConfigError(f"model.qk_dim={cfg.model.qk_dim} must be >= 0 (0 = model.hidden / model.heads)")
     _choice(cfg.diffusion.weighting, WEIGHTINGS, "diffusion.weighting")
+    _choice(cfg.diffusion.times, ("uniform", "log"), "diffusion.times")
     _choice(cfg.optim.schedule, ("cosine", "constant"), "optim.schedule")
     for where, s in (("sample.sampler", cfg.sample.sampler), ("eval.sampler", cfg.eval.sampler)):
         _choice(s, tuple(SAMPLERS), where)

@@ -98,9 +98,14 @@ def draw_noise(n: int, dim: int, *, generator: torch.Generator | None = None, de
 
 
 def sample_times(n: int, T0: float, T: float, *, generator: torch.Generator | None = None,
-                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """t ~ Uniform[T0, T] (the training time distribution of eq. 2.3)."""
+                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+                 kind: str = "uniform") -> torch.Tensor:
+    """t ~ Uniform[T0, T] (the training time distribution of eq. 2.3), or ``kind="log"``: log t
+    uniform on [log T0, log T], which gives every decade of t the same share of the batch (the
+    small times that dominate Thm 3.2's functional are otherwise about T0 / T of the draws)."""
     u = torch.rand(n, generator=generator, device=device, dtype=dtype)
+    if kind == "log":
+        return T0 * (T / T0) ** u
     return T0 + (T - T0) * u
 
 

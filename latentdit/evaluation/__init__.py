@@ -24,7 +24,7 @@ def evaluate_run(run: str | Path, out: str | Path | None = None, **kw) -> dict:
     the training budget the export records (``steps_trained`` of ``steps_planned``)."""
     prov = provenance_start()
     model, cfg, meta = from_pretrained(run)
-    if cfg.data.source in ("gmm", "long"):
+    if cfg.data.source in ("gmm", "long", "stationary"):
         if kw.get("guidance") is not None:
             raise ConfigError("guidance applies to class-conditional real-data runs; this run has a ground truth")
         metrics = (evaluate_gmm if cfg.data.source == "gmm" else evaluate_long)(model, cfg, **kw)

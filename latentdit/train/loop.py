@@ -218,7 +218,8 @@ class Trainer:
         """One optimiser step on the global batch; returns the loss averaged over all ranks."""
         cfg, G = self.cfg, self.global_batch
         x0, y = self.batches.next()  # (G, D) the same on every rank
-        t = sample_times(G, cfg.diffusion.T0, cfg.diffusion.T, generator=self.gen, device=self.device)
+        t = sample_times(G, cfg.diffusion.T0, cfg.diffusion.T, generator=self.gen, device=self.device,
+                         kind=cfg.diffusion.times)
         noise = draw_noise(G, self.x.shape[1], generator=self.gen, device=self.device, basis=self.noise_basis)
         drop = None
         if self.y is not None:
