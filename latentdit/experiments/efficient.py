@@ -31,7 +31,8 @@ W2 of spectral summaries of generated samples with its true-vs-true floor (``w2_
 training seconds. Outputs in ``--out``: ``rows.csv`` (one row per model, operator and t),
 ``models.json`` (one record per model and operator), ``loss_curves.png``, ``summary.json`` (the
 ``gt_*`` headline keys, merged into the file other parts write: :func:`write_summary`), and
-``runs/`` (the training runs; a finished run or evaluation is reused, an interrupted one resumed).
+``runs/`` (the training runs; a finished run or evaluation is reused, an interrupted one resumed
+from its last checkpoint -- the time-limited exact run then gets its budget again from there).
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ from latentdit.evaluation.long import ground_truth, long_quality
 from latentdit.experiments.efficient_report import (loss_curve, plot_loss_curves, summary_values, write_rows,
                                                     write_summary)
 from latentdit.io import atomic_write_json
-from latentdit.pipeline import build_model, from_pretrained
+from latentdit.pipeline import EXPORT_CONFIG, build_model, from_pretrained
 from latentdit.provenance import provenance_end, provenance_start
 from latentdit.train import train
 from latentdit.train.batches import default_data
@@ -116,7 +117,7 @@ def trained(out: Path, length: Length, variant: str):
     """Train (or resume, or reuse) one model; returns (EMA model, cfg, export metadata, run dir)."""
     run = out / "runs" / run_name(length, variant)
     cfg = variant_config(length, variant)
-    if not (run / "model").is_dir():
+    if not (run / "model" / EXPORT_CONFIG).exists():  # written last: the export is complete
         print(f"train {run.name}: {length.steps} steps, batch {length.batch}, d0 {TOKEN_SIZE * length.tokens}",
               flush=True)
         train(cfg, run, progress=False)
