@@ -31,8 +31,9 @@ W2 of spectral summaries of generated samples with its true-vs-true floor (``w2_
 training seconds. Outputs in ``--out``: ``rows.csv`` (one row per model, operator and t),
 ``models.json`` (one record per model and operator), ``loss_curves.png``, ``summary.json`` (the
 ``gt_*`` headline keys, merged into the file other parts write: :func:`write_summary`), and
-``runs/`` (the training runs; a finished run or evaluation is reused, an interrupted one resumed
-from its last checkpoint -- the time-limited exact run then gets its budget again from there).
+``runs/`` (the training runs and the cached evaluations, ignored by git; a finished run or
+evaluation is reused, an interrupted one resumed from its last checkpoint -- the time-limited exact
+run then gets its budget again from there).
 """
 
 from __future__ import annotations
@@ -137,8 +138,8 @@ def set_attention(model, mode: str) -> None:
 
 
 def evaluation(out: Path, key: str, model, cfg: Config, length: Length, samples: int) -> dict:
-    """:func:`long_quality` of one (model, operator), cached in ``out/evals/key.json``."""
-    path = out / "evals" / f"{key}.json"
+    """:func:`long_quality` of one (model, operator), cached in ``out/runs/evals/key.json``."""
+    path = out / "runs" / "evals" / f"{key}.json"
     if path.exists():
         return json.loads(path.read_text())
     t0 = time.time()
