@@ -102,7 +102,7 @@ def sample_times(n: int, T0: float, T: float, *, generator: torch.Generator | No
                  kind: str = "uniform") -> torch.Tensor:
     """t ~ Uniform[T0, T] (the training time distribution of eq. 2.3), or ``kind="log"``: log t
     uniform on [log T0, log T], which gives every decade of t the same share of the batch (the
-    small times that dominate Thm 3.2's functional are otherwise about T0 / T of the draws)."""
+    first decade [T0, 10 T0], which dominates Thm 3.2's functional, is otherwise 9 T0 / T of the draws)."""
     u = torch.rand(n, generator=generator, device=device, dtype=dtype)
     if kind == "log":
         return T0 * (T / T0) ** u
