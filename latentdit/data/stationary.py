@@ -74,7 +74,7 @@ class StationaryMixture:
 
     @classmethod
     def make(cls, dim: int, components: int = 4, seed: int = 0, *, levels: tuple[float, float] = (-0.2, 0.8),
-             length_scales: tuple[float, float] = (0.5, 4.0), nugget: float = 0.1) -> "StationaryMixture":
+             length_scales: tuple[float, float] = (0.5, 2.0), nugget: float = 0.1) -> "StationaryMixture":
         """K components on a grid: mean level m_k = levels[k % 2] (alternating), length scales
         geometric between ``length_scales`` over ceil(K / 2) values (component k takes the
         (k // 2)-th), variance 1 - m_k^2, so every coordinate has second moment 1. Weights
