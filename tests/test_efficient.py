@@ -108,11 +108,14 @@ def test_experiment_end_to_end_smoke(tmp_path):
     rows = (tmp_path / "rows.csv").read_text().splitlines()
     assert rows[0].startswith("model,tokens") and len(rows) > 16 * 8
     assert (tmp_path / "loss_curves.png").stat().st_size > 0
-    before = json.loads((tmp_path / "models.json").read_text())
+    from latentdit.provenance import missing_fields
+    for name in ("models.json", "summary.json"):  # every committed figure JSON carries its provenance
+        assert not missing_fields(json.loads((tmp_path / name).read_text())), name
+    before = json.loads((tmp_path / "models.json").read_text())["models"]
     logs = {p: p.stat().st_mtime_ns for p in tmp_path.glob("runs/*/metrics.jsonl")}
     assert main(["--smoke", "--out", str(tmp_path)]) == 0  # every run and evaluation reused
     assert {p: p.stat().st_mtime_ns for p in tmp_path.glob("runs/*/metrics.jsonl")} == logs
-    assert json.loads((tmp_path / "models.json").read_text()) == before
+    assert json.loads((tmp_path / "models.json").read_text())["models"] == before
 
 
 def test_evaluate_a_stationary_run_against_the_dense_score(tmp_path):

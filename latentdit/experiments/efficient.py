@@ -192,10 +192,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"L = {length.tokens}", flush=True)
         records += run_length(args.out, length)
         print(f"  done ({time.time() - t0:.0f} s so far)", flush=True)
-    write_rows(args.out, records)
+    done = provenance_end(prov)
+    write_rows(args.out, records, done)
     plot_loss_curves(args.out, [(r.tokens, args.out / "runs" / run_name(r, v)) for r in plan for v in r.variants])
     values = summary_values(records, plan[-1].tokens, plan[0].tokens)
-    write_summary(args.out / "summary.json", "gt", values, provenance_end(prov))
+    write_summary(args.out / "summary.json", "gt", values, done)
     print(f"wrote {args.out / 'summary.json'}: " + ", ".join(f"{k} {v:.4g}" for k, v in values.items()
                                                               if isinstance(v, float)), flush=True)
     return 0

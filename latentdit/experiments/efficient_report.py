@@ -67,9 +67,9 @@ def plot_loss_curves(out: Path, runs: list[tuple[int, Path]]) -> Path | None:
     return save_figure(fig, out / "loss_curves.png")
 
 
-def write_rows(out: Path, records: list[dict]) -> None:
+def write_rows(out: Path, records: list[dict], provenance: dict) -> None:
     """``rows.csv``: one row per (model, operator, t); ``models.json``: one record per (model, operator)
-    with the scalar metrics and the profile."""
+    with the scalar metrics and the profile (under ``models``), and ``provenance``."""
     init = {r["tokens"]: r["score_profile"]["mse"] for r in records if r["model"] == "f0"}
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=ROW_FIELDS)
@@ -83,7 +83,7 @@ def write_rows(out: Path, records: list[dict]) -> None:
                         "mse_over_init": r["mse_over_init"][i], "true_sq_norm": p["true_sq_norm"][i],
                         "rel_error": r["score_rel_error_by_t"][i]})
     atomic_write_text(out / "rows.csv", buf.getvalue())
-    atomic_write_json(out / "models.json", records)
+    atomic_write_json(out / "models.json", {"models": records, "provenance": provenance})
 
 
 def _find(records: list[dict], model: str, tokens: int, evaluated_with: str | None = None) -> dict | None:
