@@ -25,7 +25,7 @@ GELU then), read here without today's training schema.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -161,7 +161,7 @@ def read_export(path: str | Path) -> ExportContents:
                               f"latentdit reads formats 0..{FORMAT_VERSION}: upgrade latentdit")
     try:
         parts = readers[version]()
-        model = ScoreNetConfig.from_dict(parts["model"]).__dict__.copy()
+        model = asdict(ScoreNetConfig.from_dict(parts["model"]))
         T0, T = float(parts["diffusion"]["T0"]), float(parts["diffusion"]["T"])
     except (KeyError, TypeError, AttributeError) as e:
         raise CheckpointError(f"{str(path / EXPORT_CONFIG)!r} is not a latentdit export config: {e}") from e
