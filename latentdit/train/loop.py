@@ -103,7 +103,8 @@ class Trainer:
         if tc.compile:
             self.model.backbone.compile()  # in place: parameter names (and checkpoints) unchanged
         # eq. (2.3) unless the caller replaces it (e.g. Thm 3.1's regression on f*)
-        self.loss_fn = loss if loss is not None else DSMLoss(cfg.diffusion.weighting, cfg.diffusion.T0, cfg.diffusion.T)
+        self.loss_fn = loss if loss is not None else DSMLoss(cfg.diffusion.weighting, cfg.diffusion.T0, cfg.diffusion.T,
+                                                             cfg.diffusion.times)
         self.net: torch.nn.Module = self.model  # what the loss calls: DDP wraps the network
         if self.dist.enabled:
             from torch.nn.parallel import DistributedDataParallel
