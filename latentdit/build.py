@@ -99,7 +99,8 @@ def build_model(cfg: Config, data: TrainData, *, generator: torch.Generator | No
         # the whole autoencoder latent: its rows are laid out in c x p x p patches (p = model.patch), so
         # 1-D tokens of c p p consecutive coordinates are exactly the latent patches
         c, p = stage.latent_shape[0], stage.layout_patch
-        mcfg = replace(mcfg, patching="1d", patch=c * p * p)
+        # a video stage's tokens are c x pt x p x p spatio-temporal patches (latentdit.video_stage)
+        mcfg = replace(mcfg, patching="1d", patch=getattr(stage, "token_dim", c * p * p))
     x = data.x
     if cfg.encoder.init == "identity":  # W_B = I, never stored (a plain DiT on the data's coordinates)
         W, h = "identity", x.double()

@@ -54,7 +54,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="class label(s) for conditional models, cycled over the samples")
     s.add_argument("--raw", action="store_true",
                    help="image data: keep values outside the pixel range (default: clipped to it)")
-    s.add_argument("--out", type=Path, required=True, help="output .npy (or .npz with labels)")
+    s.add_argument("--out", type=Path, required=True,
+                   help="output .npy (or .npz with labels); video models also write an animated .gif beside it")
 
     e = sub.add_parser("evaluate", help="metrics of a trained run (ground truth or real data)")
     e.add_argument("--run", type=Path, required=True)
@@ -148,10 +149,20 @@ def _cmd_sample(a: argparse.Namespace) -> int:
     x = pipe(a.num, sampler=a.sampler, steps=a.steps, grid=a.grid, seed=a.seed, labels=labels, guidance=a.guidance,
              denoise=a.denoise, clip=not a.raw, progress=sys.stderr.isatty())
     arr = x.cpu().numpy()
+    video = getattr(pipe.first_stage, "video_shape", None)  # clips: (N, F, H, W) and an animated GIF beside
+    if video is not None:
+        arr = arr.reshape(arr.shape[0], *video)
+        from latentdit.data.video import save_clips_gif
+
+        save_clips_gif(arr, a.out.with_suffix(".gif"))
     if a.out.suffix == ".npz":
         atomic_write(a.out, lambda f: np.savez(f, x=arr, **({"labels": labels.numpy()} if labels is not None else {})))
     else:
         atomic_write(a.out, lambda f: np.save(f, arr))
+    if video is not None:
+        print(f"wrote {arr.shape[0]} clips of {video[0]} x {video[1]} x {video[2]} to {a.out} and "
+              f"{a.out.with_suffix('.gif')}")
+        return 0
     print(f"wrote {arr.shape[0]} samples of dimension {arr.shape[1]} to {a.out}")
     return 0
 

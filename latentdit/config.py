@@ -20,6 +20,7 @@ from typing import Any
 from latentdit.autoencoder.config import AutoencoderConfig, validate_autoencoder
 from latentdit.diffusion import WEIGHTINGS
 from latentdit.config_files import apply_overrides, read_config_file
+from latentdit.data.video import check_video_config
 from latentdit.errors import ConfigError
 from latentdit.sampling import GRIDS, SAMPLERS
 
@@ -33,7 +34,7 @@ class DataConfig:
     mixture); the other sources are real data loaded by :mod:`latentdit.data.real`.
     """
 
-    source: str = "gmm"  # gmm | long | mnist | digits | npy | npz | csv | images
+    source: str = "gmm"  # gmm | long | mnist | digits | npy | npz | csv | images | moving_mnist
     path: str | None = None  # file or folder for npy/npz/csv/images
     n: int = 10000  # number of training points (gmm) or cap on loaded items (0 = all)
     ambient_dim: int = 256  # D, gmm and long (long: D = d0 = tokens x token size, B = I)
@@ -44,6 +45,13 @@ class DataConfig:
     image_size: int | None = None  # real image folders: resize to this square size
     label_column: str | None = None  # csv: name or index of the label column
     conditional: bool = False  # use class labels (real data with labels)
+    # moving_mnist (latentdit.data.video): clips of `frames` canvas x canvas frames, `digits` digits per
+    # clip moving at a speed uniform in [speed_min, speed_max] pixels per frame; n clips
+    frames: int = 16
+    canvas: int = 64
+    digits: int = 1
+    speed_min: float = 2.0
+    speed_max: float = 4.0
 
 
 @dataclass
@@ -69,6 +77,7 @@ class ModelConfig:
     block: str = "dit"  # dit (practical DiT block) | paper (the T^{r,m,l} class, Sec. 3)
     patch: int = 2  # p: patch side (2d) or token size (1d)
     patching: str = "auto"  # 2d | 1d | auto (2d when d0 is a square divisible by p, else 1d)
+    patch_t: int = 1  # video (data.source = moving_mnist): frames per spatio-temporal patch
     hidden: int = 128  # DiT block width
     depth: int = 4  # number of blocks K
     heads: int = 4  # DiT block heads
@@ -312,11 +321,16 @@ def _choice(value: str, options: typing.Sequence[str], where: str) -> None:
 
 def validate(cfg: Config) -> None:
     """Range and choice checks that need more than a type (one message per problem)."""
-    _choice(cfg.data.source, ("gmm", "long", "mnist", "digits", "npy", "npz", "csv", "images"), "data.source")
+    _choice(cfg.data.source, ("gmm", "long", "mnist", "digits", "npy", "npz", "csv", "images", "moving_mnist"),
+            "data.source")
     _choice(cfg.data.normalise, ("minmax", "standard", "none"), "data.normalise")
     _choice(cfg.encoder.init, ("pca", "random", "identity"), "encoder.init")
     _choice(cfg.encoder.kind, ("linear", "autoencoder"), "encoder.kind")
-    validate_autoencoder(cfg.autoencoder, cfg.encoder.kind, cfg.data.source)
+    # moving_mnist: the autoencoder trains on the clips' frames, images like any image source
+    validate_autoencoder(cfg.autoencoder, cfg.encoder.kind,
+                         "images" if cfg.data.source == "moving_mnist" else cfg.data.source)
+    if cfg.data.source == "moving_mnist":
+        check_video_config(cfg.data, cfg.model.patch_t, cfg.encoder.kind, cfg.encoder.init)
     if cfg.encoder.init == "identity" and cfg.encoder.learn:
         raise ConfigError("encoder.init='identity' is a fixed W_B = I; set encoder.learn=false")
     _choice(cfg.train.noise, ("ambient", "latent"), "train.noise")
@@ -367,3 +381,4 @@ def validate(cfg: Config) -> None:
         if cfg.encoder.latent_dim > cfg.data.ambient_dim:
             raise ConfigError(f"encoder.latent_dim={cfg.encoder.latent_dim} is larger than data.ambient_dim="
                               f"{cfg.data.ambient_dim}; lower encoder.latent_dim")
+

@@ -38,6 +38,7 @@ from latentdit.config import Config, ModelConfig, SampleConfig
 from latentdit.errors import CheckpointError, ConfigError
 from latentdit.io import atomic_write_bytes, atomic_write_json
 from latentdit.models.score import LatentScoreNet
+from latentdit.video_stage import load_first_stage
 
 FORMAT_VERSION = 1  # an export without a first stage
 FIRST_STAGE_FORMAT = 2  # an export with a learned first stage
@@ -45,7 +46,7 @@ EXPORT_CONFIG = "config.json"
 EXPORT_SAMPLING = "sampling.json"
 EXPORT_TRAINING = "training.json"
 EXPORT_WEIGHTS = "model.safetensors"
-DATA_KEYS = ("normalisation", "image_shape", "pixel_range", "class_names")
+DATA_KEYS = ("normalisation", "image_shape", "pixel_range", "class_names", "video_shape")
 IMAGE_SOURCES = ("mnist", "digits", "images")  # data read as pixels in [0, 1]
 
 
@@ -145,7 +146,7 @@ def load_export(path: str | Path) -> tuple[dict, Config, dict, dict, dict]:
                               "the run's newest checkpoint with `latentdit train --out RUN`") from e
     meta["format"] = version
     if record.get("first_stage"):
-        meta["first_stage"] = FirstStage.load(path)
+        meta["first_stage"] = load_first_stage(path)  # an image stage or a per-frame video stage
     return record, cfg, sampling, meta, state
 
 

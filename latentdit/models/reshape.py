@@ -3,7 +3,8 @@
 2-D patching: the latent h in R^{d0} is read as an i x i grid (d0 = i^2, row-major) and cut into
 p x p patches, giving L = (i/p)^2 tokens of size d = p^2 (so d0 = d L).
 1-D patching: tokens are d = p consecutive coordinates, L = d0 / p.
-Autoencoder latents (c, h, w): :func:`latent_patchify` cuts them into c x p x p patch tokens.
+Autoencoder latents (c, h, w): :func:`latent_patchify` cuts them into c x p x p patch tokens; video
+latents (F, c, h, w): :func:`video_patchify` cuts them into c x pt x p x p spatio-temporal tokens.
 
 The paper writes tokens as columns (X in R^{d x L}); this code uses rows, X of shape (N, L, d).
 """
@@ -100,3 +101,34 @@ def latent_unpatchify(X: torch.Tensor, shape: tuple[int, int, int], patch: int) 
                          f"in patches of {patch}")
     x = X.reshape(X.shape[0], h // p, w // p, c, p, p).permute(0, 3, 1, 4, 2, 5)
     return x.reshape(X.shape[0], c, h, w)
+
+
+def video_patchify(z: torch.Tensor, patch_t: int, patch: int) -> torch.Tensor:
+    """Cut a video latent (N, F, c, h, w) into pt x p x p patches over (frames, rows, cols): tokens
+    (N, (F/pt)(h/p)(w/p), c pt p p).
+
+    Token k = (frame block, row, col) of the patch grid, row-major (the frame block slowest, the column
+    fastest); inside a token the order is (channel, frame, i, j). With pt = 1 each frame's tokens are
+    :func:`latent_patchify` of that frame, frame after frame. Flattened token by token, this is the
+    vector layout on which the 1-D reshape R with token size c pt p p is exactly this patching.
+    """
+    n, F, c, h, w = z.shape
+    pt, p = patch_t, patch
+    if pt < 1 or p < 1 or F % pt or h % p or w % p:
+        raise ValueError(f"video_patchify: patch_t={patch_t} must divide the frames F={F} and patch={patch} "
+                         f"the latent's sides h={h}, w={w}")
+    x = z.reshape(n, F // pt, pt, c, h // p, p, w // p, p)  # (N, T, k, c, R, i, C, j)
+    x = x.permute(0, 1, 4, 6, 3, 2, 5, 7)  # (N, T, R, C, c, k, i, j)
+    return x.reshape(n, (F // pt) * (h // p) * (w // p), c * pt * p * p)
+
+
+def video_unpatchify(X: torch.Tensor, shape: tuple[int, int, int, int], patch_t: int, patch: int) -> torch.Tensor:
+    """Inverse of :func:`video_patchify`: tokens (N, L, c pt p p) -> (N, F, c, h, w), ``shape`` = (F, c, h, w)."""
+    F, c, h, w = shape
+    pt, p = patch_t, patch
+    if pt < 1 or p < 1 or F % pt or h % p or w % p or X.shape[1:] != ((F // pt) * (h // p) * (w // p), c * pt * p * p):
+        raise ValueError(f"video_unpatchify: tokens of shape {tuple(X.shape)} do not fit shape={shape} in "
+                         f"patches of {patch_t} x {patch} x {patch}")
+    x = X.reshape(X.shape[0], F // pt, h // p, w // p, c, pt, p, p)  # (N, T, R, C, c, k, i, j)
+    x = x.permute(0, 1, 5, 4, 2, 6, 3, 7)  # (N, T, k, c, R, i, C, j)
+    return x.reshape(X.shape[0], F, c, h, w)

@@ -23,6 +23,8 @@ def data_meta(data) -> dict:
         return {}
     meta = {"normalisation": loaded.norm.to_dict(), "image_shape": loaded.image_shape,
             "class_names": loaded.class_names}
+    if getattr(loaded, "video_shape", None):  # clips (latentdit.data.video): rows are F x H x W
+        meta["video_shape"] = list(loaded.video_shape)
     if loaded.pixel_range is not None:  # otherwise the export decides from data.source
         meta["pixel_range"] = [float(v) for v in loaded.pixel_range]
     return meta

@@ -1,0 +1,174 @@
+"""The video first stage: the image autoencoder applied frame by frame, in spatio-temporal tokens.
+
+Why per frame. The first stage is the trained conv autoencoder of the image pipeline
+(:mod:`latentdit.autoencoder`), applied to every frame on its own: the same weights, the same
+unit-variance latent scale (``s = 1 / std`` over the training frames' latents). It compresses space
+only (f x f per frame) and leaves all temporal structure, the identity of the digit across frames
+and its motion, to the DiT, whose full spatio-temporal attention must carry it. A spatio-temporal
+autoencoder with temporal compression (LTX-Video, CogVideoX) would shorten the sequence and take
+part of that work off the DiT; it is future work here.
+
+Layout of a clip (F frames of H x W pixels in [0, 1], the data rows (N, F H W)):
+
+    frames (N F, 1, S, S) -> per-frame latents (N, F, c, h, w), scaled -> video_patchify with
+    pt x p x p patches -> tokens (N, L, c pt p p), L = (F/pt)(h/p)(w/p) -> rows (N, L c pt p p)
+
+so the DiT's 1-D reshape R with token size c pt p p cuts exactly the spatio-temporal patches
+(:func:`latentdit.models.reshape.video_patchify`), token order (frame block, row, col).
+
+:func:`prepare_video_first_stage` is the call training makes for ``data.source = "moving_mnist"``:
+it trains (or resumes, or loads) the frame autoencoder in RUN/autoencoder/ through
+:func:`latentdit.autoencoder.fit.train_first_stage` and returns the clips' latent rows.
+:func:`load_first_stage` reads either kind of saved stage (an export's ``autoencoder.json``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from latentdit.autoencoder.stage import STAGE_CONFIG, FirstStage
+from latentdit.build import TrainData
+from latentdit.config import Config
+from latentdit.data.real import LoadedData
+from latentdit.data.video import VideoData, moving_mnist
+from latentdit.errors import CheckpointError, ConfigError
+from latentdit.models.reshape import video_patchify, video_unpatchify
+
+VIDEO_KEY = "video"  # the key of autoencoder.json that marks a per-frame video stage
+AE_FRAMES = 6000  # frames the frame autoencoder trains on (drawn from the training clips)
+
+
+class VideoFirstStage:
+    """A trained image :class:`FirstStage` applied per frame: clip rows (N, F H W) <-> latent rows."""
+
+    def __init__(self, frame_stage: FirstStage, frames: int, patch_t: int = 1):
+        self.frame_stage, self.frames, self.patch_t = frame_stage, int(frames), int(patch_t)
+        c, h, w = frame_stage.latent_shape
+        self.patch = self.layout_patch = frame_stage.layout_patch
+        if self.frames % self.patch_t or h % self.patch:
+            raise ConfigError(f"video first stage: patch_t={patch_t} must divide frames={frames} and "
+                              f"model.patch={self.patch} the latent side {h}")
+        self.latent_shape = (self.frames, c, h, w)
+        self.token_dim = c * self.patch_t * self.patch * self.patch
+        self.num_tokens = (self.frames // self.patch_t) * (h // self.patch) * (w // self.patch)
+        self.train_seconds = frame_stage.train_seconds
+
+    @property
+    def video_shape(self) -> tuple[int, int, int]:
+        """(F, H, W) of a clip."""
+        H, W = self.frame_stage.image_shape[:2]
+        return (self.frames, H, W)
+
+    @property
+    def latent_dim(self) -> int:
+        return self.num_tokens * self.token_dim
+
+    @property
+    def scale(self) -> float:
+        return self.frame_stage.scale
+
+    def encode_clips(self, clips: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+        """Clips (N, F, H, W) in [0, 1] -> latent rows (N, L token_dim)."""
+        out = []
+        for i in range(0, len(clips), batch_size):
+            c = clips[i:i + batch_size]
+            n, F = c.shape[:2]
+            frames = self.frame_stage.images_from_rows(c.reshape(n * F, -1))  # (n F, 1, S, S)
+            z = self.frame_stage.encode_images(frames).reshape(n, F, *self.latent_shape[1:])
+            out.append(video_patchify(z, self.patch_t, self.patch).reshape(n, -1))
+        return torch.cat(out)
+
+    def decode_clips(self, v: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+        """Latent rows (N, L token_dim) -> clips (N, F, H, W) in [0, 1]."""
+        if v.ndim != 2 or v.shape[1] != self.latent_dim:
+            raise ValueError(f"VideoFirstStage: rows of shape {tuple(v.shape)}, expected (N, {self.latent_dim})")
+        F, H, W = self.video_shape
+        out = []
+        for i in range(0, len(v), batch_size):
+            X = v[i:i + batch_size].detach().cpu().float()
+            n = X.shape[0]
+            z = video_unpatchify(X.reshape(n, self.num_tokens, self.token_dim), self.latent_shape, self.patch_t,
+                                 self.patch)
+            img = self.frame_stage.decode_images(z.reshape(n * F, *self.latent_shape[1:]))
+            out.append(self.frame_stage.rows_from_images(img).reshape(n, F, H, W))
+        return torch.cat(out)
+
+    def encode_vectors(self, x: torch.Tensor) -> torch.Tensor:
+        """Data rows (N, F H W) (pixels, identity normalisation) -> latent rows."""
+        return self.encode_clips(x.detach().cpu().reshape(x.shape[0], *self.video_shape))
+
+    def decode_vectors(self, v: torch.Tensor) -> torch.Tensor:
+        """Latent rows -> data rows (N, F H W)."""
+        return self.decode_clips(v).reshape(v.shape[0], -1)
+
+    def record(self) -> dict:
+        return {**self.frame_stage.record(), VIDEO_KEY: {"frames": self.frames, "patch_t": self.patch_t}}
+
+    def save(self, folder: str | Path, extra: dict | None = None) -> None:
+        """The frame stage's files, its ``autoencoder.json`` marked with the video layout."""
+        self.frame_stage.save(folder, {VIDEO_KEY: {"frames": self.frames, "patch_t": self.patch_t}, **(extra or {})})
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "VideoFirstStage":
+        rec = json.loads((Path(folder) / STAGE_CONFIG).read_text())
+        return cls(FirstStage.load(folder), rec[VIDEO_KEY]["frames"], rec[VIDEO_KEY]["patch_t"])
+
+
+def load_first_stage(folder: str | Path) -> FirstStage | VideoFirstStage:
+    """The stage saved in ``folder``: a :class:`VideoFirstStage` when its record says so, else a :class:`FirstStage`."""
+    try:
+        rec = json.loads((Path(folder) / STAGE_CONFIG).read_text())
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{str(folder)!r} holds no readable autoencoder ({STAGE_CONFIG}): {e}") from e
+    return VideoFirstStage.load(folder) if isinstance(rec, dict) and VIDEO_KEY in rec else FirstStage.load(folder)
+
+
+def build_video(cfg: Config, n: int | None = None, seed: int | None = None) -> VideoData:
+    """The moving-digit clips of ``cfg.data`` (``n`` and ``seed`` override data.n and data.seed)."""
+    d = cfg.data
+    return moving_mnist(n or d.n, frames=d.frames, canvas=d.canvas, digits=d.digits,
+                        speed=(d.speed_min, d.speed_max), seed=d.seed if seed is None else seed)
+
+
+def _frame_data(video: VideoData, count: int, seed: int) -> LoadedData:
+    """``count`` frames drawn from the clips (seeded) as image data rows for the frame autoencoder."""
+    F = video.video_shape[0]
+    g = torch.Generator().manual_seed(seed)
+    pick = torch.randperm(len(video) * F, generator=g)[:count].sort().values
+    frames = []
+    for clip in pick.div(F, rounding_mode="floor").unique():
+        fr = pick[pick.div(F, rounding_mode="floor") == clip] % F
+        frames.append(video.render(int(clip), int(clip) + 1)[0, fr])
+    x = torch.cat(frames).reshape(len(pick), -1)
+    return LoadedData(x, None, 0, video.image_shape, video.norm, "moving_mnist_frames", None, video.pixel_range)
+
+
+def prepare_video_first_stage(cfg: Config, run: str | Path, data: TrainData | None = None, *,
+                              progress: bool | None = None, world_size: int = 1) -> TrainData:
+    """The DiT's training data for ``data.source = "moving_mnist"``: the latent rows of the clips
+    (N, L c pt p p) under the frame autoencoder, trained in RUN/autoencoder/ on frames of the clips."""
+    from latentdit.autoencoder.fit import AE_DIR, train_first_stage  # it imports latentdit.train
+    from latentdit.io import atomic_write_json
+    from latentdit.train.rundir import RunLock
+
+    if world_size > 1:
+        raise ConfigError("data.source='moving_mnist' trains in one process; run it without torchrun")
+    if cfg.train.threads > 0:
+        torch.set_num_threads(cfg.train.threads)
+    video = build_video(cfg)
+    count = min(AE_FRAMES, len(video) * video.video_shape[0])
+    frames = TrainData(torch.zeros(0), None, 0, loaded=_frame_data(video, count, cfg.autoencoder.seed))
+    run = Path(run)
+    if not (run / "config.json").is_file():  # a run directory from its first file on (resumable)
+        atomic_write_json(run / "config.json", cfg.to_dict())
+    with RunLock(run):
+        frame_stage = train_first_stage(cfg, frames, run / AE_DIR, progress=bool(progress))
+    stage = VideoFirstStage(frame_stage, cfg.data.frames, cfg.model.patch_t)
+    rows = []
+    for i in range(0, len(video), 64):
+        rows.append(stage.encode_clips(video.render(i, i + 64)))
+    return TrainData(torch.cat(rows).float(), video.labels if cfg.data.conditional else None,
+                     video.num_classes if cfg.data.conditional else 0, loaded=video, first_stage=stage)
