@@ -50,6 +50,8 @@ def test_constant_velocity_between_bounces():
     stop = pos[0, 0].copy()
     stop[8:] = stop[7]  # halts halfway: not a constant velocity
     assert not bool(constant_velocity(centroids(_clip(stop)[None]))[0])
+    still = np.repeat(pos[0, 0, :1], 16, axis=0)  # standing still is not moving
+    assert not bool(constant_velocity(centroids(_clip(still)[None]))[0])
 
 
 def test_w1_closed_forms():

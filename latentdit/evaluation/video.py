@@ -60,7 +60,8 @@ def constant_velocity(c: torch.Tensor, *, tol: float = 0.5, rel_tol: float = 0.1
     a bounce step next to a sign change. Drop the steps adjacent to a sign change of that axis (or
     around a step too small to have a sign between two of opposite sign); the
     remaining |d_t| must agree with their median within max(tol, rel_tol median) pixels, and at least
-    half of the steps must remain (a jittering trajectory changes sign so often that little would).
+    half of the steps must remain (a jittering trajectory changes sign so often that little would),
+    and the median speed must exceed ``tol`` (a digit standing still does not move).
     Components within ``tol`` of zero count as having no sign (a slow axis need not bounce). A first
     or last step shorter than the median is dropped too (a bounce there shows no sign change).
     """
@@ -88,7 +89,7 @@ def constant_velocity(c: torch.Tensor, *, tol: float = 0.5, rel_tol: float = 0.1
                 k[end] &= bool(mag[i, end] >= med)
             kept = mag[i][k]
             ok[i] &= bool(((kept - med).abs() <= max(tol, rel_tol * float(med))).all())
-    return ok
+    return ok & (speeds(c).median(dim=1).values > tol)  # and it moves
 
 
 def crops(clips: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
