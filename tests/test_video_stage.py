@@ -1,13 +1,18 @@
 """The per-frame video first stage (latentdit.video_stage) and the video path through train and sample."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
 from latentdit.autoencoder import ConvAutoencoder, FirstStage
+from latentdit.config import load_config
 from latentdit.data.normalise import Normalisation
 from latentdit.models.reshape import video_patchify
 from latentdit.video_stage import VideoFirstStage, load_first_stage
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _stage(frames=4, patch_t=2, patch=2) -> VideoFirstStage:
@@ -57,10 +62,25 @@ def test_train_and_sample_write_clips_and_a_gif(tmp_path):
     sets = ["data.n=8", "data.frames=2", "data.canvas=32", "encoder.latent_dim=512", "autoencoder.epochs=1",
             "train.steps=2", "train.batch_size=2", "optim.warmup_steps=1", "train.checkpoint_every=0",
             "train.time_limit=0", "model.depth=1", "train.threads=1"]
-    args = ["train", "--config", "configs/moving_mnist.toml", "--out", str(run), "--quiet"]
+    args = ["train", "--config", str(ROOT / "configs" / "moving_mnist.toml"), "--out", str(run), "--quiet"]
     assert main(args + [a for s in sets for a in ("--set", s)]) == 0
     assert main(["sample", "--run", str(run), "--num", "3", "--steps", "2", "--out", str(tmp_path / "c.npz")]) == 0
     z = np.load(tmp_path / "c.npz")
     assert z["x"].shape == (3, 2, 32, 32) and list(z["labels"]) == [0, 1, 2]
     with Image.open(tmp_path / "c.gif") as im:
         assert im.n_frames == 2
+
+
+def test_reference_config_has_4096_tokens_and_poly_attention():
+    from latentdit.experiments.video import CONFIG, video_config
+
+    cfg = load_config(ROOT / "configs" / "moving_mnist.toml")
+    d, a, m = cfg.data, cfg.autoencoder, cfg.model
+    side = d.canvas // a.factor
+    assert cfg.encoder.latent_dim == d.frames * a.channels * side * side
+    tokens = (d.frames // m.patch_t) * (side // m.patch) ** 2
+    assert tokens >= 4096 and cfg.encoder.latent_dim // tokens == a.channels * m.patch_t * m.patch ** 2
+    assert m.attention == "poly" and m.qk_norm and cfg.data.conditional
+    assert video_config(CONFIG, "poly", None, [], False) == cfg  # the experiment trains exactly this
+    short = video_config(CONFIG, "exact", 4, [], False)
+    assert short.encoder.latent_dim == 4 * a.channels * side * side and short.model.attention == "exact"

@@ -132,18 +132,11 @@ def motion_metrics(clips: torch.Tensor, real: torch.Tensor, threshold: float = T
             "speed_w1_rel": w1 / float(sr.mean()), "constant_velocity": float(constant_velocity(c).double().mean())}
 
 
-def frame_fid(real: torch.Tensor, clips: torch.Tensor, *, frames: int, seed: int, device: str = "cpu",
-              extractor=None, progress: bool = False) -> float:
-    """Inception FID between ``frames`` frames drawn (seeded) from real clips and as many from ``clips``."""
-    from latentdit.metrics.fid import compute_fid
-
-    g = torch.Generator().manual_seed(seed)
-
-    def pick(x: torch.Tensor) -> torch.Tensor:
-        flat = x.reshape(-1, *x.shape[-2:])
-        return flat[torch.randperm(len(flat), generator=g)[:frames]]
-
-    return compute_fid(pick(real), pick(clips), extractor=extractor, device=device, progress=progress)
+def frame_features(clips: torch.Tensor, extractor, *, frames: int, seed: int, progress: bool = False) -> torch.Tensor:
+    """Inception features of ``frames`` frames drawn (seeded) from clips (N, F, H, W)."""
+    flat = clips.reshape(-1, *clips.shape[-2:])
+    pick = torch.randperm(len(flat), generator=torch.Generator().manual_seed(seed))[:frames]
+    return torch.as_tensor(extractor.features(flat[pick], progress=progress))
 
 
 def video_metrics(clips: torch.Tensor, labels: torch.Tensor, real: torch.Tensor, real_labels: torch.Tensor,
@@ -154,10 +147,13 @@ def video_metrics(clips: torch.Tensor, labels: torch.Tensor, real: torch.Tensor,
     set ``real_b``. ``fid_frames`` > 0 adds the per-frame FID (and its real-vs-real floor)."""
     gen = {**identity_metrics(frame_classes(classifier, norm, clips), labels), **motion_metrics(clips, real_b)}
     floor = {**identity_metrics(frame_classes(classifier, norm, real), real_labels), **motion_metrics(real, real_b)}
-    if fid_frames > 0:
-        from latentdit.metrics.fid import InceptionFeatures
+    if fid_frames > 0:  # per-frame FID against the second real set, whose features serve both
+        from latentdit.metrics.fid import InceptionFeatures, fid_from_features
 
         ext = InceptionFeatures(device)
-        gen["frame_fid"] = frame_fid(real_b, clips, frames=fid_frames, seed=seed, extractor=ext, progress=progress)
-        floor["frame_fid"] = frame_fid(real_b, real, frames=fid_frames, seed=seed, extractor=ext, progress=progress)
+        ref = frame_features(real_b, ext, frames=fid_frames, seed=seed, progress=progress)
+        gen["frame_fid"] = fid_from_features(ref, frame_features(clips, ext, frames=fid_frames, seed=seed + 1,
+                                                                 progress=progress))
+        floor["frame_fid"] = fid_from_features(ref, frame_features(real, ext, frames=fid_frames, seed=seed + 1,
+                                                                   progress=progress))
     return {**gen, "real": floor, "num_clips": int(clips.shape[0]), "fid_frames": fid_frames}

@@ -24,6 +24,14 @@ provenance; ``--json`` also writes the headline keys (``video_tokens``, ``video_
 ``video_identity_consistency``, ``video_speed_w1_rel``, ``video_train_seconds``,
 ``video_poly_speedup_train``, ``video_poly_speedup_sample``) there, e.g. docs/efficient/video.json.
 ``--smoke`` shrinks everything to a run of about a minute (4 frames of 32 x 32, a few steps).
+
+The full command's cost on 2 idle cores, estimated from the sizes (not measured end to end): the
+frame autoencoder 940 steps at 64 x 64 (about 6 min), the DiT 4,000 steps of 8 clips at 4,096
+tokens (about 0.8 s a step: about 55 min; ``train.time_limit`` stops it at 80 min), encoding and
+evaluation (100 clips at 20 guided steps, the classifier, 3,000 Inception frames: about 10 min),
+the timing (exact attention at 4,096 tokens: about 4 min): about 75 minutes in all. On an
+oversubscribed machine set ``--set train.threads=1``: two OpenMP threads fighting other processes
+can be many times slower than one.
 """
 
 from __future__ import annotations
