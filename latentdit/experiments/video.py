@@ -52,14 +52,13 @@ from latentdit.bench import interleaved_times, medians
 from latentdit.build import TrainData, build_model
 from latentdit.config import Config, apply_overrides, read_config_file
 from latentdit.data.real import load_data
-from latentdit.data.video import save_clips_gif
+from latentdit.data.video import moving_mnist_from_config, save_clips_gif
 from latentdit.evaluation.video import video_metrics
 from latentdit.io import atomic_write, atomic_write_json
 from latentdit.metrics.classifier import train_classifier
 from latentdit.pipeline import LatentDiTPipeline, from_pretrained
 from latentdit.provenance import provenance_end, provenance_start
 from latentdit.train import Trainer, train
-from latentdit.video_stage import build_video
 
 CONFIG = Path(__file__).resolve().parents[2] / "configs" / "moving_mnist.toml"
 VARIANTS = {
@@ -87,7 +86,7 @@ def video_config(path: Path, variant: str, frames: int | None, overrides: list[s
 
 def learning_check(model, cfg: Config, stage, num: int = 32) -> dict:
     """DSM loss of the trained model and of a fresh initialisation on the same held-out clips, times and noise."""
-    video = build_video(cfg, n=num, seed=cfg.eval.seed + 7)
+    video = moving_mnist_from_config(cfg.data, n=num, seed=cfg.eval.seed + 7)
     x0 = stage.encode_clips(video.render())
     y = video.labels if model.num_classes > 0 else None
     g = torch.Generator().manual_seed(cfg.eval.seed)
@@ -122,8 +121,8 @@ def evaluate(model, cfg: Config, meta: dict, out: Path, *, fid_frames: int, smok
     sample_seconds = time.time() - t0
     save_clips_gif(clips[:20], out / "samples.gif")
     atomic_write(out / "samples.npz", lambda f: np.savez(f, x=clips.numpy(), labels=labels.numpy()))
-    real = build_video(cfg, n=num, seed=cfg.eval.seed + 1)
-    real_b = build_video(cfg, n=num, seed=cfg.eval.seed + 2)
+    real = moving_mnist_from_config(cfg.data, n=num, seed=cfg.eval.seed + 1)
+    real_b = moving_mnist_from_config(cfg.data, n=num, seed=cfg.eval.seed + 2)
     save_clips_gif(real.render(0, 20), out / "real.gif")
     mnist = load_data("mnist", normalise="minmax", seed=0)
     clf, test_acc = train_classifier(mnist, epochs=1 if smoke else 8, seed=0)
@@ -140,7 +139,7 @@ def set_attention(model, mode: str) -> None:
 
 def time_poly_exact(cfg: Config, stage, repeats: int, train_batch: int, sample_batch: int) -> dict:
     """Seconds per training step and per sampling NFE at the model's L, poly against exact, interleaved."""
-    video = build_video(cfg, n=train_batch, seed=cfg.eval.seed + 3)
+    video = moving_mnist_from_config(cfg.data, n=train_batch, seed=cfg.eval.seed + 3)
     x0 = stage.encode_clips(video.render())
     data = TrainData(x0, video.labels, video.num_classes, first_stage=stage)
     tmp = tempfile.TemporaryDirectory()  # the trainers write nothing before fit()

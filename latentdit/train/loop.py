@@ -32,8 +32,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-import latentdit.autoencoder.fit as first_stage_fit  # the autoencoder stage (a module: it imports train.checkpoint)
-from latentdit.video_stage import prepare_video_first_stage  # the per-frame stage of moving_mnist
+import latentdit.video_fit as first_stage_fit  # the first stages (a module: it imports train.checkpoint)
 from latentdit.attention import attention_stats, reset_attention_stats
 from latentdit.config import Config
 from latentdit.diffusion import draw_noise, sample_times
@@ -395,8 +394,7 @@ def train(cfg: Config, run_dir: str | Path, *, progress: bool | None = None, dat
     ctx = init_distributed(cfg.train.device)
     try:
         check_run_dir(run)  # every rank checks before any rank writes (the group init is a barrier)
-        prepare = prepare_video_first_stage if cfg.data.source == "moving_mnist" else first_stage_fit.prepare_first_stage
-        data = prepare(cfg, run, data, progress=progress, world_size=ctx.world_size)
+        data = first_stage_fit.prepare_first_stage(cfg, run, data, progress=progress, world_size=ctx.world_size)
         return Trainer(cfg, run, progress=progress, dist=ctx, data=data, callbacks=callbacks).fit()
     finally:
         ctx.shutdown()
