@@ -136,6 +136,9 @@ def _cmd_sample(a: argparse.Namespace) -> int:
     if a.out.suffix not in (".npy", ".npz"):
         raise ConfigError(f"--out {str(a.out)!r} must end in .npy or .npz")
     pipe = LatentDiTPipeline.from_pretrained(a.run)
+    video = getattr(pipe.first_stage, "video_shape", None)  # clips: (N, F, H, W) and an animated GIF beside
+    if video is not None:
+        check_output_file(a.out.with_suffix(".gif"))
     k = pipe.model.num_classes
     labels = None
     if k > 0:
@@ -149,7 +152,6 @@ def _cmd_sample(a: argparse.Namespace) -> int:
     x = pipe(a.num, sampler=a.sampler, steps=a.steps, grid=a.grid, seed=a.seed, labels=labels, guidance=a.guidance,
              denoise=a.denoise, clip=not a.raw, progress=sys.stderr.isatty())
     arr = x.cpu().numpy()
-    video = getattr(pipe.first_stage, "video_shape", None)  # clips: (N, F, H, W) and an animated GIF beside
     if video is not None:
         arr = arr.reshape(arr.shape[0], *video)
         from latentdit.data.video import save_clips_gif
