@@ -14,8 +14,8 @@ every attention call) through :func:`latentdit.train.train`, then
    FID on ``--fid-frames`` frames, classifier accuracy, identity consistency, speed W1, constant
    velocity), the same figures for real clips as the floor; writes DIR/samples.gif and .npz;
 3. times poly against exact attention at the model's own L, interleaved, medians
-   (:func:`latentdit.bench.interleaved_times`): a training step at the training batch and one
-   network evaluation (NFE) of sampling at the sampling batch with guidance (2 rows per clip).
+   (:func:`latentdit.bench.interleaved_times`): a training step of ``--time-batch`` clips and one
+   network evaluation (NFE) of sampling ``--sample-batch`` clips with guidance (2 rows per clip).
 
 ``--variant relu_linear`` trains the same network with ReLU linear attention (no certificate);
 ``--variant exact`` with exact attention, meant with a shorter clip (``--frames 4``: 1,024 tokens).
@@ -25,13 +25,14 @@ provenance; ``--json`` also writes the headline keys (``video_tokens``, ``video_
 ``video_poly_speedup_train``, ``video_poly_speedup_sample``) there, e.g. docs/efficient/video.json.
 ``--smoke`` shrinks everything to a run of about a minute (4 frames of 32 x 32, a few steps).
 
-The full command's cost on 2 idle cores, estimated from the sizes (not measured end to end): the
-frame autoencoder 940 steps at 64 x 64 (about 6 min), the DiT 4,000 steps of 8 clips at 4,096
-tokens (about 0.8 s a step: about 55 min; ``train.time_limit`` stops it at 80 min), encoding and
-evaluation (100 clips at 20 guided steps, the classifier, 3,000 Inception frames: about 10 min),
-the timing (exact attention at 4,096 tokens: about 4 min): about 75 minutes in all. On an
-oversubscribed machine set ``--set train.threads=1``: two OpenMP threads fighting other processes
-can be many times slower than one.
+The full command's cost on 2 idle cores, estimated from the sizes and from short runs on a loaded
+machine (not measured end to end): the frame autoencoder 940 steps at 64 x 64 (about 6 min), the
+DiT 4,000 steps of 8 clips at 4,096 tokens (0.8-1.2 s a step: 55-80 min; ``train.time_limit``
+stops it at 80 min), encoding and evaluation (100 clips at 20 guided steps, the classifier, 3,000
+Inception frames: about 10 min), the timing (exact attention at 4,096 tokens: about 4 min): 75-100
+minutes in all, peak memory about 2 GB. ``--variant exact --frames 4`` (1,024 tokens) trains as
+many steps as the same time limit allows. On an oversubscribed machine set ``--set train.threads=1``:
+two OpenMP threads fighting other processes can be many times slower than one.
 """
 
 from __future__ import annotations
