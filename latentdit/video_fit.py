@@ -44,7 +44,8 @@ def _frame_data(video: VideoData, count: int, seed: int) -> LoadedData:
 def prepare_video_first_stage(cfg: Config, run: str | Path, data: TrainData | None = None, *,
                               progress: bool | None = None, world_size: int = 1) -> TrainData:
     """The DiT's training data for ``data.source = "moving_mnist"``: the latent rows of the clips
-    (N, L c pt p p) under the frame autoencoder, trained in RUN/autoencoder/ on frames of the clips."""
+    (N, L c pt p p) under the frame autoencoder, trained in RUN/autoencoder/ on frames of the clips.
+    The clips come from ``cfg.data``; ``data`` is accepted for the common signature and not used."""
     if world_size > 1:
         raise ConfigError("data.source='moving_mnist' trains in one process; run it without torchrun")
     if cfg.train.threads > 0:
