@@ -11,6 +11,7 @@ from latentdit.config import Config
 from latentdit.data.gmm import SubspaceGMM
 from latentdit.data.long import LongMixture
 from latentdit.data.real import LoadedData, load_data
+from latentdit.data.stationary import StationaryMixture
 from latentdit.data.video import VideoData
 from latentdit.export import default_pixel_range
 from latentdit.firststage.linear import pca_basis
@@ -52,6 +53,12 @@ def build_long_law(cfg: Config) -> LongMixture:
     return LongMixture.random(d.ambient_dim, d.components, seed=d.seed)
 
 
+def build_stationary_law(cfg: Config) -> StationaryMixture:
+    """The stationary-process mixture of ``data.source = "stationary"`` (it depends on ``cfg.data`` only)."""
+    d = cfg.data
+    return StationaryMixture.make(d.ambient_dim, d.components, seed=d.seed)
+
+
 def build_data(cfg: Config) -> TrainData:
     """Load or generate the training set described by ``cfg.data``."""
     d = cfg.data
@@ -65,6 +72,12 @@ def build_data(cfg: Config) -> TrainData:
         law = build_long_law(cfg)
         x, comp = law.sample(d.n, generator=torch.Generator().manual_seed(d.seed + 1), return_labels=True)
         return TrainData(x.float(), comp if d.conditional else None, d.components if d.conditional else 0)
+    if d.source == "stationary":  # R^D with B = I; n = 0 trains on fresh draws (latentdit.data.stationary)
+        law = build_stationary_law(cfg)
+        x, comp = law.sample(d.n or 256, generator=torch.Generator().manual_seed(d.seed + 1), return_labels=True)
+        draw = (lambda m, g: law.sample(m, generator=g).float()) if d.n == 0 else None
+        return TrainData(x.float(), comp if d.conditional else None, d.components if d.conditional else 0,
+                         sampler=draw)
     loaded = load_data(d.source, d.path, image_size=d.image_size, normalise=d.normalise,
                        max_items=d.n if d.n > 0 else None, seed=d.seed,
                        **({"label_column": d.label_column} if d.source == "csv" else {}))

@@ -44,8 +44,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--run", type=Path, required=True)
     s.add_argument("--num", type=int, default=1000)
     s.add_argument("--steps", type=int, default=None)
-    s.add_argument("--sampler", default=None, help="em | ei | heun | ddim | dpm2m | dpm3m")
-    s.add_argument("--grid", default=None, help="time grid: auto | uniform | log | logsnr | karras")
+    s.add_argument("--sampler", default=None, help="em | ei | heun | ddim | dpm2m | dpm3m | ipndm | ipndm_v | unipc")
+    s.add_argument("--grid", default=None, help="time grid: auto | uniform | log | logsnr | karras | polylambda")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale")
     s.add_argument("--denoise", action=argparse.BooleanOptionalAction, default=None,

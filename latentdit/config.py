@@ -17,14 +17,13 @@ from pathlib import Path
 from typing import Any
 
 
-from latentdit.diffusion import WEIGHTINGS
+from latentdit.diffusion import TIME_KINDS, WEIGHTINGS
 from latentdit.config_files import apply_overrides, read_config_file
 from latentdit.data.video import check_video_config
 from latentdit.errors import ConfigError
 from latentdit.export import IMAGE_SOURCES as AE_SOURCES
 from latentdit.models.config import ModelConfig
-from latentdit.pipeline import SamplingDefaults
-from latentdit.sampling import GRIDS, SAMPLERS
+from latentdit.sampling import GRIDS, SAMPLERS, SamplingDefaults
 
 
 
@@ -36,12 +35,14 @@ class DataConfig:
     mixture); the other sources are real data loaded by :mod:`latentdit.data.real`.
     """
 
-    source: str = "gmm"  # gmm | long | mnist | digits | npy | npz | csv | images | moving_mnist
+    source: str = "gmm"  # gmm | long | stationary | mnist | digits | npy | npz | csv | images | moving_mnist
     path: str | None = None  # file or folder for npy/npz/csv/images
-    n: int = 10000  # number of training points (gmm) or cap on loaded items (0 = all)
-    ambient_dim: int = 256  # D, gmm and long (long: D = d0 = tokens x token size, B = I)
+    # number of training points (gmm, long, stationary; stationary: 0 = fresh draws every step) or
+    # cap on loaded items (0 = all)
+    n: int = 10000
+    ambient_dim: int = 256  # D, gmm, long and stationary (the last two: D = d0 = tokens x token size, B = I)
     latent_dim: int = 16  # d0 of the ground truth, gmm only
-    components: int = 8  # mixture components, gmm and long
+    components: int = 8  # mixture components, gmm, long and stationary
     seed: int = 0  # seed of the ground-truth model and of data shuffling
     normalise: str = "minmax"  # real data: minmax | standard | none
     image_size: int | None = None  # real image folders: resize to this square size
@@ -120,6 +121,7 @@ class DiffusionConfig:
     T0: float = 1e-3  # early-stopping time
     T: float = 10.0  # terminal time
     weighting: str = "edm"  # gamma(t): none | sigma | sigma2 | edm (see diffusion.py)
+    times: str = "uniform"  # training times: uniform on [T0, T] (eq. 2.3) | log (log t uniform)
 
 
 @dataclass
@@ -172,7 +174,7 @@ class TrainConfig:
 @dataclass
 class SampleConfig(SamplingDefaults):
     """The ``[sample]`` section: the sampling defaults an export records (``sampling.json``); the
-    fields and their defaults are :class:`latentdit.pipeline.SamplingDefaults`."""
+    fields and their defaults are :class:`latentdit.sampling.SamplingDefaults`."""
 
 
 @dataclass
@@ -328,8 +330,8 @@ def validate(cfg: Config) -> None:
 
 
 def _validate_choices(cfg: Config) -> None:
-    _choice(cfg.data.source, ("gmm", "long", "mnist", "digits", "npy", "npz", "csv", "images", "moving_mnist"),
-            "data.source")
+    _choice(cfg.data.source, ("gmm", "long", "stationary", "mnist", "digits", "npy", "npz", "csv", "images",
+                              "moving_mnist"), "data.source")
     _choice(cfg.data.normalise, ("minmax", "standard", "none"), "data.normalise")
     _choice(cfg.encoder.init, ("pca", "random", "identity"), "encoder.init")
     _choice(cfg.encoder.kind, ("linear", "autoencoder"), "encoder.kind")
@@ -348,8 +350,9 @@ def _validate_choices(cfg: Config) -> None:
     _choice(cfg.model.patching, ("auto", "2d", "1d"), "model.patching")
     _choice(cfg.model.activation, ("gelu", "gelu_tanh"), "model.activation")
     _choice(cfg.model.precondition_stats, ("scalar", "diagonal"), "model.precondition_stats")
-    _choice(cfg.model.attention, ("exact", "poly", "auto", "relu_linear"), "model.attention")
+    _choice(cfg.model.attention, ("exact", "poly", "auto", "relu_linear", "none"), "model.attention")
     _choice(cfg.diffusion.weighting, WEIGHTINGS, "diffusion.weighting")
+    _choice(cfg.diffusion.times, TIME_KINDS, "diffusion.times")
     _choice(cfg.optim.schedule, ("cosine", "constant"), "optim.schedule")
     for where, s in (("sample.sampler", cfg.sample.sampler), ("eval.sampler", cfg.eval.sampler)):
         _choice(s, tuple(SAMPLERS), where)

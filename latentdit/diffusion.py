@@ -45,10 +45,18 @@ def draw_noise(n: int, dim: int, *, generator: torch.Generator | None = None, de
     return u @ basis.to(device=u.device, dtype=u.dtype).T
 
 
+TIME_KINDS = ("uniform", "log")  # the training time distributions of sample_times
+
+
 def sample_times(n: int, T0: float, T: float, *, generator: torch.Generator | None = None,
-                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """t ~ Uniform[T0, T] (the training time distribution of eq. 2.3)."""
+                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+                 kind: str = "uniform") -> torch.Tensor:
+    """t ~ Uniform[T0, T] (the training time distribution of eq. 2.3), or ``kind="log"``: log t
+    uniform on [log T0, log T], which gives every decade of t the same share of the batch (the
+    first decade [T0, 10 T0], which dominates Thm 3.2's functional, is otherwise 9 T0 / T of the draws)."""
     u = torch.rand(n, generator=generator, device=device, dtype=dtype)
+    if kind == "log":
+        return T0 * (T / T0) ** u
     return T0 + (T - T0) * u
 
 
@@ -101,14 +109,16 @@ class DSMLoss:
     ||W_B f - beta x0||^2 = ||f - beta W_B^T x0||^2 + beta^2 ||x0_perp||^2 (W_B orthonormal).
     """
 
-    def __init__(self, weighting: str = "edm", T0: float = 1e-3, T: float = 10.0):
+    def __init__(self, weighting: str = "edm", T0: float = 1e-3, T: float = 10.0, times: str = "uniform"):
         if weighting not in WEIGHTINGS:
             raise ValueError(f"unknown weighting {weighting!r}; choose one of {WEIGHTINGS}")
-        self.weighting, self.T0, self.T = weighting, T0, T
+        if times not in TIME_KINDS:
+            raise ValueError(f"unknown training times {times!r}; choose one of {TIME_KINDS}")
+        self.weighting, self.T0, self.T, self.kind = weighting, T0, T, times
 
     def times(self, n: int, *, generator: torch.Generator | None = None, device: torch.device | str = "cpu") -> torch.Tensor:
-        """t ~ U[T0, T], (n,)."""
-        return sample_times(n, self.T0, self.T, generator=generator, device=device)
+        """The training times, (n,): t ~ U[T0, T] (eq. 2.3) or log t uniform (``times="log"``)."""
+        return sample_times(n, self.T0, self.T, generator=generator, device=device, kind=self.kind)
 
     def __call__(self, net, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor,
                  y: torch.Tensor | None = None) -> torch.Tensor:

@@ -11,7 +11,8 @@ An export (format 3) holds
   "config"}`` naming that stage's ``autoencoder.safetensors`` and ``autoencoder.json`` (kind
   ``conv_autoencoder``, or ``per_frame_video_autoencoder``: the same files, the record marked with
   the clips' layout, :mod:`latentdit.firststage.video`);
-- ``sampling.json``: the sampling defaults (sampler, steps, grid, rho, guidance, denoise);
+- ``sampling.json``: the sampling defaults (sampler, steps, grid, rho, guidance, denoise); ``grid``
+  is a grid kind or, after :func:`store_fitted_grid`, a list of explicit times from T to T0;
 - ``model.safetensors``: the weights (EMA), no pickle;
 - ``training.json``: the training configuration and metadata (step, seconds) as provenance.
   Loading never reads it.
@@ -26,7 +27,7 @@ GELU then), read here without today's training schema.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -53,6 +54,18 @@ _ARCH = tuple(f.name for f in fields(ModelConfig))
 def default_pixel_range(source: str, image_shape) -> list[float] | None:
     """The pixel range of image data whose loader records none: [0, 1] for the image sources."""
     return [0.0, 1.0] if image_shape is not None and source in IMAGE_SOURCES else None
+
+
+def store_fitted_grid(path: str | Path, grid, sampler: str | None = None) -> dict:
+    """Write a fitted time grid (explicit times from T to T0, e.g. from
+    :func:`latentdit.sampling.fit.fit_grid`) into an export's ``sampling.json`` as its default:
+    ``grid`` the times, ``steps`` their number of steps, ``sampler`` if given; returns the record."""
+    path = export_dir(path)
+    rec = _read_json(path / EXPORT_SAMPLING) if (path / EXPORT_SAMPLING).is_file() else {}
+    times = [float(t) for t in grid]
+    rec.update(grid=times, steps=len(times) - 1, **({"sampler": sampler} if sampler else {}))
+    atomic_write_json(path / EXPORT_SAMPLING, rec)
+    return rec
 
 
 @dataclass
@@ -152,7 +165,7 @@ def read_export(path: str | Path) -> ExportContents:
                               f"latentdit reads formats 0..{FORMAT_VERSION}: upgrade latentdit")
     try:
         parts = readers[version]()
-        model = ScoreNetConfig.from_dict(parts["model"]).__dict__.copy()
+        model = asdict(ScoreNetConfig.from_dict(parts["model"]))
         T0, T = float(parts["diffusion"]["T0"]), float(parts["diffusion"]["T"])
     except (KeyError, TypeError, AttributeError) as e:
         raise CheckpointError(f"{str(path / EXPORT_CONFIG)!r} is not a latentdit export config: {e}") from e

@@ -24,29 +24,9 @@ from latentdit.firststage.video import VideoFirstStage
 from latentdit.models.guidance import GuidedDenoiser
 from latentdit.models.score import LatentScoreNet
 from latentdit.output import to_output
-from latentdit.sampling import DEFAULT_RHO, get_sampler, sample
+from latentdit.sampling import SamplingDefaults, get_sampler, sample
 
 __all__ = ["DataRecord", "LatentDiTPipeline", "SamplingDefaults"]
-
-
-@dataclass
-class SamplingDefaults:
-    """The settings a pipeline samples with when a call leaves them unset (``sampling.json``)."""
-
-    sampler: str = "dpm2m"  # em | ei | heun | ddim | dpm2m | dpm3m
-    steps: int = 50
-    grid: str = "auto"  # auto (the sampler's own) | uniform | log | logsnr | karras
-    rho: float = DEFAULT_RHO  # the karras grid's exponent
-    guidance: float = 1.0  # classifier-free guidance scale (1 = no guidance)
-    # Return Tweedie's E[x0 | x_T0] (one more NFE) instead of x_T0: no residual noise of scale
-    # sqrt(sigma(T0)). Off by default, the paper's estimator (the law at T0); on for image data.
-    denoise: bool = False
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "SamplingDefaults":
-        """From a ``sampling.json`` record; keys it lacks take today's defaults."""
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
 
 
 @dataclass
@@ -80,7 +60,8 @@ class DataRecord:
 
 @dataclass
 class LatentDiTPipeline:
-    """model + OU time range + data record + first stage + sampling defaults."""
+    """model + OU time range + data record + first stage + sampling defaults (a ``grid`` of the
+    defaults may be explicit times: a fitted grid, :func:`latentdit.export.store_fitted_grid`)."""
 
     model: LatentScoreNet
     T0: float = 1e-3
@@ -128,7 +109,7 @@ class LatentDiTPipeline:
 
     @torch.no_grad()
     def sample_model_space(self, num: int, *, labels: torch.Tensor | None = None, guidance: float | None = None,
-                           sampler: str | None = None, steps: int | None = None, grid: str | None = None,
+                           sampler: str | None = None, steps: int | None = None, grid: str | list[float] | None = None,
                            rho: float | None = None, denoise: bool | None = None,
                            generator: torch.Generator | None = None, seed: int | None = None,
                            batch_size: int = 4096, progress: bool = False) -> torch.Tensor:

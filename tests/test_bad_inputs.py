@@ -128,7 +128,7 @@ CASES = {
     "unknown sampler (sample)": (lambda d: ["sample", "--run", "run", "--sampler", "eular", "--out", "x.npy"], r"--sampler 'eular' is not one of \['em'"),
     "evaluate guidance (ground truth)": (lambda d: ["evaluate", "--run", "run", "--guidance", "1.5", "--out", "m.json"], r"guidance applies to class-conditional real-data runs"),
     "unknown sampler (evaluate)": (lambda d: ["evaluate", "--run", "run", "--sampler", "foo", "--out", "m.json"], r"--sampler 'foo' is not one of"),
-    "unknown attention": (lambda d: train_args("model.attention=flash"), r"model\.attention='flash' is not one of \['exact', 'poly', 'auto', 'relu_linear'\]"),
+    "unknown attention": (lambda d: train_args("model.attention=flash"), r"model\.attention='flash' is not one of \['exact', 'poly', 'auto', 'relu_linear', 'none'\]"),
     "unknown config key (--set)": (lambda d: train_args("optim.lrr=0.1"), r"unknown config key 'optim\.lrr'; did you mean 'optim\.lr'\?"),
     "unknown config key (file)": (lambda d: (d / "c.toml").write_text("[model]\ndepht = 2\n") and ["train", "--config", "c.toml", "--out", "out"], r"unknown config key 'model\.depht'; did you mean 'model\.depth'\?"),
     "bad value type": (lambda d: train_args("model.depth=two"), r"model\.depth: expected an integer, got 'two'"),

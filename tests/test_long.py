@@ -138,35 +138,6 @@ def test_trains_and_exports_through_the_one_training_path(tmp_path):
 
 
 @pytest.mark.slow
-def test_efficient_experiment_quick_part_c(tmp_path):
-    """Smoke test of the quality script (part c, smoke sizes): one model trained through the
-    training path, sampled with poly and with exact attention from the same noise. The poly
-    samples differ from the exact ones by far less than the true-vs-true W2 spread (at 4 steps
-    the attention branch is still nearly closed, so this checks the wiring, not the quality)."""
-    from latentdit.experiments.efficient import main
-
-    assert main(["--smoke", "--parts", "c", "--out", str(tmp_path)]) == 0
-    rep = json.loads((tmp_path / "c.json").read_text())
-    assert rep["w2_poly_vs_exact"] < rep["w2_true_vs_true_std"]
-    assert rep["w2_change_below_spread"] and rep["w2_poly_vs_truth"] > 0
-    assert rep["provenance"]["command"].startswith("python -m latentdit.experiments.efficient --smoke")
-
-
-def test_efficient_time_steps_writes_rates(tmp_path):
-    """Implementation check of --time-steps: every model is timed, the rates are the inverse
-    medians, the provenance names the command, and no run directory is left behind."""
-    from latentdit.experiments.efficient import main
-
-    assert main(["--smoke", "--time-steps", "2", "--out", str(tmp_path)]) == 0
-    rep = json.loads((tmp_path / "step_times.json").read_text())
-    assert set(rep["steps_per_s"]) == {"criterion", "criterion_tau_max", "unconstrained"}
-    for k, v in rep["median_s"].items():
-        assert len(rep["times_s"][k]) == 2 and rep["steps_per_s"][k] == pytest.approx(1 / v)
-    assert "--time-steps" in rep["provenance"]["command"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["step_times.json"]
-
-
-@pytest.mark.slow
 def test_latentdit_evaluate_on_a_long_run_against_the_closed_form(tmp_path):
     """`latentdit evaluate` on a ``data.source = "long"`` run: its per-t relative score error equals
     the one computed here against the autograd gradient of the log density written out per
@@ -179,13 +150,13 @@ def test_latentdit_evaluate_on_a_long_run_against_the_closed_form(tmp_path):
     out = tmp_path / "m.json"
     assert main(["evaluate", "--run", str(run), "--out", str(out), "--num", "128"]) == 0
     m = json.loads(out.read_text())
-    assert m["steps_trained"] == 3 and m["w2"] > 0 and m["w2_reference"] > 0 and m["d0"] == 256
+    assert m["steps_trained"] == 3 and m["w2_summary"] > 0 and m["w2_floor"] > 0 and m["d0"] == 256
     model = LatentDiTPipeline.from_pretrained(run).model
     law = LongMixture.random(cfg.data.ambient_dim, cfg.data.components, seed=cfg.data.seed)
     g = torch.Generator().manual_seed(99)
-    assert len(m["score_rel_error_by_t"]) == cfg.eval.score_times
-    for t_str, rel in m["score_rel_error_by_t"].items():
-        t = float(t_str)
+    times = m["score_profile"]["t"]
+    assert len(m["score_rel_error_by_t"]) == len(times) == max(cfg.eval.score_times, 16)
+    for t, rel in list(zip(times, m["score_rel_error_by_t"]))[::5]:
         x = law.sample(512, t, generator=g).double().requires_grad_(True)
         true = torch.autograd.grad(_direct_log_density(law, x, t).sum(), x)[0]
         with torch.no_grad():
@@ -193,4 +164,4 @@ def test_latentdit_evaluate_on_a_long_run_against_the_closed_form(tmp_path):
         want = float(((s - true).pow(2).sum(1).mean() / true.pow(2).sum(1).mean()).sqrt())
         assert abs(rel - want) <= 0.15 * want + 2e-3, (t, rel, want)
     by_t = m["score_rel_error_by_t"]
-    assert m["score_rel_error"] == pytest.approx(sum(by_t.values()) / len(by_t))
+    assert m["score_rel_error"] == pytest.approx(sum(by_t) / len(by_t))

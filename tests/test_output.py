@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from latentdit.cli import main
-from latentdit.config import ModelConfig
 from latentdit.errors import DataError
 from latentdit.models.score import LatentScoreNet
 from latentdit.output import grid_indices, save_sample_grid, to_output
-from latentdit.pipeline import LatentDiTPipeline
+from latentdit.pipeline import DataRecord, LatentDiTPipeline
+from latentdit.sampling import SamplingDefaults
 
 DIGITS = Path(__file__).parent / "data" / "export_v0" / "digits"  # a class-conditional 8 x 8 digits export
 TINY = Path(__file__).parent / "data" / "export_v0" / "tiny"  # vectors
@@ -41,9 +41,9 @@ def test_output_type_errors():
 
 def test_pipeline_of_image_data_returns_images_unless_asked_for_vectors():
     torch.manual_seed(0)
-    model = LatentScoreNet(ModelConfig(hidden=16, depth=1, heads=2), 8, 4).eval()
-    pipe = LatentDiTPipeline(model, pixel_range=(0.0, 1.0), image_shape=(2, 4),
-                             defaults={"sampler": "ddim", "steps": 3})
+    model = LatentScoreNet(8, 4, hidden=16, depth=1, heads=2).eval()
+    pipe = LatentDiTPipeline(model, data=DataRecord(image_shape=(2, 4), pixel_range=(0.0, 1.0)),
+                             defaults=SamplingDefaults(sampler="ddim", steps=3))
     img = pipe(5, seed=3)
     rows = pipe(5, seed=3, output_type="vectors")
     assert img.shape == (5, 1, 2, 4) and rows.shape == (5, 8)

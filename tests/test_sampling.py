@@ -63,7 +63,8 @@ def test_final_denoise_gives_the_tweedie_law():
 # network evaluations over 7 steps, by each method's definition: Heun's predictor and corrector are two
 # per step; Euler-Maruyama, the exponential integrator, DDIM and the multistep solvers (which reuse the
 # previous steps' evaluations) one
-EXPECTED_NFE_7_STEPS = {"em": 7, "ei": 7, "heun": 14, "ddim": 7, "dpm2m": 7, "dpm3m": 7}
+EXPECTED_NFE_7_STEPS = {"em": 7, "ei": 7, "heun": 14, "ddim": 7, "dpm2m": 7, "dpm3m": 7,
+                        "ipndm": 7, "ipndm_v": 7, "unipc": 7}
 
 
 @pytest.mark.parametrize("name", list(SAMPLERS))

@@ -133,10 +133,13 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, mode: str = 
 
     ``mode="relu_linear"`` runs a different operator, ReLU linear attention
     (:mod:`latentdit.attention.linear`, the efficient-DiT baseline): ``scale``, ``eps`` and the
-    bound do not apply, and the call is not counted in :func:`attention_stats`.
+    bound do not apply, and the call is not counted in :func:`attention_stats`. ``mode="none"``
+    returns zeros (no token sees another; the attention-free baseline).
     """
     if mode == "relu_linear":
         return relu_linear_attention(q, k, v)
+    if mode == "none":  # no attention (the attention-free baseline): the branch contributes nothing
+        return v.new_zeros(*q.shape[:-1], v.shape[-1])
     if mode not in ATTENTION_MODES:
         raise ValueError(f"unknown attention mode {mode!r}; choose one of {ATTENTION_MODES}")
     if kind not in POLY_KINDS:

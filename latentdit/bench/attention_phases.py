@@ -40,6 +40,9 @@ from latentdit.attention.kernels import PolyAttentionFunction, _acc_dtype, _padd
 from latentdit.attention.polynomials import choose_exp_poly
 from latentdit.attention.products import ValueCols, key_products, peeled, query_products
 from latentdit.bench.model import matmul_gflops
+from latentdit.bench.attention_sweep import CONFIGS, HEADS, make_inputs
+from latentdit.io import atomic_write_json
+from latentdit.provenance import provenance_end, provenance_start
 
 PHASES = ("features", "key_product", "query_product", "normalisation", "forward", "backward")
 
@@ -75,8 +78,6 @@ class _Case:
     """The kernel's inputs and buffers for one (head size, bound, L), as the forward pass uses them."""
 
     def __init__(self, L: int, m: int, R: float, heads: int, eps: float, seed: int):
-        from latentdit.bench.attention_sweep import make_inputs
-
         self.q, self.k, self.v = make_inputs(L, m, R, heads=heads, seed=seed)
         scale = 1.0 / math.sqrt(m)
         cert = certify(self.q, self.k, scale, eps)
@@ -177,10 +178,6 @@ def format_profile(p: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from latentdit.bench.attention_sweep import CONFIGS, HEADS
-    from latentdit.io import atomic_write_json
-    from latentdit.provenance import provenance_end, provenance_start
-
     ap = argparse.ArgumentParser(prog="python -m latentdit.bench.attention_phases", description=__doc__.splitlines()[0])
     ap.add_argument("--lengths", type=int, nargs="+", default=[4096, 16384])
     ap.add_argument("--repeats", type=int, default=5)

@@ -1,10 +1,13 @@
 """Sampler quality per network evaluation: latent W2 to the truth vs NFE for every sampler.
 
-``latentdit bench sampler --out FILE.json [--quick] [--run RUN_DIR]``
+``latentdit bench sampler --out FILE.json [--quick] [--core-only] [--run RUN_DIR]``
+``latentdit bench sampler --out FILE.json --export DIR [--demo-num N] [--demo-nfe 5 10 20] [--no-fid]``
+(a trained image model at a handful of NFE, ours next to the peers: :mod:`latentdit.bench.sampler_demo`)
 
 Ground truth: the subspace Gaussian mixture x = B h in R^64, h a 4-dimensional mixture of 4
 components (:class:`latentdit.data.gmm.SubspaceGMM`, seed 0), whose noised score is exact. Every
-sampler (driven by the exact denoiser E[x0 | x_t]) starts from N(0, I) at T = 10 and stops at T0 = 1e-3; the target is the law of h at T0.
+sampler (driven by the exact denoiser E[x0 | x_t]) starts from N(0, I) at T = 10 and stops at T0 = 1e-3;
+the target is the law of h at T0.
 For each sampler and NFE budget we draw 4000 samples, project them on the subspace (B^T x; for a
 trained model (W_B U)^T x with U the best alignment) and measure the exact W2 (POT EMD) to 4000 fresh
 true latents. References in the same run:
@@ -20,8 +23,12 @@ A PNG plot is written beside the JSON.
 ``core_acceptance`` (also alone with ``--core-only``) checks each sampler at the step budget it is
 meant for (em and ei 1000 steps, heun and ddim 100 steps, dpm2m and dpm3m 20 steps): off-subspace
 variance within 10% of 1 - exp(-T0), latent W2 <= 1.2 x w2_reference, and dpm2m at 20 NFE within
-10% of em1000. Its ``low_nfe`` block runs ddim, dpm2m and dpm3m on the logsnr and karras grids at 5
-and 10 NFE; ``w2_ratio_at_5_nfe`` is the best W2 / w2_reference at <= 5 NFE.
+10% of em1000. Its ``low_nfe`` block (:mod:`latentdit.bench.sampler_low_nfe`) runs latentdit's ODE
+solvers on fixed and fitted grids and the public peers (k-diffusion, diffusers) at exactly 5 and 10
+NFE on the same exact score; ``w2_ratio_at_5_nfe`` and ``w2_ratio_at_10_nfe`` are the best latentdit
+W2 / w2_reference there, ``peer_best_w2_ratio_at_5_nfe`` and ``peer_best_w2_ratio_at_10_nfe`` the best
+peer's. NFE convention: every model call counts, the first and the last included
+(:data:`latentdit.sampling.NFE_CONVENTION`).
 """
 
 from __future__ import annotations
@@ -42,7 +49,9 @@ from latentdit.build import build_ground_truth
 from latentdit.evaluation import run_config
 from latentdit.pipeline import LatentDiTPipeline
 from latentdit.provenance import provenance_end, provenance_start
-from latentdit.sampling import (DEFAULT_GRID, DEFAULT_RHO, SAMPLERS, CountingCalls, get_sampler, nfe_per_step,
+from latentdit.bench.sampler_demo import DEMO_NFE, demo_comparison
+from latentdit.bench.sampler_low_nfe import low_nfe_comparison
+from latentdit.sampling import (DEFAULT_RHO, NFE_CONVENTION, SAMPLERS, CountingCalls, get_sampler, nfe_per_step, spec,
                                 time_grid)
 
 FULL = dict(D=64, d0=4, K=4, n=4000, T0=1e-3, T=10.0, nfes=[5, 10, 20, 50], em_steps=1000)
@@ -55,7 +64,7 @@ def run_sampler(denoiser, name: str, nfe: int, n: int, D: int, T0: float, T: flo
     """(samples (n, D), NFE actually used, seconds) for sampler ``name`` with about ``nfe`` evaluations
     of ``denoiser`` on its default grid (or ``grid``)."""
     steps = max(1, nfe // nfe_per_step(name))
-    ts = time_grid(T0, T, steps, grid or DEFAULT_GRID[name], rho=rho)
+    ts = time_grid(T0, T, steps, grid or spec(name).grid, rho=rho)
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, D, generator=g, dtype=dtype)
     counted = CountingCalls(denoiser)
@@ -111,11 +120,8 @@ def acceptance(res: dict, w2_ref: float, p: dict) -> dict:
     return out
 
 
-CORE_STEPS = {"em": 1000, "ei": 1000, "heun": 100, "ddim": 100, "dpm2m": 20, "dpm3m": 20}
-# low-NFE comparison: the ODE solvers in data-prediction form on each grid (rho for karras)
-LOW_NFE = (5, 10)
-LOW_NFE_SETTINGS = [(s, g) for s in ("ddim", "dpm2m", "dpm3m") for g in ("logsnr", "karras")]
-LOW_NFE_RHO = 20.0
+CORE_STEPS = {"em": 1000, "ei": 1000, "heun": 100, "ddim": 100, "dpm2m": 20, "dpm3m": 20, "ipndm": 20,
+              "ipndm_v": 20, "unipc": 20}
 
 
 def core_acceptance(truth: SubspaceGMM, p: dict, w2_ref: float) -> dict:
@@ -134,27 +140,13 @@ def core_acceptance(truth: SubspaceGMM, p: dict, w2_ref: float) -> dict:
         print(f"[core] {name:6s} {steps:5d} steps: W2 {dist:.4f} ({dist / w2_ref:.3f} x ref)  "
               f"off-var {var:.4e} (expected {exp:.4e})", flush=True)
     ratio = rows["dpm2m"]["w2"] / rows["em"]["w2"]
-    low = low_nfe(truth, p, w2_ref, target)
-    return {"samplers": rows, "w2_reference": w2_ref, "off_subspace_var_expected": exp,
-            "dpm2m_20_over_em1000": ratio, "dpm2m_20_ok": ratio <= 1 + TOL, "low_nfe": low,
-            "w2_ratio_at_5_nfe": low["best"]["5"]["w2_over_reference"],
-            "all_ok": all(r["ok"] for r in rows.values()) and ratio <= 1 + TOL}
-
-
-def low_nfe(truth: SubspaceGMM, p: dict, w2_ref: float, target: torch.Tensor) -> dict:
-    """W2 / reference of the ODE solvers at LOW_NFE budgets on each grid, and the best one per budget
-    (budgets are upper bounds: ``best["5"]`` is the best at <= 5 NFE)."""
-    rows = []
-    for nfe in LOW_NFE:
-        for name, grid in LOW_NFE_SETTINGS:
-            x, used, _ = run_sampler(truth.denoiser(), name, nfe, p["n"], truth.ambient_dim, p["T0"], p["T"],
-                                     torch.float64, grid=grid, rho=LOW_NFE_RHO)
-            dist = w2(aligned_latent(x, truth.B, truth.B), target)
-            rows.append({"sampler": name, "grid": grid, "rho": LOW_NFE_RHO if grid == "karras" else None,
-                         "nfe": used, "w2": dist, "w2_over_reference": dist / w2_ref})
-            print(f"[low-nfe] {name:6s} {grid:7s} NFE {used:3d}: W2 {dist:.4f} ({dist / w2_ref:.3f} x ref)", flush=True)
-    best = {str(b): min((r for r in rows if r["nfe"] <= b), key=lambda r: r["w2"]) for b in LOW_NFE}
-    return {"rows": rows, "best": best}
+    low = low_nfe_comparison(truth, p, w2_ref, target)
+    heads = {k: low[k] for k in ("w2_ratio_at_5_nfe", "w2_ratio_at_10_nfe", "peer_best_w2_ratio_at_5_nfe",
+                                 "peer_best_w2_ratio_at_10_nfe", "w2_ratio_at_5_nfe_fixed_grid",
+                                 "w2_ratio_at_10_nfe_fixed_grid", "targets", "peers")}
+    return {**heads, "nfe_convention": NFE_CONVENTION, "samplers": rows, "w2_reference": w2_ref,
+            "off_subspace_var_expected": exp, "dpm2m_20_over_em1000": ratio, "dpm2m_20_ok": ratio <= 1 + TOL,
+            "low_nfe": low, "all_ok": all(r["ok"] for r in rows.values()) and ratio <= 1 + TOL}
 
 
 def plot(results: dict, path: Path) -> None:
@@ -187,8 +179,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--run", type=Path, default=None, help="a run directory trained on a gmm config")
     ap.add_argument("--core-only", action="store_true",
                     help="only the per-sampler acceptance at each sampler's intended step budget")
+    ap.add_argument("--export", type=Path, default=None,
+                    help="an export (or run) of a model trained on image data: the NFE demo of "
+                         "latentdit.bench.sampler_demo instead of the exact-score benchmark")
+    ap.add_argument("--demo-num", type=int, default=2000, help="samples per row of the demo")
+    ap.add_argument("--demo-nfe", type=int, nargs="+", default=list(DEMO_NFE), help="the demo's NFE budgets")
+    ap.add_argument("--no-fid", action="store_true", help="the demo without Inception FID")
     args, argv = parse_bench_args(ap, argv)
     prov = provenance_start(["latentdit", "bench", "sampler", *argv])
+    if args.export is not None:
+        rep = demo_comparison(args.export, num=args.demo_num, nfes=tuple(args.demo_nfe), fid=not args.no_fid)
+        atomic_write_json(args.out, {**rep, "provenance": provenance_end(prov)})
+        print(f"wrote {args.out}")
+        return 0
     p = QUICK if args.quick else FULL
     t_start = time.perf_counter()
     truth = SubspaceGMM.random(p["D"], p["d0"], p["K"], seed=0)
@@ -225,8 +228,10 @@ def main(argv: list[str] | None = None) -> int:
         trained["run"] = str(args.run)
         results["trained"] = trained
     core = core_acceptance(truth, p, w2_ref) if not args.quick else None
-    report = {"core_acceptance": core,
-              "w2_ratio_at_5_nfe": core["w2_ratio_at_5_nfe"] if core else None, "nfe_to_match_em1000": exact["nfe_to_match_em1000"], "w2_em1000": exact["w2_em1000"],
+    heads = ("w2_ratio_at_5_nfe", "w2_ratio_at_10_nfe", "peer_best_w2_ratio_at_5_nfe", "peer_best_w2_ratio_at_10_nfe")
+    report = {"core_acceptance": core, **{k: core[k] if core else None for k in heads},
+              "nfe_convention": NFE_CONVENTION, "nfe_to_match_em1000": exact["nfe_to_match_em1000"],
+              "w2_em1000": exact["w2_em1000"],
               "w2_reference": w2_ref, "acceptance": exact["acceptance"], "params": p, "tolerance": TOL,
               "results": results, "seconds": time.perf_counter() - t_start, "threads": torch.get_num_threads(),
               "provenance": provenance_end(prov)}

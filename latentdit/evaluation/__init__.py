@@ -1,4 +1,5 @@
-"""Evaluation of trained pipelines: ground truth (:mod:`.gmm`, :mod:`.long`), real data (:mod:`.real`)
+"""Evaluation of trained pipelines: ground truth (:mod:`.gmm`; :mod:`.long` for the long and
+stationary sources), real data (:mod:`.real`)
 and the first stage's reconstruction floor (:mod:`.firststage`).
 
 Evaluation only measures: every evaluator takes a :class:`latentdit.pipeline.LatentDiTPipeline`
@@ -51,7 +52,7 @@ def evaluate_run(run: str | Path, out: str | Path | None = None, **kw) -> dict:
     prov = provenance_start()
     pipe = LatentDiTPipeline.from_pretrained(run)
     cfg, record = run_config(run), read_training_record(run)
-    if cfg.data.source in ("gmm", "long"):
+    if cfg.data.source in ("gmm", "long", "stationary"):
         if kw.get("guidance") is not None:
             raise ConfigError("guidance applies to class-conditional real-data runs; this run has a ground truth")
         metrics = (evaluate_gmm if cfg.data.source == "gmm" else evaluate_long)(pipe, cfg, **kw)

@@ -122,7 +122,8 @@ class DiTBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         shift1, scale1, gate1, shift2, scale2, gate2 = self.adaLN(c).chunk(6, dim=-1)
-        x = gated_residual(x, gate1, self.attn(modulate(self.norm1(x), shift1, scale1)))
+        if self.attention_mode != "none":  # "none": no attention, every token processed on its own
+            x = gated_residual(x, gate1, self.attn(modulate(self.norm1(x), shift1, scale1)))
         return gated_residual(x, gate2, self.mlp(modulate(self.norm2(x), shift2, scale2)))
 
 

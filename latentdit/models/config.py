@@ -33,7 +33,9 @@ class ModelConfig:
     paper_head_dim: int = 1
     paper_ff: int = 4
     paper_entry_bound: float | None = None  # Def. 3.2: bound |entries| of W_K X, W_Q X (tanh clip)
-    attention: str = "exact"  # exact | poly | auto | relu_linear (ReLU linear attention, no certificate)
+    # exact | poly | auto | relu_linear (ReLU linear attention, no certificate) | none (no attention:
+    # tokens processed independently, the attention-free baseline)
+    attention: str = "exact"
     # DiT block: per-head query/key size m, apart from the value size hidden / heads (0 = the same).
     # A small m with QK-norm keeps the polynomial method's rank C(m + g, g) small (Sec. 4).
     qk_dim: int = 0

@@ -102,7 +102,7 @@ class Trainer:
         self.batches = BatchSource(self.x, self.y, self.global_batch, tc.seed, sampler)
         if tc.compile:
             self.model.backbone.compile()  # in place: parameter names (and checkpoints) unchanged
-        self.loss_fn = DSMLoss(cfg.diffusion.weighting, cfg.diffusion.T0, cfg.diffusion.T)
+        self.loss_fn = DSMLoss(cfg.diffusion.weighting, cfg.diffusion.T0, cfg.diffusion.T, cfg.diffusion.times)
         self.net: torch.nn.Module = self.model  # what the loss calls: DDP wraps the network
         if self.dist.enabled:
             from torch.nn.parallel import DistributedDataParallel
