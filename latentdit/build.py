@@ -12,9 +12,11 @@ from latentdit.data.gmm import SubspaceGMM
 from latentdit.data.long import LongMixture
 from latentdit.data.real import LoadedData, load_data
 from latentdit.data.stationary import StationaryMixture
+from latentdit.data.video import VideoData
 from latentdit.export import default_pixel_range
 from latentdit.firststage.linear import pca_basis
 from latentdit.firststage.stage import FirstStage
+from latentdit.firststage.video import VideoFirstStage
 from latentdit.device import resolve_device  # noqa: F401 (re-exported)
 from latentdit.errors import ConfigError, DataError
 from latentdit.models.score import LatentScoreNet
@@ -29,10 +31,10 @@ class TrainData:
     labels: torch.Tensor | None  # (N,) int64
     num_classes: int
     gmm: SubspaceGMM | None = None  # the ground truth when data.source == "gmm"
-    loaded: LoadedData | None = None  # real data
+    loaded: LoadedData | VideoData | None = None  # real data
     # encoder.kind = "autoencoder": x then holds the first stage's scaled latent rows (N, c h w) and
-    # ``loaded`` the images
-    first_stage: FirstStage | None = None
+    # ``loaded`` the images (moving_mnist: the clips, latent rows (N, L c pt p p), a VideoFirstStage)
+    first_stage: FirstStage | VideoFirstStage | None = None
     # a population sampler (n, generator) -> (n, D) float32 in the model's space: the trainer then
     # draws fresh points every step (n = infinity) and ``x`` serves only the encoder init
     sampler: Callable[[int, torch.Generator], torch.Tensor] | None = None
@@ -116,7 +118,8 @@ def build_model(cfg: Config, data: TrainData, *, generator: torch.Generator | No
         # the whole autoencoder latent: its rows are laid out in c x p x p patches (p = model.patch), so
         # 1-D tokens of c p p consecutive coordinates are exactly the latent patches
         c, p = stage.latent_shape[0], stage.layout_patch
-        mcfg = replace(mcfg, patching="1d", patch=c * p * p)
+        # a video stage's tokens are c x pt x p x p spatio-temporal patches (latentdit.firststage.video)
+        mcfg = replace(mcfg, patching="1d", patch=stage.token_dim if isinstance(stage, VideoFirstStage) else c * p * p)
     x = data.x
     if cfg.encoder.init == "identity":  # W_B = I, never stored (a plain DiT on the data's coordinates)
         W, h = "identity", x.double()
@@ -142,14 +145,15 @@ def build_model(cfg: Config, data: TrainData, *, generator: torch.Generator | No
 
 def data_record(cfg: Config, data: TrainData) -> DataRecord:
     """The data record an export carries: the normalisation, image shape, pixel range and class names
-    of real data (nothing for the ground-truth sources)."""
+    of real data, and the clips' video shape (F, H, W) (nothing for the ground-truth sources)."""
     loaded = data.loaded
     if loaded is None:
         return DataRecord()
     pr = loaded.pixel_range
     pr = [float(v) for v in pr] if pr is not None else default_pixel_range(cfg.data.source, loaded.image_shape)
     return DataRecord.from_dict({"normalisation": loaded.norm.to_dict(), "image_shape": loaded.image_shape,
-                                 "pixel_range": pr, "class_names": loaded.class_names})
+                                 "pixel_range": pr, "class_names": loaded.class_names,
+                                 "video_shape": loaded.video_shape if isinstance(loaded, VideoData) else None})
 
 
 def make_pipeline(model: LatentScoreNet, cfg: Config, data: TrainData) -> LatentDiTPipeline:

@@ -55,7 +55,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--raw", action="store_true",
                    help="image data: keep values outside the pixel range (default: clipped to it)")
     s.add_argument("--out", type=Path, required=True,
-                   help="output .npy, .npz (with labels) or, for image data, .png (a grid, a row per class)")
+                   help="output .npy, .npz (with labels) or, for image data, .png (a grid, a row per class); "
+                        "video models write .npy or .npz and an animated .gif beside it")
 
     e = sub.add_parser("evaluate", help="metrics of a trained run (ground truth or real data)")
     e.add_argument("--run", type=Path, required=True)
@@ -132,7 +133,7 @@ def _cmd_sample(a: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
-    from latentdit.output import save_sample_grid
+    from latentdit.output import save_clips_gif, save_sample_grid
     from latentdit.pipeline import LatentDiTPipeline
 
     check_output_file(a.out)
@@ -143,6 +144,12 @@ def _cmd_sample(a: argparse.Namespace) -> int:
     if a.out.suffix == ".png" and not pipe.image_shape:
         raise DataError(f"--out {str(a.out)!r}: a PNG grid needs image data, but {str(a.run)!r} models vectors "
                         f"of dimension {pipe.model.ambient_dim}; write .npy or .npz instead")
+    video = pipe.video_shape  # clips: (N, F, H, W) and an animated GIF beside
+    if video is not None:
+        if a.out.suffix == ".png":
+            raise DataError(f"--out {str(a.out)!r}: {str(a.run)!r} models clips; write .npy or .npz (an animated "
+                            ".gif is written beside it)")
+        check_output_file(a.out.with_suffix(".gif"))
     k = pipe.model.num_classes
     labels = None
     if k > 0:
@@ -160,10 +167,17 @@ def _cmd_sample(a: argparse.Namespace) -> int:
         print(f"wrote a grid of samples{' (a row per class)' if labels is not None else ''} to {a.out}")
         return 0
     arr = x.cpu().numpy()
+    if video is not None:
+        arr = arr.reshape(arr.shape[0], *video)
+        save_clips_gif(arr, a.out.with_suffix(".gif"))
     if a.out.suffix == ".npz":
         atomic_write(a.out, lambda f: np.savez(f, x=arr, **({"labels": labels.numpy()} if labels is not None else {})))
     else:
         atomic_write(a.out, lambda f: np.save(f, arr))
+    if video is not None:
+        print(f"wrote {arr.shape[0]} clips of {video[0]} x {video[1]} x {video[2]} to {a.out} and "
+              f"{a.out.with_suffix('.gif')}")
+        return 0
     print(f"wrote {arr.shape[0]} samples of dimension {arr.shape[1]} to {a.out}")
     return 0
 

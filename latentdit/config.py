@@ -19,6 +19,7 @@ from typing import Any
 
 from latentdit.diffusion import TIME_KINDS, WEIGHTINGS
 from latentdit.config_files import apply_overrides, read_config_file
+from latentdit.data.video import check_video_config
 from latentdit.errors import ConfigError
 from latentdit.export import IMAGE_SOURCES as AE_SOURCES
 from latentdit.models.config import ModelConfig
@@ -34,7 +35,7 @@ class DataConfig:
     mixture); the other sources are real data loaded by :mod:`latentdit.data.real`.
     """
 
-    source: str = "gmm"  # gmm | long | stationary | mnist | digits | npy | npz | csv | images
+    source: str = "gmm"  # gmm | long | stationary | mnist | digits | npy | npz | csv | images | moving_mnist
     path: str | None = None  # file or folder for npy/npz/csv/images
     # number of training points (gmm, long, stationary; stationary: 0 = fresh draws every step) or
     # cap on loaded items (0 = all)
@@ -47,6 +48,13 @@ class DataConfig:
     image_size: int | None = None  # real image folders: resize to this square size
     label_column: str | None = None  # csv: name or index of the label column
     conditional: bool = False  # use class labels (real data with labels)
+    # moving_mnist (latentdit.data.video): clips of `frames` canvas x canvas frames, `digits` digits per
+    # clip moving at a speed uniform in [speed_min, speed_max] pixels per frame; n clips
+    frames: int = 16
+    canvas: int = 64
+    digits: int = 1
+    speed_min: float = 2.0
+    speed_max: float = 4.0
 
 
 @dataclass
@@ -322,11 +330,16 @@ def validate(cfg: Config) -> None:
 
 
 def _validate_choices(cfg: Config) -> None:
-    _choice(cfg.data.source, ("gmm", "long", "stationary", "mnist", "digits", "npy", "npz", "csv", "images"), "data.source")
+    _choice(cfg.data.source, ("gmm", "long", "stationary", "mnist", "digits", "npy", "npz", "csv", "images",
+                              "moving_mnist"), "data.source")
     _choice(cfg.data.normalise, ("minmax", "standard", "none"), "data.normalise")
     _choice(cfg.encoder.init, ("pca", "random", "identity"), "encoder.init")
     _choice(cfg.encoder.kind, ("linear", "autoencoder"), "encoder.kind")
-    _validate_autoencoder(cfg.autoencoder, cfg.encoder.kind, cfg.data.source)
+    # moving_mnist: the autoencoder trains on the clips' frames, images like any image source
+    _validate_autoencoder(cfg.autoencoder, cfg.encoder.kind,
+                          "images" if cfg.data.source == "moving_mnist" else cfg.data.source)
+    if cfg.data.source == "moving_mnist":
+        check_video_config(cfg.data, cfg.model.patch_t, cfg.encoder.kind, cfg.encoder.init)
     if cfg.encoder.init == "identity" and cfg.encoder.learn:
         raise ConfigError("encoder.init='identity' is a fixed W_B = I; set encoder.learn=false")
     _choice(cfg.train.noise, ("ambient", "latent"), "train.noise")

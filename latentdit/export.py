@@ -6,9 +6,11 @@ An export (format 3) holds
   where ``model`` holds exactly the score network's arguments
   (:class:`latentdit.models.config.ScoreNetConfig`: ``LatentScoreNet(**model)`` builds it),
   ``diffusion`` the trained time range ``{"T0", "T"}``, ``data`` the data record
-  (``normalisation``, ``image_shape``, ``pixel_range``, ``class_names``) and, with a learned
-  first stage, ``"first_stage": {"kind", "weights", "config"}`` naming that stage's
-  ``autoencoder.safetensors`` and ``autoencoder.json``;
+  (``normalisation``, ``image_shape``, ``pixel_range``, ``class_names``, and ``video_shape``
+  (F, H, W) for clips) and, with a learned first stage, ``"first_stage": {"kind", "weights",
+  "config"}`` naming that stage's ``autoencoder.safetensors`` and ``autoencoder.json`` (kind
+  ``conv_autoencoder``, or ``per_frame_video_autoencoder``: the same files, the record marked with
+  the clips' layout, :mod:`latentdit.firststage.video`);
 - ``sampling.json``: the sampling defaults (sampler, steps, grid, rho, guidance, denoise); ``grid``
   is a grid kind or, after :func:`store_fitted_grid`, a list of explicit times from T to T0;
 - ``model.safetensors``: the weights (EMA), no pickle;
@@ -35,6 +37,7 @@ from safetensors.torch import load_file, save
 from latentdit.errors import CheckpointError
 from latentdit.firststage.stage import STAGE_CONFIG, STAGE_WEIGHTS, FirstStage
 from latentdit.io import atomic_write_bytes, atomic_write_json
+from latentdit.firststage.video import VideoFirstStage, load_first_stage
 from latentdit.models.config import ModelConfig, ScoreNetConfig
 from latentdit.version import __version__
 
@@ -43,7 +46,7 @@ EXPORT_CONFIG = "config.json"
 EXPORT_SAMPLING = "sampling.json"
 EXPORT_TRAINING = "training.json"
 EXPORT_WEIGHTS = "model.safetensors"
-DATA_KEYS = ("normalisation", "image_shape", "pixel_range", "class_names")
+DATA_KEYS = ("normalisation", "image_shape", "pixel_range", "class_names", "video_shape")
 IMAGE_SOURCES = ("mnist", "digits", "images")  # data read as pixels in [0, 1]
 _ARCH = tuple(f.name for f in fields(ModelConfig))
 
@@ -75,7 +78,7 @@ class ExportContents:
     T: float
     data: dict = field(default_factory=dict)  # the data record, DATA_KEYS
     sampling: dict = field(default_factory=dict)  # sampling.json without its format key
-    first_stage: FirstStage | None = None
+    first_stage: FirstStage | VideoFirstStage | None = None
     format: int = FORMAT_VERSION
 
 
@@ -88,7 +91,8 @@ def write_export(path: str | Path, c: ExportContents, training: dict | None = No
             "diffusion": {"T0": c.T0, "T": c.T}, "data": {k: c.data.get(k) for k in DATA_KEYS}}
     if c.first_stage is not None:
         c.first_stage.save(path)
-        head["first_stage"] = {"kind": "conv_autoencoder", "weights": STAGE_WEIGHTS, "config": STAGE_CONFIG}
+        kind = "per_frame_video_autoencoder" if isinstance(c.first_stage, VideoFirstStage) else "conv_autoencoder"
+        head["first_stage"] = {"kind": kind, "weights": STAGE_WEIGHTS, "config": STAGE_CONFIG}
     state = {k: v.detach().cpu().contiguous() for k, v in c.state.items()}
     atomic_write_bytes(path / EXPORT_WEIGHTS, save(state, metadata={"format": "pt", "library": "latentdit"}))
     if training is not None:
@@ -171,7 +175,7 @@ def read_export(path: str | Path) -> ExportContents:
         raise CheckpointError(f"{str(path / EXPORT_WEIGHTS)!r} is truncated or corrupt ({e}); re-export it from "
                               "the run's newest checkpoint with `latentdit train --out RUN`") from e
     sampling = {k: v for k, v in parts["sampling"].items() if k != "format"}
-    stage = FirstStage.load(path) if head.get("first_stage") else None
+    stage = load_first_stage(path) if head.get("first_stage") else None  # an image or a per-frame video stage
     return ExportContents(model, state, T0, T, {k: parts["data"].get(k) for k in DATA_KEYS}, sampling, stage, version)
 
 

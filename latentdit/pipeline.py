@@ -20,6 +20,7 @@ import torch
 from latentdit.data.normalise import Normalisation
 from latentdit.export import ExportContents, load_weights, read_export, write_export
 from latentdit.firststage.stage import FirstStage
+from latentdit.firststage.video import VideoFirstStage
 from latentdit.models.guidance import GuidedDenoiser
 from latentdit.models.score import LatentScoreNet
 from latentdit.output import to_output
@@ -31,24 +32,30 @@ __all__ = ["DataRecord", "LatentDiTPipeline", "SamplingDefaults"]
 @dataclass
 class DataRecord:
     """How the network's data space maps to the data: the normalisation to undo, the image shape of
-    image data (rows are row-major (H, W[, C])), their pixel range and class names."""
+    image data (rows are row-major (H, W[, C])), their pixel range and class names; for clips the
+    video shape (F, H, W) (rows are row-major (F, H, W), ``image_shape`` one frame's)."""
 
     normalisation: Normalisation | None = None
     image_shape: tuple[int, ...] | None = None
     pixel_range: tuple[float, float] | None = None
     class_names: list[str] | None = None
+    video_shape: tuple[int, int, int] | None = None
 
     @classmethod
     def from_dict(cls, d: dict) -> "DataRecord":
+        """From an export's ``data`` record; keys it lacks (older exports) are None."""
         norm, shape, pr = d.get("normalisation"), d.get("image_shape"), d.get("pixel_range")
+        video = d.get("video_shape")
         return cls(Normalisation.from_dict(norm) if norm else None, tuple(shape) if shape else None,
-                   (float(pr[0]), float(pr[1])) if pr else None, d.get("class_names"))
+                   (float(pr[0]), float(pr[1])) if pr else None, d.get("class_names"),
+                   tuple(int(v) for v in video) if video else None)
 
     def to_dict(self) -> dict:
         return {"normalisation": None if self.normalisation is None else self.normalisation.to_dict(),
                 "image_shape": None if self.image_shape is None else list(self.image_shape),
                 "pixel_range": None if self.pixel_range is None else list(self.pixel_range),
-                "class_names": self.class_names}
+                "class_names": self.class_names,
+                "video_shape": None if self.video_shape is None else list(self.video_shape)}
 
 
 @dataclass
@@ -61,7 +68,8 @@ class LatentDiTPipeline:
     T: float = 10.0
     data: DataRecord = field(default_factory=DataRecord)
     defaults: SamplingDefaults = field(default_factory=SamplingDefaults)
-    first_stage: FirstStage | None = None  # the autoencoder of encoder.kind = "autoencoder"
+    # the autoencoder of encoder.kind = "autoencoder" (per frame for clips)
+    first_stage: FirstStage | VideoFirstStage | None = None
 
     @classmethod
     def from_pretrained(cls, path: str | Path, *, device: str | torch.device = "cpu") -> "LatentDiTPipeline":
@@ -89,6 +97,11 @@ class LatentDiTPipeline:
     @property
     def image_shape(self) -> tuple[int, ...] | None:
         return self.data.image_shape
+
+    @property
+    def video_shape(self) -> tuple[int, int, int] | None:
+        """(F, H, W) of clip data (samples are rows of F H W pixels), else None."""
+        return self.data.video_shape
 
     @property
     def device(self) -> torch.device:
@@ -145,6 +158,7 @@ class LatentDiTPipeline:
     def __call__(self, num: int, *, clip: bool = True, output_type: str | None = None, **kw) -> torch.Tensor:
         """``num`` samples in data space; ``kw`` as :meth:`sample_model_space` (labels, guidance,
         sampler, steps, grid, rho, denoise, generator or seed, batch_size, progress).
-        ``output_type``: "images" (N, C, H, W), the default for image data, or "vectors" (N, D)."""
+        ``output_type``: "images" (N, C, H, W), the default for image data (clips: (N, F, H, W)), or
+        "vectors" (N, D)."""
         x = self.to_data_space(self.sample_model_space(num, **kw), clip=clip)
-        return to_output(x, self.image_shape, output_type)
+        return to_output(x, self.image_shape, output_type, self.video_shape)

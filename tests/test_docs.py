@@ -1,5 +1,7 @@
-"""README and docs/: short enough to read, every relative link resolves, and CI runs README's test command."""
+"""README and docs/: short enough to read, every relative link resolves, every `latentdit.` name exists, and CI
+runs README's test command."""
 
+import importlib
 import re
 from pathlib import Path
 
@@ -33,3 +35,29 @@ def test_readme_is_short_and_ci_runs_its_test_command():
     test_command = commands[1].split(" && ")[-1]
     ci = (ROOT / ".ci" / "run").read_text().strip().splitlines()[-1]
     assert test_command == "python -m pytest -q" and ci == 'python -m pytest -q "$@"', (test_command, ci)
+
+
+DOTTED = re.compile(r"latentdit(?:\.[A-Za-z_]\w*)+")
+
+
+def _resolve(name: str) -> bool:
+    """Import the longest module prefix of ``name`` and look the rest up as attributes."""
+    parts = name.split(".")
+    for i in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:i]))
+        except ImportError:
+            continue
+        try:
+            for attr in parts[i:]:
+                obj = getattr(obj, attr)
+        except AttributeError:
+            return False
+        return True
+    return False
+
+
+def test_every_dotted_latentdit_name_exists():
+    missing = sorted({f"{page.relative_to(ROOT)}: {name}" for page in _pages()
+                      for name in DOTTED.findall(page.read_text()) if not _resolve(name)})
+    assert not missing, missing

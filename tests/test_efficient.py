@@ -126,6 +126,12 @@ def test_experiment_end_to_end_smoke(tmp_path):
     assert main(["--smoke", "--out", str(tmp_path)]) == 0  # every run and evaluation reused
     assert {p: p.stat().st_mtime_ns for p in tmp_path.glob("runs/*/metrics.jsonl")} == logs
     assert json.loads((tmp_path / "models.json").read_text())["models"] == before
+    # a part of the plan: one length, its runs reused, the summary keyed by that length
+    assert main(["--smoke", "--lengths", "16", "--out", str(tmp_path / "part")]) == 0
+    part = json.loads((tmp_path / "part" / "summary.json").read_text())
+    assert part["gt_tokens"] == 16 and part["poly_exact_ratio_1024"] is not None
+    with pytest.raises(SystemExit):
+        main(["--smoke", "--lengths", "7", "--out", str(tmp_path / "bad")])
 
 
 def test_evaluate_a_stationary_run_against_the_dense_score(tmp_path):

@@ -132,39 +132,41 @@ def dit(path: Path) -> list[str]:
     return out
 
 
+SUMMARY_KEYS = ("gt_tokens", "gt_score_ratio_vs_no_attention", "gt_score_ratio_vs_f0", "gt_w2_excess_ratio_vs_no_attention",
+                "gt_train_seconds", "gt_beats_init_every_t", "poly_exact_ratio_1024", "operator_swap_change",
+                "gt_relu_linear_swap_change")
+
+
 def efficient(folder: Path) -> list[str]:
+    """The stationary long-sequence experiment (``python -m latentdit.experiments.efficient --out
+    docs/efficient``): its ``models.json`` (one record per model and operator) and the headline keys
+    of ``summary.json``; "pending run" for a file that is not there yet."""
     out: list[str] = []
-    for part in "abd":
-        p = Path(folder) / f"{part}.json"
-        if not p.is_file():
-            continue
-        d = load(p)
-        out += ["", f"Part ({part}), `{p.name}`:", ""]
-        out += header("variant", "seed", "tokens", "steps", "score rel. error", "W2", "W2 true vs true", "train [s]")
-        for r in d["rows"]:
-            out.append(row(r["variant"], r["seed"], f"{r['tokens']:,}", r["steps"], g(r["score_rel_error"], 4),
-                           g(r["w2"], 4), g(r["w2_reference"], 4), g(r["train_seconds"])))
-        s = d["summary"]
-        for v, m in s.items():
-            if isinstance(m, dict):
-                sd = f" (sd {g(m['score_rel_error_std'], 2)})" if "score_rel_error_std" in m else ""
-                out.append(f"\n- {v}: mean score rel. error {g(m['score_rel_error'], 4)}{sd}, mean W2 {g(m['w2'], 4)}")
-        if "score_error_ratio" in s:
-            out.append(f"- ratio {s['ratio_of']}: {g(s['score_error_ratio'], 4)}")
-        for r in d.get("equal_wall_time", []):
-            out.append(f"- equal wall time (seed {r['seed']}): exact_same stopped at {g(r['time_limit'])} s after "
-                       f"{r['steps_done']} of {r['steps_planned']} steps: score rel. error {g(r['score_rel_error'], 4)}, "
-                       f"W2 {g(r['w2'], 4)}")
-        prov = d["provenance"]
-        out.append(f"- wall {g(prov['seconds'] / 60)} min, load before {prov['loadavg_before']}, after "
-                   f"{prov['loadavg_after']}")
-    p = Path(folder) / "c.json"
-    if p.is_file():
-        c = load(p)
-        out += ["", "Part (c), `c.json`:", ""] + header("figure", "value")
-        for k in ("tokens", "num_samples", "w2_poly_vs_exact", "w2_poly_vs_truth", "w2_exact_vs_truth", "w2_change",
-                  "w2_true_vs_true_std", "w2_change_below_spread", "max_abs_sample_difference"):
-            out.append(row(k, g(c.get(k), 4)))
+    models, summary = Path(folder) / "models.json", Path(folder) / "summary.json"
+    out += ["", f"Models, `{models}`:", ""]
+    if models.is_file():
+        m = load(models)
+        out += header("model", "tokens", "evaluated with", "steps", "train [s]", "score integral", "score rel. error",
+                      "W2 excess", "beats F = 0 at every t")
+        for r in m["models"]:
+            out.append(row(r["model"], f"{r['tokens']:,}", r["evaluated_with"], g(r.get("steps")),
+                           g(r.get("train_seconds")), g(r.get("score_integral"), 4), g(r.get("score_rel_error"), 4),
+                           g(r.get("w2_excess"), 3), g(r.get("beats_init_every_t"))))
+        prov = m.get("provenance", {})
+        if prov:
+            out.append(f"\nCommit {str(prov.get('git_commit', '-'))[:7]}; load before {prov.get('loadavg_before')}, "
+                       f"after {prov.get('loadavg_after')}.")
+    else:
+        out.append("pending run")
+    out += ["", f"Summary, `{summary}`:", ""]
+    if summary.is_file():
+        s = load(summary)
+        out += header("key", "value")
+        for k in SUMMARY_KEYS:
+            if k in s:
+                out.append(row(f"`{k}`", g(s[k], 4)))
+    else:
+        out.append("pending run")
     return out
 
 

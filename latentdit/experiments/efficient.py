@@ -186,8 +186,16 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m latentdit.experiments.efficient", description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, required=True, help="directory for the runs, rows, figures and summary")
     ap.add_argument("--smoke", action="store_true", help="tiny lengths and a few steps (seconds; for tests)")
+    ap.add_argument("--lengths", type=int, nargs="+", default=None,
+                    help="run only these sequence lengths of the plan (a part of it: the summary's gt_tokens "
+                         "names the longest length run)")
     args = ap.parse_args(argv)
     plan = PLANS["smoke" if args.smoke else "full"]
+    if args.lengths:
+        unknown = sorted(set(args.lengths) - {r.tokens for r in plan})
+        if unknown:
+            ap.error(f"--lengths {unknown} are not lengths of the plan ({[r.tokens for r in plan]})")
+        plan = tuple(r for r in plan if r.tokens in args.lengths)
     args.out.mkdir(parents=True, exist_ok=True)
     command = ["python", "-m", "latentdit.experiments.efficient", *(sys.argv[1:] if argv is None else argv)]
     prov = provenance_start(command)

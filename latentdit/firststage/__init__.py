@@ -5,7 +5,9 @@
 - :mod:`latentdit.firststage.autoencoder`: a learned conv autoencoder whose scaled latent the DiT
   models (``encoder.kind = "autoencoder"``);
 - :mod:`latentdit.firststage.stage`: :class:`FirstStage`, that autoencoder on data rows (padding,
-  normalisation, the unit-variance scale, the c x p x p latent patches) and its files.
+  normalisation, the unit-variance scale, the c x p x p latent patches) and its files;
+- :mod:`latentdit.firststage.video`: :class:`VideoFirstStage`, that autoencoder applied frame by
+  frame to clips, its latents cut into c x pt x p x p spatio-temporal tokens.
 
 Its training loop is :mod:`latentdit.train.firststage`, its metrics :mod:`latentdit.evaluation.firststage`.
 """
@@ -13,5 +15,7 @@ Its training loop is :mod:`latentdit.train.firststage`, its metrics :mod:`latent
 from latentdit.firststage.autoencoder import ConvAutoencoder
 from latentdit.firststage.linear import LinearEncoder, pca_basis
 from latentdit.firststage.stage import FirstStage, latent_scale, padded_side
+from latentdit.firststage.video import VideoFirstStage, load_first_stage
 
-__all__ = ["ConvAutoencoder", "FirstStage", "LinearEncoder", "latent_scale", "padded_side", "pca_basis"]
+__all__ = ["ConvAutoencoder", "FirstStage", "LinearEncoder", "VideoFirstStage", "latent_scale", "load_first_stage",
+           "padded_side", "pca_basis"]

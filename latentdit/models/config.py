@@ -18,6 +18,9 @@ class ModelConfig:
     block: str = "dit"  # dit (practical DiT block) | paper (the T^{r,m,l} class, Sec. 3)
     patch: int = 2  # p: patch side (2d) or token size (1d)
     patching: str = "auto"  # 2d | 1d | auto (2d when d0 is a square divisible by p, else 1d)
+    # video (data.source = moving_mnist): frames per spatio-temporal patch; the clips' first stage cuts
+    # its latent into c x patch_t x p x p tokens, which the network reads with 1-D patching
+    patch_t: int = 1
     hidden: int = 128  # DiT block width
     depth: int = 4  # number of blocks K
     heads: int = 4  # DiT block heads

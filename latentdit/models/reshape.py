@@ -4,7 +4,8 @@
 p x p patches, giving L = (i/p)^2 tokens of size d = p^2 (so d0 = d L).
 1-D patching: tokens are d = p consecutive coordinates, L = d0 / p.
 Autoencoder latents (c, h, w) are cut into c x p x p patch tokens by
-:func:`latentdit.firststage.stage.latent_patchify`.
+:func:`latentdit.firststage.stage.latent_patchify`; video latents (F, c, h, w) into c x pt x p x p
+spatio-temporal tokens by :func:`latentdit.firststage.video.video_patchify`.
 
 The paper writes tokens as columns (X in R^{d x L}); this code uses rows, X of shape (N, L, d).
 """

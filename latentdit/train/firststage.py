@@ -11,6 +11,11 @@ written atomically by :func:`latentdit.train.checkpoint.write_checkpoint`) holds
 optimiser, the LR schedule, the data order and the noise stream, so a run interrupted at any step
 and resumed ends with the same weights as one never interrupted (bitwise on CPU with a fixed
 thread count). The finished stage is ``autoencoder.safetensors`` + ``autoencoder.json`` there.
+
+Clips (``data.source = "moving_mnist"``): :func:`prepare_video_first_stage` renders the clips of
+``[data]``, trains the same autoencoder in RUN/autoencoder/ on up to :data:`AE_FRAMES` frames drawn
+from them and returns the clips' scaled latent rows with the per-frame
+:class:`latentdit.firststage.video.VideoFirstStage`; :func:`prepare_first_stage` hands such runs to it.
 """
 
 from __future__ import annotations
@@ -28,8 +33,11 @@ import torch.nn.functional as F
 
 from latentdit.firststage.autoencoder import ConvAutoencoder
 from latentdit.firststage.stage import STAGE_CONFIG, FirstStage, latent_scale, padded_side
+from latentdit.firststage.video import VideoFirstStage
 from latentdit.build import TrainData, build_data
 from latentdit.config import Config
+from latentdit.data.real import LoadedData
+from latentdit.data.video import VideoData, moving_mnist_from_config
 from latentdit.errors import CheckpointError, ConfigError
 from latentdit.io import atomic_write_json
 from latentdit.progress import progress_bar
@@ -38,6 +46,7 @@ from latentdit.train.checkpoint import (CKPT_FORMAT, DataOrder, global_rng_state
 from latentdit.train.rundir import RunLock
 
 AE_DIR = "autoencoder"
+AE_FRAMES = 6000  # frames the clips' frame autoencoder trains on (drawn from the training clips)
 
 
 def _lr_factor(step: int, total: int) -> float:
@@ -173,6 +182,8 @@ def prepare_first_stage(cfg: Config, run: str | Path, data: TrainData | None = N
     """The DiT's training data: ``data`` (built from ``cfg`` when None) as they are for a linear encoder;
     for ``encoder.kind = "autoencoder"`` the scaled latent rows of the trained first stage.
     ``world_size``: the processes the DiT will train in (default: torchrun's ``WORLD_SIZE``, else 1)."""
+    if cfg.data.source == "moving_mnist":
+        return prepare_video_first_stage(cfg, run, progress=progress, world_size=world_size)
     if cfg.encoder.kind != "autoencoder":
         return data  # unchanged (None: the trainer builds them)
     if world_size is None:
@@ -194,3 +205,39 @@ def prepare_first_stage(cfg: Config, run: str | Path, data: TrainData | None = N
             show = progress is not False  # a bar on a terminal, plain lines otherwise
             stage = train_first_stage(cfg, data, folder, progress=show)
     return replace(data, x=stage.encode_vectors(data.x).float(), first_stage=stage)
+
+
+def _frame_data(video: VideoData, count: int, seed: int) -> LoadedData:
+    """``count`` frames drawn from the clips (seeded) as image data rows for the frame autoencoder."""
+    F = video.video_shape[0]
+    g = torch.Generator().manual_seed(seed)
+    pick = torch.randperm(len(video) * F, generator=g)[:count].sort().values
+    frames = []
+    for clip in pick.div(F, rounding_mode="floor").unique():
+        fr = pick[pick.div(F, rounding_mode="floor") == clip] % F
+        frames.append(video.render(int(clip), int(clip) + 1)[0, fr])
+    x = torch.cat(frames).reshape(len(pick), -1)
+    return LoadedData(x, None, 0, video.image_shape, video.norm, "moving_mnist_frames", None, video.pixel_range)
+
+
+def prepare_video_first_stage(cfg: Config, run: str | Path, *, progress: bool | None = None,
+                              world_size: int | None = None) -> TrainData:
+    """The DiT's training data for ``data.source = "moving_mnist"``: the latent rows of the clips of
+    ``cfg.data`` (N, L c pt p p) under the frame autoencoder, trained in RUN/autoencoder/ on frames
+    of the clips (or loaded when it is already trained there)."""
+    if (world_size if world_size is not None else int(os.environ.get("WORLD_SIZE", "1"))) > 1:
+        raise ConfigError("data.source='moving_mnist' trains in one process; run it without torchrun")
+    if cfg.train.threads > 0:
+        torch.set_num_threads(cfg.train.threads)
+    video = moving_mnist_from_config(cfg.data)
+    count = min(AE_FRAMES, len(video) * video.video_shape[0])
+    frames = TrainData(torch.zeros(0), None, 0, loaded=_frame_data(video, count, cfg.autoencoder.seed))
+    run = Path(run)
+    if not (run / "config.json").is_file():  # a run directory from its first file on (resumable)
+        atomic_write_json(run / "config.json", cfg.to_dict())
+    with RunLock(run):
+        frame_stage = train_first_stage(cfg, frames, run / AE_DIR, progress=progress is not False)
+    stage = VideoFirstStage(frame_stage, cfg.data.frames, cfg.model.patch_t)
+    rows = [stage.encode_clips(video.render(i, i + 64)) for i in range(0, len(video), 64)]
+    return TrainData(torch.cat(rows).float(), video.labels if cfg.data.conditional else None,
+                     video.num_classes if cfg.data.conditional else 0, loaded=video, first_stage=stage)

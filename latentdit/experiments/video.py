@@ -1,0 +1,238 @@
+"""Moving digits at >= 4,096 tokens: train the video DiT, measure it, and time poly against exact.
+
+    python -m latentdit.experiments.video --out DIR [--variant poly|relu_linear|exact] [--frames F]
+        [--config FILE] [--set KEY=VALUE ...] [--smoke] [--no-fid] [--time-repeats N] [--json PATH]
+
+One command trains the reference configuration (``configs/moving_mnist.toml``: 16 frames of
+64 x 64, the per-frame autoencoder's 4 x 16 x 16 latents, 4,096 tokens, the polynomial method in
+every attention call) through :func:`latentdit.train.train`, then
+
+1. checks that it learned: the DSM loss of the trained (EMA) model and of a freshly initialised one
+   on the same held-out clips, times and noise, and the first and last logged training losses;
+2. samples ``eval.num_samples`` clips (classes cycled, guidance ``sample.guidance``) and scores
+   them with :func:`latentdit.evaluation.video.video_metrics` against fresh real clips (per-frame
+   FID on ``--fid-frames`` frames, classifier accuracy, identity consistency, speed W1, constant
+   velocity), the same figures for real clips as the floor; writes DIR/samples.gif and .npz;
+3. times poly against exact attention at the model's own L, interleaved, medians
+   (:func:`latentdit.timing.interleaved_times`): a training step of ``--time-batch`` clips and one
+   network evaluation (NFE) of sampling ``--sample-batch`` clips with guidance (2 rows per clip).
+
+``--variant relu_linear`` trains the same network with ReLU linear attention (no certificate);
+``--variant exact`` with exact attention, meant with a shorter clip (``--frames 4``: 1,024 tokens).
+``encoder.latent_dim`` follows the clip size. DIR/<variant>_F<frames>.json holds everything, with
+provenance; ``--json`` also writes the headline keys (``video_tokens``, ``video_accuracy``,
+``video_identity_consistency``, ``video_speed_w1_rel``, ``video_train_seconds``,
+``video_poly_speedup_train``, ``video_poly_speedup_sample``) there, e.g. docs/efficient/video.json.
+``--smoke`` shrinks everything to a run of about a minute (4 frames of 32 x 32, a few steps).
+
+The full command's cost on 2 idle cores, estimated from the sizes and from short runs on a loaded
+machine (not measured end to end): the frame autoencoder 940 steps at 64 x 64 (about 6 min), the
+DiT 4,000 steps of 8 clips at 4,096 tokens (0.8-1.2 s a step: 55-80 min; ``train.time_limit``
+stops it at 80 min), encoding and evaluation (100 clips at 20 guided steps, the classifier, 3,000
+Inception frames: about 10 min), the timing (exact attention at 4,096 tokens: about 4 min): 75-100
+minutes in all, peak memory about 2 GB. ``--variant exact --frames 4`` (1,024 tokens) trains as
+many steps as the same time limit allows. On an oversubscribed machine set ``--set train.threads=1``:
+two OpenMP threads fighting other processes can be many times slower than one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from latentdit.build import TrainData, build_model
+from latentdit.config import Config, apply_overrides, read_config_file
+from latentdit.data.real import load_data
+from latentdit.data.video import moving_mnist_from_config
+from latentdit.diffusion import DSMLoss
+from latentdit.evaluation.video import video_metrics
+from latentdit.export import read_training_record
+from latentdit.firststage.stage import padded_side
+from latentdit.io import atomic_write, atomic_write_json
+from latentdit.metrics.classifier import train_classifier
+from latentdit.output import save_clips_gif
+from latentdit.pipeline import LatentDiTPipeline
+from latentdit.provenance import provenance_end, provenance_start
+from latentdit.timing import interleaved_times, medians
+from latentdit.train import Trainer, prepare_first_stage, train
+
+CONFIG = Path(__file__).resolve().parents[2] / "configs" / "moving_mnist.toml"
+VARIANTS = {
+    "poly": ["model.attention=poly"],
+    "relu_linear": ["model.attention=relu_linear", "model.qk_norm=false"],
+    "exact": ["model.attention=exact"],
+}
+SMOKE = ["data.n=24", "data.frames=4", "data.canvas=32", "autoencoder.epochs=1", "train.steps=8",
+         "train.batch_size=4", "optim.warmup_steps=1", "train.checkpoint_every=0", "train.log_every=1",
+         "eval.num_samples=10", "eval.steps=3", "sample.steps=3"]
+
+
+def video_config(path: Path, variant: str, frames: int | None, overrides: list[str], smoke: bool) -> Config:
+    """The configuration file with the smoke sizes, the variant, ``frames`` and ``overrides``; the
+    encoder's latent_dim set to the whole clip latent, frames x channels x (side / factor)^2."""
+    d = read_config_file(path)
+    extra = (SMOKE if smoke else []) + VARIANTS[variant] + ([f"data.frames={frames}"] if frames else [])
+    d = apply_overrides(d, extra + overrides)
+    data, ae = d.setdefault("data", {}), d.setdefault("autoencoder", {})
+    factor = ae.get("factor", 4)
+    side = padded_side((data.get("canvas", 64),) * 2, factor, ae.get("pad_to", 0)) // factor
+    d.setdefault("encoder", {})["latent_dim"] = data.get("frames", 16) * ae.get("channels", 4) * side * side
+    return Config.from_dict(d)
+
+
+def learning_check(model, cfg: Config, stage, num: int = 32) -> dict:
+    """DSM loss of the trained model and of a fresh initialisation on the same held-out clips, times and noise."""
+    video = moving_mnist_from_config(cfg.data, n=num, seed=cfg.eval.seed + 7)
+    x0 = stage.encode_clips(video.render())
+    y = video.labels if model.num_classes > 0 else None
+    g = torch.Generator().manual_seed(cfg.eval.seed)
+    T0, T = cfg.diffusion.T0, cfg.diffusion.T
+    t = torch.exp(torch.empty(num).uniform_(math.log(T0), math.log(T), generator=g))  # log-uniform in [T0, T]
+    noise = torch.randn(x0.shape, generator=g)
+    init = build_model(cfg, TrainData(x0, y, model.num_classes, first_stage=stage),
+                       generator=torch.Generator().manual_seed(cfg.train.seed)).eval()
+    loss = DSMLoss(cfg.diffusion.weighting, T0, T)
+    with torch.no_grad():
+        out = {name: float(loss(m, x0, t, noise, y)) for name, m in (("loss_trained", model), ("loss_init", init))}
+    out["beats_init"] = out["loss_trained"] < out["loss_init"]
+    return out
+
+
+def loss_curve(run: Path) -> dict:
+    """The first and last logged training losses of RUN/metrics.jsonl."""
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    losses = [(r["step"], r["loss"]) for r in rows if "loss" in r]
+    return {"loss_first": losses[0], "loss_last": losses[-1], "loss_logged": len(losses)} if losses else {}
+
+
+def evaluate(pipe: LatentDiTPipeline, cfg: Config, out: Path, *, fid_frames: int, smoke: bool) -> dict:
+    """Sample ``eval.num_samples`` clips, write them, and score them against fresh real clips."""
+    num, k = cfg.eval.num_samples, pipe.model.num_classes
+    labels = torch.arange(num) % max(k, 1)
+    t0 = time.time()
+    clips = pipe(num, labels=labels if k > 0 else None, steps=cfg.eval.steps, sampler=cfg.eval.sampler,
+                 seed=cfg.eval.seed, batch_size=16)  # (num, F, H, W)
+    sample_seconds = time.time() - t0
+    save_clips_gif(clips[:20], out / "samples.gif")
+    atomic_write(out / "samples.npz", lambda f: np.savez(f, x=clips.numpy(), labels=labels.numpy()))
+    real = moving_mnist_from_config(cfg.data, n=num, seed=cfg.eval.seed + 1)
+    real_b = moving_mnist_from_config(cfg.data, n=num, seed=cfg.eval.seed + 2)
+    save_clips_gif(real.render(0, 20), out / "real.gif")
+    mnist = load_data("mnist", normalise="minmax", seed=0)
+    clf, test_acc = train_classifier(mnist, epochs=1 if smoke else 8, seed=0)
+    m = video_metrics(clips, labels, real.render(), real.labels, real_b.render(), clf, mnist.norm,
+                      fid_frames=fid_frames, seed=cfg.eval.seed)
+    return {**m, "classifier_test_accuracy": test_acc, "guidance": pipe.defaults.guidance,
+            "sample_seconds": sample_seconds, "sample_steps": cfg.eval.steps}
+
+
+def set_attention(model, mode: str) -> None:
+    for blk in model.backbone.blocks:
+        blk.attention_mode = mode
+
+
+def time_poly_exact(cfg: Config, stage, repeats: int, train_batch: int, sample_batch: int) -> dict:
+    """Seconds per training step and per sampling NFE at the model's L, poly against exact, interleaved."""
+    video = moving_mnist_from_config(cfg.data, n=train_batch, seed=cfg.eval.seed + 3)
+    x0 = stage.encode_clips(video.render())
+    data = TrainData(x0, video.labels, video.num_classes, first_stage=stage)
+    tmp = tempfile.TemporaryDirectory()  # the trainers write nothing before fit()
+    trainers = {}
+    for mode in ("poly", "exact"):
+        c = Config.from_dict(apply_overrides(cfg.to_dict(), [f"model.attention={mode}", f"train.batch_size={train_batch}"]))
+        trainers[mode] = Trainer(c, Path(tmp.name) / mode, progress=False, data=data)
+        trainers[mode].train_step()  # warm-up
+    train_times = interleaved_times({m: tr.train_step for m, tr in trainers.items()}, repeats, "train step")
+    model = trainers["poly"].ema
+    # one guided NFE: the conditional and the null-class rows of sample_batch clips in one call
+    x = torch.randn(2 * sample_batch, x0.shape[1], generator=torch.Generator().manual_seed(0))
+    y = torch.cat([torch.arange(sample_batch) % model.num_classes, torch.full((sample_batch,), model.num_classes)])
+    t = torch.full((2 * sample_batch,), 0.5)
+
+    def nfe(mode: str):
+        def run() -> None:
+            set_attention(model, mode)
+            with torch.no_grad():
+                model.denoise(x, t, y)
+        return run
+
+    nfe_times = interleaved_times({m: nfe(m) for m in ("poly", "exact")}, repeats, "sampling NFE")
+    tmp.cleanup()
+    mt, mn = medians(train_times), medians(nfe_times)
+    return {"tokens": model.reshape.num_tokens, "train_batch": train_batch, "sample_batch": sample_batch,
+            "threads": torch.get_num_threads(), "train_step_s": mt, "nfe_s": mn,
+            "speedup_train": mt["exact"] / mt["poly"], "speedup_sample": mn["exact"] / mn["poly"],
+            "train_times_s": train_times, "nfe_times_s": nfe_times}
+
+
+def headline(rep: dict) -> dict:
+    """The keys the summary of the long-sequence results holds for the video model (training seconds:
+    both stages, the frame autoencoder's when this process trained it)."""
+    ev, tm = rep.get("eval", {}), rep.get("timing", {})
+    return {"video_tokens": rep["tokens"], "video_accuracy": ev.get("accuracy"),
+            "video_identity_consistency": ev.get("identity_consistency"), "video_speed_w1_rel": ev.get("speed_w1_rel"),
+            "video_train_seconds": rep["train_seconds"] + (rep["autoencoder_train_seconds"] or 0.0),
+            "video_poly_speedup_train": tm.get("speedup_train"),
+            "video_poly_speedup_sample": tm.get("speedup_sample")}
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m latentdit.experiments.video", description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, required=True, help="directory for the run, the samples and the JSON")
+    ap.add_argument("--config", type=Path, default=CONFIG, help="the video configuration (default: the reference)")
+    ap.add_argument("--variant", choices=sorted(VARIANTS), default="poly", help="the attention the DiT trains with")
+    ap.add_argument("--frames", type=int, default=None, help="frames per clip (default: the config's)")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--smoke", action="store_true", help="tiny clips and a few steps (about a minute)")
+    ap.add_argument("--no-fid", action="store_true", help="skip the per-frame Inception FID")
+    ap.add_argument("--fid-frames", type=int, default=1000, help="frames per side of the per-frame FID")
+    ap.add_argument("--time-repeats", type=int, default=5, help="interleaved repeats of the timing (0: no timing)")
+    ap.add_argument("--time-batch", type=int, default=4, help="clips per training step in the timing")
+    ap.add_argument("--sample-batch", type=int, default=4, help="clips per sampling NFE in the timing (2 rows each)")
+    ap.add_argument("--json", type=Path, default=None, help="also write the headline keys here")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = _parser().parse_args(argv)
+    prov = provenance_start(["python", "-m", "latentdit.experiments.video", *argv])
+    cfg = video_config(args.config, args.variant, args.frames, args.overrides, args.smoke)
+    run = args.out / "run"
+    args.out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    train(cfg, run, progress=False, data=prepare_first_stage(cfg, run, progress=False))
+    pipe, meta = LatentDiTPipeline.from_pretrained(run), read_training_record(run)
+    model, stage = pipe.model, pipe.first_stage
+    rep = {"variant": args.variant, "tokens": model.reshape.num_tokens, "frames": cfg.data.frames,
+           "train_seconds": meta.get("train_seconds"), "autoencoder_train_seconds": stage.train_seconds,
+           "steps_trained": meta.get("steps_trained"), "wall_train_seconds": time.time() - t0,
+           "attention_planned": meta.get("attention", {}).get("planned"), **loss_curve(run),
+           **learning_check(model, cfg, stage, num=8 if args.smoke else 32)}
+    print(f"trained {rep['steps_trained']} steps in {rep['train_seconds']:.0f} s; held-out loss {rep['loss_trained']:.4f} "
+          f"(initialisation {rep['loss_init']:.4f})", flush=True)
+    rep["eval"] = evaluate(pipe, cfg, args.out, fid_frames=0 if args.no_fid else args.fid_frames,
+                           smoke=args.smoke)
+    if args.time_repeats > 0 and cfg.model.qk_norm and model.num_classes > 0:  # poly needs the QK-norm bound
+        rep["timing"] = time_poly_exact(cfg, stage, args.time_repeats, args.time_batch, args.sample_batch)
+    rep.update({"config": cfg.to_dict(), "smoke": args.smoke, "provenance": provenance_end(prov)})
+    name = f"{args.variant}_F{cfg.data.frames}.json"
+    atomic_write_json(args.out / name, rep)
+    top = headline(rep)
+    if args.json is not None:
+        atomic_write_json(args.json, {**top, "variant": args.variant, "smoke": args.smoke, "report": str(args.out / name),
+                                      "provenance": rep["provenance"]})
+    print(json.dumps(top, indent=1), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
