@@ -7,10 +7,7 @@ with ``--set section.key=value``. An unknown key is an error naming the closest 
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
 import json
-import types
 import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -18,7 +15,7 @@ from typing import Any
 
 
 from latentdit.diffusion import TIME_KINDS, WEIGHTINGS
-from latentdit.config_files import apply_overrides, read_config_file
+from latentdit.config_files import apply_overrides, build_dataclass, closest, read_config_file
 from latentdit.data.video import check_video_config
 from latentdit.errors import ConfigError
 from latentdit.export import IMAGE_SOURCES as AE_SOURCES
@@ -206,7 +203,7 @@ class Config:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Config":
-        cfg = _build(cls, d, "")
+        cfg = build_dataclass(cls, d)
         validate(cfg)
         return cfg
 
@@ -228,84 +225,6 @@ class Config:
 # parsing
 
 
-def _closest(name: str, options: typing.Iterable[str], prefix: str = "") -> str:
-    match = difflib.get_close_matches(name, list(options), n=1, cutoff=0.4)
-    return f"; did you mean {prefix + match[0]!r}?" if match else ""
-
-
-def _coerce(value: Any, tp: Any, where: str) -> Any:
-    """Convert ``value`` to the annotated type ``tp`` or raise a ConfigError naming ``where``."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
-            if type(None) in args:
-                return None
-        for a in args:
-            if a is type(None):
-                continue
-            try:
-                return _coerce(value, a, where)
-            except ConfigError:
-                continue
-        raise ConfigError(f"{where}: cannot read {value!r} as {tp}")
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on"):
-            return True
-        if isinstance(value, str) and value.lower() in ("false", "0", "no", "off"):
-            return False
-        raise ConfigError(f"{where}: expected true or false, got {value!r}")
-    if tp is int:
-        if isinstance(value, bool):
-            raise ConfigError(f"{where}: expected an integer, got {value!r}")
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                return int(float(value)) if float(value).is_integer() else int(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{where}: expected an integer, got {value!r}")
-    if tp is float:
-        if isinstance(value, bool):
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
-        if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{where}: expected a number, got {value!r}")
-    if tp is str:
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            return str(value)
-        raise ConfigError(f"{where}: expected a string, got {value!r}")
-    raise ConfigError(f"{where}: unsupported type {tp}")  # pragma: no cover
-
-
-def _build(cls: type, d: Any, prefix: str) -> Any:
-    if not isinstance(d, dict):
-        raise ConfigError(f"{prefix or 'config'}: expected a table of keys, got {d!r}")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    kwargs = {}
-    for key, value in d.items():
-        where = f"{prefix}{key}"
-        if key not in names:
-            raise ConfigError(f"unknown config key {where!r}{_closest(key, names, prefix)}")
-        tp = hints[key]
-        if dataclasses.is_dataclass(tp):
-            kwargs[key] = _build(tp, value, f"{where}.")
-        else:
-            kwargs[key] = _coerce(value, tp, where)
-    return cls(**kwargs)
-
-
 def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> Config:
     """Defaults, then the file, then ``--set`` overrides; validated."""
     d = read_config_file(path) if path is not None else {}
@@ -319,7 +238,7 @@ def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] 
 
 def _choice(value: str, options: typing.Sequence[str], where: str) -> None:
     if value not in options:
-        raise ConfigError(f"{where}={value!r} is not one of {list(options)}{_closest(value, options)}")
+        raise ConfigError(f"{where}={value!r} is not one of {list(options)}{closest(value, options)}")
 
 
 def validate(cfg: Config) -> None:
