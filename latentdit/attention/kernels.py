@@ -124,6 +124,9 @@ class PolyAttentionFunction(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, dout):
+        """Gradients of the factorised attention: one numerical kernel, kept as one function because
+        its gradient pieces share chunk buffers (the feature builder, the padded transposed inputs, G
+        and the accumulated dU flow from the query pass into the key pass)."""
         xq, xk, v, Ut, out, den = ctx.saved_tensors
         plan, chunk = ctx.plan, ctx.chunk
         need_q, need_k, need_v = ctx.needs_input_grad[:3]
