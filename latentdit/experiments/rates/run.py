@@ -148,36 +148,77 @@ def capacity(model) -> int:
     return sum(p.numel() for n, p in model.backbone.named_parameters() if n.split(".")[0] in ("blocks", "attn", "ff"))
 
 
+def _paper_row(task: dict, t_start: float, cpu_start: float) -> dict:
+    """A task of the sections with the paper's own estimators (no Trainer run)."""
+    from latentdit.experiments.rates.paper_tasks import run_estimation_task, run_fstar_task
+
+    row = (run_fstar_task if task["section"] == "fstar" else run_estimation_task)(task)
+    return {**row, "seconds_total": time.time() - t_start, "cpu_seconds": time.process_time() - cpu_start}
+
+
+def _trained(task: dict, cfg, data):
+    """Train the task's run directory unless its export exists; returns (pipeline, training.json)."""
+    from latentdit.evaluation import snapshot_metrics
+    from latentdit.pipeline import LatentDiTPipeline
+    from latentdit.train import TrainCallbacks, train
+
+    run = Path(task["run_dir"])
+    if not (run / "model" / "config.json").is_file():
+        train(cfg, run, progress=False, data=data, callbacks=TrainCallbacks(evaluate=snapshot_metrics(cfg)))
+    return LatentDiTPipeline.from_pretrained(run / "model"), json.loads((run / "model" / "training.json").read_text())
+
+
+def _encoder_curve(run: Path) -> dict:
+    """The Trainer's periodic evaluation, one point per eval_every steps."""
+    recs = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    recs = [r for r in recs if "eval_subspace_error" in r]
+    return dict(curve_steps=[r["step"] for r in recs], curve_subspace_error=[r["eval_subspace_error"] for r in recs],
+                curve_score_integral=[r.get("eval_score_integral") for r in recs])
+
+
+def _sample_metrics(task: dict, pipe, law, b: Budget, cfg, x_train) -> dict:
+    """Latent W2 of generated samples to clean draws (and its two-sample floor), and with training
+    points the PCA subspace error and the memorisation fraction."""
+    import torch
+
+    from latentdit.data.empirical import memorisation_fraction
+    from latentdit.metrics.distances import aligned_latent, subspace_error, w2
+
+    seed, model = task["seed"], pipe.model
+    eg = torch.Generator().manual_seed(3000 + seed)
+    with torch.no_grad():
+        xg = pipe.sample_model_space(
+            b.eval_samples, sampler=cfg.eval.sampler, steps=cfg.eval.steps, seed=1000 + seed).cpu()
+    h_gen = aligned_latent(xg, model.W_B.detach(), law.B)
+    clean = law.sample_latent(b.eval_samples, 0.0, generator=eg)
+    out = {"w2_clean": w2(h_gen, clean),
+           "w2_clean_floor": w2(law.sample_latent(b.eval_samples, 0.0, generator=eg), clean)}
+    if x_train is not None:
+        out["subspace_error_pca_n"] = subspace_error(top_subspace(x_train, task["d0"]), law.B)
+        h_train = x_train.double() @ law.B
+        fresh = law.sample_latent(b.eval_samples, cfg.diffusion.T0, generator=eg)
+        out["memorisation_fraction"] = memorisation_fraction(h_gen, h_train, fresh, task.get("quantile", 0.1))
+    return out
+
+
 def run_task(task: dict, threads: int = 1) -> dict:
     """Train (or resume) and evaluate one task; returns its row metrics (JSON-serialisable)."""
     import torch
 
-    from latentdit.data.empirical import memorisation_fraction
     from latentdit.evaluation.gmm import evaluate_ground_truth
-    from latentdit.evaluation import snapshot_metrics
-    from latentdit.metrics.distances import aligned_latent, subspace_error, w2
-    from latentdit.pipeline import LatentDiTPipeline
-    from latentdit.train import TrainCallbacks, train
+    from latentdit.metrics.distances import subspace_error
 
     if threads > 0:
         torch.set_num_threads(threads)
     t_start, cpu_start = time.time(), time.process_time()
-    if task["section"] in PAPER_SECTIONS:  # the sections with the paper's own estimators
-        from latentdit.experiments.rates.paper_tasks import run_estimation_task, run_fstar_task
-
-        row = (run_fstar_task if task["section"] == "fstar" else run_estimation_task)(task)
-        return {**row, "seconds_total": time.time() - t_start, "cpu_seconds": time.process_time() - cpu_start}
+    if task["section"] in PAPER_SECTIONS:
+        return _paper_row(task, t_start, cpu_start)
     b = Budget(**task["budget"])
     law, cfg = build_law(task), task_config(task)
     data, x_train = task_data(task, law, b)
-    run = Path(task["run_dir"])
-    if not (run / "model" / "config.json").is_file():
-        train(cfg, run, progress=False, data=data, callbacks=TrainCallbacks(evaluate=snapshot_metrics(cfg)))
-    pipe = LatentDiTPipeline.from_pretrained(run / "model")
+    pipe, meta = _trained(task, cfg, data)
     model = pipe.model
-    meta = json.loads((run / "model" / "training.json").read_text())
     t_train, cpu_train = time.time() - t_start, time.process_time() - cpu_start
-    seed, T0 = task["seed"], cfg.diffusion.T0
     if task["section"] == "encoder_noisy":  # the law of the data is not the mixture: subspaces only
         return {"subspace_error": subspace_error(model.W_B.detach(), law.B),
                 "subspace_error_pca": subspace_error(top_subspace(x_train, task["d0"]), law.B),
@@ -185,30 +226,15 @@ def run_task(task: dict, threads: int = 1) -> dict:
                 "converged": bool(meta.get("converged")), "train_seconds": t_train, "eval_seconds": 0.0,
                 "train_cpu_seconds": cpu_train, "cpu_seconds": time.process_time() - cpu_start}
     ev = evaluate_ground_truth(pipe, law, sampler=cfg.eval.sampler, steps=cfg.eval.steps, score_points=b.score_points,
-                               num_samples=b.eval_samples, tv_points=b.tv_points, seed=1000 + seed, times=b.score_times,
-                               x_train=x_train if task["section"] == "sample" else None)
+                               num_samples=b.eval_samples, tv_points=b.tv_points, seed=1000 + task["seed"],
+                               times=b.score_times, x_train=x_train if task["section"] == "sample" else None)
     row = {**ev, "population_loss": meta.get("best_val_loss"), "best_val_step": meta.get("best_val_step"),
            "steps_trained": meta["steps_trained"], "converged": bool(meta.get("converged")),
            "params": capacity(model), "params_total": sum(p.numel() for p in model.parameters())}
-    eg = torch.Generator().manual_seed(3000 + seed)
-    if task["section"] == "encoder":  # the Trainer's periodic evaluation, one line per eval_every steps
-        recs = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-        recs = [r for r in recs if "eval_subspace_error" in r]
-        row.update(curve_steps=[r["step"] for r in recs], curve_subspace_error=[r["eval_subspace_error"] for r in recs],
-                   curve_score_integral=[r.get("eval_score_integral") for r in recs])
+    if task["section"] == "encoder":
+        row.update(_encoder_curve(Path(task["run_dir"])))
     if task["section"] in ("sample", "t0"):
-        with torch.no_grad():
-            xg = pipe.sample_model_space(
-                b.eval_samples, sampler=cfg.eval.sampler, steps=cfg.eval.steps, seed=1000 + seed).cpu()
-        h_gen = aligned_latent(xg, model.W_B.detach(), law.B)
-        clean = law.sample_latent(b.eval_samples, 0.0, generator=eg)
-        row["w2_clean"] = w2(h_gen, clean)
-        row["w2_clean_floor"] = w2(law.sample_latent(b.eval_samples, 0.0, generator=eg), clean)
-        if x_train is not None:
-            row["subspace_error_pca_n"] = subspace_error(top_subspace(x_train, task["d0"]), law.B)
-            h_train = x_train.double() @ law.B
-            fresh = law.sample_latent(b.eval_samples, T0, generator=eg)
-            row["memorisation_fraction"] = memorisation_fraction(h_gen, h_train, fresh, task.get("quantile", 0.1))
+        row.update(_sample_metrics(task, pipe, law, b, cfg, x_train))
     row.update(train_seconds=t_train, eval_seconds=time.time() - t_start - t_train, train_cpu_seconds=cpu_train,
                cpu_seconds=time.process_time() - cpu_start)
     return row
