@@ -78,6 +78,70 @@ class Runner:
         return dt, (q.grad, k.grad, v.grad)
 
 
+def _certificate(run: Runner, m: int, L: int, args: argparse.Namespace) -> dict:
+    """The certificate of one configuration and the factorisation the kernel picks for it."""
+    return {"head_dim": m, "L": L, **{k: v for k, v in run.cert.as_dict().items() if k not in ("norms",)},
+            "split": list(choose_split(m, run.poly.degree, m, run.q.device)),
+            "split_cost_model": list(best_split(m, run.poly.degree, m)),
+            "split_tuned": bool(args.tune)}
+
+
+def _timed(run: Runner, methods: list[str], pas: str, args: argparse.Namespace, bar: tqdm) -> tuple[dict, dict]:
+    """args.repeats interleaved timings of each method; returns (times, last outputs)."""
+    times = {mt: [] for mt in methods}
+    outs = {}
+    for _ in range(args.repeats):
+        for mt in methods:
+            dt, out = run.time(mt, pas)
+            times[mt].append(dt)
+            outs[mt] = out
+            bar.update(1)
+    return times, outs
+
+
+def _pass_rows(run: Runner, m: int, L: int, pas: str, sub, args: argparse.Namespace, bar: tqdm) -> list[dict]:
+    """The result rows of one pass ("fwd" or "fwdbwd") of one configuration."""
+    limit = args.exact_max_L if pas == "fwd" else (
+        args.exact_fwdbwd_max_L if m == CONFIGS[0][0] else args.exact_fwdbwd_max_L_other)
+    methods = [mt for mt in METHODS if mt != "exact" or L <= limit]
+    times, outs = _timed(run, methods, pas, args, bar)
+    bar.set_postfix_str(f"m={m} L={L} {pas}")
+    errors = _errors(run, outs, pas, sub, args)
+    probe = matmul_gflops(1024, args.repeats)  # same run, right after the timed repeats
+    flops = forward_flops(HEADS, L, L, m, m, run.poly.degree)
+    if pas == "fwdbwd":
+        flops += backward_flops(HEADS, L, L, m, m, run.poly.degree)
+    rows = []
+    for mt in methods:
+        rows.append({"method": mt, "L": L, "head_dim": m, "pass": pas,
+                     "median_s": statistics.median(times[mt]), "times_s": times[mt],
+                     "rel_error": errors.get(mt), "extrapolated": False,
+                     "matmul_probe_gflops": probe,
+                     **({"gemm_gflop": flops / 1e9, "fraction_of_matmul_probe":
+                         flops / statistics.median(times[mt]) / (probe * 1e9)} if mt == "poly" else {}),
+                     **({"rel_error_fwd": errors.get(mt + "_fwd")} if pas == "fwdbwd" else {}),
+                     **({"grad_rel_errors": errors.get(mt + "_grads")} if pas == "fwdbwd" else {})})
+    return rows
+
+
+def _exact_single(results: list[dict], args: argparse.Namespace, bar: tqdm) -> dict | None:
+    """One (not a median) exact forward at a length where it is otherwise extrapolated, to check the
+    extrapolation; head size 4 only. None unless --exact-single-L is above --exact-max-L."""
+    if not (args.exact_single_L and args.exact_single_L > args.exact_max_L):
+        return None
+    m, R = CONFIGS[0]
+    q, k, v = make_inputs(args.exact_single_L, m, R, seed=args.seed)
+    with torch.no_grad():
+        t0 = time.perf_counter()
+        F.scaled_dot_product_attention(q, k, v)
+        dt = time.perf_counter() - t0
+    bar.update(1)
+    ext = next((r for r in results if r["method"] == "exact" and r["head_dim"] == m and r["pass"] == "fwd"
+                and r["L"] == args.exact_single_L), None)
+    return {"L": args.exact_single_L, "head_dim": m, "pass": "fwd", "time_s": dt,
+            "extrapolated_s": None if ext is None else ext["median_s"]}
+
+
 def timing_sweep(args: argparse.Namespace, bar: tqdm) -> dict:
     results = []
     certificates = []
@@ -87,58 +151,14 @@ def timing_sweep(args: argparse.Namespace, bar: tqdm) -> dict:
             run = Runner(L, m, R, args)
             if args.tune and m not in tuned:  # pick the fastest factorisation on this machine (untimed)
                 tuned[m] = tune_split(m, run.poly.degree, m, n=HEADS, L=min(4096, max(args.lengths)))
-            certificates.append({"head_dim": m, "L": L, **{k: v for k, v in run.cert.as_dict().items()
-                                                          if k not in ("norms",)},
-                                 "split": list(choose_split(m, run.poly.degree, m, run.q.device)),
-                                 "split_cost_model": list(best_split(m, run.poly.degree, m)),
-                                 "split_tuned": bool(args.tune)})
+            certificates.append(_certificate(run, m, L, args))
             sub = None
             if L > args.full_error_max_L:
                 sub = torch.randperm(L, generator=torch.Generator().manual_seed(args.seed))[:args.error_rows]
             for pas in ("fwd", "fwdbwd"):
-                limit = args.exact_max_L if pas == "fwd" else (
-                    args.exact_fwdbwd_max_L if m == CONFIGS[0][0] else args.exact_fwdbwd_max_L_other)
-                methods = [mt for mt in METHODS if mt != "exact" or L <= limit]
-                times = {mt: [] for mt in methods}
-                outs = {}
-                for _ in range(args.repeats):
-                    for mt in methods:
-                        dt, out = run.time(mt, pas)
-                        times[mt].append(dt)
-                        outs[mt] = out
-                        bar.update(1)
-                bar.set_postfix_str(f"m={m} L={L} {pas}")
-                errors = _errors(run, outs, pas, sub, args)
-                probe = matmul_gflops(1024, args.repeats)  # same run, right after the timed repeats
-                flops = forward_flops(HEADS, L, L, m, m, run.poly.degree)
-                if pas == "fwdbwd":
-                    flops += backward_flops(HEADS, L, L, m, m, run.poly.degree)
-                for mt in methods:
-                    results.append({"method": mt, "L": L, "head_dim": m, "pass": pas,
-                                    "median_s": statistics.median(times[mt]), "times_s": times[mt],
-                                    "rel_error": errors.get(mt), "extrapolated": False,
-                                    "matmul_probe_gflops": probe,
-                                    **({"gemm_gflop": flops / 1e9, "fraction_of_matmul_probe":
-                                        flops / statistics.median(times[mt]) / (probe * 1e9)} if mt == "poly" else {}),
-                                    **({"rel_error_fwd": errors.get(mt + "_fwd")} if pas == "fwdbwd" else {}),
-                                    **({"grad_rel_errors": errors.get(mt + "_grads")} if pas == "fwdbwd" else {})})
-                del outs
+                results.extend(_pass_rows(run, m, L, pas, sub, args, bar))
     _extrapolate_exact(results, args)
-    single = None
-    if args.exact_single_L and args.exact_single_L > args.exact_max_L:
-        # one (not a median) exact forward at a length where it is otherwise extrapolated, to check
-        # the extrapolation; head size 4 only
-        m, R = CONFIGS[0]
-        q, k, v = make_inputs(args.exact_single_L, m, R, seed=args.seed)
-        with torch.no_grad():
-            t0 = time.perf_counter()
-            F.scaled_dot_product_attention(q, k, v)
-            dt = time.perf_counter() - t0
-        bar.update(1)
-        ext = next((r for r in results if r["method"] == "exact" and r["head_dim"] == m and r["pass"] == "fwd"
-                    and r["L"] == args.exact_single_L), None)
-        single = {"L": args.exact_single_L, "head_dim": m, "pass": "fwd", "time_s": dt,
-                  "extrapolated_s": None if ext is None else ext["median_s"]}
+    single = _exact_single(results, args, bar)
     return {"results": results, "certificates": certificates, "exact_single_run": single}
 
 

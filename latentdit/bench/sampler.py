@@ -33,6 +33,7 @@ peer's. NFE convention: every model call counts, the first and the last included
 
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 from pathlib import Path
@@ -174,7 +175,7 @@ def plot(results: dict, path: Path) -> None:
     save_figure(fig, path, dpi=120)
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     ap = bench_parser("sampler", __doc__, quick_help="100 samples, one NFE budget, em with 20 steps (a smoke test)")
     ap.add_argument("--run", type=Path, default=None, help="a run directory trained on a gmm config")
     ap.add_argument("--core-only", action="store_true",
@@ -185,7 +186,47 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--demo-num", type=int, default=2000, help="samples per row of the demo")
     ap.add_argument("--demo-nfe", type=int, nargs="+", default=list(DEMO_NFE), help="the demo's NFE budgets")
     ap.add_argument("--no-fid", action="store_true", help="the demo without Inception FID")
-    args, argv = parse_bench_args(ap, argv)
+    return ap
+
+
+def _trained_sweep(run: Path, p: dict) -> dict:
+    """The NFE sweep with the score of a model trained on a gmm config, against that config's truth."""
+    model, cfg = LatentDiTPipeline.from_pretrained(run).model, run_config(run)
+    if cfg.data.source != "gmm":
+        raise CheckpointError(f"run {str(run)!r} was trained on data.source={cfg.data.source!r}; "
+                              "the sampler benchmark needs a gmm run")
+    model.eval()
+    gt = build_ground_truth(cfg)
+    pt = dict(p, D=gt.ambient_dim, d0=gt.latent_dim, T0=cfg.diffusion.T0, T=cfg.diffusion.T)
+    g = torch.Generator().manual_seed(7)
+    ref_t = w2(gt.sample_latent(pt["n"], pt["T0"], generator=g), gt.sample_latent(pt["n"], pt["T0"], generator=g))
+
+    def denoiser(x, t):
+        return model.denoise(x.float(), t.float()).to(x.dtype)
+
+    trained = sweep(denoiser, model.W_B.detach(), gt, pt, torch.float32, "trained")
+    trained["w2_reference"] = ref_t
+    trained["run"] = str(run)
+    return trained
+
+
+def _report(results: dict, core: dict | None, w2_ref: float, p: dict, t_start: float, prov) -> dict:
+    """The benchmark's JSON: the headline ratios of the core acceptance, then the full sweeps."""
+    exact = results["exact"]
+    heads = ("w2_ratio_at_5_nfe", "w2_ratio_at_10_nfe", "peer_best_w2_ratio_at_5_nfe", "peer_best_w2_ratio_at_10_nfe")
+    report = {"core_acceptance": core, **{k: core[k] if core else None for k in heads},
+              "nfe_convention": NFE_CONVENTION, "nfe_to_match_em1000": exact["nfe_to_match_em1000"],
+              "w2_em1000": exact["w2_em1000"],
+              "w2_reference": w2_ref, "acceptance": exact["acceptance"], "params": p, "tolerance": TOL,
+              "results": results, "seconds": time.perf_counter() - t_start, "threads": torch.get_num_threads(),
+              "provenance": provenance_end(prov)}
+    if "trained" in results:
+        report["trained_nfe_to_match_em1000"] = results["trained"]["nfe_to_match_em1000"]
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, argv = parse_bench_args(_parser(), argv)
     prov = provenance_start(["latentdit", "bench", "sampler", *argv])
     if args.export is not None:
         rep = demo_comparison(args.export, num=args.demo_num, nfes=tuple(args.demo_nfe), fid=not args.no_fid)
@@ -204,40 +245,14 @@ def main(argv: list[str] | None = None) -> int:
         atomic_write_json(args.out, core)
         print(f"core acceptance {'passed' if core['all_ok'] else 'FAILED'}; wrote {args.out}")
         return 0 if core["all_ok"] else 1
-    results = {}
     exact = sweep(truth.denoiser(), truth.B, truth, p, torch.float64, "exact")
     exact["w2_reference"] = w2_ref
     exact["acceptance"] = acceptance(exact, w2_ref, p)
-    results["exact"] = exact
+    results = {"exact": exact}
     if args.run is not None:
-        model, cfg = LatentDiTPipeline.from_pretrained(args.run).model, run_config(args.run)
-        if cfg.data.source != "gmm":
-            raise CheckpointError(f"run {str(args.run)!r} was trained on data.source={cfg.data.source!r}; "
-                                  "the sampler benchmark needs a gmm run")
-        model.eval()
-        gt = build_ground_truth(cfg)
-        pt = dict(p, D=gt.ambient_dim, d0=gt.latent_dim, T0=cfg.diffusion.T0, T=cfg.diffusion.T)
-        g = torch.Generator().manual_seed(7)
-        ref_t = w2(gt.sample_latent(pt["n"], pt["T0"], generator=g), gt.sample_latent(pt["n"], pt["T0"], generator=g))
-
-        def denoiser(x, t):
-            return model.denoise(x.float(), t.float()).to(x.dtype)
-
-        trained = sweep(denoiser, model.W_B.detach(), gt, pt, torch.float32, "trained")
-        trained["w2_reference"] = ref_t
-        trained["run"] = str(args.run)
-        results["trained"] = trained
+        results["trained"] = _trained_sweep(args.run, p)
     core = core_acceptance(truth, p, w2_ref) if not args.quick else None
-    heads = ("w2_ratio_at_5_nfe", "w2_ratio_at_10_nfe", "peer_best_w2_ratio_at_5_nfe", "peer_best_w2_ratio_at_10_nfe")
-    report = {"core_acceptance": core, **{k: core[k] if core else None for k in heads},
-              "nfe_convention": NFE_CONVENTION, "nfe_to_match_em1000": exact["nfe_to_match_em1000"],
-              "w2_em1000": exact["w2_em1000"],
-              "w2_reference": w2_ref, "acceptance": exact["acceptance"], "params": p, "tolerance": TOL,
-              "results": results, "seconds": time.perf_counter() - t_start, "threads": torch.get_num_threads(),
-              "provenance": provenance_end(prov)}
-    if "trained" in results:
-        report["trained_nfe_to_match_em1000"] = results["trained"]["nfe_to_match_em1000"]
-    atomic_write_json(args.out, report)
+    atomic_write_json(args.out, _report(results, core, w2_ref, p, t_start, prov))
     png = args.out.with_suffix(".png")
     plot(results, png)
     print(f"wrote {args.out} and {png}")
