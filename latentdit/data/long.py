@@ -27,14 +27,13 @@ from dataclasses import dataclass
 
 import torch
 
+from latentdit.data.chunked import ChunkedMixture
 from latentdit.data.gmm import SubspaceGMM
 from latentdit.schedule import beta, sigma
 
-CHUNK_ELEMENTS = 1 << 23  # rows are processed in chunks of at most this many (N x K x d0) entries
-
 
 @dataclass
-class LongMixture:
+class LongMixture(ChunkedMixture):
     """The law of the module docstring. All tensors float64 on CPU; inputs are cast."""
 
     weights: torch.Tensor  # (K,)
@@ -108,22 +107,8 @@ class LongMixture:
         logn = -0.5 * ((r * prec_r).sum(-1) + torch.log(var).sum(-1) + self.latent_dim * math.log(2 * math.pi))
         return logn + torch.log(self.weights)[None], prec_r
 
-    def _chunks(self, h: torch.Tensor, t: torch.Tensor | float):
-        h = h.to(torch.float64)
-        t = torch.as_tensor(t, dtype=torch.float64).expand(h.shape[0])
-        rows = max(1, CHUNK_ELEMENTS // max(1, self.components * self.latent_dim))
-        for i in range(0, h.shape[0], rows):
-            yield self._terms(h[i:i + rows], t[i:i + rows])
-
-    def latent_log_prob(self, h: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
-        """log p_t(h), shape (N,)."""
-        return torch.cat([torch.logsumexp(logw, dim=1) for logw, _ in self._chunks(h, t)])
-
-    log_prob = latent_log_prob
-
-    def responsibilities(self, h: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
-        """P(component k | h_t = h), shape (N, K)."""
-        return torch.cat([torch.softmax(logw, dim=1) for logw, _ in self._chunks(h, t)])
+    def _chunk_width(self) -> int:
+        return self.latent_dim
 
     def latent_score(self, h: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
         """grad log p_t(h) = -sum_k r_k(h) (h - beta mu_k) / (beta^2 s_k + sigma), O(K d0) per row."""
