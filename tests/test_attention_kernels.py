@@ -15,6 +15,7 @@ from latentdit.attention.cost import rank
 from latentdit.attention.exact import reference_attention_grads
 from latentdit.attention.features import make_plan
 from latentdit.attention.kernels import poly_attention
+from latentdit.diffusion import DSMLoss
 from latentdit.attention.polynomials import exp_poly
 from latentdit.attention.products import peeled
 
@@ -121,6 +122,6 @@ def test_backbone_with_poly_attention_is_exact_attention_to_1e_4():
     for name, mdl in (("exact", exact), ("poly", poly)):
         mdl.train()
         mdl.zero_grad()
-        mdl.loss(x, t, noise, weighting="edm").backward()
+        DSMLoss("edm")(mdl, x, t, noise).backward()
         grads[name] = torch.cat([p.grad.flatten() for p in mdl.backbone.parameters() if p.grad is not None])
     assert (grads["poly"] - grads["exact"]).norm() / grads["exact"].norm() < 1e-3
