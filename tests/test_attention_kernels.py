@@ -15,9 +15,9 @@ from latentdit.attention.cost import rank
 from latentdit.attention.exact import reference_attention_grads
 from latentdit.attention.features import make_plan
 from latentdit.attention.kernels import poly_attention
-from latentdit.diffusion import DSMLoss
 from latentdit.attention.polynomials import exp_poly
 from latentdit.attention.products import peeled
+from latentdit.diffusion import DSMLoss
 
 
 @pytest.fixture(autouse=True)
