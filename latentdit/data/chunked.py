@@ -11,10 +11,12 @@ from typing import Iterator
 
 import torch
 
+from latentdit.schedule import sigma
+
 
 class ChunkedMixture:
     """Mixin of :class:`~latentdit.data.long.LongMixture` and
-    :class:`~latentdit.data.stationary.StationaryMixture`."""
+    :class:`~latentdit.data.stationary.StationaryMixture` (B = I: data and latent coincide)."""
 
     components: int
     chunk_elements: int = 1 << 22  # entries of one chunk's (n x K x width) terms
@@ -23,6 +25,9 @@ class ChunkedMixture:
         raise NotImplementedError
 
     def _chunk_width(self) -> int:
+        raise NotImplementedError
+
+    def latent_score(self, h: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
         raise NotImplementedError
 
     def _chunks(self, h: torch.Tensor, t: torch.Tensor | float) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -43,3 +48,16 @@ class ChunkedMixture:
     def responsibilities(self, h: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
         """P(component k | h_t = h), shape (N, K)."""
         return torch.cat([torch.softmax(logw, dim=1) for logw, _ in self._chunks(h, t)])
+
+    def score(self, x: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
+        """The data score (B = I): the latent score, in the input's dtype."""
+        return self.latent_score(x, t).to(x.dtype)
+
+    def score_fn(self):
+        """The exact score as a sampler-ready function s(x, t)."""
+        return lambda x, t: self.score(x, t)
+
+    def optimal_f(self, h: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
+        """f*(h, t) = sigma(t) grad log p_t(h) + h = beta(t) E[h0 | h_t = h], the optimum of eq. (2.5)."""
+        t = torch.as_tensor(t, dtype=torch.float64).expand(h.shape[0])
+        return sigma(t)[:, None] * self.latent_score(h, t) + h.to(torch.float64)

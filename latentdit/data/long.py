@@ -115,18 +115,6 @@ class LongMixture(ChunkedMixture):
         out = [-(torch.softmax(logw, dim=1)[:, :, None] * prec_r).sum(1) for logw, prec_r in self._chunks(h, t)]
         return torch.cat(out)
 
-    def score(self, x: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
-        """The data score (B = I): the latent score, in the input's dtype."""
-        return self.latent_score(x, t).to(x.dtype)
-
-    def score_fn(self):
-        """The exact score as a sampler-ready function s(x, t)."""
-        return lambda x, t: self.score(x, t)
-
-    def optimal_f(self, h: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
-        """f*(h, t) = sigma(t) grad log p_t(h) + h = beta(t) E[h0 | h_t = h], the optimum of eq. (2.5)."""
-        t = torch.as_tensor(t, dtype=torch.float64).expand(h.shape[0])
-        return sigma(t)[:, None] * self.latent_score(h, t) + h.to(torch.float64)
 
     def second_moment(self) -> float:
         """Mean over coordinates of E[h_i^2] = sum_k pi_k (mu_ki^2 + s_ki)."""

@@ -38,7 +38,6 @@ from latentdit.data.chunked import ChunkedMixture
 from latentdit.schedule import beta, sigma
 
 
-
 def frequency_multiplicity(dim: int) -> torch.Tensor:
     """How often each rfft frequency 0..dim//2 occurs in the full DFT of length ``dim``: 1 for the
     mean (and the Nyquist frequency when dim is even), 2 for the others (f and dim - f)."""
@@ -166,15 +165,3 @@ class StationaryMixture(ChunkedMixture):
             out.append(-torch.fft.irfft(mix, n=self.dim, norm="ortho"))
         return torch.cat(out)
 
-    def score(self, x: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
-        """The data score (B = I): the latent score, in the input's dtype."""
-        return self.latent_score(x, t).to(x.dtype)
-
-    def score_fn(self):
-        """The exact score as a sampler-ready function s(x, t)."""
-        return lambda x, t: self.score(x, t)
-
-    def optimal_f(self, h: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
-        """f*(h, t) = sigma(t) grad log p_t(h) + h = beta(t) E[h0 | h_t = h], the optimum of eq. (2.5)."""
-        t = torch.as_tensor(t, dtype=torch.float64).expand(h.shape[0])
-        return sigma(t)[:, None] * self.latent_score(h, t) + h.to(torch.float64)
