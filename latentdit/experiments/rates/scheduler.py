@@ -108,6 +108,9 @@ def run_tasks(fn: Callable[[dict, int], dict], tasks: list[dict], *, on_result: 
     return counts
 
 
+SIGNAL_POLL_SECONDS = 0.5  # the longest the pool loop sleeps before Python runs a pending signal handler
+
+
 def _run_pool(fn, tasks, finish, on_start, workers: int, threads: int) -> None:
     """Spawned local processes; a broken pool (a worker died) fails its in-flight tasks and restarts."""
     queue = list(tasks)
@@ -125,7 +128,10 @@ def _run_pool(fn, tasks, finish, on_start, workers: int, threads: int) -> None:
                         if on_start:
                             on_start(task)
                         futs[ex.submit(_timed, fn, task, threads)] = (task, time.time())
-                    done, _ = wait(list(futs), return_when=FIRST_COMPLETED)
+                    # a timed wait: a SIGINT the kernel hands to one of the pool's helper threads only
+                    # sets Python's flag, and an untimed wait would keep the main thread asleep (and
+                    # Ctrl-C unanswered) until a task ends
+                    done, _ = wait(list(futs), timeout=SIGNAL_POLL_SECONDS, return_when=FIRST_COMPLETED)
                     for f in done:
                         task, t0 = futs.pop(f)
                         exc = f.exception()
