@@ -339,8 +339,7 @@ def test_a_killed_drivers_tasks_count_as_an_unrecorded_session(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason="hung in 3 of 6 full-suite runs on clean clones (main thread in the pool's "
-                   "wait with no KeyboardInterrupt), never alone: under investigation")
+@pytest.mark.xfail(strict=False, reason="hung in 3 of 6 full-suite clean-clone runs, never alone: under investigation")
 def test_ctrl_c_stops_a_local_sweep_at_once(tmp_path):
     """SIGINT to the driver ends a pool sweep within seconds, not after the tasks in flight (its
     workers are stopped with it); the store keeps those tasks as running, so a rerun runs them again.
@@ -362,7 +361,6 @@ def test_ctrl_c_stops_a_local_sweep_at_once(tmp_path):
             "from latentdit.experiments.rates import RateStore, run_sweep\n"
             "out = Path(sys.argv[1]); store = RateStore(out / 'r.sqlite')\n"
             "faulthandler.register(signal.SIGUSR1, file=open(out / 'stacks.txt', 'w'), all_threads=True)\n"
-            # a terminal's Ctrl-C: SIGINT unblocked and handled, whatever the test process passed down
             "signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT]); signal.signal(signal.SIGINT, signal.default_int_handler)\n"
             "todo = [{'section': 'sample', 'D': 8, 'd0': 2, 'n': n, 'T0': 0.01, 'seed': 0} for n in (1, 2, 3)]\n"
             "try:\n    run_sweep(store, todo, out=out, runner=slowtask.slow, workers=2, progress=False)\n"
