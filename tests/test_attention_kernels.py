@@ -18,16 +18,12 @@ from latentdit.attention.kernels import poly_attention
 from latentdit.attention.polynomials import exp_poly
 from latentdit.attention.products import peeled
 from latentdit.diffusion import DSMLoss
+from test_attention import explicit_attention
 
 
 @pytest.fixture(autouse=True)
 def _one_thread(one_thread):
     yield
-
-
-def explicit_attention(q, k, v, scale):
-    logits = scale * q.double() @ k.double().transpose(-2, -1)
-    return torch.softmax(logits, dim=-1) @ v.double()
 
 
 def unit_qkv(n, L, m, mv, R, seed=0, dtype=torch.float64):
