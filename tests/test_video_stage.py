@@ -115,3 +115,24 @@ def test_reference_config_has_4096_tokens_and_poly_attention():
     assert video_config(CONFIG, "poly", None, [], False) == cfg  # the experiment trains exactly this
     short = video_config(CONFIG, "exact", 4, [], False)
     assert short.encoder.latent_dim == 4 * a.channels * side * side and short.model.attention == "exact"
+
+
+@pytest.mark.slow
+def test_video_experiment_end_to_end_merges_its_keys_into_the_shared_summary(tmp_path):
+    """The experiment's smoke run trains, samples, scores and times; its headline keys land in the
+    JSON and in the shared summary beside the ground-truth part's keys, each part with its provenance."""
+    import json
+
+    from latentdit.experiments.video import main
+
+    summary = tmp_path / "summary.json"
+    summary.write_text(json.dumps({"gt_tokens": 4096, "provenance_by_part": {"gt": {"command": "x"}}}))
+    assert main(["--out", str(tmp_path / "v"), "--smoke", "--no-fid", "--time-repeats", "1", "--set", "train.threads=1",
+                 "--json", str(tmp_path / "video.json"), "--summary", str(summary)]) == 0
+    top = json.loads((tmp_path / "video.json").read_text())
+    merged = json.loads(summary.read_text())
+    assert merged["gt_tokens"] == 4096 and set(merged["provenance_by_part"]) == {"gt", "video"}
+    assert top["video_tokens"] == merged["video_tokens"] == 256  # 4 frames of 8 x 8 latent positions
+    assert 0.0 <= merged["video_accuracy"] <= 1.0 and 0.0 <= merged["video_identity_consistency"] <= 1.0
+    assert merged["video_speed_w1_rel"] >= 0.0
+    assert merged["video_poly_speedup_train"] > 0 and (tmp_path / "v" / "samples.gif").exists()

@@ -2,6 +2,7 @@
 
     python -m latentdit.experiments.video --out DIR [--variant poly|relu_linear|exact] [--frames F]
         [--config FILE] [--set KEY=VALUE ...] [--smoke] [--no-fid] [--time-repeats N] [--json PATH]
+        [--summary PATH]
 
 One command trains the reference configuration (``configs/moving_mnist.toml``: 16 frames of
 64 x 64, the per-frame autoencoder's 4 x 16 x 16 latents, 4,096 tokens, the polynomial method in
@@ -22,7 +23,9 @@ every attention call) through :func:`latentdit.train.train`, then
 ``encoder.latent_dim`` follows the clip size. DIR/<variant>_F<frames>.json holds everything, with
 provenance; ``--json`` also writes the headline keys (``video_tokens``, ``video_accuracy``,
 ``video_identity_consistency``, ``video_speed_w1_rel``, ``video_train_seconds``,
-``video_poly_speedup_train``, ``video_poly_speedup_sample``) there, e.g. docs/efficient/video.json.
+``video_poly_speedup_train``, ``video_poly_speedup_sample``) there, e.g. docs/efficient/video.json;
+``--summary`` merges them into the long-sequence summary (docs/efficient/summary.json) as its
+``video`` part, keeping the ground-truth keys.
 ``--smoke`` shrinks everything to a run of about a minute (4 frames of 32 x 32, a few steps).
 
 The full command's cost on 2 idle cores, estimated from the sizes and from short runs on a loaded
@@ -54,6 +57,7 @@ from latentdit.data.real import load_data
 from latentdit.data.video import moving_mnist_from_config
 from latentdit.diffusion import DSMLoss
 from latentdit.evaluation.video import video_metrics
+from latentdit.experiments.efficient_report import write_summary
 from latentdit.export import read_training_record
 from latentdit.firststage.stage import padded_side
 from latentdit.io import atomic_write, atomic_write_json
@@ -198,6 +202,9 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--time-batch", type=int, default=4, help="clips per training step in the timing")
     ap.add_argument("--sample-batch", type=int, default=4, help="clips per sampling NFE in the timing (2 rows each)")
     ap.add_argument("--json", type=Path, default=None, help="also write the headline keys here")
+    ap.add_argument("--summary", type=Path, default=None,
+                    help="merge the headline keys into this shared summary (part 'video'; other keys kept), "
+                         "e.g. docs/efficient/summary.json")
     return ap
 
 
@@ -230,6 +237,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.json is not None:
         atomic_write_json(args.json, {**top, "variant": args.variant, "smoke": args.smoke, "report": str(args.out / name),
                                       "provenance": rep["provenance"]})
+    if args.summary is not None:
+        write_summary(args.summary, "video", top, rep["provenance"])
     print(json.dumps(top, indent=1), flush=True)
     return 0
 
