@@ -72,10 +72,10 @@ def test_two_process_torchrun_matches_single_process(ddp, tmp_path):
 def test_killed_worker_is_restarted_by_torchrun_and_resumes_to_the_same_weights(ddp, tmp_path):
     run = tmp_path / "run"
     # rank 1 is SIGKILLed right after step 9 on the first attempt only; the last checkpoint is step 6.
-    # One restart is needed; a second is allowed because a restarted gloo group has, once in eleven
-    # clean-clone runs, lost a rank to a C++ abort ("terminate called without an active exception")
-    # in DDP's first broadcast, before any step: that attempt would resume from step 6 again, so the
-    # claim checked below (bitwise-equal weights after the resume) is the same.
+    # One restart is needed; a second is allowed because a restarted gloo group can, rarely, lose a
+    # rank to a C++ abort ("terminate called without an active exception") in DDP's first broadcast,
+    # before any step: that attempt resumes from step 6 again, so the claim checked below
+    # (bitwise-equal weights after the resume) is the same.
     r = torchrun(2, str(DRIVER), "--out", str(run), *config_args(), "--kill-after-step", "9", "--kill-rank", "1",
                  "--first-attempt-only", restarts=2)
     assert r.returncode == 0, r.stderr[-3000:]
