@@ -23,33 +23,13 @@ from pathlib import Path
 
 from latentdit.experiments.rates.attention_phase import from_rows
 from latentdit.experiments.rates.claims import analyse
+from latentdit.experiments.rates.headline import TOP_KEYS, TOP_NOTES
 from latentdit.experiments.rates.plan import PLAN_FIELDS, WALL_TARGET_SECONDS, config_key, plan_for, tasks
 from latentdit.experiments.rates.plots import plot_entry
 from latentdit.experiments.rates.preregistration import CHANGES, PLAN_VERSION
 from latentdit.experiments.rates.rows import plan_from_rows
 from latentdit.io import atomic_write_text, json_safe
 
-TOP_KEYS = ("sample_complexity_exponent", "estimation_D_ratio", "estimation_d0_collapse", "approximation_slope_d0", "d_independence_spread",
-            "sample_complexity_slope_d0_4", "capacity_D_mismatch_max", "capacity_D_mismatch_se")
-TOP_NOTES = {
-    "sample_complexity_exponent": "p of y = a + b n^-p fitted to the score-error integral, with its bootstrap "
-                                  "interval over seeds (claim: p >= 1/3)",
-    "estimation_D_ratio": "score-error integral at the largest D over the smallest D, learned W_B, per d0 and n "
-                          "with a bootstrap interval (claim: 1 inside every interval)",
-    "estimation_d0_collapse": "score-error integral / d0 at equal n / d0, larger d0 over smaller, learned W_B at the "
-                              "smallest D, with a bootstrap interval (the curves collapse where 1 is inside)",
-    "approximation_slope_d0": "slope of eps_hat sqrt(d0) against d0 at capacity growing with d0, regression on "
-                              "f* (claim: <= 1/2)",
-    "d_independence_spread": "relative spread of eps_hat over D with W_B = B frozen (implementation check)",
-    "sample_complexity_slope_d0_4": "excess-risk slope against n at d0 = 4 (claim)",
-    "capacity_D_mismatch_max": "largest relative gap between the capacity curves of the smallest and largest D, "
-                               "seed by seed (the same latent law and, with latent noise, the same latent draws). "
-                               "With a frozen PCA encoder on noiseless data the latent problem is the same at "
-                               "every D, so this checks the ambient parts of the code (PCA at D, eq. 2.5's "
-                               "off-subspace term, the evaluation at D); it is not evidence for Thm 3.1",
-    "capacity_D_mismatch_se": "that gap in standard errors of the smallest D's seed mean (the seed noise an "
-                              "unpaired comparison would face)",
-}
 ENTRY_KEYS = ("kind", "title", "theorem", "slope", "ci", "predicted", "bound", "verdict", "holds", "reasons",
               "failure", "n_points", "decades", "dropped_points", "convergence", "power_fit", "local_slopes",
               "curvature")
