@@ -100,11 +100,13 @@ def _boot_ratio(num: dict, den: dict, resamples: int = 400) -> tuple[float, list
     return ratio, [float(v) for v in np.percentile(draws, [2.5, 97.5])]
 
 
-def learned_rows(rows: list[dict], stop: str = "heldout") -> list[dict]:
-    """Rows of section ``estimation`` with stopping rule ``stop`` and the theorem's unweighted loss
-    (``weighting`` "none" when the section ran several)."""
+def learned_rows(rows: list[dict], stop: str = "heldout", law: str = "random") -> list[dict]:
+    """Rows of section ``estimation`` with stopping rule ``stop``, the theorem's unweighted loss
+    (``weighting`` "none" when the section ran several) and ``law`` ("random": each seed its own law,
+    the default of rows without the field; "fixed": the replicates of one law)."""
     return [r for r in rows if r.get("section") == "estimation" and r.get("stop", "heldout") == stop
-            and r.get("weighting", "none") == "none" and scale(r) == 1 and r.get("score_integral") is not None]
+            and r.get("weighting", "none") == "none" and scale(r) == 1 and r.get("score_integral") is not None
+            and r.get("law", "random") == law]
 
 
 def fstar_curve(rows: list[dict], plan=None) -> list[dict]:

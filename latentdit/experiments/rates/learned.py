@@ -35,7 +35,7 @@ def _means(rs: list[dict], key: str) -> list[list[float]]:
 
 def _twins(rows: list[dict], D: int, d0: int) -> list[dict]:
     return [r for r in rows if r.get("section") == "estimation" and scale(r) == 2 and r.get("D") == D
-            and r.get("d0") == d0 and r.get("stop", "heldout") == "heldout"]
+            and r.get("d0") == d0 and r.get("stop", "heldout") == "heldout" and r.get("law", "random") == "random"]
 
 
 def _learned(rows: list[dict], out: dict) -> None:
