@@ -228,8 +228,16 @@ def _headline_value(v) -> str:
             return f"absent (too few rows to fit: {v['reason']}; {v.get('source', '')})"
         return "absent (the rows this key reads are not in this run)"
     if "p" in v:
+        rl = v.get("random_law")
+        other = (f"; random laws: p = {_fmt(rl['p'], 3)} [{_fmt(rl['p_ci'][0], 3)}, {_fmt(rl['p_ci'][1], 3)}] over "
+                 f"{rl['n_seeds']} seeds" if rl else "")
         return (f"p = {_fmt(v['p'], 3)} [{_fmt(v['p_ci'][0], 3)}, {_fmt(v['p_ci'][1], 3)}] ({v['source']}; "
-                f"holds: {'untestable' if v.get('holds') is None else 'yes' if v['holds'] else 'no'})")
+                f"holds: {'untestable' if v.get('holds') is None else 'yes' if v['holds'] else 'no'}){other}")
+    if "points" in v and "sd_ratio" in v["points"][0]:
+        return f"D = {v['D']}, d0 = {v['d0']}, law seed {v['law_seed']}: " + "; ".join(
+            f"n = {p['n']}: SD {_fmt(p['random_sd'], 3)} ({p['random_seeds']} random laws) against "
+            f"{_fmt(p['fixed_sd'], 3)} ({p['replicates']} replicates), F p-value {_fmt(p['p_value'], 3)}, law share "
+            f"{_fmt(p['law_share'], 3)}" for p in v["points"])
     if "points" in v and "n_over_d0" in v["points"][0]:
         pts = "; ".join(f"d0 = {p['d0'][1]} / {p['d0'][0]} at n/d0 = {_fmt(p['n_over_d0'], 3)}: {_fmt(p['ratio'], 3)} "
                         f"[{_fmt(p['ci'][0], 3)}, {_fmt(p['ci'][1], 3)}]" for p in v["points"])
