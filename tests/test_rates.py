@@ -67,8 +67,9 @@ def test_a_section_can_run_its_own_seeds():
     plan = replace(plan, seeds=(0, 1, 2), blocks=replace(plan.blocks, seeds=(5, 6)))
     assert section_seeds(plan, "blocks") == (5, 6) and section_seeds(plan, "sample") == (0, 1, 2)
     by = {}
-    for t in tasks(plan):
-        by.setdefault(t["section"], set()).add(t["seed"])
+    for t in tasks(plan):  # the fixed-law replicate runs its own replicate seeds
+        by.setdefault(t["section"] + ("/fixed" if t.get("law") == "fixed" else ""), set()).add(t["seed"])
+    assert by.pop("estimation/fixed") == set(plan.estimation.fixed_law.replicates)
     assert by.pop("blocks") == {5, 6} and all(v == {0, 1, 2} for v in by.values())
     full = plan_for("full")  # >= 5 seeds for the sample-complexity claim, at least 2 (an interval) everywhere
     assert len(section_seeds(full, "sample")) >= 5 and all(len(section_seeds(full, s)) >= 2 for s in rates.SECTIONS)

@@ -15,7 +15,8 @@ seed bootstrap as its headline statistic (:func:`power_entry`).
 
 Claims: the excess score risk and the held-out DSM loss against n (Thm 3.2), the coupled-block d0
 sweep (Thm 3.1) and the learned subspace on noisy data against n (Cor. 3.2.1 (i)); the version-2
-sections' entries come from :mod:`~latentdit.experiments.rates.learned`. Checks: approximation
+sections' entries come from :mod:`~latentdit.experiments.rates.learned` (the fixed-law replicate
+from :mod:`~latentdit.experiments.rates.fixed_law`). Checks: approximation
 against capacity (nested classes), independent blocks, the frozen-encoder D checks, off-subspace
 variance, PCA subspace. Diagnostics: the T0 trade-off and the learned encoder against steps.
 """
@@ -27,6 +28,7 @@ import math
 import numpy as np
 
 from latentdit.experiments.rates.entries import _curve, _entry, _profile, power_entry
+from latentdit.experiments.rates.fixed_law import fixed_law_headline
 from latentdit.experiments.rates.headline import curve_converged, headline, scale
 from latentdit.experiments.rates.learned import learned_entries
 from latentdit.experiments.rates.plan import Plan
@@ -298,6 +300,7 @@ def analyse(rows: list[dict], plan: Plan) -> dict:
     _checks(rows, plan, out, top)
     out.update(learned_entries(rows, plan))
     top.update(headline(rows, plan))
+    top.update(fixed_law_headline(rows))
     return {"claims": {k: classify(k, e) for k, e in out.items()}, "top": top}
 
 

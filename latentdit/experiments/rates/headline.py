@@ -1,6 +1,8 @@
 """The headline numbers of summary.json that read the version-2 sections' rows, and the per-curve
 convergence rule; each works on whatever rows exist and says ``"absent"`` when the rows it needs
-are missing.
+are missing. :data:`TOP_KEYS` lists every headline key of the report in order (the fixed-law keys
+come from :mod:`~latentdit.experiments.rates.fixed_law`, the others from here and
+:mod:`~latentdit.experiments.rates.claims`), :data:`TOP_NOTES` says what each is.
 
 Row fields are those of :data:`latentdit.experiments.rates.preregistration.ROW_FIELDS`:
 
@@ -31,6 +33,37 @@ from latentdit.fits import BOOTSTRAP_SEED, bootstrap_power_floor
 from latentdit.experiments.rates.verdicts import fit_slope, verdict
 
 ABSENT = {"status": "absent"}
+
+# the headline numbers of summary.json and report.md, in this order, each with its note
+TOP_KEYS = ("sample_complexity_exponent", "estimation_D_ratio", "estimation_d0_collapse", "fixed_law_exponent",
+            "fixed_law_spread", "approximation_slope_d0", "d_independence_spread", "sample_complexity_slope_d0_4",
+            "capacity_D_mismatch_max", "capacity_D_mismatch_se")
+TOP_NOTES = {
+    "sample_complexity_exponent": "p of y = a + b n^-p fitted to the score-error integral, with its bootstrap "
+                                  "interval over seeds (claim: p >= 1/3)",
+    "estimation_D_ratio": "score-error integral at the largest D over the smallest D, learned W_B, per d0 and n "
+                          "with a bootstrap interval (claim: 1 inside every interval)",
+    "estimation_d0_collapse": "score-error integral / d0 at equal n / d0, larger d0 over smaller, learned W_B at the "
+                              "smallest D, with a bootstrap interval (the curves collapse where 1 is inside)",
+    "fixed_law_exponent": "p of y = a + b n^-p fitted to the score-error integral of the replicates of one fixed "
+                          "law (the data draw, the initialisation and the SGD noise vary, the law does not), with "
+                          "its bootstrap interval over the replicate seeds, next to the random-law fit of the same "
+                          "D and d0 (claim: p >= 1/3)",
+    "fixed_law_spread": "per n, the seed SD of the random-law runs against the replicate SD of the fixed law, with "
+                        "the one-sided F-test of the two variances and the share of the random-law variance the "
+                        "variety of the laws accounts for (law of total variance)",
+    "approximation_slope_d0": "slope of eps_hat sqrt(d0) against d0 at capacity growing with d0, regression on "
+                              "f* (claim: <= 1/2)",
+    "d_independence_spread": "relative spread of eps_hat over D with W_B = B frozen (implementation check)",
+    "sample_complexity_slope_d0_4": "excess-risk slope against n at d0 = 4 (claim)",
+    "capacity_D_mismatch_max": "largest relative gap between the capacity curves of the smallest and largest D, "
+                               "seed by seed (the same latent law and, with latent noise, the same latent draws). "
+                               "With a frozen PCA encoder on noiseless data the latent problem is the same at "
+                               "every D, so this checks the ambient parts of the code (PCA at D, eq. 2.5's "
+                               "off-subspace term, the evaluation at D); it is not evidence for Thm 3.1",
+    "capacity_D_mismatch_se": "that gap in standard errors of the smallest D's seed mean (the seed noise an "
+                              "unpaired comparison would face)",
+}
 
 
 def scale(r: dict) -> int:
@@ -76,11 +109,13 @@ def _boot_ratio(num: dict, den: dict, resamples: int = 400) -> tuple[float, list
     return ratio, [float(v) for v in np.percentile(draws, [2.5, 97.5])]
 
 
-def learned_rows(rows: list[dict], stop: str = "heldout") -> list[dict]:
-    """Rows of section ``estimation`` with stopping rule ``stop`` and the theorem's unweighted loss
-    (``weighting`` "none" when the section ran several)."""
+def learned_rows(rows: list[dict], stop: str = "heldout", law: str = "random") -> list[dict]:
+    """Rows of section ``estimation`` with stopping rule ``stop``, the theorem's unweighted loss
+    (``weighting`` "none" when the section ran several) and ``law`` ("random": each seed its own law,
+    the default of rows without the field; "fixed": the replicates of one law)."""
     return [r for r in rows if r.get("section") == "estimation" and r.get("stop", "heldout") == stop
-            and r.get("weighting", "none") == "none" and scale(r) == 1 and r.get("score_integral") is not None]
+            and r.get("weighting", "none") == "none" and scale(r) == 1 and r.get("score_integral") is not None
+            and r.get("law", "random") == law]
 
 
 def fstar_curve(rows: list[dict], plan=None) -> list[dict]:

@@ -7,7 +7,9 @@ headline keys of :mod:`~latentdit.experiments.rates.headline` then say "absent")
   a plateau and the reference scores (memoriser, kernel density, EM mixture) on the raw axes;
   ``distribution_recovery_D{D}_d0_{d0}``: the latent W2 excess against n (predicted p >= 1/6, the
   sqrt(xi) of Cor. 3.2.1 (ii), read on W2), with the classifier TV bound, the memorisation fraction,
-  the subspace error and the exact-score sampler's values as columns;
+  the subspace error and the exact-score sampler's values as columns; next to the first, where the
+  section has a fixed-law replicate there, ``estimation_fixed_law_D{D}_d0_{d0}``
+  (:mod:`~latentdit.experiments.rates.fixed_law`);
 - ``fstar`` (Thm 3.1, regression on f*): ``approximation_fstar``, eps_hat sqrt(d0) against d0 on the
   d0 curve (slope <= 1/2), and per d0 ``fstar_capacity_d0_{d0}``, eps_hat against parameters next
   to the F = 0 network with the Def. 3.2 norms as columns (a check: the classes are nested).
@@ -21,6 +23,7 @@ from __future__ import annotations
 import math
 
 from latentdit.experiments.rates.entries import _curve, _entry, power_entry
+from latentdit.experiments.rates.fixed_law import fixed_law_entry
 from latentdit.experiments.rates.headline import curve_converged, eps_hat, fstar_curve, learned_rows, scale
 
 REFERENCES = {"erm_score_integral": "memoriser (closed-form ERM)", "kde_score_integral": "kernel density score",
@@ -35,7 +38,7 @@ def _means(rs: list[dict], key: str) -> list[list[float]]:
 
 def _twins(rows: list[dict], D: int, d0: int) -> list[dict]:
     return [r for r in rows if r.get("section") == "estimation" and scale(r) == 2 and r.get("D") == D
-            and r.get("d0") == d0 and r.get("stop", "heldout") == "heldout"]
+            and r.get("d0") == d0 and r.get("stop", "heldout") == "heldout" and r.get("law", "random") == "random"]
 
 
 def _learned(rows: list[dict], out: dict) -> None:
@@ -52,6 +55,7 @@ def _learned(rows: list[dict], out: dict) -> None:
                        "(1/T) int E||s - grad log p_t||^2 dt of the paper's estimator decays at least like n^(-1/3) "
                        "above a floor", "estimation", "n", "score_integral", tr, -1 / 3, converged=conv)
             out[f"estimation_learned_D{D}_d0_{d0}"] = power_entry(e, tr, 1 / 3, raw, "score_integral")
+            _fixed(rows, D, d0, out)  # the replicates of one law, next to the random-law curve
             w = [(r["seed"], r["n"], r.get("w2_excess")) for r in rs if r.get("w2_excess") is not None]
             if not w:
                 continue
@@ -63,6 +67,15 @@ def _learned(rows: list[dict], out: dict) -> None:
                             "W2 excess")
             e["columns"] = {k: _means(rs, k) for k in RECOVERY_COLUMNS}
             out[f"distribution_recovery_D{D}_d0_{d0}"] = e
+    for D, d0 in sorted({(r["D"], r["d0"]) for r in learned_rows(rows, law="fixed")}):
+        _fixed(rows, D, d0, out)  # a fixed law without random-law rows at its D and d0
+
+
+def _fixed(rows: list[dict], D: int, d0: int, out: dict) -> None:
+    key = f"estimation_fixed_law_D{D}_d0_{d0}"
+    e = None if key in out else fixed_law_entry(rows, D, d0)
+    if e is not None:
+        out[key] = e
 
 
 def _doubled(rs: list[dict]) -> list[dict]:

@@ -36,7 +36,9 @@ exact-score controls (``score_integral``, ``w2_latent``, ``w2_floor``, ``w2_exce
 ``erm_score_*`` of the memoriser), plus, for finite n, the references on the same times
 (``kde_score_integral``, ``kde_score_uniform``, ``kde_bandwidth``, ``em_score_integral``,
 ``em_score_uniform``: :mod:`latentdit.evaluation.references`), ``subspace_error_pca_n``, Def. 3.2's
-``norm_*``, and the distribution-recovery fields of :func:`recovery_fields`.
+``norm_*``, the distribution-recovery fields of :func:`recovery_fields`, and ``law`` ("random": the
+law drawn from the task's seed; "fixed": a replicate of the law of ``law_seed``, the seed setting
+the data draw, the held-out split, the initialisation and the SGD noise only) with ``law_seed``.
 """
 
 from __future__ import annotations
@@ -54,7 +56,8 @@ from latentdit.data.empirical import memorisation_fraction
 from latentdit.evaluation.gmm import (evaluate_ground_truth, exact_score_samples, log_times, score_error_profile,
                                       score_integral_error, score_uniform_error)
 from latentdit.experiments.rates.plan import Budget
-from latentdit.experiments.rates.run import VAL_SEED, build_law, capacity, task_config, task_data, top_subspace
+from latentdit.experiments.rates.run import (VAL_SEED, build_law, capacity, law_seed, task_config, task_data,
+                                             top_subspace)
 from latentdit.metrics.distances import aligned_latent, classifier_tv_bound, subspace_error, w2
 from latentdit.evaluation.norms import def32_norms
 from latentdit.evaluation.references import em_reference, kde_reference
@@ -225,7 +228,8 @@ def run_estimation_task(task: dict) -> dict:
     row.update(population_loss=meta.get("best_val_loss"), best_val_step=meta.get("best_val_step"),
                steps_trained=meta["steps_trained"], converged=bool(meta.get("converged")),
                lr_decays=meta.get("lr_decays"), params=capacity(model), train_cpu_seconds=meta["train_cpu_seconds"],
-               params_total=sum(p.numel() for p in model.parameters()), **def32_norms(model))
+               params_total=sum(p.numel() for p in model.parameters()), law=task.get("law", "random"),
+               law_seed=law_seed(task), **def32_norms(model))
     with torch.no_grad():
         xg = pipe.sample_model_space(b.eval_samples, sampler=cfg.eval.sampler, steps=cfg.eval.steps,
                                      seed=1000 + seed).cpu()

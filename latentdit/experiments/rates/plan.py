@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field, replace
 
-from latentdit.experiments.rates.plan_paper import EstimationSection, FstarSection, paper_points
+from latentdit.experiments.rates.plan_paper import EstimationSection, FixedLaw, FstarSection, paper_points
 
 
 @dataclass(frozen=True)
@@ -179,6 +179,10 @@ def paper_sections(mode: str, train: Budget | None = None) -> dict:
     Quick, measured (one thread per task, a loaded machine): fstar tasks 6-9 CPU s (both budgets),
     estimation tasks 3-7 CPU s, 280 CPU s for the 52 tasks: ~2.5 min on 2 cores beside the 571 s
     wall of the other sections (docs/rates-quick/timing.json).
+    The fixed-law replicate (:class:`FixedLaw`), estimated from those costs: full, 15 tasks at D = 32,
+    d0 = 4 (5 n x 3 replicates), each at most 2,000 steps of ~5-10 ms plus a 6-20 s evaluation, <= 40
+    CPU s: <= 600 CPU s, ~5 min on 2 cores (6 min at the 50 s mean of all estimation tasks); quick, 4
+    tasks like the quick D = 32 / d0 = 4 held-out tasks (2.7-3.2 CPU s): ~12 CPU s.
     """
     if mode == "full":
         # a check that improves the held-out loss by less than 1% is a miss: a plateau is a slow crawl too
@@ -186,14 +190,16 @@ def paper_sections(mode: str, train: Budget | None = None) -> dict:
                                                      val_min_delta=0.01, checkpoint_every=1000), seeds=(0, 1, 2)),
                 "estimation": EstimationSection(budget=replace(train, max_steps=2000, val_every=100, patience=4,
                                                                val_min_delta=0.01, checkpoint_every=1000),
-                                                seeds=(0, 1, 2))}
+                                                seeds=(0, 1, 2), fixed_law=FixedLaw())}
     if mode == "quick":
         return {"fstar": FstarSection(d0_values=(4, 16), widths=(8, 16, 32), depth=1, base_width=8, plateau_decays=1,
                                       budget=_QUICK_PAPER, seeds=(0, 1)),
                 "estimation": EstimationSection(D_values=(32, 512), d0_values=(2, 4), n_values=(64, 512),
-                                                plateau_decays=1, budget=_QUICK_PAPER, seeds=(0, 1))}
+                                                plateau_decays=1, budget=_QUICK_PAPER, seeds=(0, 1),
+                                                fixed_law=FixedLaw(replicates=(10, 11), n_values=(64, 512)))}
     return {"fstar": FstarSection(d0_values=(4,), D=8, widths=(8,), depth=1, base_width=8, plateau_decays=1),
-            "estimation": EstimationSection(D_values=(8, 16), d0_values=(2,), n_values=(16,), plateau_decays=1)}
+            "estimation": EstimationSection(D_values=(8, 16), d0_values=(2,), n_values=(16,), plateau_decays=1,
+                                            fixed_law=FixedLaw(replicates=(10, 11), D=8, d0=2, n_values=(16,)))}
 
 def plan_for(mode: str) -> Plan:
     """``full`` (the reference run, 5 seeds), ``quick`` (every section, small) or ``micro`` (tests)."""

@@ -1,7 +1,9 @@
 """The plan sections that measure the theorems with the paper's own estimators (run by :mod:`~.paper_tasks`).
 
 - ``fstar`` (:class:`FstarSection`): Thm 3.1 as stated;
-- ``estimation`` (:class:`EstimationSection`): Thm 3.2 and Cor. 3.2.1 with a learned W_B.
+- ``estimation`` (:class:`EstimationSection`): Thm 3.2 and Cor. 3.2.1 with a learned W_B; each seed
+  draws its own law (``law = "random"``), and its :class:`FixedLaw` replicate trains on one law
+  again and again (``law = "fixed"``).
 
 Their points join those of :func:`latentdit.experiments.rates.plan.points`; sizes per mode are in
 :func:`latentdit.experiments.rates.plan.plan_for`.
@@ -38,11 +40,28 @@ class FstarSection:
 
 
 @dataclass(frozen=True)
+class FixedLaw:
+    """One law replicated: the law of ``law_seed`` at (``D``, ``d0``), trained with the held-out
+    selection and the unweighted loss once per replicate seed; a replicate seed sets the data draw,
+    the held-out split, the network initialisation and the SGD noise, not the law. The replicate seeds
+    are disjoint from the section's seeds, so no replicate shares a random stream with a random-law
+    run. Their spread at each n is the estimation noise of one problem; the section's seed spread
+    adds the variety of the problems (:mod:`~.fixed_law`)."""
+
+    law_seed: int = 0
+    replicates: tuple[int, ...] = (10, 11, 12)
+    D: int = 32
+    d0: int = 4
+    n_values: tuple[int, ...] = (16, 64, 256, 1024, 4096)
+
+
+@dataclass(frozen=True)
 class EstimationSection:
     """Thm 3.2 / Cor. 3.2.1 with the paper's estimator: learned W_B (random init, trained jointly), the
     unweighted loss, checkpoints chosen on a held-out fifth of the n points (``heldout``) or none: run
     to a plateau of the empirical risk (``erm``); n = 0 is the population run. References and
-    distribution recovery per row (:mod:`~.paper_tasks`)."""
+    distribution recovery per row (:mod:`~.paper_tasks`). ``fixed_law``: the replicate of one law
+    (None: none)."""
 
     D_values: tuple[int, ...] = (32, 2048)
     d0_values: tuple[int, ...] = (2, 4, 8)
@@ -55,10 +74,12 @@ class EstimationSection:
     memorisation_quantile: float = 0.1
     budget: Budget | None = None
     seeds: tuple[int, ...] | None = None
+    fixed_law: FixedLaw | None = None
 
 
 def paper_points(plan) -> list[dict]:
-    """The points of the sections ``fstar`` and ``estimation``."""
+    """The points of the sections ``fstar`` and ``estimation`` (the fixed-law points with their
+    replicate seeds as ``seeds`` and ``law = "fixed"``, ``law_seed``: keys no random-law task has)."""
     out: list[dict] = []
     f = plan.fstar
     if f is not None:
@@ -76,4 +97,10 @@ def paper_points(plan) -> list[dict]:
                         out.append({"section": "estimation", "D": D, "d0": d0, "n": n, "T0": e.T0, "stop": stop,
                                     "weighting": wt, "n_max": max(e.n_values), "heldout_fraction": e.heldout_fraction,
                                     "plateau_decays": e.plateau_decays, "quantile": e.memorisation_quantile})
+        f = e.fixed_law
+        for n in (f.n_values if f is not None else ()):
+            out.append({"section": "estimation", "D": f.D, "d0": f.d0, "n": n, "T0": e.T0, "stop": "heldout",
+                        "weighting": "none", "n_max": max(f.n_values), "heldout_fraction": e.heldout_fraction,
+                        "plateau_decays": e.plateau_decays, "quantile": e.memorisation_quantile, "law": "fixed",
+                        "law_seed": f.law_seed, "seeds": list(f.replicates)})
     return out

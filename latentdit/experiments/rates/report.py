@@ -23,33 +23,13 @@ from pathlib import Path
 
 from latentdit.experiments.rates.attention_phase import from_rows
 from latentdit.experiments.rates.claims import analyse
+from latentdit.experiments.rates.headline import TOP_KEYS, TOP_NOTES
 from latentdit.experiments.rates.plan import PLAN_FIELDS, WALL_TARGET_SECONDS, config_key, plan_for, tasks
 from latentdit.experiments.rates.plots import plot_entry
 from latentdit.experiments.rates.preregistration import CHANGES, PLAN_VERSION
 from latentdit.experiments.rates.rows import plan_from_rows
 from latentdit.io import atomic_write_text, json_safe
 
-TOP_KEYS = ("sample_complexity_exponent", "estimation_D_ratio", "estimation_d0_collapse", "approximation_slope_d0", "d_independence_spread",
-            "sample_complexity_slope_d0_4", "capacity_D_mismatch_max", "capacity_D_mismatch_se")
-TOP_NOTES = {
-    "sample_complexity_exponent": "p of y = a + b n^-p fitted to the score-error integral, with its bootstrap "
-                                  "interval over seeds (claim: p >= 1/3)",
-    "estimation_D_ratio": "score-error integral at the largest D over the smallest D, learned W_B, per d0 and n "
-                          "with a bootstrap interval (claim: 1 inside every interval)",
-    "estimation_d0_collapse": "score-error integral / d0 at equal n / d0, larger d0 over smaller, learned W_B at the "
-                              "smallest D, with a bootstrap interval (the curves collapse where 1 is inside)",
-    "approximation_slope_d0": "slope of eps_hat sqrt(d0) against d0 at capacity growing with d0, regression on "
-                              "f* (claim: <= 1/2)",
-    "d_independence_spread": "relative spread of eps_hat over D with W_B = B frozen (implementation check)",
-    "sample_complexity_slope_d0_4": "excess-risk slope against n at d0 = 4 (claim)",
-    "capacity_D_mismatch_max": "largest relative gap between the capacity curves of the smallest and largest D, "
-                               "seed by seed (the same latent law and, with latent noise, the same latent draws). "
-                               "With a frozen PCA encoder on noiseless data the latent problem is the same at "
-                               "every D, so this checks the ambient parts of the code (PCA at D, eq. 2.5's "
-                               "off-subspace term, the evaluation at D); it is not evidence for Thm 3.1",
-    "capacity_D_mismatch_se": "that gap in standard errors of the smallest D's seed mean (the seed noise an "
-                              "unpaired comparison would face)",
-}
 ENTRY_KEYS = ("kind", "title", "theorem", "slope", "ci", "predicted", "bound", "verdict", "holds", "reasons",
               "failure", "n_points", "decades", "dropped_points", "convergence", "power_fit", "local_slopes",
               "curvature")
@@ -248,8 +228,16 @@ def _headline_value(v) -> str:
             return f"absent (too few rows to fit: {v['reason']}; {v.get('source', '')})"
         return "absent (the rows this key reads are not in this run)"
     if "p" in v:
+        rl = v.get("random_law")
+        other = (f"; random laws: p = {_fmt(rl['p'], 3)} [{_fmt(rl['p_ci'][0], 3)}, {_fmt(rl['p_ci'][1], 3)}] over "
+                 f"{rl['n_seeds']} seeds" if rl else "")
         return (f"p = {_fmt(v['p'], 3)} [{_fmt(v['p_ci'][0], 3)}, {_fmt(v['p_ci'][1], 3)}] ({v['source']}; "
-                f"holds: {'untestable' if v.get('holds') is None else 'yes' if v['holds'] else 'no'})")
+                f"holds: {'untestable' if v.get('holds') is None else 'yes' if v['holds'] else 'no'}){other}")
+    if "points" in v and "sd_ratio" in v["points"][0]:
+        return f"D = {v['D']}, d0 = {v['d0']}, law seed {v['law_seed']}: " + "; ".join(
+            f"n = {p['n']}: SD {_fmt(p['random_sd'], 3)} ({p['random_seeds']} random laws) against "
+            f"{_fmt(p['fixed_sd'], 3)} ({p['replicates']} replicates), F p-value {_fmt(p['p_value'], 3)}, law share "
+            f"{_fmt(p['law_share'], 3)}" for p in v["points"])
     if "points" in v and "n_over_d0" in v["points"][0]:
         pts = "; ".join(f"d0 = {p['d0'][1]} / {p['d0'][0]} at n/d0 = {_fmt(p['n_over_d0'], 3)}: {_fmt(p['ratio'], 3)} "
                         f"[{_fmt(p['ci'][0], 3)}, {_fmt(p['ci'][1], 3)}]" for p in v["points"])

@@ -45,8 +45,14 @@ def build_gmm(D: int, d0: int, components: int, seed: int):
     return SubspaceGMM(B, lat.weights, lat.means, lat.eigvecs, lat.eigvals)
 
 
+def law_seed(task: dict) -> int:
+    """The seed of the task's law: its ``law_seed`` (a fixed-law replicate) or else its seed."""
+    return task.get("law_seed", task["seed"])
+
+
 def build_law(task: dict):
-    """The task's ground truth: a block-product law (section ``blocks``) or a subspace mixture."""
+    """The task's ground truth: a block-product law (section ``blocks``) or a subspace mixture of the
+    task's :func:`law_seed`."""
     if task["section"] == "blocks":
         from latentdit.data.gmm import BlockProductLaw
 
@@ -56,7 +62,7 @@ def build_law(task: dict):
         from latentdit.build import build_ground_truth
 
         return build_ground_truth(task_config(task))
-    return build_gmm(task["D"], task["d0"], task["components"], task["seed"])
+    return build_gmm(task["D"], task["d0"], task["components"], law_seed(task))
 
 
 def top_subspace(x, d0: int):
@@ -93,7 +99,7 @@ def task_config(task: dict):
     seed, learn = task["seed"], task["section"] in ("encoder", "encoder_noisy")
     return Config.from_dict({
         "data": {"source": "gmm", "n": task["n"], "ambient_dim": task["D"], "latent_dim": d0,
-                 "components": task["components"], "seed": seed},
+                 "components": task["components"], "seed": law_seed(task)},
         "encoder": {"latent_dim": d0, "init": "random" if learn else "pca", "learn": learn},
         "model": model,
         "diffusion": {"T0": task["T0"], "T": b.T, "weighting": "edm"},
