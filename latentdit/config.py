@@ -269,6 +269,10 @@ def _validate_choices(cfg: Config) -> None:
     _choice(cfg.model.patching, ("auto", "2d", "1d"), "model.patching")
     _choice(cfg.model.activation, ("gelu", "gelu_tanh"), "model.activation")
     _choice(cfg.model.precondition_stats, ("scalar", "diagonal"), "model.precondition_stats")
+    _choice(cfg.model.pos_embed, ("learned", "sincos"), "model.pos_embed")
+    if cfg.model.pos_embed == "sincos" and cfg.model.block != "dit":
+        raise ConfigError("model.pos_embed='sincos' is a DiT block option; the paper block learns its E "
+                          "(set 'learned')")
     _choice(cfg.model.attention, ("exact", "poly", "auto", "relu_linear", "none"), "model.attention")
     _choice(cfg.diffusion.weighting, WEIGHTINGS, "diffusion.weighting")
     _choice(cfg.diffusion.times, TIME_KINDS, "diffusion.times")
