@@ -132,7 +132,7 @@ def test_video_experiment_end_to_end_merges_its_keys_into_the_shared_summary(tmp
     top = json.loads((tmp_path / "video.json").read_text())
     merged = json.loads(summary.read_text())
     assert merged["gt_tokens"] == 4096 and set(merged["provenance_by_part"]) == {"gt", "video"}
-    assert top["video_tokens"] == merged["video_tokens"] == 256  # 4 frames of 8 x 8 latent positions
+    assert top["video_tokens"] == merged["video_tokens"] == 64  # 4 frames of 4 x 4 patches of 2 x 2 latent positions
     assert 0.0 <= merged["video_accuracy"] <= 1.0 and 0.0 <= merged["video_identity_consistency"] <= 1.0
     assert merged["video_speed_w1_rel"] >= 0.0
     assert merged["video_poly_speedup_train"] > 0 and (tmp_path / "v" / "samples.gif").exists()
