@@ -120,6 +120,7 @@ def build_model(cfg: Config, data: TrainData, *, generator: torch.Generator | No
         c, p = stage.latent_shape[0], stage.layout_patch
         # a video stage's tokens are c x pt x p x p spatio-temporal patches (latentdit.firststage.video)
         mcfg = replace(mcfg, patching="1d", patch=stage.token_dim if isinstance(stage, VideoFirstStage) else c * p * p)
+    grid = list(stage.token_grid) if stage is not None and cfg.encoder.init == "identity" else []
     x = data.x
     if cfg.encoder.init == "identity":  # W_B = I, never stored (a plain DiT on the data's coordinates)
         W, h = "identity", x.double()
@@ -132,7 +133,8 @@ def build_model(cfg: Config, data: TrainData, *, generator: torch.Generator | No
         W, h = None, None
         second = float(x.double().pow(2).sum(1).mean() / d0)
     identity = isinstance(W, str)
-    model = LatentScoreNet(D, d0, **asdict(mcfg), learn_encoder=cfg.encoder.learn, identity_encoder=identity,
+    model = LatentScoreNet(D, d0, **asdict(mcfg), token_grid=grid, learn_encoder=cfg.encoder.learn,
+                           identity_encoder=identity,
                            encoder_init=None if identity else W, latent_second_moment=max(second, 1e-8),
                            generator=generator)
     if mcfg.precondition_stats == "diagonal":

@@ -88,6 +88,9 @@ class AutoencoderConfig:
     seed: int = 0
     checkpoint_every: int = 0  # optimiser steps between checkpoints; 0 = once per epoch
     recon_samples: int = 1000  # reconstructions whose Inception FID is the floor the demo reports
+    # moving_mnist: train on crop x crop windows around the digit (0: whole frames); the fully
+    # convolutional autoencoder then encodes whole frames (latentdit.train.firststage._frame_data)
+    crop: int = 0
 
 
 def _validate_autoencoder(a: AutoencoderConfig, kind: str, source: str) -> None:
@@ -101,7 +104,7 @@ def _validate_autoencoder(a: AutoencoderConfig, kind: str, source: str) -> None:
         if not v > 0:
             raise ConfigError(f"autoencoder.{where}={v} must be > 0")
     for where, v in (("latent_noise", a.latent_noise), ("weight_decay", a.weight_decay), ("pad_to", a.pad_to),
-                     ("checkpoint_every", a.checkpoint_every), ("recon_samples", a.recon_samples)):
+                     ("checkpoint_every", a.checkpoint_every), ("recon_samples", a.recon_samples), ("crop", a.crop)):
         if v < 0:
             raise ConfigError(f"autoencoder.{where}={v} must be >= 0")
     if a.pad_to % a.factor:
@@ -259,6 +262,13 @@ def _validate_choices(cfg: Config) -> None:
                           "images" if cfg.data.source == "moving_mnist" else cfg.data.source)
     if cfg.data.source == "moving_mnist":
         check_video_config(cfg.data, cfg.model.patch_t, cfg.encoder.kind, cfg.encoder.init)
+    crop, factor = cfg.autoencoder.crop, cfg.autoencoder.factor
+    if crop and cfg.data.source != "moving_mnist":
+        raise ConfigError("autoencoder.crop trains on windows around the moving digits: it is for "
+                          "data.source='moving_mnist'; set autoencoder.crop=0")
+    if crop and not (28 <= crop <= cfg.data.canvas and crop % factor == 0):
+        raise ConfigError(f"autoencoder.crop={crop} must hold a digit (>= 28), fit the canvas "
+                          f"(<= data.canvas={cfg.data.canvas}) and be divisible by autoencoder.factor={factor}")
     if cfg.encoder.init == "identity" and cfg.encoder.learn:
         raise ConfigError("encoder.init='identity' is a fixed W_B = I; set encoder.learn=false")
     _choice(cfg.train.noise, ("ambient", "latent"), "train.noise")
@@ -269,6 +279,10 @@ def _validate_choices(cfg: Config) -> None:
     _choice(cfg.model.patching, ("auto", "2d", "1d"), "model.patching")
     _choice(cfg.model.activation, ("gelu", "gelu_tanh"), "model.activation")
     _choice(cfg.model.precondition_stats, ("scalar", "diagonal"), "model.precondition_stats")
+    _choice(cfg.model.pos_embed, ("learned", "sincos"), "model.pos_embed")
+    if cfg.model.pos_embed == "sincos" and cfg.model.block != "dit":
+        raise ConfigError("model.pos_embed='sincos' is a DiT block option; the paper block learns its E "
+                          "(set 'learned')")
     _choice(cfg.model.attention, ("exact", "poly", "auto", "relu_linear", "none"), "model.attention")
     _choice(cfg.diffusion.weighting, WEIGHTINGS, "diffusion.weighting")
     _choice(cfg.diffusion.times, TIME_KINDS, "diffusion.times")

@@ -315,3 +315,49 @@ def test_preconditioner_is_the_gaussian_posterior_and_c_noise_the_log_time():
     torch.testing.assert_close(pre.c_noise(t), 100 * (torch.log(t) + 8))
     off = Preconditioner(torch.tensor(2.0, dtype=torch.float64), enabled=False)
     torch.testing.assert_close(off.apply(lambda hh, tn: 3 * hh, h, t), 3 * h)
+
+
+def test_sincos_table_is_the_closed_form_per_axis():
+    """Grid (3, 4), width 8: token 4 r + c is [sin(r w), cos(r w), sin(c w), cos(c w)] with
+    w = (1, 10000^-1/2), each axis taking 4 columns; a video grid gives every token its own row."""
+    import math
+
+    from latentdit.models.blocks import sincos_table
+
+    table = sincos_table((3, 4), 8)[0].double()
+    w = torch.tensor([1.0, 0.01], dtype=torch.float64)
+    for r in range(3):
+        for c in range(4):
+            want = torch.cat([torch.sin(r * w), torch.cos(r * w), torch.sin(c * w), torch.cos(c * w)])
+            assert torch.allclose(table[r * 4 + c], want, atol=1e-6)
+    vid = sincos_table((4, 8, 8), 64)[0]  # (frames, rows, cols): 24 + 20 + 20 columns
+    assert vid.shape == (256, 64) and (torch.cdist(vid, vid) + torch.eye(256)).min() > 1e-3
+    frame2 = torch.tensor([math.sin(2 * 10000 ** (-k / 12)) for k in range(12)]
+                          + [math.cos(2 * 10000 ** (-k / 12)) for k in range(12)])
+    assert torch.allclose(vid[128:192, :24], frame2.expand(64, 24), atol=1e-6)
+    assert sincos_table((5,), 7)[0, :, 6].abs().max() == 0  # odd width: one zero column
+    with pytest.raises(ValueError):
+        sincos_table((2, 0), 8)
+
+
+def test_sincos_positions_follow_the_grid_and_are_not_weights(tmp_path):
+    """pos_embed = sincos: the 2-D reshape's grid (or the first stage's token_grid) sets a fixed
+    table that is neither trained nor stored, and an export rebuilds the same network."""
+    from latentdit.models.blocks import sincos_table
+
+    cfg = ModelConfig(hidden=16, depth=1, heads=2, patch=2, pos_embed="sincos")
+    m = LatentScoreNet(20, 16, **asdict(cfg))
+    assert torch.equal(m.backbone.pos, sincos_table((2, 2), 16))
+    assert "backbone.pos" not in m.state_dict() and all(p is not m.backbone.pos for p in m.parameters())
+    v = LatentScoreNet(64, 64, **asdict(ModelConfig(hidden=16, depth=1, heads=2, patch=4, patching="1d",
+                                                    pos_embed="sincos")), token_grid=(2, 2, 4), identity_encoder=True)
+    assert torch.equal(v.backbone.pos, sincos_table((2, 2, 4), 16))
+    with pytest.raises(ValueError, match="token grid"):
+        LatentScoreNet(64, 64, **asdict(ModelConfig(hidden=16, depth=1, heads=2, patch=4, patching="1d",
+                                                    pos_embed="sincos")), token_grid=(3, 3))
+    back = LatentScoreNet(**v.config_dict())  # what an export's config.json rebuilds
+    back.load_state_dict(v.state_dict())
+    x, t = torch.randn(3, 64), torch.full((3,), 0.5)
+    with torch.no_grad():
+        assert torch.equal(back(x, t), v(x, t))
+    assert back.config.token_grid == [2, 2, 4]

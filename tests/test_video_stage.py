@@ -132,7 +132,29 @@ def test_video_experiment_end_to_end_merges_its_keys_into_the_shared_summary(tmp
     top = json.loads((tmp_path / "video.json").read_text())
     merged = json.loads(summary.read_text())
     assert merged["gt_tokens"] == 4096 and set(merged["provenance_by_part"]) == {"gt", "video"}
-    assert top["video_tokens"] == merged["video_tokens"] == 256  # 4 frames of 8 x 8 latent positions
+    assert top["video_tokens"] == merged["video_tokens"] == 64  # 4 frames of 4 x 4 patches of 2 x 2 latent positions
     assert 0.0 <= merged["video_accuracy"] <= 1.0 and 0.0 <= merged["video_identity_consistency"] <= 1.0
     assert merged["video_speed_w1_rel"] >= 0.0
     assert merged["video_poly_speedup_train"] > 0 and (tmp_path / "v" / "samples.gif").exists()
+    rep = json.loads((tmp_path / "v" / "poly_F4.json").read_text())  # x0 errors of the three models per t
+    assert all(len(rep[f"denoise_mse_{k}"]) == len(rep["denoise_t"]) for k in ("trained", "init", "gaussian"))
+    fs = rep["eval"]["first_stage"]  # the first stage alone: reconstructions of real clips
+    assert min(fs["recon_mse"], fs["recon_digit_mse"]) >= 0.0 and 0.0 <= fs["recon_accuracy"] <= 1.0
+
+
+def test_build_model_reads_the_clip_token_grid():
+    """A video first stage with W_B = I: the network's token grid is (frame blocks, rows, cols) of the
+    stage's spatio-temporal patches, and sin-cos positions are laid on it."""
+    from latentdit.build import TrainData, build_model
+    from latentdit.config import Config, apply_overrides, read_config_file
+    from latentdit.models.blocks import sincos_table
+
+    st = _stage(frames=4, patch_t=2, patch=2)  # latent 3 x 8 x 8 per frame: 2 x 4 x 4 tokens of 24
+    d = apply_overrides(read_config_file(ROOT / "configs" / "moving_mnist.toml"),
+                        ["data.frames=4", "data.canvas=32", f"encoder.latent_dim={st.latent_dim}", "model.patch=2",
+                         "model.patch_t=2", "model.hidden=16", "model.depth=1", "model.heads=2",
+                         "model.pos_embed=sincos"])
+    x = st.encode_clips(torch.rand(3, 4, 32, 32))
+    m = build_model(Config.from_dict(d), TrainData(x, torch.arange(3), 10, first_stage=st))
+    assert st.token_grid == (2, 4, 4) and m.config.token_grid == [2, 4, 4]
+    assert torch.equal(m.backbone.pos, sincos_table((2, 4, 4), 16))

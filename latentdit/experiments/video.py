@@ -1,25 +1,29 @@
 """Moving digits at >= 4,096 tokens: train the video DiT, measure it, and time poly against exact.
 
-    python -m latentdit.experiments.video --out DIR [--variant poly|relu_linear|exact] [--frames F]
+    python -m latentdit.experiments.video --out DIR [--variant poly|relu_linear|exact|none] [--frames F]
         [--config FILE] [--set KEY=VALUE ...] [--smoke] [--no-fid] [--time-repeats N] [--json PATH]
         [--summary PATH]
+    python -m latentdit.experiments.video --check-stage RUN --out DIR
 
-One command trains the reference configuration (``configs/moving_mnist.toml``: 16 frames of
-64 x 64, the per-frame autoencoder's 4 x 16 x 16 latents, 4,096 tokens, the polynomial method in
-every attention call) through :func:`latentdit.train.train`, then
+One command trains the reference configuration (``configs/moving_mnist.toml``: 64 frames of
+64 x 64, the per-frame autoencoder's 4 x 16 x 16 latents in 2 x 2 patches, 4,096 tokens, the
+polynomial method in every attention call) through :func:`latentdit.train.train`, then
 
-1. checks that it learned: the DSM loss of the trained (EMA) model and of a freshly initialised one
-   on the same held-out clips, times and noise, and the first and last logged training losses;
+1. checks that it learned (:func:`learning_check`): the DSM loss of the trained (EMA) model against
+   a freshly initialised one, its x0 error against the per-coordinate Gaussian denoiser's, and the
+   first and last logged training losses;
 2. samples ``eval.num_samples`` clips (classes cycled, guidance ``sample.guidance``) and scores
    them with :func:`latentdit.evaluation.video.video_metrics` against fresh real clips (per-frame
    FID on ``--fid-frames`` frames, classifier accuracy, identity consistency, speed W1, constant
-   velocity), the same figures for real clips as the floor; writes DIR/samples.gif and .npz;
+   velocity), the same figures for real clips as the floor, and the first stage alone (real clips
+   encoded and decoded: :func:`first_stage_check`); writes DIR/samples.gif and .npz;
 3. times poly against exact attention at the model's own L, interleaved, medians
    (:func:`latentdit.timing.interleaved_times`): a training step of ``--time-batch`` clips and one
    network evaluation (NFE) of sampling ``--sample-batch`` clips with guidance (2 rows per clip).
 
 ``--variant relu_linear`` trains the same network with ReLU linear attention (no certificate);
-``--variant exact`` with exact attention, meant with a shorter clip (``--frames 4``: 1,024 tokens).
+``--variant exact`` with exact attention, meant with a shorter clip (``--frames 4``: 1,024 tokens);
+``--variant none`` without attention (every token on its own): what attention adds.
 ``encoder.latent_dim`` follows the clip size. DIR/<variant>_F<frames>.json holds everything, with
 provenance; ``--json`` also writes the headline keys (``video_tokens``, ``video_accuracy``,
 ``video_identity_consistency``, ``video_speed_w1_rel``, ``video_train_seconds``,
@@ -27,15 +31,14 @@ provenance; ``--json`` also writes the headline keys (``video_tokens``, ``video_
 ``--summary`` merges them into the long-sequence summary (docs/efficient/summary.json) as its
 ``video`` part, keeping the ground-truth keys.
 ``--smoke`` shrinks everything to a run of about a minute (4 frames of 32 x 32, a few steps).
+``--check-stage RUN`` measures only the first stage of a trained run, with that run's configuration.
 
-The full command's cost on 2 idle cores, estimated from the sizes and from short runs on a loaded
-machine (not measured end to end): the frame autoencoder 940 steps at 64 x 64 (about 6 min), the
-DiT 4,000 steps of 8 clips at 4,096 tokens (0.8-1.2 s a step: 55-80 min; ``train.time_limit``
-stops it at 80 min), encoding and evaluation (100 clips at 20 guided steps, the classifier, 3,000
-Inception frames: about 10 min), the timing (exact attention at 4,096 tokens: about 4 min): 75-100
-minutes in all, peak memory about 2 GB. ``--variant exact --frames 4`` (1,024 tokens) trains as
-many steps as the same time limit allows. On an oversubscribed machine set ``--set train.threads=1``:
-two OpenMP threads fighting other processes can be many times slower than one.
+The full command's cost on 2 idle cores: the frame autoencoder 1,880 steps on 32 x 32 crops (about
+1 min), the DiT up to 6,000 steps of 8 clips at 4,096 tokens (about 0.7 s a step at hidden 96:
+about 70 min; ``train.time_limit`` stops it at 80 min), encoding and evaluation (100 clips at 20
+guided steps, the classifier, 2,000 Inception frames: about 10 min), the timing (exact attention at
+4,096 tokens: about 5 min). On an oversubscribed machine set ``--set train.threads=1``: two OpenMP
+threads fighting other processes can be many times slower than one.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ import math
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -55,8 +59,8 @@ from latentdit.build import TrainData, build_model
 from latentdit.config import Config, apply_overrides, read_config_file
 from latentdit.data.real import load_data
 from latentdit.data.video import moving_mnist_from_config
-from latentdit.diffusion import DSMLoss
-from latentdit.evaluation.video import video_metrics
+from latentdit.diffusion import DSMLoss, add_noise
+from latentdit.evaluation.video import frame_classes, identity_metrics, video_metrics
 from latentdit.experiments.efficient_report import write_summary
 from latentdit.export import read_training_record
 from latentdit.firststage.stage import padded_side
@@ -73,6 +77,7 @@ VARIANTS = {
     "poly": ["model.attention=poly"],
     "relu_linear": ["model.attention=relu_linear", "model.qk_norm=false"],
     "exact": ["model.attention=exact"],
+    "none": ["model.attention=none"],  # no attention: every token on its own, the attention-free baseline
 }
 SMOKE = ["data.n=24", "data.frames=4", "data.canvas=32", "autoencoder.epochs=1", "train.steps=8",
          "train.batch_size=4", "optim.warmup_steps=1", "train.checkpoint_every=0", "train.log_every=1",
@@ -92,8 +97,15 @@ def video_config(path: Path, variant: str, frames: int | None, overrides: list[s
     return Config.from_dict(d)
 
 
+GRID_T = (0.01, 0.1, 0.5, 1.0, 2.0)  # times of the denoising-error profile of the learning check
+
+
 def learning_check(model, cfg: Config, stage, num: int = 32) -> dict:
-    """DSM loss of the trained model and of a fresh initialisation on the same held-out clips, times and noise."""
+    """The trained model on held-out clips against a fresh initialisation (the DSM loss of training,
+    same times and noise) and against the per-coordinate Gaussian denoiser fitted to fresh clips
+    (F = 0 with diagonal statistics: it knows the background and where digits tend to be, nothing
+    of their shape or motion), by the mean squared error of x0_hat at each t of ``GRID_T``, a scale
+    that does not depend on a model's preconditioning (the EDM weighting does)."""
     video = moving_mnist_from_config(cfg.data, n=num, seed=cfg.eval.seed + 7)
     x0 = stage.encode_clips(video.render())
     y = video.labels if model.num_classes > 0 else None
@@ -103,10 +115,18 @@ def learning_check(model, cfg: Config, stage, num: int = 32) -> dict:
     noise = torch.randn(x0.shape, generator=g)
     init = build_model(cfg, TrainData(x0, y, model.num_classes, first_stage=stage),
                        generator=torch.Generator().manual_seed(cfg.train.seed)).eval()
+    fit = stage.encode_clips(moving_mnist_from_config(cfg.data, n=max(num, 256), seed=cfg.eval.seed + 8).render())
+    diag = replace(cfg, model=replace(cfg.model, precondition_stats="diagonal"))
+    gauss = build_model(diag, TrainData(fit, None, model.num_classes, first_stage=stage)).eval()
     loss = DSMLoss(cfg.diffusion.weighting, T0, T)
+    models = {"trained": model, "init": init, "gaussian": gauss}
     with torch.no_grad():
-        out = {name: float(loss(m, x0, t, noise, y)) for name, m in (("loss_trained", model), ("loss_init", init))}
+        out = {f"loss_{k}": float(loss(models[k], x0, t, noise, y)) for k in ("trained", "init")}
+        mse = {k: [float((m.denoise(add_noise(x0, torch.full((num,), s), noise), torch.full((num,), s), y) - x0)
+                         .pow(2).mean()) for s in GRID_T] for k, m in models.items()}
     out["beats_init"] = out["loss_trained"] < out["loss_init"]
+    out.update({"denoise_t": list(GRID_T), **{f"denoise_mse_{k}": v for k, v in mse.items()}})
+    out["beats_gaussian"] = all(a < b for a, b in zip(mse["trained"], mse["gaussian"]))
     return out
 
 
@@ -115,6 +135,21 @@ def loss_curve(run: Path) -> dict:
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
     losses = [(r["step"], r["loss"]) for r in rows if "loss" in r]
     return {"loss_first": losses[0], "loss_last": losses[-1], "loss_logged": len(losses)} if losses else {}
+
+
+def first_stage_check(stage, cfg: Config, classifier, norm, num: int = 32) -> dict:
+    """The first stage alone: fresh real clips encoded and decoded, against the clips: the pixel MSE
+    (all pixels, and the digit's pixels, those above 0.3), and the classifier's per-frame accuracy and
+    identity consistency on the reconstructions, the ceiling of any DiT's samples through this decoder."""
+    video = moving_mnist_from_config(cfg.data, n=num, seed=cfg.eval.seed + 9)
+    clips = video.render()
+    with torch.no_grad():
+        rec = stage.decode_clips(stage.encode_clips(clips))
+    err = (rec - clips) ** 2
+    ids = identity_metrics(frame_classes(classifier, norm, rec), video.labels)
+    return {"recon_mse": float(err.mean()), "recon_digit_mse": float(err[clips > 0.3].mean()),
+            "recon_accuracy": ids["accuracy"], "recon_identity_consistency": ids["identity_consistency"],
+            "recon_clips": num}
 
 
 def evaluate(pipe: LatentDiTPipeline, cfg: Config, out: Path, *, fid_frames: int, smoke: bool) -> dict:
@@ -134,6 +169,7 @@ def evaluate(pipe: LatentDiTPipeline, cfg: Config, out: Path, *, fid_frames: int
     clf, test_acc = train_classifier(mnist, epochs=1 if smoke else 8, seed=0)
     m = video_metrics(clips, labels, real.render(), real.labels, real_b.render(), clf, mnist.norm,
                       fid_frames=fid_frames, seed=cfg.eval.seed)
+    m["first_stage"] = first_stage_check(pipe.first_stage, cfg, clf, mnist.norm, num=8 if smoke else 32)
     return {**m, "classifier_test_accuracy": test_acc, "guidance": pipe.defaults.guidance,
             "sample_seconds": sample_seconds, "sample_steps": cfg.eval.steps}
 
@@ -188,6 +224,20 @@ def headline(rep: dict) -> dict:
             "video_poly_speedup_sample": tm.get("speedup_sample")}
 
 
+def check_stage(run: Path, out: Path, prov: dict) -> int:
+    """``--check-stage RUN``: :func:`first_stage_check` of a trained run, with its own configuration."""
+    cfg = Config.from_dict(json.loads((run / "config.json").read_text()))
+    stage = LatentDiTPipeline.from_pretrained(run).first_stage
+    mnist = load_data("mnist", normalise="minmax", seed=0)
+    clf, test_acc = train_classifier(mnist, epochs=8, seed=0)
+    rep = {**first_stage_check(stage, cfg, clf, mnist.norm), "classifier_test_accuracy": test_acc,
+           "run": str(run), "autoencoder": cfg.to_dict()["autoencoder"], "frames": cfg.data.frames}
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "first_stage.json", {**rep, "provenance": provenance_end(prov)})
+    print(json.dumps(rep, indent=1), flush=True)
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m latentdit.experiments.video", description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, required=True, help="directory for the run, the samples and the JSON")
@@ -202,6 +252,8 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--time-batch", type=int, default=4, help="clips per training step in the timing")
     ap.add_argument("--sample-batch", type=int, default=4, help="clips per sampling NFE in the timing (2 rows each)")
     ap.add_argument("--json", type=Path, default=None, help="also write the headline keys here")
+    ap.add_argument("--check-stage", type=Path, default=None, metavar="RUN",
+                    help="only measure the first stage of the trained run RUN (its own config) into OUT/first_stage.json")
     ap.add_argument("--summary", type=Path, default=None,
                     help="merge the headline keys into this shared summary (part 'video'; other keys kept), "
                          "e.g. docs/efficient/summary.json")
@@ -212,6 +264,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
     prov = provenance_start(["python", "-m", "latentdit.experiments.video", *argv])
+    if args.check_stage is not None:
+        return check_stage(args.check_stage, args.out, prov)
     cfg = video_config(args.config, args.variant, args.frames, args.overrides, args.smoke)
     run = args.out / "run"
     args.out.mkdir(parents=True, exist_ok=True)
@@ -225,7 +279,9 @@ def main(argv: list[str] | None = None) -> int:
            "attention_planned": meta.get("attention", {}).get("planned"), **loss_curve(run),
            **learning_check(model, cfg, stage, num=8 if args.smoke else 32)}
     print(f"trained {rep['steps_trained']} steps in {rep['train_seconds']:.0f} s; held-out loss {rep['loss_trained']:.4f} "
-          f"(initialisation {rep['loss_init']:.4f})", flush=True)
+          f"(initialisation {rep['loss_init']:.4f}); x0 error at t = {rep['denoise_t']}: "
+          f"{[round(v, 4) for v in rep['denoise_mse_trained']]} (Gaussian denoiser "
+          f"{[round(v, 4) for v in rep['denoise_mse_gaussian']]})", flush=True)
     rep["eval"] = evaluate(pipe, cfg, args.out, fid_frames=0 if args.no_fid else args.fid_frames,
                            smoke=args.smoke)
     if args.time_repeats > 0 and cfg.model.qk_norm and model.num_classes > 0:  # poly needs the QK-norm bound

@@ -104,6 +104,12 @@ class FirstStage:
         return c * h * w
 
     @property
+    def token_grid(self) -> tuple[int, int]:
+        """(rows, cols) of the latent's layout patches: the grid of the tokens a DiT reads."""
+        c, h, w = self.latent_shape
+        return (h // self.layout_patch, w // self.layout_patch)
+
+    @property
     def image_channels(self) -> int:
         return self.image_shape[2] if len(self.image_shape) == 3 else 1
 

@@ -90,6 +90,12 @@ class VideoFirstStage:
         return self.num_tokens * self.token_dim
 
     @property
+    def token_grid(self) -> tuple[int, int, int]:
+        """(frame blocks, rows, cols) of the spatio-temporal patches: the tokens' grid, slowest first."""
+        F, _, h, w = self.latent_shape
+        return (F // self.patch_t, h // self.patch, w // self.patch)
+
+    @property
     def scale(self) -> float:
         return self.frame_stage.scale
 

@@ -127,15 +127,49 @@ class DiTBlock(nn.Module):
         return gated_residual(x, gate2, self.mlp(modulate(self.norm2(x), shift2, scale2)))
 
 
+def sincos_table(grid: tuple[int, ...], width: int) -> torch.Tensor:
+    """Fixed positional features (1, prod(grid), width) of the tokens of a row-major grid.
+
+    The width is split between the axes (the first takes the remainder, one zero column if ``width``
+    is odd); axis a with n_a positions and w_a columns contributes sin(i omega_k) and cos(i omega_k),
+    omega_k = 10000^(-2k / w_a), k < w_a / 2, at its index i: DiT's 2-D table for (rows, cols), the
+    same with a frame axis for video.
+    """
+    if not grid or any(n < 1 for n in grid) or width < 2 * len(grid):
+        raise ValueError(f"sincos_table: grid {tuple(grid)} and width {width} need positive sizes and "
+                         "2 columns per axis")
+    base = (width // len(grid)) // 2 * 2
+    widths = [width - base * (len(grid) - 1)] + [base] * (len(grid) - 1)
+    widths[0] -= widths[0] % 2
+    axes = []
+    for n, w in zip(grid, widths):
+        omega = 10000.0 ** (-torch.arange(w // 2, dtype=torch.float64) * 2 / w)
+        phase = torch.arange(n, dtype=torch.float64)[:, None] * omega  # (n, w / 2)
+        axes.append(torch.cat([phase.sin(), phase.cos()], dim=1))
+    index = torch.cartesian_prod(*(torch.arange(n) for n in grid)).reshape(-1, len(grid))  # row-major
+    table = torch.cat([a[index[:, i]] for i, a in enumerate(axes)], dim=1)
+    table = torch.nn.functional.pad(table, (0, width - table.shape[1]))
+    return table.float()[None]
+
+
 class DiTBackbone(nn.Module):
-    """Token embedding -> K DiT blocks -> adaLN final layer: (N, L, d) -> (N, L, d)."""
+    """Token embedding -> K DiT blocks -> adaLN final layer: (N, L, d) -> (N, L, d).
+
+    ``pos_grid``: fixed sin-cos positions of that token grid (:func:`sincos_table`); None: a learned table.
+    """
 
     def __init__(self, num_tokens: int, token_dim: int, hidden: int, depth: int, heads: int,
-                 mlp_ratio: float, num_classes: int = 0, **attn_kwargs):
+                 mlp_ratio: float, num_classes: int = 0, pos_grid: tuple[int, ...] | None = None,
+                 **attn_kwargs):
         super().__init__()
         self.num_tokens = num_tokens
         self.embed = nn.Linear(token_dim, hidden)
-        self.pos = nn.Parameter(torch.zeros(1, num_tokens, hidden))
+        if pos_grid is None:
+            self.pos = nn.Parameter(torch.zeros(1, num_tokens, hidden))
+        else:
+            if math.prod(pos_grid) != num_tokens:
+                raise ValueError(f"DiTBackbone: the token grid {tuple(pos_grid)} does not hold {num_tokens} tokens")
+            self.register_buffer("pos", sincos_table(tuple(pos_grid), hidden), persistent=False)
         self.t_embed = TimestepEmbedder(hidden)
         self.y_embed = LabelEmbedder(num_classes, hidden) if num_classes > 0 else None
         self.blocks = nn.ModuleList(DiTBlock(hidden, heads, mlp_ratio, **attn_kwargs) for _ in range(depth))
@@ -150,7 +184,8 @@ class DiTBackbone(nn.Module):
             if isinstance(m, nn.Linear):
                 nn.init.xavier_uniform_(m.weight)
                 nn.init.zeros_(m.bias) if m.bias is not None else None
-        nn.init.normal_(self.pos, std=0.02)
+        if isinstance(self.pos, nn.Parameter):
+            nn.init.normal_(self.pos, std=0.02)
         nn.init.normal_(self.t_embed.mlp[0].weight, std=0.02)
         nn.init.normal_(self.t_embed.mlp[2].weight, std=0.02)
         if self.y_embed is not None:

@@ -8,7 +8,7 @@ export's ``config.json`` records exactly these arguments.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
 
 @dataclass
@@ -47,6 +47,10 @@ class ModelConfig:
     # coordinates) | diagonal (each coordinate's own mean and variance; for latents whose coordinates
     # differ in scale, such as PCA coordinates of images)
     precondition_stats: str = "scalar"
+    # positional encoding of the DiT block: learned (a table trained from N(0, 0.02^2)) | sincos (fixed
+    # sin-cos features of each axis of the token grid, as in DiT's 2-D table: (rows, cols) of image
+    # patches, (frames, rows, cols) of video patches, the index of 1-D tokens)
+    pos_embed: str = "learned"
     num_classes: int = 0  # > 0 enables class conditioning (a null class is added for guidance)
     class_dropout: float = 0.1  # probability of dropping the label during training
 
@@ -58,6 +62,9 @@ class ScoreNetConfig(ModelConfig):
 
     ambient_dim: int = 0  # D
     latent_dim: int = 0  # d0
+    # axes of the token grid, slowest first, when the tokens are the patches of a first stage's latent
+    # (rows, cols) or (frames, rows, cols); empty: the reshape's own grid (2-D patching) or the index
+    token_grid: list[int] = field(default_factory=list)
     learn_encoder: bool = False
     identity_encoder: bool = False
 
@@ -68,4 +75,6 @@ class ScoreNetConfig(ModelConfig):
         unknown = sorted(set(d) - names)
         if unknown:
             raise TypeError(f"unknown score network arguments {unknown}")
+        if "token_grid" in d:
+            d = {**d, "token_grid": [int(v) for v in d["token_grid"]]}
         return cls(**d)

@@ -57,6 +57,11 @@ class Reshape:
         else:
             self.num_tokens, self.token_dim = d0 // patch, patch
 
+    @property
+    def grid_shape(self) -> tuple[int, ...]:
+        """The tokens' grid, slowest axis first: (rows, cols) of 2-D patches, (L,) of 1-D tokens."""
+        return (self.grid, self.grid) if self.mode == "2d" else (self.num_tokens,)
+
     def __call__(self, h: torch.Tensor) -> torch.Tensor:
         n = h.shape[0]
         if self.mode == "1d":

@@ -30,9 +30,11 @@ from latentdit.models.reshape import Reshape
 from latentdit.schedule import beta, score_from_denoised
 
 
-def _backbone(c: ScoreNetConfig, L: int, d: int) -> nn.Module:
+def _backbone(c: ScoreNetConfig, reshape: Reshape) -> nn.Module:
+    L, d = reshape.num_tokens, reshape.token_dim
     if c.block == "dit":
-        return DiTBackbone(L, d, c.hidden, c.depth, c.heads, c.mlp_ratio, num_classes=c.num_classes,
+        grid = tuple(c.token_grid or reshape.grid_shape) if c.pos_embed == "sincos" else None
+        return DiTBackbone(L, d, c.hidden, c.depth, c.heads, c.mlp_ratio, num_classes=c.num_classes, pos_grid=grid,
                            activation=c.activation, attention_mode=c.attention, attention_eps=c.attention_eps,
                            qk_norm=c.qk_norm, tau_max=c.tau_max, qk_dim=c.qk_dim)
     return PaperBackbone(L, d, c.depth, c.paper_heads, c.paper_head_dim, c.paper_ff, num_classes=c.num_classes,
@@ -58,7 +60,7 @@ class LatentScoreNet(nn.Module):
         init = "identity" if c.identity_encoder else encoder_init
         self.encoder = LinearEncoder(ambient_dim, latent_dim, learn=c.learn_encoder, init=init, generator=generator)
         self.reshape = Reshape(latent_dim, c.patch, c.patching)
-        self.backbone = _backbone(c, self.reshape.num_tokens, self.reshape.token_dim)
+        self.backbone = _backbone(c, self.reshape)
         if c.precondition_stats == "diagonal":
             mean = torch.zeros(latent_dim) if latent_mean is None else torch.as_tensor(latent_mean)
             var = torch.ones(latent_dim) if latent_var is None else torch.as_tensor(latent_var)
