@@ -1,6 +1,7 @@
 """Typed configuration: files, overrides, validation, round trip."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -40,7 +41,8 @@ def test_unknown_key_names_closest(tmp_path):
 @pytest.mark.parametrize("override,match", [
     ("diffusion.T0=0", "T0"), ("diffusion.T0=20", "T0"), ("train.steps=0", "steps"),
     ("sample.sampler=foo", "sampler"), ("model.attention=fast", "attention"), ("model.depth=two", "depth"),
-    ("model.activation=relu", "activation"),
+    ("model.activation=relu", "activation"), ("model.pos_embed=rope", "pos_embed"),
+    ("autoencoder.crop=32", "moving_mnist"), ("autoencoder.crop=-4", "crop"),
 ])
 def test_invalid_values(override, match):
     with pytest.raises(ConfigError, match=match):
@@ -58,3 +60,17 @@ def test_saved_configs_from_before_activation_keep_the_tanh_gelu():
     assert Config.from_saved(old).model.activation == "gelu_tanh"  # what that network was trained with
     assert Config.from_dict(old).model.activation == "gelu"  # a new config gets today's default
     assert Config.from_saved(Config().to_dict()) == Config()
+
+
+CLIPS = Path(__file__).resolve().parents[1] / "configs" / "moving_mnist.toml"
+
+
+@pytest.mark.parametrize("crop", ["20", "30", "96"])
+def test_clip_crop_must_hold_a_digit_fit_the_canvas_and_the_factor(crop):
+    with pytest.raises(ConfigError, match="autoencoder.crop"):
+        load_config(CLIPS, [f"autoencoder.crop={crop}"])
+
+
+def test_sincos_positions_are_a_dit_block_option():
+    with pytest.raises(ConfigError, match="pos_embed"):  # the paper block learns its own E
+        load_config(CLIPS, ["model.block=paper"])

@@ -158,3 +158,18 @@ def test_build_model_reads_the_clip_token_grid():
     m = build_model(Config.from_dict(d), TrainData(x, torch.arange(3), 10, first_stage=st))
     assert st.token_grid == (2, 4, 4) and m.config.token_grid == [2, 4, 4]
     assert torch.equal(m.backbone.pos, sincos_table((2, 4, 4), 16))
+
+
+def test_frame_crops_hold_the_digit():
+    """autoencoder.crop: each training window is a 32 x 32 part of its frame that holds the digit's ink
+    (centred on the true centroid, jittered by at most 6 pixels)."""
+    from latentdit.data.video import moving_mnist
+    from latentdit.train.firststage import _frame_data
+
+    video = moving_mnist(6, frames=4, canvas=64, seed=3)
+    whole, crops = _frame_data(video, 20, 0, 32)
+    assert crops.image_shape == (32, 32) and whole.image_shape == (64, 64) and len(crops.x) == len(whole.x) == 20
+    ink = crops.x.sum(1) / whole.x.sum(1)
+    assert ink.max() <= 1.0 + 1e-6 and ink.min() > 0.8, ink
+    same, _ = _frame_data(video, 20, 0)  # the whole frames do not depend on the crop
+    assert torch.equal(same.x, whole.x)

@@ -212,8 +212,9 @@ def _frame_data(video: VideoData, count: int, seed: int, crop: int = 0) -> tuple
     (the whole frames, what the autoencoder trains on). With ``crop`` > 0 it trains on crop x crop
     windows around the first digit's centroid, jittered by up to crop / 5 pixels and kept inside the
     canvas: the digit fills the window as in the image demo's digits, where most pixels of a whole
-    frame are background (at 64 x 64 a whole-frame autoencoder reconstructs blobs after 1,000
-    steps; on 32 x 32 crops it reconstructs the strokes, at a quarter of the pixels per step)."""
+    frame are background (at 64 x 64 a whole-frame autoencoder reconstructs blobs after 940 steps,
+    docs/efficient/video_v1/first_stage.json; on 32 x 32 crops it reconstructs the strokes, at a
+    quarter of the pixels per step)."""
     F = video.video_shape[0]
     g = torch.Generator().manual_seed(seed)
     pick = torch.randperm(len(video) * F, generator=g)[:count].sort().values
