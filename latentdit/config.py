@@ -169,6 +169,12 @@ class TrainConfig:
     deterministic: bool = False  # torch.use_deterministic_algorithms
     threads: int = 0  # torch CPU threads (0 = torch's default)
     tensorboard: bool = False
+    # video (data.source = moving_mnist): the first window_steps steps train on windows of
+    # window_frames consecutive frames (0 = whole clips throughout). Such a step draws
+    # frames / window_frames global batches of clips and one random window of each: the same tokens
+    # per step as a whole-clip step, from that many times more clips (latentdit.train.batches)
+    window_frames: int = 0
+    window_steps: int = 0
 
 
 @dataclass
@@ -262,6 +268,7 @@ def _validate_choices(cfg: Config) -> None:
                           "images" if cfg.data.source == "moving_mnist" else cfg.data.source)
     if cfg.data.source == "moving_mnist":
         check_video_config(cfg.data, cfg.model.patch_t, cfg.encoder.kind, cfg.encoder.init)
+    _validate_windows(cfg)
     crop, factor = cfg.autoencoder.crop, cfg.autoencoder.factor
     if crop and cfg.data.source != "moving_mnist":
         raise ConfigError("autoencoder.crop trains on windows around the moving digits: it is for "
@@ -325,6 +332,21 @@ def _validate_ranges(cfg: Config) -> None:
         if cfg.encoder.latent_dim > cfg.data.ambient_dim:
             raise ConfigError(f"encoder.latent_dim={cfg.encoder.latent_dim} is larger than data.ambient_dim="
                               f"{cfg.data.ambient_dim}; lower encoder.latent_dim")
+
+
+def _validate_windows(cfg: Config) -> None:
+    tc = cfg.train
+    if not tc.window_frames and not tc.window_steps:
+        return
+    if cfg.data.source != "moving_mnist" or cfg.model.block != "dit":
+        raise ConfigError("train.window_frames trains on windows of clips: it is for data.source='moving_mnist' "
+                          "with model.block='dit'; set train.window_frames=0 and train.window_steps=0")
+    w, F, pt = tc.window_frames, cfg.data.frames, cfg.model.patch_t
+    if not (0 < w < F and F % w == 0 and w % pt == 0):
+        raise ConfigError(f"train.window_frames={w} must be a divisor of data.frames={F} below it and a multiple "
+                          f"of model.patch_t={pt}")
+    if not 0 < tc.window_steps <= tc.steps:
+        raise ConfigError(f"train.window_steps={tc.window_steps} must be in [1, train.steps={tc.steps}]")
 
 
 def _validate_training(tc: TrainConfig) -> None:

@@ -138,7 +138,7 @@ class DSMLoss:
         """The loss of ``net`` on clean points x0 (N, D) at times t (N,) with DSM noise z (N, D)."""
         core = getattr(net, "module", net)  # the network inside a DDP wrapper
         f, W = net(add_noise(x0, t, noise), t, y, latent=True)
-        pre, enc = core.precond, core.encoder
+        pre, enc = core.precond.window(f.shape[1]), core.encoder  # a window of a clip: its coordinates' statistics
         if self.weighting == "edm" and pre.diagonal:
             b = beta(t)[:, None]
             h0 = enc.encode(x0, W)

@@ -200,7 +200,10 @@ class DiTBackbone(nn.Module):
 
     def forward(self, X: torch.Tensor, c_noise: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """F(X, c_noise(t), y): tokens (N, L, d) -> (N, L, d)."""
-        x = self.embed(X) + self.pos  # (N, L, hidden)
+        L = X.shape[1]
+        if L > self.num_tokens:
+            raise ValueError(f"DiTBackbone: {L} tokens, more than the {self.num_tokens} it was built for")
+        x = self.embed(X) + self.pos[:, :L]  # (N, L, hidden); fewer tokens: a prefix (a window of a clip)
         c = self.t_embed(c_noise)  # (N, hidden)
         if self.y_embed is not None and y is not None:
             c = c + self.y_embed(y)

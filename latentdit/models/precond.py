@@ -47,6 +47,12 @@ class Preconditioner:
     def diagonal(self) -> bool:
         return self.mean is not None
 
+    def window(self, d: int) -> "Preconditioner":
+        """The preconditioning of the first ``d`` latent coordinates (a window of a clip latent)."""
+        if self.mean is None or d == self.mean.shape[0]:
+            return self
+        return Preconditioner(self.var[:d], self.mean[:d], self.enabled)
+
     def coefficients(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(c_skip, c_out, c_in) at times t (N,): (N, 1) for a scalar latent, (N, d0) for a diagonal one."""
         return preconditioning(t[:, None], self.var)

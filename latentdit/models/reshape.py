@@ -2,7 +2,8 @@
 
 2-D patching: the latent h in R^{d0} is read as an i x i grid (d0 = i^2, row-major) and cut into
 p x p patches, giving L = (i/p)^2 tokens of size d = p^2 (so d0 = d L).
-1-D patching: tokens are d = p consecutive coordinates, L = d0 / p.
+1-D patching: tokens are d = p consecutive coordinates, L = d0 / p; a prefix of the latent in whole
+tokens (a window of a video clip, frame-major) maps to the prefix of the tokens.
 Autoencoder latents (c, h, w) are cut into c x p x p patch tokens by
 :func:`latentdit.firststage.stage.latent_patchify`; video latents (F, c, h, w) into c x pt x p x p
 spatio-temporal tokens by :func:`latentdit.firststage.video.video_patchify`.
@@ -64,8 +65,11 @@ class Reshape:
 
     def __call__(self, h: torch.Tensor) -> torch.Tensor:
         n = h.shape[0]
-        if self.mode == "1d":
-            return h.reshape(n, self.num_tokens, self.token_dim)
+        if self.mode == "1d":  # a prefix of the latent (a window of a clip) gives the prefix of the tokens
+            if h.shape[1] > self.d0 or h.shape[1] % self.token_dim:
+                raise ValueError(f"Reshape: a latent of {h.shape[1]} coordinates is not a prefix of {self.d0} "
+                                 f"in whole tokens of {self.token_dim}")
+            return h.reshape(n, h.shape[1] // self.token_dim, self.token_dim)
         g, p = self.grid, self.patch
         x = h.reshape(n, g, p, g, p)  # (N, grid_row, row_in_patch, grid_col, col_in_patch)
         return x.permute(0, 1, 3, 2, 4).reshape(n, g * g, p * p)
@@ -73,7 +77,7 @@ class Reshape:
     def inverse(self, X: torch.Tensor) -> torch.Tensor:
         n = X.shape[0]
         if self.mode == "1d":
-            return X.reshape(n, self.d0)
+            return X.reshape(n, X.shape[1] * self.token_dim)
         g, p = self.grid, self.patch
         x = X.reshape(n, g, g, p, p).permute(0, 1, 3, 2, 4)
         return x.reshape(n, self.d0)

@@ -97,7 +97,7 @@ class LatentScoreNet(nn.Module):
 
     def f(self, h: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """The latent network f(h, t) (preconditioned unless ``precondition=False``): (N, d0)."""
-        return self.precond.apply(lambda hh, tn: self.F(hh, tn, y), h, _as_times(t, h))
+        return self.precond.window(h.shape[1]).apply(lambda hh, tn: self.F(hh, tn, y), h, _as_times(t, h))
 
     def denoise(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """The network's output: the posterior-mean estimate x0_hat = W_B f(W_B^T x, t) / beta(t), (N, D)."""

@@ -77,6 +77,28 @@ class BatchSource:
             self.gen.set_state(s["gen"])
 
 
+def window_batch(source: BatchSource, draws: int, width: int, stride: int, *,
+                 generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(x0, labels) of a step on windows: ``draws`` global batches (G, D) of whole clips from ``source``
+    and, from each clip, the ``width`` consecutive latent coordinates that start at a multiple of
+    ``stride`` drawn uniformly (``generator``, on the CPU): (draws G, width).
+
+    A clip latent is frame-major (:func:`latentdit.firststage.video.video_patchify`), so with
+    ``stride`` the coordinates of one frame block such a slice is the latent of a shorter clip. The
+    motion is stationary (the reflected uniform start stays uniform), so a window is a clip of the
+    same law, shorter.
+    """
+    xs, ys = zip(*(source.next() for _ in range(draws)))
+    x = torch.cat(xs)
+    D = x.shape[1]
+    if not (0 < width <= D and stride > 0 and width % stride == 0 and D % stride == 0):
+        raise ValueError(f"window_batch: width={width} and stride={stride} must cut clips of {D} coordinates "
+                         "into whole frame blocks")
+    starts = torch.randint(0, (D - width) // stride + 1, (x.shape[0],), generator=generator) * stride
+    idx = (starts[:, None] + torch.arange(width)).to(x.device)
+    return x.gather(1, idx), None if ys[0] is None else torch.cat(ys)
+
+
 def use_basis(model, W: torch.Tensor, x: torch.Tensor) -> None:
     """Replace the encoder's initial W_B by the given (D, d0) orthonormal basis (``TrainData.basis``).
 

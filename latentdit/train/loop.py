@@ -35,7 +35,7 @@ from latentdit.distributed import DistContext, init_distributed
 from latentdit.errors import CheckpointError, ConfigError, DivergenceError
 from latentdit.models.blocks import attention_summary
 from latentdit.models.guidance import drop_labels
-from latentdit.train.batches import BatchSource, default_data
+from latentdit.train.batches import BatchSource, default_data, window_batch
 from latentdit.train.checkpoint import (CKPT_FORMAT, global_rng_state, list_checkpoints, read_latest,
                                         set_global_rng_state, write_checkpoint)
 from latentdit.train.optim import ema_decay_at, ema_update, lr_lambda, make_optimizer
@@ -100,6 +100,11 @@ class Trainer:
         self.x = split.x.to(self.device)
         self.y = split.y.to(self.device) if split.y is not None else None
         self.batches = BatchSource(self.x, self.y, self.global_batch, tc.seed, sampler)
+        # (draws, width, stride) of a window step (train.window_frames), in latent coordinates: the clip
+        # latent is frame-major, one frame block of model.patch_t frames every `stride` coordinates
+        F, D = cfg.data.frames, self.x.shape[1]
+        self.window = ((F // tc.window_frames, D * tc.window_frames // F, D * cfg.model.patch_t // F)
+                       if tc.window_frames else None)
         if tc.compile:
             self.model.backbone.compile()  # in place: parameter names (and checkpoints) unchanged
         # eq. (2.3) unless the caller replaces it (e.g. Thm 3.1's regression on f*)
@@ -171,15 +176,16 @@ class Trainer:
 
     def train_step(self) -> float:
         """One optimiser step on the global batch; returns the loss averaged over all ranks."""
-        cfg, G = self.cfg, self.global_batch
-        x0, y = self.batches.next()  # (G, D) the same on every rank
+        cfg = self.cfg
+        x0, y = self._batch()  # (G, D) the same on every rank; windows: (draws G, width)
+        G, local = x0.shape[0], x0.shape[0] // self.dist.world_size
         t = self.loss_fn.times(G, generator=self.gen, device=self.device)
-        noise = draw_noise(G, self.x.shape[1], generator=self.gen, device=self.device, basis=self.noise_basis)
+        noise = draw_noise(G, x0.shape[1], generator=self.gen, device=self.device, basis=self.noise_basis)
         drop = None
         if self.y is not None:
             drop = torch.rand(G, generator=self.gen, device=self.device) < cfg.model.class_dropout
-        lo = self.dist.rank * self.local_batch
-        mine = slice(lo, lo + self.local_batch)  # this rank's shard of the global batch
+        lo = self.dist.rank * local
+        mine = slice(lo, lo + local)  # this rank's shard of the global batch
         x0, t, noise = x0[mine], t[mine], noise[mine]
         if y is not None:
             y = drop_labels(y[mine], drop[mine], self.model.num_classes)
@@ -199,6 +205,18 @@ class Trainer:
         ema_update(self.ema, self.model, ema_decay_at(cfg, self.step))
         self.step += 1
         return value
+
+    def in_window_phase(self) -> bool:
+        """Whether the next step trains on windows of clips (``train.window_frames``)."""
+        return self.window is not None and self.step < self.cfg.train.window_steps
+
+    def _batch(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The global batch of the next step: whole clips, or windows; a window step's offsets are seeded
+        by (train.seed, step), so a resumed run draws the same windows."""
+        if not self.in_window_phase():
+            return self.batches.next()
+        gen = torch.Generator().manual_seed(self.cfg.train.seed * 1_000_003 + self.step)
+        return window_batch(self.batches, *self.window, generator=gen)
 
     def _diverged(self, what: str, value: float) -> None:
         ckpts = list_checkpoints(self.run)
@@ -267,6 +285,7 @@ class Trainer:
         tc, main = self.cfg.train, self.dist.is_main
         meter = _Meter(self.step, t_start)
         while self.step < tc.steps and not (self.early is not None and self.early.stopped):
+            window = self.in_window_phase()
             loss = self.train_step()
             if self.callbacks.on_step is not None:
                 self.callbacks.on_step(self.step)
@@ -274,6 +293,8 @@ class Trainer:
             bar.update(1)
             if self.step % tc.log_every == 0 or self.step == tc.steps:
                 rec = meter.record(self.step, tc.steps, self.sched.get_last_lr()[0])
+                if window:
+                    rec["window_frames"] = tc.window_frames
                 if main:
                     self._log(log, rec)
                 bar.set_postfix(loss=f"{rec['loss']:.4f}", steps_s=f"{rec['steps_per_s']:.1f}")
