@@ -82,7 +82,8 @@ def test_train_and_sample_write_clips_and_a_gif(tmp_path, capsys):
     from latentdit.cli import main
 
     run = tmp_path / "run"
-    sets = ["data.n=8", "data.frames=2", "data.canvas=32", "encoder.latent_dim=512", "autoencoder.epochs=1",
+    sets = ["data.n=8", "data.frames=2", "train.window_frames=0", "train.window_steps=0", "data.canvas=32",
+            "encoder.latent_dim=512", "autoencoder.epochs=1",
             "train.steps=2", "train.batch_size=2", "optim.warmup_steps=1", "train.checkpoint_every=0",
             "train.time_limit=0", "model.depth=1", "train.threads=1"]
     args = ["train", "--config", str(ROOT / "configs" / "moving_mnist.toml"), "--out", str(run), "--quiet"]
@@ -113,8 +114,8 @@ def test_reference_config_has_4096_tokens_and_poly_attention():
     assert tokens >= 4096 and cfg.encoder.latent_dim // tokens == a.channels * m.patch_t * m.patch ** 2
     assert m.attention == "poly" and m.qk_norm and cfg.data.conditional
     assert video_config(CONFIG, "poly", None, [], False) == cfg  # the experiment trains exactly this
-    short = video_config(CONFIG, "exact", 4, [], False)
-    assert short.encoder.latent_dim == 4 * a.channels * side * side and short.model.attention == "exact"
+    short = video_config(CONFIG, "exact", 44, [], False)
+    assert short.encoder.latent_dim == 44 * a.channels * side * side and short.model.attention == "exact"
 
 
 @pytest.mark.slow
@@ -151,7 +152,8 @@ def test_build_model_reads_the_clip_token_grid():
 
     st = _stage(frames=4, patch_t=2, patch=2)  # latent 3 x 8 x 8 per frame: 2 x 4 x 4 tokens of 24
     d = apply_overrides(read_config_file(ROOT / "configs" / "moving_mnist.toml"),
-                        ["data.frames=4", "data.canvas=32", f"encoder.latent_dim={st.latent_dim}", "model.patch=2",
+                        ["data.frames=4", "train.window_frames=0", "train.window_steps=0", "data.canvas=32",
+                         f"encoder.latent_dim={st.latent_dim}", "model.patch=2",
                          "model.patch_t=2", "model.hidden=16", "model.depth=1", "model.heads=2",
                          "model.pos_embed=sincos"])
     x = st.encode_clips(torch.rand(3, 4, 32, 32))

@@ -78,6 +78,7 @@ def test_window_batch_cuts_whole_frame_blocks_from_distinct_clips():
 
 
 VIDEO = ["data.n=8", "data.frames=4", "data.canvas=32", "encoder.latent_dim=1024", "autoencoder.epochs=1",
+         "train.window_frames=0", "train.window_steps=0",
          "train.batch_size=2", "optim.warmup_steps=1", "train.time_limit=0", "model.depth=1",
          "train.threads=1", "train.log_every=1"]
 

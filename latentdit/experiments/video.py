@@ -5,9 +5,10 @@
         [--summary PATH]
     python -m latentdit.experiments.video --check-stage RUN --out DIR
 
-One command trains the reference configuration (``configs/moving_mnist.toml``: 64 frames of
-64 x 64, the per-frame autoencoder's 4 x 16 x 16 latents in 2 x 2 patches, 4,096 tokens, the
-polynomial method in every attention call) through :func:`latentdit.train.train`, then
+One command trains the reference configuration (``configs/moving_mnist.toml``: 164 frames of
+40 x 40, the per-frame autoencoder's 4 x 10 x 10 latents in 2 x 2 patches, 4,100 tokens, the
+polynomial method in every attention call; plan: ``docs/efficient/video_plan.md``) through
+:func:`latentdit.train.train`, then
 
 1. checks that it learned (:func:`learning_check`): the DSM loss of the trained (EMA) model against
    a freshly initialised one, its x0 error against the per-coordinate Gaussian denoiser's, and the
@@ -22,7 +23,7 @@ polynomial method in every attention call) through :func:`latentdit.train.train`
    network evaluation (NFE) of sampling ``--sample-batch`` clips with guidance (2 rows per clip).
 
 ``--variant relu_linear`` trains the same network with ReLU linear attention (no certificate);
-``--variant exact`` with exact attention, meant with a shorter clip (``--frames 4``: 1,024 tokens);
+``--variant exact`` with exact attention, meant with a shorter clip (``--frames 44``: 1,100 tokens);
 ``--variant none`` without attention (every token on its own): what attention adds.
 ``encoder.latent_dim`` follows the clip size. DIR/<variant>_F<frames>.json holds everything, with
 provenance; ``--json`` also writes the headline keys (``video_tokens``, ``video_accuracy``,
@@ -34,11 +35,11 @@ provenance; ``--json`` also writes the headline keys (``video_tokens``, ``video_
 ``--check-stage RUN`` measures only the first stage of a trained run, with that run's configuration.
 
 The full command's cost on 2 idle cores: the frame autoencoder 1,880 steps on 32 x 32 crops (about
-1 min), the DiT up to 6,000 steps of 8 clips at 4,096 tokens (about 0.7 s a step at hidden 96:
-about 70 min; ``train.time_limit`` stops it at 80 min), encoding and evaluation (100 clips at 20
-guided steps, the classifier, 2,000 Inception frames: about 10 min), the timing (exact attention at
-4,096 tokens: about 5 min). On an oversubscribed machine set ``--set train.threads=1``: two OpenMP
-threads fighting other processes can be many times slower than one.
+1 min), the DiT ``train.steps`` steps of 8,200 tokens (``train.time_limit`` stops it at 90 min),
+encoding and evaluation (100 clips at 20 guided steps, the classifier, 1,000 Inception frames a
+side), the timing (exact attention at 4,100 tokens: a few minutes). On an oversubscribed machine
+set ``--set train.threads=1``: two OpenMP threads fighting other processes can be many times slower
+than one.
 """
 
 from __future__ import annotations
@@ -80,6 +81,7 @@ VARIANTS = {
     "none": ["model.attention=none"],  # no attention: every token on its own, the attention-free baseline
 }
 SMOKE = ["data.n=24", "data.frames=4", "data.canvas=32", "autoencoder.epochs=1", "train.steps=8",
+         "train.window_frames=2", "train.window_steps=4",
          "train.batch_size=4", "optim.warmup_steps=1", "train.checkpoint_every=0", "train.log_every=1",
          "eval.num_samples=10", "eval.steps=3", "sample.steps=3"]
 
