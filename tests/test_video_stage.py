@@ -138,6 +138,15 @@ def test_video_experiment_end_to_end_merges_its_keys_into_the_shared_summary(tmp
     assert merged["video_speed_w1_rel"] >= 0.0
     assert merged["video_poly_speedup_train"] > 0 and (tmp_path / "v" / "samples.gif").exists()
     rep = json.loads((tmp_path / "v" / "poly_F4.json").read_text())  # x0 errors of the three models per t
+    # the timed training steps see whole clips although the smoke config trains on 2-frame windows first
+    assert rep["timing"]["train_tokens"] == {"poly": 64, "exact": 64}
+    assert main(["--time-only", str(tmp_path / "v" / "run"), "--out", str(tmp_path / "t"), "--time-repeats", "1",
+                 "--summary", str(summary)]) == 0
+    again = json.loads((tmp_path / "t" / "timing.json").read_text())
+    assert again["timing"]["train_tokens"] == {"poly": 64, "exact": 64} and again["provenance"]["command"]
+    merged = json.loads(summary.read_text())  # the re-timing's keys, under their own part
+    assert merged["video_poly_speedup_train"] == again["timing"]["speedup_train"]
+    assert set(merged["provenance_by_part"]) == {"gt", "video", "video_timing"} and merged["video_accuracy"] == top["video_accuracy"]
     assert all(len(rep[f"denoise_mse_{k}"]) == len(rep["denoise_t"]) for k in ("trained", "init", "gaussian"))
     fs = rep["eval"]["first_stage"]  # the first stage alone: reconstructions of real clips
     assert min(fs["recon_mse"], fs["recon_digit_mse"]) >= 0.0 and 0.0 <= fs["recon_accuracy"] <= 1.0

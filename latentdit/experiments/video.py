@@ -182,16 +182,25 @@ def set_attention(model, mode: str) -> None:
 
 
 def time_poly_exact(cfg: Config, stage, repeats: int, train_batch: int, sample_batch: int) -> dict:
-    """Seconds per training step and per sampling NFE at the model's L, poly against exact, interleaved."""
+    """Seconds per training step and per sampling NFE at the model's L, poly against exact, interleaved.
+
+    The timed training steps see whole clips (``train.window_frames = 0``): a run that trains on
+    windows first would otherwise time its first window step; ``train_tokens`` is the sequence
+    length the first block of the timed step received."""
     video = moving_mnist_from_config(cfg.data, n=train_batch, seed=cfg.eval.seed + 3)
     x0 = stage.encode_clips(video.render())
     data = TrainData(x0, video.labels, video.num_classes, first_stage=stage)
     tmp = tempfile.TemporaryDirectory()  # the trainers write nothing before fit()
-    trainers = {}
+    trainers, seen = {}, {}
     for mode in ("poly", "exact"):
-        c = Config.from_dict(apply_overrides(cfg.to_dict(), [f"model.attention={mode}", f"train.batch_size={train_batch}"]))
+        c = Config.from_dict(apply_overrides(cfg.to_dict(), [f"model.attention={mode}", f"train.batch_size={train_batch}",
+                                                             "train.window_frames=0", "train.window_steps=0"]))
         trainers[mode] = Trainer(c, Path(tmp.name) / mode, progress=False, data=data)
+        def record(_m, args, mode=mode) -> None:  # a pre-hook returning None leaves the inputs as they are
+            seen.setdefault(mode, int(args[0].shape[1]))
+        hook = trainers[mode].model.backbone.blocks[0].register_forward_pre_hook(record)
         trainers[mode].train_step()  # warm-up
+        hook.remove()
     train_times = interleaved_times({m: tr.train_step for m, tr in trainers.items()}, repeats, "train step")
     model = trainers["poly"].ema
     # one guided NFE: the conditional and the null-class rows of sample_batch clips in one call
@@ -209,7 +218,8 @@ def time_poly_exact(cfg: Config, stage, repeats: int, train_batch: int, sample_b
     nfe_times = interleaved_times({m: nfe(m) for m in ("poly", "exact")}, repeats, "sampling NFE")
     tmp.cleanup()
     mt, mn = medians(train_times), medians(nfe_times)
-    return {"tokens": model.reshape.num_tokens, "train_batch": train_batch, "sample_batch": sample_batch,
+    return {"tokens": model.reshape.num_tokens, "train_tokens": seen, "train_batch": train_batch,
+            "sample_batch": sample_batch,
             "threads": torch.get_num_threads(), "train_step_s": mt, "nfe_s": mn,
             "speedup_train": mt["exact"] / mt["poly"], "speedup_sample": mn["exact"] / mn["poly"],
             "train_times_s": train_times, "nfe_times_s": nfe_times}
@@ -240,6 +250,24 @@ def check_stage(run: Path, out: Path, prov: dict) -> int:
     return 0
 
 
+def time_only(run: Path, out: Path, args, prov: dict) -> int:
+    """``--time-only RUN``: :func:`time_poly_exact` with a trained run's configuration and first stage
+    (the timed networks are fresh: the timing does not depend on the trained weights)."""
+    cfg = Config.from_dict(json.loads((run / "config.json").read_text()))
+    stage = LatentDiTPipeline.from_pretrained(run).first_stage
+    rep = {"run": str(run), "timing": time_poly_exact(cfg, stage, max(1, args.time_repeats), args.time_batch,
+                                                      args.sample_batch)}
+    out.mkdir(parents=True, exist_ok=True)
+    prov = provenance_end(prov)
+    atomic_write_json(out / "timing.json", {**rep, "provenance": prov})
+    if args.summary is not None:  # part "video_timing": these keys replace those of the run's own timing
+        tm = rep["timing"]
+        write_summary(args.summary, "video_timing", {"video_poly_speedup_train": tm["speedup_train"],
+                                                     "video_poly_speedup_sample": tm["speedup_sample"]}, prov)
+    print(json.dumps(rep["timing"], indent=1), flush=True)
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m latentdit.experiments.video", description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, required=True, help="directory for the run, the samples and the JSON")
@@ -256,6 +284,8 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--json", type=Path, default=None, help="also write the headline keys here")
     ap.add_argument("--check-stage", type=Path, default=None, metavar="RUN",
                     help="only measure the first stage of the trained run RUN (its own config) into OUT/first_stage.json")
+    ap.add_argument("--time-only", type=Path, default=None, metavar="RUN",
+                    help="only time poly against exact with the trained run RUN's config into OUT/timing.json")
     ap.add_argument("--summary", type=Path, default=None,
                     help="merge the headline keys into this shared summary (part 'video'; other keys kept), "
                          "e.g. docs/efficient/summary.json")
@@ -268,6 +298,8 @@ def main(argv: list[str] | None = None) -> int:
     prov = provenance_start(["python", "-m", "latentdit.experiments.video", *argv])
     if args.check_stage is not None:
         return check_stage(args.check_stage, args.out, prov)
+    if args.time_only is not None:
+        return time_only(args.time_only, args.out, args, prov)
     cfg = video_config(args.config, args.variant, args.frames, args.overrides, args.smoke)
     run = args.out / "run"
     args.out.mkdir(parents=True, exist_ok=True)
