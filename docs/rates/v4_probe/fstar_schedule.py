@@ -28,6 +28,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[3]
 POINTS = ((4, 16), (16, 32))
+# the constant-LR change at the doubled budget in seed SE, from docs/rates/v3/rows.csv (the decision's threshold)
+V3_CONSTANT = {(4, 16): 5.0, (16, 32): 13.8}
 
 
 def _run(task: dict) -> dict:
@@ -37,8 +39,9 @@ def _run(task: dict) -> dict:
 
     torch.set_num_threads(1)
     r = run_task(task)
-    return {k: r.get(k) for k in ("d0", "width", "seed", "eps_hat", "eps_hat_2x", "steps_trained", "steps_trained_2x",
-                                  "lr_decays", "lr_decays_2x", "train_cpu_seconds")} | {"schedule": task.get("schedule", "constant")}
+    return ({k: task[k] for k in ("d0", "width", "seed")} | {"schedule": task.get("schedule", "constant")} |
+            {k: r.get(k) for k in ("eps_hat", "eps_hat_2x", "steps_trained", "steps_trained_2x", "lr_decays",
+                                   "lr_decays_2x", "train_cpu_seconds")})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,9 +67,12 @@ def main(argv: list[str] | None = None) -> int:
         e1, e2 = np.array([r["eps_hat"] for r in rs]), np.array([r["eps_hat_2x"] for r in rs])
         se = float(e1.std(ddof=1) / math.sqrt(len(e1)))
         points.append({"d0": d0, "width": w, "mean": float(e1.mean()), "mean_2x": float(e2.mean()), "se": se,
-                       "change_in_se": float(abs(e2.mean() - e1.mean()) / se)})
-    atomic_write_json(a.out, {"rows": rows, "points": points, "provenance": provenance_end(prov)})
-    print(json.dumps(points, indent=1))
+                       "change_in_se": float(abs(e2.mean() - e1.mean()) / se),
+                       "constant_lr_change_in_se_v3": V3_CONSTANT[(d0, w)]})
+    cosine = all(p["change_in_se"] < p["constant_lr_change_in_se_v3"] for p in points)
+    atomic_write_json(a.out, {"rows": rows, "points": points, "decision": "cosine" if cosine else "constant",
+                              "provenance": provenance_end(prov)})
+    print(json.dumps(points, indent=1), "decision:", "cosine" if cosine else "constant")
     return 0
 
 
