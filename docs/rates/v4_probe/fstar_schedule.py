@@ -11,7 +11,7 @@ Made before plan version 4 was fixed; run it on an idle machine.
 
 The decision, fixed before the probe ran: plan version 4 takes the cosine schedule for fstar if its
 change at the doubled budget, in seed standard errors, is below the constant LR's at both points
-(v3's rows: 5.0 SE at (4, 16), 13.8 SE at (16, 32)); otherwise it keeps v3's constant LR.
+(v3's rows: 4.997 SE at (4, 16), 13.749 SE at (16, 32)); otherwise it keeps v3's constant LR.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[3]
 POINTS = ((4, 16), (16, 32))
 # the constant-LR change at the doubled budget in seed SE, from docs/rates/v3/rows.csv (the decision's threshold)
-V3_CONSTANT = {(4, 16): 5.0, (16, 32): 13.8}
+V3_CONSTANT = {(4, 16): 4.997, (16, 32): 13.749}
 
 
 def _run(task: dict) -> dict:
@@ -39,7 +39,10 @@ def _run(task: dict) -> dict:
 
     torch.set_num_threads(1)
     r = run_task(task)
-    return ({k: task[k] for k in ("d0", "width", "seed")} | {"schedule": task.get("schedule", "constant")} |
+    ran = json.loads((Path(task["run_dir"]) / "config.json").read_text())["optim"]["schedule"]
+    if ran != task.get("schedule", "constant"):
+        raise SystemExit(f"the run trained with schedule {ran!r}, not the task's {task.get('schedule')!r}")
+    return ({k: task[k] for k in ("d0", "width", "seed")} | {"schedule": ran} |
             {k: r.get(k) for k in ("eps_hat", "eps_hat_2x", "steps_trained", "steps_trained_2x", "lr_decays",
                                    "lr_decays_2x", "train_cpu_seconds")})
 

@@ -31,6 +31,7 @@ class FstarSection:
     base_width: int = 16  # the d0 curve: width base_width sqrt(d0 / d0_values[0]), parameters ~ d0
     T0: float = 1e-3
     plateau_decays: int = 2
+    schedule: str = "constant"  # the LR after warmup: constant (reduce-on-plateau only) | cosine over the cap
     budget: Budget | None = None
     seeds: tuple[int, ...] | None = None
 
@@ -86,7 +87,8 @@ def paper_points(plan) -> list[dict]:
         for d0 in f.d0_values:
             for w in f.widths:
                 out.append({"section": "fstar", "D": f.D, "d0": d0, "n": 0, "T0": f.T0, "depth": f.depth, "width": w,
-                            "exact_encoder": True, "plateau_decays": f.plateau_decays})
+                            "exact_encoder": True, "plateau_decays": f.plateau_decays,
+                            **({"schedule": f.schedule} if f.schedule != "constant" else {})})
     e = plan.estimation
     if e is not None:
         for wt in e.weightings:
