@@ -366,8 +366,8 @@ def test_timing_section_compares_with_the_target_and_splits_by_section():
     rows = [{"section": "sample", "seconds": 30.0}, {"section": "sample", "seconds": 10.0},
             {"section": "t0", "seconds": 60.0}]
     assert section_costs(rows) == {"sample": {"tasks": 2, "task_seconds": 40.0}, "t0": {"tasks": 1, "task_seconds": 60.0}}
-    over = "\n".join(_timing_lines("full", {"wall_seconds": 7300.0, "wall_is_lower_bound": True}, rows))
-    assert "7300 s (a lower bound) against the `full` plan's target of 7200 s: over by 100 s" in over
+    over = "\n".join(_timing_lines("full", {"wall_seconds": 14500.0, "wall_is_lower_bound": True}, rows))
+    assert "14500 s (a lower bound) against the `full` plan's target of 14400 s: over by 100 s" in over
     assert "| sample | 2 | 40 | 40% | 20 |" in over and "| t0 | 1 | 60 | 60% | 60 |" in over
     within = "\n".join(_timing_lines("quick", {"wall_seconds": 400.0}, rows))
     assert "400 s against the `quick` plan's target of 900 s: within" in within

@@ -71,6 +71,48 @@ def test_sample_complexity_exponent_from_the_learned_rows():
     assert slow["p"] == pytest.approx(0.2, abs=1e-3) and slow["holds"] is False
 
 
+def test_headline_holds_only_on_converged_curves():
+    """Plan v4: one run at its step cap makes the learned curve's headline untestable (holds None),
+    and the D ratio and the d0 collapse name only the d0 whose curves all stopped before the cap."""
+    from latentdit.experiments.rates.headline import estimation_d0_collapse
+
+    rows = _learned(p=0.5)
+    capped = [dict(r) for r in rows]
+    capped[0]["stop_reason"] = "step cap"  # D = 32, d0 = 4, seed 0, smallest n
+    f = sample_complexity_exponent(capped)
+    assert f["holds"] is None and not f["convergence"]["converged"] and f["p"] == pytest.approx(0.5, abs=1e-3)
+    assert sample_complexity_exponent(rows)["convergence"]["converged"]
+    assert estimation_D_ratio(rows)["converged_d0"] == [4] and estimation_D_ratio(rows)["holds"] is True
+    assert estimation_D_ratio(_learned(1.3))["holds"] is False
+    r = estimation_D_ratio(capped)
+    assert r["converged_d0"] == [] and r["holds"] is None
+    two = rows + [{**r, "d0": 8, "n": 2 * r["n"], "score_integral": 2 * r["score_integral"]} for r in rows]
+    c = estimation_d0_collapse(two)
+    assert c["converged_d0"] == [4, 8] and c["holds"] is True  # d0 (0.05 + (n / d0)^-1/2) up to the seed factor
+    c = estimation_d0_collapse(capped + [{**r, "d0": 8, "n": 2 * r["n"], "score_integral": 2 * r["score_integral"]}
+                                         for r in rows])
+    assert c["converged_d0"] == [8] and c["holds"] is None
+
+
+def test_v4_grids_span_the_decades_their_verdicts_ask():
+    """The full plan's fstar d0 grid spans >= 1.5 decades in >= 4 points with its d0 curve inside the
+    capacity sweep; the ERM runs are at d0 = 4 only; the estimation cap is 8,000 steps."""
+    from latentdit.experiments.rates.plan import tasks
+    from latentdit.experiments.rates.verdicts import MIN_DECADES, MIN_POINTS
+
+    plan = plan_for("full")
+    f = plan.fstar
+    assert math.log10(max(f.d0_values) / min(f.d0_values)) >= MIN_DECADES and len(f.d0_values) >= MIN_POINTS
+    assert [f.d0_width(d) for d in (2, 4, 16, 64)] == [12, 16, 32, 64]
+    todo = tasks(plan)
+    for d0 in f.d0_values:
+        assert f.d0_width(d0) in {t["width"] for t in todo if t["section"] == "fstar" and t["d0"] == d0}
+    est = [t for t in todo if t["section"] == "estimation"]
+    assert {t["d0"] for t in est if t["stop"] == "erm"} == {4}
+    assert {t["d0"] for t in est if t["stop"] == "heldout"} == {2, 4, 8}
+    assert {t["budget"]["max_steps"] for t in est} == {8000}
+
+
 class _Fstar:
     """A plan section with the d0 curve width = 8 sqrt(d0 / 4)."""
 

@@ -96,6 +96,17 @@ def curve_converged(rows: list[dict], doubled: list[dict], x: Callable[[dict], f
             f"all {len(rows)} runs stopped before the step cap"}
 
 
+def doubled_twins(rs: list[dict]) -> list[dict]:
+    """Each fstar row's twice-the-budget value as a twin row (``eps_hat_2x``) for :func:`curve_converged`."""
+    return [{**r, "eps_hat": r["eps_hat_2x"]} for r in rs if r.get("eps_hat_2x") is not None]
+
+
+def _converged_D(rs: list[dict], D: int, d0: int) -> bool:
+    """Whether the held-out curve at (D, d0) of the learned rows ``rs`` passes :func:`curve_converged`."""
+    cur = [r for r in rs if (r["D"], r["d0"]) == (D, d0) and r["n"] > 0]
+    return bool(cur) and curve_converged(cur, [], lambda r: r["n"], lambda r: r["score_integral"])["converged"]
+
+
 def _boot_ratio(num: dict, den: dict, resamples: int = 400) -> tuple[float, list[float]]:
     seeds = sorted(set(num) & set(den))
     ratio = float(np.mean([num[s] for s in seeds]) / np.mean([den[s] for s in seeds]))
@@ -154,8 +165,11 @@ def estimation_D_ratio(rows: list[dict]) -> dict:
     if not out:
         return dict(ABSENT)
     parted = [p for p in out if not p["ci"][0] <= 1.0 <= p["ci"][1]]
+    conv = [d0 for d0 in sorted({p["d0"] for p in out}) if _converged_D(rs, lo, d0) and _converged_D(rs, hi, d0)]
+    tested = [p for p in out if p["d0"] in conv]
     return {"status": "measured", "D": [lo, hi], "points": out,
-            "parted_at": [[p["d0"], p["n"]] for p in parted]}
+            "parted_at": [[p["d0"], p["n"]] for p in parted], "converged_d0": conv,
+            "holds": None if not tested else not any(p in parted for p in tested)}
 
 
 def estimation_d0_collapse(rows: list[dict]) -> dict:
@@ -179,8 +193,11 @@ def estimation_d0_collapse(rows: list[dict]) -> dict:
                     out.append({"d0": [lo, hi], "n_over_d0": u, "ratio": ratio, "ci": ci})
     if not out:
         return dict(ABSENT)
-    return {"status": "measured", "D": D, "points": out,
-            "parted_at": [[p["d0"], p["n_over_d0"]] for p in out if not p["ci"][0] <= 1.0 <= p["ci"][1]]}
+    conv = [d0 for d0 in sorted(by) if _converged_D(rs, D, d0)]
+    parted = [p for p in out if not p["ci"][0] <= 1.0 <= p["ci"][1]]
+    tested = [p for p in out if all(d in conv for d in p["d0"])]
+    return {"status": "measured", "D": D, "points": out, "parted_at": [[p["d0"], p["n_over_d0"]] for p in parted],
+            "converged_d0": conv, "holds": None if not tested else not any(p in parted for p in tested)}
 
 
 def approximation_slope_d0(rows: list[dict], plan=None) -> dict:
@@ -190,9 +207,11 @@ def approximation_slope_d0(rows: list[dict], plan=None) -> dict:
     if not rs:
         return dict(ABSENT)
     fit = fit_slope([(r["seed"], r["d0"], eps_hat(r) * math.sqrt(r["d0"])) for r in rs])
-    v = verdict(fit, 0.5, bound="upper")
+    conv = curve_converged(rs, doubled_twins(rs), lambda r: r["d0"], eps_hat)
+    v = verdict(fit, 0.5, bound="upper", converged=conv["converged"])
     return {"status": "measured", "slope": fit["slope"], "ci": fit["ci"], "predicted": 0.5,
-            "verdict": v["verdict"], "holds": v["holds"], "reasons": v["reasons"], "dropped": fit["dropped"]}
+            "verdict": v["verdict"], "holds": v["holds"], "reasons": v["reasons"], "dropped": fit["dropped"],
+            "convergence": conv}
 
 
 def sample_complexity_exponent(rows: list[dict]) -> dict:
@@ -215,9 +234,11 @@ def sample_complexity_exponent(rows: list[dict]) -> dict:
     f = bootstrap_power_floor([(r["seed"], r["n"], r.get("score_integral")) for r in src])
     if not math.isfinite(f["p"]):
         return {**ABSENT, "source": source, "reason": f"{f['k']} distinct n, {f['n_seeds']} seeds"}
+    conv = curve_converged(src, [], lambda r: r["n"], lambda r: r.get("score_integral"))
+    ok = conv["converged"] and math.isfinite(f["p_ci"][1])  # plan v4: the convergence rule of the claims
     return {"status": "measured", "source": source, "p": f["p"], "p_ci": f["p_ci"], "a": f["a"], "b": f["b"],
-            "predicted_at_least": 1 / 3, "holds": None if not math.isfinite(f["p_ci"][1]) else f["p_ci"][1] >= 1 / 3,
-            "dropped": f["dropped"], "n_seeds": f["n_seeds"]}
+            "predicted_at_least": 1 / 3, "holds": f["p_ci"][1] >= 1 / 3 if ok else None,
+            "dropped": f["dropped"], "n_seeds": f["n_seeds"], "convergence": conv}
 
 
 def headline(rows: list[dict], plan=None) -> dict:

@@ -24,7 +24,8 @@ import math
 
 from latentdit.experiments.rates.entries import _curve, _entry, power_entry
 from latentdit.experiments.rates.fixed_law import fixed_law_entry
-from latentdit.experiments.rates.headline import curve_converged, eps_hat, fstar_curve, learned_rows, scale
+from latentdit.experiments.rates.headline import (curve_converged, doubled_twins, eps_hat, fstar_curve, learned_rows,
+                                                  scale)
 
 REFERENCES = {"erm_score_integral": "memoriser (closed-form ERM)", "kde_score_integral": "kernel density score",
               "em_score_integral": "EM-fitted mixture score"}
@@ -78,11 +79,6 @@ def _fixed(rows: list[dict], D: int, d0: int, out: dict) -> None:
         out[key] = e
 
 
-def _doubled(rs: list[dict]) -> list[dict]:
-    """Each row's twice-the-budget value as a twin row (``eps_hat_2x``) for :func:`curve_converged`."""
-    return [{**r, "eps_hat": r["eps_hat_2x"]} for r in rs if r.get("eps_hat_2x") is not None]
-
-
 def _fstar(rows: list[dict], plan, out: dict) -> None:
     base = [r for r in rows if r.get("section") == "fstar" and scale(r) == 1
             and r.get("eps_hat", r.get("score_uniform")) is not None]
@@ -94,7 +90,7 @@ def _fstar(rows: list[dict], plan, out: dict) -> None:
             "claim", "Approximation at growing capacity against d0 (regression on f*)", "Thm 3.1",
             "max_t sigma(t) ||s - grad log p_t|| = eps_hat sqrt(d0) grows at most like sqrt(d0)", "fstar", "d0",
             "eps_hat sqrt(d0)", tr, 0.5,
-            converged=curve_converged(grow, _doubled(grow), lambda r: r["d0"], eps_hat),
+            converged=curve_converged(grow, doubled_twins(grow), lambda r: r["d0"], eps_hat),
             reference={"F = 0 network": [[x, m] for x, m, _ in _curve(zero)]} if zero else {})
     for d0 in sorted({r["d0"] for r in base}):
         rs = [r for r in base if r["d0"] == d0]
@@ -103,7 +99,7 @@ def _fstar(rows: list[dict], plan, out: dict) -> None:
             "check", f"Regression on f*: eps_hat against capacity (d0 = {d0})", "Thm 3.1",
             "eps_hat does not grow with capacity", "fstar", "parameters", "eps_hat",
             [(r["seed"], r["params"], eps_hat(r)) for r in rs], 0.0,
-            converged=curve_converged(rs, _doubled(rs), lambda r: r["params"], eps_hat),
+            converged=curve_converged(rs, doubled_twins(rs), lambda r: r["params"], eps_hat),
             reference={"F = 0 network": [[x, m] for x, m, _ in _curve(zero)]} if zero else {})
         norms = sorted({k for r in rs for k in r if k.startswith("norm_")})
         e["columns"] = {k: [[x, m] for x, m, _ in _curve([(r["seed"], r["params"], r.get(k)) for r in rs])]

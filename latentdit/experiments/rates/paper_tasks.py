@@ -114,7 +114,7 @@ def run_fstar_task(task: dict) -> dict:
     law, d0, seed = build_law(task), task["d0"], task["seed"]
     base = task_config(task)
     base = replace(base, diffusion=replace(base.diffusion, weighting="sigma2"),
-                   optim=replace(base.optim, schedule="constant"),
+                   optim=replace(base.optim, schedule=task.get("schedule", "constant")),
                    train=replace(base.train, plateau_decays=task.get("plateau_decays", 0)))
     row: dict = {}
     for tag, mult in (("", 1), ("_2x", 2)):

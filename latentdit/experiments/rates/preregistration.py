@@ -9,7 +9,7 @@ and seeds come from :func:`latentdit.experiments.rates.plan.plan_for`, so that t
 
 A change after results were seen is a new :data:`PLAN_VERSION` with a line in :data:`CHANGES`.
 Every row of the store carries the version it ran under (``plan_version``) and the commit that last
-changed this module or the plan module (``plan_commit``, :func:`plan_commit`); the report names
+changed this module or the plan modules (``plan_commit``, :func:`plan_commit`); the report names
 both.
 
 ``latentdit rates --out docs/rates --write-plan`` writes the plan file.
@@ -23,7 +23,7 @@ from pathlib import Path
 
 from latentdit.experiments.rates.plan import PLAN_FIELDS, plan_for, section_seeds
 
-PLAN_VERSION = 3
+PLAN_VERSION = 4
 
 # (version, what changed, why); the report lists them
 CHANGES: tuple[tuple[int, str, str], ...] = (
@@ -45,6 +45,22 @@ CHANGES: tuple[tuple[int, str, str], ...] = (
      "problems with the estimation noise; a replicate of one fixed law, which separates the two, was asked for "
      "and v2 had none. No full run of v2 was made (docs/rates holds no v2 results); the only v2 results seen are "
      "the quick run's (docs/rates-quick), where every claim is untestable at its sizes."),
+    (4, "Section estimation: step cap 2,000 -> 8,000 (the same patience, threshold and two LR decays), the "
+        "in-class ERM run at d0 = 4 only. Section fstar: d0 grid {4, 16, 64} -> {2, 4, 16, 64}, the d0 curve's "
+        "width 16 sqrt(d0 / 4) rounded to a multiple of 4 (12 at d0 = 2, the others as in v3), added to the "
+        "capacity sweep of its d0. The headline keys apply the claims' convergence rule: "
+        "sample_complexity_exponent and approximation_slope_d0 hold or fail only on converged curves (else "
+        "untestable), estimation_D_ratio and estimation_d0_collapse say at which d0 every curve stopped before "
+        "the cap and whether the claim holds there. fstar keeps v3's constant learning rate: a probe of a cosine "
+        "rate (docs/rates/v4_probe) moved eps_hat by 5.8 and 24.7 seed SE at the doubled budget, against the "
+        "constant rate's 5.0 and 13.7. The plan's commit covers plan_paper.py, which holds the paper sections' "
+        "grids.",
+     "In the full run of v3 (docs/rates/v3) 115 of the 213 estimation runs reached the 2,000-step cap, 74 of "
+     "them after both LR decays, which made every learned-W_B curve untestable; the v3 d0 grid of fstar spans "
+     "1.20 decades, below the plan's own 1.5, so the d0 claim could not be tested at any budget; v3's "
+     "sample_complexity_exponent printed holds: true on a curve whose claim entry was untestable by the step "
+     "cap. The ERM runs at d0 = 2 and 8 pay for the larger cap within the 4 h. v3's grids of plan_paper.py "
+     "were fixed before its run, but its plan commit did not name that file."),
 )
 
 # the row fields that sections added in version 2 and later produce (documented here so that report code
@@ -125,7 +141,7 @@ ENTRIES: dict[str, Entry] = {
         "n^(-1/3) above a floor at each D, and the curves at D = 32 and D = 2048 coincide (the rate depends on d0, "
         "not D)",
         "learned W_B trained jointly, checkpoint chosen on a held-out split of the n points, and the plateau "
-        "ERM side by side", "n", "ratio of seed means D = 2048 / D = 32 at every n with a bootstrap "
+        "ERM side by side (at d0 = 4)", "n", "ratio of seed means D = 2048 / D = 32 at every n with a bootstrap "
         "interval (estimation_D_ratio); the collapse across d0: the ratio of score_integral / d0 at equal n / d0 "
         "(estimation_d0_collapse); per D: " + _POWER,
         "per D, holds unless the bootstrap interval of p lies below 1/3; the curves part where the ratio's interval "
@@ -207,9 +223,9 @@ def describe(key: str) -> Entry | None:
 
 
 def plan_files() -> list[Path]:
-    """The files whose last commit is the plan's commit: this module and the plan module."""
+    """The files whose last commit is the plan's commit: this module and the plan modules."""
     here = Path(__file__).resolve().parent
-    return [here / "preregistration.py", here / "plan.py"]
+    return [here / "preregistration.py", here / "plan.py", here / "plan_paper.py"]
 
 
 def plan_commit() -> str | None:
@@ -245,8 +261,8 @@ def plan_markdown() -> str:
     the ``full`` and ``quick`` modes."""
     L = [f"# Pre-registered plan of `latentdit rates`, version {PLAN_VERSION}", "",
          "Written by `latentdit rates --out docs/rates --write-plan` from "
-         "`latentdit/experiments/rates/preregistration.py` and `plan.py`; the report names the commit that "
-         "last changed those two files.", "", "## Changes", ""]
+         "`latentdit/experiments/rates/preregistration.py`, `plan.py` and `plan_paper.py`; the report names the "
+         "commit that last changed those files.", "", "## Changes", ""]
     L += [f"- **v{v}.** {what} *Why:* {why}" for v, what, why in CHANGES] + [""]
     for kind, title in (("claim", "Claims (can fail)"), ("check", "Checks (hold by construction)"),
                         ("diagnostic", "Diagnostics (describe training)")):

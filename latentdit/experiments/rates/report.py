@@ -219,6 +219,15 @@ def _plan_line(plan) -> str:
     return line
 
 
+def _conv_d0(v: dict) -> str:
+    """The d0 whose curves all stopped before the step cap, and whether the claim holds on them."""
+    if "converged_d0" not in v:
+        return ""
+    h = v.get("holds")
+    return (f"; converged curves at d0 = {v['converged_d0'] or 'none'}; "
+            f"holds: {'untestable' if h is None else 'yes' if h else 'no'}")
+
+
 def _headline_value(v) -> str:
     """A headline number in one line: a float, or a measured/absent dict of a version-2 key."""
     if not isinstance(v, dict):
@@ -231,8 +240,10 @@ def _headline_value(v) -> str:
         rl = v.get("random_law")
         other = (f"; random laws: p = {_fmt(rl['p'], 3)} [{_fmt(rl['p_ci'][0], 3)}, {_fmt(rl['p_ci'][1], 3)}] over "
                  f"{rl['n_seeds']} seeds" if rl else "")
+        conv = v.get("convergence") or {}
+        why = f", {conv.get('detail')}" if conv and not conv.get("converged") else ""
         return (f"p = {_fmt(v['p'], 3)} [{_fmt(v['p_ci'][0], 3)}, {_fmt(v['p_ci'][1], 3)}] ({v['source']}; "
-                f"holds: {'untestable' if v.get('holds') is None else 'yes' if v['holds'] else 'no'}){other}")
+                f"holds: {'untestable' if v.get('holds') is None else 'yes' if v['holds'] else 'no'}{why}){other}")
     if "points" in v and "sd_ratio" in v["points"][0]:
         return f"D = {v['D']}, d0 = {v['d0']}, law seed {v['law_seed']}: " + "; ".join(
             f"n = {p['n']}: SD {_fmt(p['random_sd'], 3)} ({p['random_seeds']} random laws) against "
@@ -241,11 +252,11 @@ def _headline_value(v) -> str:
     if "points" in v and "n_over_d0" in v["points"][0]:
         pts = "; ".join(f"d0 = {p['d0'][1]} / {p['d0'][0]} at n/d0 = {_fmt(p['n_over_d0'], 3)}: {_fmt(p['ratio'], 3)} "
                         f"[{_fmt(p['ci'][0], 3)}, {_fmt(p['ci'][1], 3)}]" for p in v["points"])
-        return f"D = {v['D']}: {pts}; curves part at {v['parted_at'] or 'no point'}"
+        return f"D = {v['D']}: {pts}; curves part at {v['parted_at'] or 'no point'}{_conv_d0(v)}"
     if "points" in v:
         pts = "; ".join(f"d0 = {p['d0']}, n = {p['n']}: {_fmt(p['ratio'], 3)} [{_fmt(p['ci'][0], 3)}, "
                         f"{_fmt(p['ci'][1], 3)}]" for p in v["points"])
-        return f"D = {v['D'][1]} over D = {v['D'][0]}: {pts}; curves part at {v['parted_at'] or 'no n'}"
+        return f"D = {v['D'][1]} over D = {v['D'][0]}: {pts}; curves part at {v['parted_at'] or 'no n'}{_conv_d0(v)}"
     return f"slope {_fmt(v.get('slope'), 3)}, 95% CI {_ci(v)}, verdict {v.get('verdict')}"
 
 
@@ -253,7 +264,7 @@ def _provenance_lines(meta: dict) -> list[str]:
     vs, cs = meta.get("plan_versions") or [], meta.get("plan_commits") or []
     L = [f"Plan version(s) of these rows: {', '.join(map(str, vs)) or '-'} (the code's plan is version "
          f"{PLAN_VERSION}); plan commit(s): {', '.join(f'`{c}`' for c in cs) or '- (not run from a git checkout)'}. "
-         "The plan is `docs/rates/plan.md` (`latentdit/experiments/rates/preregistration.py` and `plan.py`).", "",
+         "The plan is `docs/rates/plan.md` (`latentdit/experiments/rates/preregistration.py`, `plan.py`, `plan_paper.py`).", "",
          "Plan changes:", ""]
     return L + [f"- v{v}: {what} Why: {why}" for v, what, why in CHANGES] + [""]
 
