@@ -184,3 +184,15 @@ def test_frame_crops_hold_the_digit():
     assert ink.max() <= 1.0 + 1e-6 and ink.min() > 0.8, ink
     same, _ = _frame_data(video, 20, 0)  # the whole frames do not depend on the crop
     assert torch.equal(same.x, whole.x)
+
+
+@pytest.mark.parametrize("flag", ["--time-only", "--check-stage"])
+def test_video_tools_on_a_missing_run_give_one_line(tmp_path, flag):
+    """A run directory that is not one is a one-line error (exit 2), not a traceback."""
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, "-m", "latentdit.experiments.video", flag, str(tmp_path / "nope"),
+                        "--out", str(tmp_path / "o")], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip().count("\n") == 0 and r.stderr.startswith("error: ") and "no config.json" in r.stderr
+    assert not (tmp_path / "o").exists()

@@ -61,6 +61,7 @@ from latentdit.config import Config, apply_overrides, read_config_file
 from latentdit.data.real import load_data
 from latentdit.data.video import moving_mnist_from_config
 from latentdit.diffusion import DSMLoss, add_noise
+from latentdit.errors import CheckpointError, LatentDitError
 from latentdit.evaluation.video import frame_classes, identity_metrics, video_metrics
 from latentdit.experiments.efficient_report import write_summary
 from latentdit.export import read_training_record
@@ -236,10 +237,17 @@ def headline(rep: dict) -> dict:
             "video_poly_speedup_sample": tm.get("speedup_sample")}
 
 
+def _trained_run(run: Path):
+    """The configuration and first stage of a trained video run; a one-line error if RUN is not one."""
+    if not (run / "config.json").is_file():
+        raise CheckpointError(f"{str(run)!r} is not a trained run directory (no config.json); give the --out "
+                              "of a finished video run, or its run/ subdirectory")
+    return Config.from_dict(json.loads((run / "config.json").read_text())), LatentDiTPipeline.from_pretrained(run).first_stage
+
+
 def check_stage(run: Path, out: Path, prov: dict) -> int:
     """``--check-stage RUN``: :func:`first_stage_check` of a trained run, with its own configuration."""
-    cfg = Config.from_dict(json.loads((run / "config.json").read_text()))
-    stage = LatentDiTPipeline.from_pretrained(run).first_stage
+    cfg, stage = _trained_run(run)
     mnist = load_data("mnist", normalise="minmax", seed=0)
     clf, test_acc = train_classifier(mnist, epochs=8, seed=0)
     rep = {**first_stage_check(stage, cfg, clf, mnist.norm), "classifier_test_accuracy": test_acc,
@@ -253,8 +261,7 @@ def check_stage(run: Path, out: Path, prov: dict) -> int:
 def time_only(run: Path, out: Path, args, prov: dict) -> int:
     """``--time-only RUN``: :func:`time_poly_exact` with a trained run's configuration and first stage
     (the timed networks are fresh: the timing does not depend on the trained weights)."""
-    cfg = Config.from_dict(json.loads((run / "config.json").read_text()))
-    stage = LatentDiTPipeline.from_pretrained(run).first_stage
+    cfg, stage = _trained_run(run)
     rep = {"run": str(run), "timing": time_poly_exact(cfg, stage, max(1, args.time_repeats), args.time_batch,
                                                       args.sample_batch)}
     out.mkdir(parents=True, exist_ok=True)
@@ -333,5 +340,13 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _main_cli() -> int:
+    try:
+        return main()
+    except LatentDitError as e:  # bad input: one line, no traceback
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(_main_cli())
