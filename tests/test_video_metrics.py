@@ -97,13 +97,18 @@ def test_temporal_metrics_against_brute_force_orders_and_pairs():
     crop = torch.randn(N, F, 4, 4, generator=g, dtype=torch.float64)
     m = temporal_metrics(pred, crop)
     orders = list(itertools.permutations(range(F)))
-    shuffled = np.mean([[float((p[list(o)][1:] == p[list(o)][:-1]).double().mean()) for o in orders] for p in pred])
+    shuffled = [np.mean([float((p[list(o)][1:] == p[list(o)][:-1]).double().mean()) for o in orders]) for p in pred]
+    agree = [float((p[1:] == p[:-1]).double().mean()) for p in pred]
     a = crop.reshape(N, F, -1)
-    pair = np.mean([float((a[i, s] - a[i, t]).pow(2).sum()) for i in range(N) for s in range(F) for t in range(F) if s != t])
-    step = np.mean([float((a[i, t + 1] - a[i, t]).pow(2).sum()) for i in range(N) for t in range(F - 1)])
-    assert m["class_agreement_shuffled"] == pytest.approx(shuffled, rel=1e-12)
-    assert m["class_agreement"] == pytest.approx(float((pred[:, 1:] == pred[:, :-1]).double().mean()))
-    assert m["shape_step_ratio"] == pytest.approx(step / pair, rel=1e-12)
+    ratio = [np.mean([float((a[i, t + 1] - a[i, t]).pow(2).sum()) for t in range(F - 1)])
+             / np.mean([float((a[i, s] - a[i, t]).pow(2).sum()) for s in range(F) for t in range(F) if s != t])
+             for i in range(N)]
+    assert m["class_agreement_shuffled"] == pytest.approx(np.mean(shuffled), rel=1e-12)
+    assert m["class_agreement"] == pytest.approx(np.mean(agree), rel=1e-12)
+    excess = np.subtract(agree, shuffled)
+    assert m["class_agreement_excess"] == pytest.approx(excess.mean(), abs=1e-12)
+    assert m["class_agreement_excess_se"] == pytest.approx(excess.std(ddof=1) / np.sqrt(N), rel=1e-9)
+    assert m["shape_step_ratio"] == pytest.approx(np.mean(ratio), rel=1e-12)
 
 
 def test_temporal_metrics_of_a_kept_shape_and_of_alternating_classes():

@@ -148,22 +148,30 @@ def frame_features(clips: torch.Tensor, extractor, *, frames: int, seed: int, pr
 
 
 def temporal_metrics(pred: torch.Tensor, crop: torch.Tensor) -> dict:
-    """Temporal coherence of clips from the frames' classes ``pred`` (N, F) and crops (N, F, h, w).
+    """Temporal coherence of clips from the frames' classes ``pred`` (N, F) and crops (N, F, h, w),
+    as means over clips with their standard errors (``_se``; clips are the independent units).
 
-    ``class_agreement``: the fraction of consecutive frame pairs with one class;
-    ``class_agreement_shuffled``: its expectation over random orders of each clip's frames,
-    sum_k n_k (n_k - 1) / (F (F - 1)) for the class counts n_k of the clip (exact, no sampling);
+    ``class_agreement``: the fraction of a clip's consecutive frame pairs with one class;
+    ``class_agreement_shuffled``: its expectation over random orders of the clip's frames,
+    sum_k n_k (n_k - 1) / (F (F - 1)) for the clip's class counts n_k (exact, no sampling);
+    ``class_agreement_excess``: the first minus the second (0: no temporal structure in the classes);
     ``shape_step_ratio``: mean_t ||a_{t+1} - a_t||^2 over the mean over pairs s != t of
-    ||a_s - a_t||^2 = 2 F / (F - 1) mean_t ||a_t - abar||^2 (a_t: the crop of frame t)."""
+    ||a_s - a_t||^2 = 2 F / (F - 1) mean_t ||a_t - abar||^2 (a_t: the crop of frame t; 1: consecutive
+    frames no more alike than random ones; 0: the shape is kept; clips with constant crops count 0)."""
     N, F = pred.shape
     counts = torch.nn.functional.one_hot(pred.long()).sum(1).double()  # (N, classes)
+    agree = (pred[:, 1:] == pred[:, :-1]).double().mean(1)
     shuffled = (counts * (counts - 1)).sum(1) / (F * (F - 1))
     a = crop.reshape(N, F, -1).double()
-    step = (a[:, 1:] - a[:, :-1]).pow(2).sum(-1).mean()
-    pair = (2 * F / (F - 1)) * (a - a.mean(1, keepdim=True)).pow(2).sum(-1).mean()
-    return {"class_agreement": float((pred[:, 1:] == pred[:, :-1]).double().mean()),
-            "class_agreement_shuffled": float(shuffled.mean()),
-            "shape_step_ratio": float(step / pair) if pair > 0 else 0.0}
+    step = (a[:, 1:] - a[:, :-1]).pow(2).sum(-1).mean(1)
+    pair = (2 * F / (F - 1)) * (a - a.mean(1, keepdim=True)).pow(2).sum(-1).mean(1)
+    ratio = torch.where(pair > 0, step / pair.clamp_min(1e-300), torch.zeros_like(step))
+    out = {}
+    for k, v in (("class_agreement", agree), ("class_agreement_shuffled", shuffled),
+                 ("class_agreement_excess", agree - shuffled), ("shape_step_ratio", ratio)):
+        out[k] = float(v.mean())
+        out[k + "_se"] = float(v.std() / N ** 0.5) if N > 1 else 0.0
+    return out
 
 
 def clip_metrics(clips: torch.Tensor, labels: torch.Tensor, real_b: torch.Tensor, classifier, norm) -> dict:
