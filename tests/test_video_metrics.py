@@ -3,11 +3,12 @@
 import math
 
 import numpy as np
+import pytest
 import torch
 
 from latentdit.data.video import DIGIT, render, trajectories
 from latentdit.evaluation.video import (centroids, constant_velocity, crops, identity_metrics, motion_metrics,
-                                        speeds, w1_1d)
+                                        speeds, temporal_metrics, w1_1d)
 
 
 def _ring() -> np.ndarray:
@@ -84,3 +85,38 @@ def test_crops_recover_the_digit_and_identity_metrics():
     assert math.isclose(m["accuracy"], 5 / 9)
     assert math.isclose(m["identity_consistency"], 2 / 3)
     assert math.isclose(m["identity_consistency_labelled"], 1 / 3)
+
+
+def test_temporal_metrics_against_brute_force_orders_and_pairs():
+    """The shuffled agreement is the mean over all orders of each clip's frames, and the pair mean of
+    the shape ratio is the mean over all ordered pairs s != t (enumerated, not the closed forms)."""
+    import itertools
+    g = torch.Generator().manual_seed(3)
+    N, F = 3, 5
+    pred = torch.randint(0, 3, (N, F), generator=g)
+    crop = torch.randn(N, F, 4, 4, generator=g, dtype=torch.float64)
+    m = temporal_metrics(pred, crop)
+    orders = list(itertools.permutations(range(F)))
+    shuffled = [np.mean([float((p[list(o)][1:] == p[list(o)][:-1]).double().mean()) for o in orders]) for p in pred]
+    agree = [float((p[1:] == p[:-1]).double().mean()) for p in pred]
+    a = crop.reshape(N, F, -1)
+    ratio = [np.mean([float((a[i, t + 1] - a[i, t]).pow(2).sum()) for t in range(F - 1)])
+             / np.mean([float((a[i, s] - a[i, t]).pow(2).sum()) for s in range(F) for t in range(F) if s != t])
+             for i in range(N)]
+    assert m["class_agreement_shuffled"] == pytest.approx(np.mean(shuffled), rel=1e-12)
+    assert m["class_agreement"] == pytest.approx(np.mean(agree), rel=1e-12)
+    excess = np.subtract(agree, shuffled)
+    assert m["class_agreement_excess"] == pytest.approx(excess.mean(), abs=1e-12)
+    assert m["class_agreement_excess_se"] == pytest.approx(excess.std(ddof=1) / np.sqrt(N), rel=1e-9)
+    assert m["shape_step_ratio"] == pytest.approx(np.mean(ratio), rel=1e-12)
+
+
+def test_temporal_metrics_of_a_kept_shape_and_of_alternating_classes():
+    """A clip that keeps one shape and class: agreement 1 (= shuffled), ratio 0. Alternating classes
+    0, 1, 0, 1: agreement 0 against a shuffled 2 * 2 / 12 = 1/3; a smooth drift has ratio < 1."""
+    keep = temporal_metrics(torch.zeros(2, 6, dtype=torch.long), torch.ones(2, 6, 3, 3))
+    assert keep["class_agreement"] == keep["class_agreement_shuffled"] == 1.0 and keep["shape_step_ratio"] == 0.0
+    alt = temporal_metrics(torch.tensor([[0, 1, 0, 1]]), torch.arange(4.0).reshape(1, 4, 1, 1))
+    assert alt["class_agreement"] == 0.0 and alt["class_agreement_shuffled"] == pytest.approx(1 / 3)
+    # a linear drift a_t = t: steps 1, pairs mean |s - t|^2 over s != t = (6 + 16 + 18) / 12 at F = 4
+    assert alt["shape_step_ratio"] == pytest.approx(12 / 40)

@@ -6,6 +6,13 @@
   on the 28 x 28 digits) applied to a 28 x 28 crop around each frame's pixel-mass centroid; the
   fraction of frames assigned the conditioned class.
 - Identity consistency: the fraction of clips whose frames the classifier assigns to one class.
+  At F frames it needs a per-frame accuracy near 1: frames read independently with accuracy a keep
+  one class with probability about a^F.
+- Temporal coherence (:func:`temporal_metrics`, a diagnostic that does not need accurate frames):
+  how often consecutive frames get the same class, against the rate expected if the clip's frames
+  came in a random order (the same classes, no temporal structure); and the squared change of the
+  centred digit crop from one frame to the next over its mean between two random frames of the
+  clip (1: no more alike than random frames; 0: the shape is kept).
 - Motion, from each frame's centroid c_t of the pixel mass max(x - threshold, 0):
   the speeds |c_{t+1} - c_t| (pixels per frame), whose distribution is compared with the real
   clips' by the 1-D Wasserstein-1 distance W1 = int |F_gen(s) - F_real(s)| ds, reported relative to
@@ -140,14 +147,48 @@ def frame_features(clips: torch.Tensor, extractor, *, frames: int, seed: int, pr
     return torch.as_tensor(extractor.features(flat[pick], progress=progress))
 
 
+def temporal_metrics(pred: torch.Tensor, crop: torch.Tensor) -> dict:
+    """Temporal coherence of clips from the frames' classes ``pred`` (N, F) and crops (N, F, h, w),
+    as means over clips with their standard errors (``_se``; clips are the independent units).
+
+    ``class_agreement``: the fraction of a clip's consecutive frame pairs with one class;
+    ``class_agreement_shuffled``: its expectation over random orders of the clip's frames,
+    sum_k n_k (n_k - 1) / (F (F - 1)) for the clip's class counts n_k (exact, no sampling);
+    ``class_agreement_excess``: the first minus the second (0: no temporal structure in the classes);
+    ``shape_step_ratio``: mean_t ||a_{t+1} - a_t||^2 over the mean over pairs s != t of
+    ||a_s - a_t||^2 = 2 F / (F - 1) mean_t ||a_t - abar||^2 (a_t: the crop of frame t; 1: consecutive
+    frames no more alike than random ones; 0: the shape is kept; clips with constant crops count 0)."""
+    N, F = pred.shape
+    counts = torch.nn.functional.one_hot(pred.long()).sum(1).double()  # (N, classes)
+    agree = (pred[:, 1:] == pred[:, :-1]).double().mean(1)
+    shuffled = (counts * (counts - 1)).sum(1) / (F * (F - 1))
+    a = crop.reshape(N, F, -1).double()
+    step = (a[:, 1:] - a[:, :-1]).pow(2).sum(-1).mean(1)
+    pair = (2 * F / (F - 1)) * (a - a.mean(1, keepdim=True)).pow(2).sum(-1).mean(1)
+    ratio = torch.where(pair > 0, step / pair.clamp_min(1e-300), torch.zeros_like(step))
+    out = {}
+    for k, v in (("class_agreement", agree), ("class_agreement_shuffled", shuffled),
+                 ("class_agreement_excess", agree - shuffled), ("shape_step_ratio", ratio)):
+        out[k] = float(v.mean())
+        out[k + "_se"] = float(v.std() / N ** 0.5) if N > 1 else 0.0
+    return out
+
+
+def clip_metrics(clips: torch.Tensor, labels: torch.Tensor, real_b: torch.Tensor, classifier, norm) -> dict:
+    """Identity, temporal and motion metrics of ``clips`` against the real set ``real_b``."""
+    c = centroids(clips)
+    pred = frame_classes(classifier, norm, clips, c)
+    return {**identity_metrics(pred, labels), **temporal_metrics(pred, crops(clips, c)), **motion_metrics(clips, real_b)}
+
+
 def video_metrics(clips: torch.Tensor, labels: torch.Tensor, real: torch.Tensor, real_labels: torch.Tensor,
                   real_b: torch.Tensor, classifier, norm, *, fid_frames: int = 0, seed: int = 0,
                   device: str = "cpu", progress: bool = False) -> dict:
     """All metrics of generated ``clips`` (N, F, H, W) conditioned on ``labels``, against real clips
     ``real`` (with ``real_labels``); the floor: ``real`` measured the same way against a second real
     set ``real_b``. ``fid_frames`` > 0 adds the per-frame FID (and its real-vs-real floor)."""
-    gen = {**identity_metrics(frame_classes(classifier, norm, clips), labels), **motion_metrics(clips, real_b)}
-    floor = {**identity_metrics(frame_classes(classifier, norm, real), real_labels), **motion_metrics(real, real_b)}
+    gen = clip_metrics(clips, labels, real_b, classifier, norm)
+    floor = clip_metrics(real, real_labels, real_b, classifier, norm)
     if fid_frames > 0:  # per-frame FID against the second real set, whose features serve both
         ext = InceptionFeatures(device)
         ref = frame_features(real_b, ext, frames=fid_frames, seed=seed, progress=progress)
