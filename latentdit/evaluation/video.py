@@ -117,9 +117,12 @@ def crops(clips: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
 
 def frame_classes(classifier, norm, clips: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
     """Predicted classes (N, F) of every frame's centred crop; ``norm`` is the classifier data's normalisation."""
-    c = centroids(clips) if c is None else c
-    x = crops(clips.float(), c).reshape(-1, DIGIT * DIGIT)
-    return classify(classifier, norm.apply(x)).reshape(clips.shape[:2])
+    return classify_crops(classifier, norm, crops(clips.float(), centroids(clips) if c is None else c))
+
+
+def classify_crops(classifier, norm, crop: torch.Tensor) -> torch.Tensor:
+    """Predicted classes (N, F) of frame crops (N, F, 28, 28)."""
+    return classify(classifier, norm.apply(crop.reshape(-1, DIGIT * DIGIT))).reshape(crop.shape[:2])
 
 
 def identity_metrics(pred: torch.Tensor, labels: torch.Tensor) -> dict:
@@ -176,9 +179,9 @@ def temporal_metrics(pred: torch.Tensor, crop: torch.Tensor) -> dict:
 
 def clip_metrics(clips: torch.Tensor, labels: torch.Tensor, real_b: torch.Tensor, classifier, norm) -> dict:
     """Identity, temporal and motion metrics of ``clips`` against the real set ``real_b``."""
-    c = centroids(clips)
-    pred = frame_classes(classifier, norm, clips, c)
-    return {**identity_metrics(pred, labels), **temporal_metrics(pred, crops(clips, c)), **motion_metrics(clips, real_b)}
+    crop = crops(clips.float(), centroids(clips))  # cut once: classified and compared
+    pred = classify_crops(classifier, norm, crop)
+    return {**identity_metrics(pred, labels), **temporal_metrics(pred, crop), **motion_metrics(clips, real_b)}
 
 
 def video_metrics(clips: torch.Tensor, labels: torch.Tensor, real: torch.Tensor, real_labels: torch.Tensor,
