@@ -1,6 +1,6 @@
 """How large a step cap would bring the fstar runs of the rates plan to the plan's convergence rule?
 
-    python docs/rates/v5_probe/fstar_budget.py [--scale 4] [--workers 1] [--out docs/rates/v5_probe/fstar_budget.json]
+    python docs/rates/v5_probe/fstar_budget.py [--scale 4] [--workers 1] [--points 4:16 16:32] [--out ...json]
 
 The convergence rule of plan version 4 (section fstar, Thm 3.1): a point is converged when doubling
 the budget changes the seed mean of eps_hat by less than one seed standard error. In the full run
@@ -9,7 +9,8 @@ of v4 no fstar point met it at 3,000 steps (the change was 5.0 seed SE at (d0, w
 
 This probe runs the full plan's fstar tasks at the same two points, seeds 0-2, with the step cap and
 the plateau patience multiplied by ``--scale`` (default 4: 12,000 and 24,000 steps, patience 16
-checks; everything else as the plan), one thread per task. It writes per task eps_hat at the budget
+checks; everything else as the plan), one thread per task. ``--points`` runs a subset of the two
+(the reading then covers the points run). It writes per task eps_hat at the budget
 and at twice it, and per point the change in seed SE, beside v4's figure at scale 1.
 
 The reading, fixed before the probe ran:
@@ -78,12 +79,20 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--scale", type=int, default=4, help="multiplies the step cap and the patience (default 4)")
     ap.add_argument("--workers", type=int, default=1, help="tasks at a time, one thread each")
+    ap.add_argument("--points", nargs="+", default=[f"{d}:{w}" for d, w in POINTS], metavar="D0:WIDTH",
+                    help="the (d0, width) points to run, of " + " ".join(f"{d}:{w}" for d, w in POINTS))
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "rates" / "v5_probe" / "fstar_budget.json")
     a = ap.parse_args(argv)
     if a.scale < 2 or a.scale > 64:
         ap.error(f"--scale must be between 2 and 64, got {a.scale}")
+    try:
+        points = [tuple(int(v) for v in p.split(":")) for p in a.points]
+    except ValueError:
+        ap.error(f"--points takes D0:WIDTH pairs, got {a.points}")
+    if not set(points) <= set(POINTS):
+        ap.error(f"--points must be among {' '.join(f'{d}:{w}' for d, w in POINTS)}, got {a.points}")
     prov = provenance_start(["python", "docs/rates/v5_probe/fstar_budget.py", *(argv if argv is not None else sys.argv[1:])])
-    base = [t for t in tasks(plan_for("full")) if t["section"] == "fstar" and (t["d0"], t["width"]) in POINTS]
+    base = [t for t in tasks(plan_for("full")) if t["section"] == "fstar" and (t["d0"], t["width"]) in points]
     todo = []
     for t in base:
         b = t["budget"]
@@ -92,14 +101,14 @@ def main(argv: list[str] | None = None) -> int:
         todo = [{**t, "run_dir": str(run_dir_for(Path(tmp), t))} for t in todo]
         with ProcessPoolExecutor(a.workers) as ex:
             rows = list(ex.map(_run, todo))
-    points = [point_summary(rows, d0, w, a.scale) for d0, w in POINTS]
-    needed = [p["scale_needed"] for p in points]
+    summary = [point_summary(rows, d0, w, a.scale) for d0, w in POINTS if (d0, w) in points]
+    needed = [p["scale_needed"] for p in summary]
     cost = {"fstar_train_cpu_seconds_at_scale": V4_FSTAR_TRAIN_CPU_S * a.scale,
             "fstar_train_cpu_seconds_at_scale_needed": (V4_FSTAR_TRAIN_CPU_S * max(needed)
                                                         if all(n is not None for n in needed) else None)}
-    atomic_write_json(a.out, {"scale": a.scale, "rows": rows, "points": points, "cost": cost,
+    atomic_write_json(a.out, {"scale": a.scale, "rows": rows, "points": summary, "cost": cost,
                               "provenance": provenance_end(prov)})
-    print(json.dumps({"points": points, "cost": cost}, indent=1))
+    print(json.dumps({"points": summary, "cost": cost}, indent=1))
     return 0
 
 
