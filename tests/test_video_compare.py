@@ -13,7 +13,7 @@ _spec.loader.exec_module(vc)
 def _run(**kw):
     base = {"identity_consistency": 0.0, "speed_w1_rel": 0.3, "class_agreement_excess": 0.0,
             "class_agreement_excess_se": 0.01, "shape_step_ratio": 1.0, "shape_step_ratio_se": 0.01,
-            "loss_trained": 0.55}
+            "loss_trained": 0.55, "accuracy": 0.5}
     return {**base, **kw}
 
 

@@ -11,7 +11,8 @@ reading:
 - temporal figures (class agreement excess, shape step ratio): a difference counts when it exceeds
   twice the standard error of the difference (the two runs' clip standard errors in quadrature) and
   0.05 in absolute value;
-- the held-out DSM loss of the learning check, beside them (one seed per run: no interval).
+- the per-frame accuracy and the held-out DSM loss of the learning check, beside them (one seed per
+  run: no interval, no rule).
 The sign convention: ``diff = first - second``; ``better`` says which run the difference favours
 (lower speed W1, excess further above 0, shape ratio lower, loss lower are better).
 """
@@ -81,8 +82,9 @@ def compare(a: dict, b: dict) -> dict:
             continue
         d, se = a[k] - b[k], math.hypot(a[k + "_se"], b[k + "_se"])
         out[k] = {"diff": d, "se": se, "counts": abs(d) > 2 * se and abs(d) > 0.05, "better": _better(k, d)}
-    d = a["loss_trained"] - b["loss_trained"]
-    out["loss_trained"] = {"diff": d, "better": _better("loss_trained", d)}
+    for k in ("accuracy", "loss_trained"):  # reported beside the readings, no rule of the plan
+        d = a[k] - b[k]
+        out[k] = {"diff": d, "better": _better(k, d)}
     return out
 
 
