@@ -84,3 +84,13 @@ def test_demo_command_compares_ours_and_peers_at_each_budget(tmp_path):
     assert {r["kind"] for r in rows} >= {"latentdit"} and all(r["nfe"] == 4 for r in rows)
     assert all(0 <= r["classifier_accuracy"] <= 1 and r["classifier_fd"] >= 0 for r in d["rows"])
     assert d["best"]["latentdit_4"] is not None and "every model call counts" in d["nfe_convention"]
+
+
+def test_the_demo_peers_are_names_the_adapters_make():
+    """The NFE demo filters its peers by name: a misspelt name would drop a peer silently."""
+    from latentdit.bench.sampler_demo import PEERS
+
+    runs, libs = all_peers(T0, T)
+    if any(v.startswith("absent") for v in libs.values()):
+        pytest.skip(f"a peer library is absent: {libs}")
+    assert set(PEERS) <= set(runs), set(PEERS) - set(runs)

@@ -37,8 +37,11 @@ from latentdit.sampling.fit import fit_grid
 DEMO_NFE = (5, 10, 20)
 REFERENCE_STEPS = 30
 OURS = (("unipc", "logsnr"), ("ipndm", "karras"), ("unipc", "fitted"), ("ipndm", "fitted"))
-PEERS = ("k-diffusion dpmpp_2m karras", "diffusers DPMSolverMultistep order 2 karras",
-         "diffusers UniPCMultistep bh2 order 2 karras")  # the best peers on the exact-score problem
+# The peers: the usual default (DPM-Solver++(2M) on Karras sigmas; diffusers' order-2 DPMSolverMultistep
+# gives the same numbers) and the three best at 5 and 10 NFE on the exact-score problem
+# (docs/bench/sampler_core.json, low_nfe.peer_rows: all on exponential sigmas).
+PEERS = ("k-diffusion dpmpp_2m karras", "diffusers DPMSolverMultistep order 2 exponential",
+         "diffusers UniPCMultistep bh2 order 2 exponential", "diffusers UniPCMultistep bh2 order 3 exponential")
 WARMUP = 256
 
 
