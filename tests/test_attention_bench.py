@@ -45,6 +45,14 @@ def test_dit_bench_sampling_run_follows_exact_attention(tmp_path):
     first = r["lengths"][0]
     assert first["matmul_probe_gflops"] > 0 and first["poly_attention_gflop_fwd"] > 0
     assert r["poly_over_relu_linear_forward_32"] > 0 and r["provenance"]["cpu"]["vector_isa"] is not None
+    # the attention-free copy: timed beside the others, and the floor adds the poly FLOPs at the probe's rate
+    last = r["lengths"][-1]
+    assert last["median_s"]["none_fwd"] > 0 and last["median_s"]["none_train"] > 0
+    assert last["poly_floor_fwd_s"] == pytest.approx(
+        last["median_s"]["none_fwd"] + last["poly_attention_gflop_fwd"] / last["matmul_probe_gflops"])
+    assert r["speedup_forward_bound_at_probe_32"] == pytest.approx(
+        last["median_s"]["exact_fwd"] / last["poly_floor_fwd_s"])
+    assert 0 < first["attention_share"] < 10 and r["speedup_train_no_attention_32"] > 0
     out2 = tmp_path / "dit2.json"
     assert dit_main(["--quick", "--lengths", "16", "32", "--repeats", "1", "--no-sampling", "--no-memory",
                      "--threads", "1", "--out", str(out2)]) == 0

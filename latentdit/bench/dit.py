@@ -5,11 +5,13 @@
 One network (the DiT block in the paper's regime: hidden 128, depth 4, 4 heads with query/key
 size 4 and value size 32, QK-norm with tau_max = 1.7, so |logit| <= 2.89 by construction; 1-D
 tokens of size 4, D = d0 = 4 L with the identity encoder, batch 4) is built once per length and
-copied three times with identical weights; the copies differ only in ``model.attention``:
+copied four times with identical weights; the copies differ only in ``model.attention``:
 
 - ``exact``: torch SDPA;
 - ``poly``: the polynomial method with the degree certified for eps = 1e-3 from the QK-norm bound;
-- ``relu_linear``: ReLU linear attention, the efficient-DiT baseline (a different operator).
+- ``relu_linear``: ReLU linear attention, the efficient-DiT baseline (a different operator);
+- ``none``: no attention (every token on its own): the rest of the network, which every attention
+  shares, so ``speedup_*_no_attention`` (exact over none) bounds any attention's speed-up.
 
 The zero-initialised layers of DiT (adaLN, output) are given small random weights and every
 temperature is set near tau_max, so that attention shapes the output as in a trained network and
@@ -19,9 +21,8 @@ train exact, ...), ``--repeats`` times after one warm-up, medians reported:
 - forward: one no-grad score evaluation (one NFE) in eval mode;
 - train: zero_grad, the DSM loss of eq. (2.3) (EDM weighting), backward, AdamW step;
 - rel_error_forward: ||f_T poly - f_T exact|| / ||f_T exact|| of the backbone outputs with
-  identical weights (before any training step); ``attention_share`` = ||f_T exact - f_T without
-  attention|| / ||f_T exact|| (every attention branch zeroed) says how much of that output the
-  attention carries;
+  identical weights (before any training step); ``attention_share`` = ||f_T exact - f_T none|| /
+  ||f_T exact|| says how much of that output the attention carries;
 - peak memory (unless ``--no-memory``): extra peak RSS of one operation in a fresh subprocess
   (see :mod:`latentdit.bench.model`).
 
@@ -38,14 +39,15 @@ over all lengths.
 
 Per length, a square fp32 matmul probe right after the timed repeats gives
 ``fraction_of_matmul_probe_{fwd,train}``: the poly attention GEMM FLOPs over the poly time less the
-ReLU linear time (:func:`probe_fraction`). One full sampling run (dpm2m, ``--sampling-nfe`` = 20
+ReLU linear time, and ``speedup_*_bound_at_probe``: exact over (none + those FLOPs at the probe's
+rate), the most poly attention could give on this machine with its GEMMs at the probe's rate and
+everything else free (:func:`probe_fraction`). One full sampling run (dpm2m, ``--sampling-nfe`` = 20
 network evaluations, batch 4) at ``--sampling-length`` (default 16384) with exact and with poly
 attention from the same noise records the wall time of each and the samples' relative difference
 (``sampling``; ``--no-sampling`` skips it).
 """
 
 from __future__ import annotations
-
 
 import copy
 import gc
@@ -73,7 +75,7 @@ from latentdit.diffusion import DSMLoss
 from latentdit.sampling import CountingCalls, sample
 from latentdit.io import atomic_write_json, save_figure
 
-MODES = ("exact", "poly", "relu_linear")
+MODES = ("exact", "poly", "relu_linear", "none")
 FULL = dict(hidden=128, depth=4, heads=4, qk_dim=4, tau_max=1.7, token=4, batch=4, eps=1e-3,
             lengths=[1024, 4096, 16384])
 LONG_LENGTH = 65536  # added by --long (exact extrapolated unless --exact-max-len covers it)
@@ -183,13 +185,7 @@ def bench_length(c: dict, L: int, repeats: int, exact: bool, memory: bool, exact
         e = ref["exact"]
         out["rel_error_forward"] = float((ref["poly"] - e).norm() / e.norm())
         out["rel_error_forward_relu_linear"] = float((ref["relu_linear"] - e).norm() / e.norm())
-        bare = copy.deepcopy(base)
-        with torch.no_grad():
-            for blk in bare.backbone.blocks:
-                blk.proj.weight.zero_()
-                blk.proj.bias.zero_()
-        out["attention_share"] = float((make_ops(bare, c, L)["backbone"]() - e).norm() / e.norm())
-        del bare
+        out["attention_share"] = float((ref["none"] - e).norm() / e.norm())
     print(f"[L={L}] reference forwards {time.perf_counter() - t0:.1f} s; planned {plan['planned']}"
           + (f"; poly vs exact rel error {out['rel_error_forward']:.2e} (attention share "
              f"{out['attention_share']:.2f})" if exact else ""), flush=True)
@@ -220,7 +216,8 @@ def probe_fraction(c: dict, L: int, med: dict, degree: int, repeats: int) -> dic
     """The matmul probe of this run (square fp32 mm, right after the timed repeats) and the fraction of it
     that poly attention reaches: its GEMM FLOPs (:mod:`latentdit.attention.cost`, all layers) over its
     time, estimated as the poly time less the ReLU linear time (the rest of the network is shared and
-    ReLU linear attention costs O(L m v))."""
+    ReLU linear attention costs O(L m v)); ``poly_floor_{op}_s`` = the attention-free time plus those
+    FLOPs at the probe's rate."""
     n, mv = c["batch"] * c["heads"], c["hidden"] // c["heads"]
     fwd = c["depth"] * forward_flops(n, L, L, c["qk_dim"], mv, degree)
     train = fwd + c["depth"] * backward_flops(n, L, L, c["qk_dim"], mv, degree)
@@ -230,6 +227,7 @@ def probe_fraction(c: dict, L: int, med: dict, degree: int, repeats: int) -> dic
     for op, flops in (("fwd", fwd), ("train", train)):
         extra = med[f"poly_{op}"] - med[f"relu_linear_{op}"]
         rec[f"fraction_of_matmul_probe_{op}"] = flops / extra / probe if extra > 0 else None
+        rec[f"poly_floor_{op}_s"] = med[f"none_{op}"] + flops / probe
     return rec
 
 
@@ -292,6 +290,9 @@ def summarise(rows: list[dict], exact_max: int) -> dict:
         r["speedup_train"] = exact_t(r, "train") / r["median_s"]["poly_train"]
         r["speedup_forward_relu_linear"] = exact_t(r, "fwd") / r["median_s"]["relu_linear_fwd"]
         r["speedup_train_relu_linear"] = exact_t(r, "train") / r["median_s"]["relu_linear_train"]
+        for op, name in (("fwd", "forward"), ("train", "train")):
+            r[f"speedup_{name}_no_attention"] = exact_t(r, op) / r["median_s"][f"none_{op}"]
+            r[f"speedup_{name}_bound_at_probe"] = exact_t(r, op) / r[f"poly_floor_{op}_s"]
     Ls = sorted(by_L)
     rep = {"exponent_poly_train": fit_exponent(Ls, [by_L[L]["median_s"]["poly_train"] for L in Ls]),
            "exponent_poly_forward": fit_exponent(Ls, [by_L[L]["median_s"]["poly_fwd"] for L in Ls])}
@@ -304,6 +305,9 @@ def summarise(rows: list[dict], exact_max: int) -> dict:
     rep[f"fraction_of_matmul_probe_fwd_{head}"] = by_L[head].get("fraction_of_matmul_probe_fwd")
     rep[f"fraction_of_matmul_probe_train_{head}"] = by_L[head].get("fraction_of_matmul_probe_train")
     rep[f"poly_over_relu_linear_forward_{head}"] = by_L[head]["median_s"]["poly_fwd"] / by_L[head]["median_s"]["relu_linear_fwd"]
+    for k in ("speedup_forward_no_attention", "speedup_train_no_attention", "speedup_forward_bound_at_probe",
+              "speedup_train_bound_at_probe"):
+        rep[f"{k}_{head}"] = by_L[head][k]
     if "rel_error_forward" in by_L[head]:
         rep[f"rel_error_forward_{head}"] = by_L[head]["rel_error_forward"]
     rep["headline_length"] = head
@@ -324,7 +328,7 @@ def plot(rows: list[dict], path: Path) -> None:
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, op in zip(axes, ("fwd", "train")):
-        for m, col in zip(MODES, ("C3", "C0", "C2")):
+        for m, col in zip(MODES, ("C3", "C0", "C2", "C7")):
             pts = [(r["L"], r["median_s"][f"{m}_{op}"]) for r in rows if f"{m}_{op}" in r["median_s"]]
             ax.loglog(*zip(*pts), "o-", color=col, label=m)
             ext = [(r["L"], r["exact_extrapolated_s"][f"exact_{op}"]) for r in rows if "exact_extrapolated_s" in r]
