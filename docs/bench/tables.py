@@ -91,7 +91,8 @@ def _slope(pts: list[tuple[float, float]]) -> float:
 
 def dit(path: Path) -> list[str]:
     d = load(path)
-    modes = ("exact", "poly", "relu_linear")
+    modes = [m for m in ("exact", "poly", "relu_linear", "none")
+             if any(k.startswith(m + "_") for r in d["lengths"] for k in r["median_s"])]  # older records lack none
     out = header("L", *(f"{m} fwd" for m in modes), *(f"{m} train step" for m in modes), "poly speed-up fwd / train")
     for r in d["lengths"]:
         med, ext = r["median_s"], r.get("extrapolated", False)
