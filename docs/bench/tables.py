@@ -181,12 +181,29 @@ def ablation(path: Path) -> list[str]:
     return out
 
 
+def sampler_demo(path: Path) -> list[str]:
+    """The trained model at a handful of NFE (``latentdit bench sampler --export``): one row per sampler
+    and budget, the reference (the export's sampler at 30 steps) first; the best of each kind in bold."""
+    d = load(path)
+    key = d["ranked_by"]
+    out = header("NFE", "kind", "sampler", "grid", "FID" if key == "fid" else "clf FD", "clf FD", "accuracy")
+    for r in sorted(d["rows"], key=lambda r: (r["kind"] != "reference", r["nfe"], r["kind"], r[key])):
+        b = "**" if any(r == x for x in d["best"].values()) else ""
+        out.append(row(r["nfe"], r["kind"], r["sampler"], r.get("grid", "own"), f"{b}{g(r[key], 4)}{b}",
+                       g(r["classifier_fd"], 3), g(r.get("classifier_accuracy"), 3)))
+    gaps = {k: v for k, v in d["best"].items() if k.startswith("gap")}
+    out += ["", "Gap of the best latentdit row to the reference: "
+            + ", ".join(f"{k.split('_')[-1]} NFE {g(v, 3)}" for k, v in gaps.items())]
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("kind", choices=["attention", "dit", "efficient", "ablation"])
+    ap.add_argument("kind", choices=["attention", "dit", "efficient", "ablation", "sampler_demo"])
     ap.add_argument("path", type=Path)
     a = ap.parse_args()
-    print("\n".join({"attention": attention, "dit": dit, "efficient": efficient, "ablation": ablation}[a.kind](a.path)))
+    kinds = {"attention": attention, "dit": dit, "efficient": efficient, "ablation": ablation, "sampler_demo": sampler_demo}
+    print("\n".join(kinds[a.kind](a.path)))
 
 
 if __name__ == "__main__":
