@@ -123,6 +123,10 @@ CASES = {
     "train steps 0": (lambda d: train_args("train.steps=0"), r"train\.steps=0 must be > 0"),
     "sample steps 0": (lambda d: ["sample", "--run", "run", "--steps", "0", "--out", "x.npy"], r"--steps 0 must be > 0"),
     "evaluate steps -1": (lambda d: ["evaluate", "--run", "run", "--steps", "-1", "--out", "m.json"], r"must be > 0"),
+    "sampler demo num -5": (lambda d: ["bench", "sampler", "--export", "run", "--demo-num", "-5", "--out", "s.json"],
+                            r"the demo needs 2 <= --demo-num <= 100000 .*got -5"),
+    "sampler demo nfe 10^6": (lambda d: ["bench", "sampler", "--export", "run", "--demo-nfe", "1000000", "--out", "s.json"],
+                              r"every --demo-nfe in \[2, 1000\]"),
     # names
     "unknown sampler (config)": (lambda d: train_args("sample.sampler=dpm2"), r"sample\.sampler='dpm2' is not one of .*did you mean 'dpm2m'"),
     "unknown sampler (sample)": (lambda d: ["sample", "--run", "run", "--sampler", "eular", "--out", "x.npy"], r"--sampler 'eular' is not one of \['em'"),

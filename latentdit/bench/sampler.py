@@ -175,6 +175,9 @@ def plot(results: dict, path: Path) -> None:
     save_figure(fig, path, dpi=120)
 
 
+DEMO_MAX_NUM = 100_000  # samples per row: each row holds them and their Inception features in memory
+
+
 def _parser() -> argparse.ArgumentParser:
     ap = bench_parser("sampler", __doc__, quick_help="100 samples, one NFE budget, em with 20 steps (a smoke test)")
     ap.add_argument("--run", type=Path, default=None, help="a run directory trained on a gmm config")
@@ -227,6 +230,10 @@ def _report(results: dict, core: dict | None, w2_ref: float, p: dict, t_start: f
 
 def main(argv: list[str] | None = None) -> int:
     args, argv = parse_bench_args(_parser(), argv)
+    if args.export is not None and not (2 <= args.demo_num <= DEMO_MAX_NUM and all(2 <= n <= 1000 for n in args.demo_nfe)):
+        print(f"error: the demo needs 2 <= --demo-num <= {DEMO_MAX_NUM} and every --demo-nfe in [2, 1000] "
+              f"(got {args.demo_num} and {args.demo_nfe})", file=sys.stderr)
+        return 2
     prov = provenance_start(["latentdit", "bench", "sampler", *argv])
     if args.export is not None:
         rep = demo_comparison(args.export, num=args.demo_num, nfes=tuple(args.demo_nfe), fid=not args.no_fid)
