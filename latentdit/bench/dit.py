@@ -215,9 +215,9 @@ def bench_length(c: dict, L: int, repeats: int, exact: bool, memory: bool, exact
 def probe_fraction(c: dict, L: int, med: dict, degree: int, repeats: int) -> dict:
     """The matmul probe of this run (square fp32 mm, right after the timed repeats) and the fraction of it
     that poly attention reaches: its GEMM FLOPs (:mod:`latentdit.attention.cost`, all layers) over its
-    time, estimated as the poly time less the ReLU linear time (the rest of the network is shared and
-    ReLU linear attention costs O(L m v)); ``poly_floor_{op}_s`` = the attention-free time plus those
-    FLOPs at the probe's rate."""
+    time, estimated as the poly time less the ReLU linear time (kept for comparison with older records:
+    ReLU linear attention is not free, so this overstates the fraction; ``none`` gives the shared
+    part itself); ``poly_floor_{op}_s`` = the attention-free time plus those FLOPs at the probe's rate."""
     n, mv = c["batch"] * c["heads"], c["hidden"] // c["heads"]
     fwd = c["depth"] * forward_flops(n, L, L, c["qk_dim"], mv, degree)
     train = fwd + c["depth"] * backward_flops(n, L, L, c["qk_dim"], mv, degree)
