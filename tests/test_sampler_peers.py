@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from latentdit.bench.sampler_demo import PEERS
 from latentdit.bench.sampler_peers import _k_model, all_peers, diffusers_betas, run_peer, t_of_ve_sigma, ve_sigma
 from latentdit.diffusion import OU
 
@@ -84,12 +85,12 @@ def test_demo_command_compares_ours_and_peers_at_each_budget(tmp_path):
     assert {r["kind"] for r in rows} >= {"latentdit"} and all(r["nfe"] == 4 for r in rows)
     assert all(0 <= r["classifier_accuracy"] <= 1 and r["classifier_fd"] >= 0 for r in d["rows"])
     assert d["best"]["latentdit_4"] is not None and "every model call counts" in d["nfe_convention"]
+    peer_rows = {r["sampler"] for r in rows if r["kind"] == "peer"}  # a listed peer either ran or is named as not run
+    assert peer_rows.isdisjoint(d["peers_not_run"]) and peer_rows | set(d["peers_not_run"]) == set(PEERS)
 
 
 def test_the_demo_peers_are_names_the_adapters_make():
-    """The NFE demo filters its peers by name: a misspelt name would drop a peer silently."""
-    from latentdit.bench.sampler_demo import PEERS
-
+    """With both libraries loaded every listed peer runs (a misspelt name would only show in ``peers_not_run``)."""
     runs, libs = all_peers(T0, T)
     if any(v.startswith("absent") for v in libs.values()):
         pytest.skip(f"a peer library is absent: {libs}")

@@ -113,7 +113,8 @@ def demo_comparison(export: Path, *, num: int = 2000, nfes: tuple[int, ...] = DE
             add({"kind": "peer", "sampler": peer, "nfe": calls}, x)
     key = "fid" if fid else "classifier_fd"
     return {"export": str(export), "num": num, "guidance": guidance, "nfe_convention": NFE_CONVENTION,
-            "peers": libs, "classifier_test_accuracy": score.clf_test_accuracy, "rows": rows, "ranked_by": key,
+            "peers": libs, "peers_not_run": [p for p in PEERS if p not in peers],
+            "classifier_test_accuracy": score.clf_test_accuracy, "rows": rows, "ranked_by": key,
             "best": _best(rows, nfes, key)}
 
 
