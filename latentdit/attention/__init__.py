@@ -123,13 +123,16 @@ def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, mode: str = "exact",
               scale: float | None = None, eps: float = 1e-3,
               logit_bound: float | None = None, kind: str = "chebyshev",
-              max_degree: int = MAX_DEGREE) -> torch.Tensor:
+              max_degree: int = MAX_DEGREE, qk_sphere: bool = False) -> torch.Tensor:
     """softmax(scale * q k^T) v with the method chosen by ``mode``.
 
     ``logit_bound``: a bound on |scale <q, k>| known by construction (e.g. QK-norm with temperature
     tau gives tau**2); the degree is then chosen without inspecting q, k (no host synchronisation,
     and keys are not centred). ``kind``: "chebyshev" (relative minimax, the default) or "taylor"
-    (even degree). Works under autograd and on any device.
+    (even degree). Works under autograd and on any device. ``qk_sphere``: the caller normalises q and
+    k per row (QK-norm); the polynomial method then checks for one norm per head and uses the
+    reduced features of :mod:`latentdit.attention.sphere` (the same polynomial, fewer features; one
+    host synchronisation).
 
     ``mode="relu_linear"`` runs a different operator, ReLU linear attention
     (:mod:`latentdit.attention.linear`, the efficient-DiT baseline): ``scale``, ``eps`` and the
@@ -167,4 +170,4 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, mode: str = 
         return sdpa(q, k, v, scale)
     poly = choose_exp_poly(cert.R_used, float(eps), kind, max_degree)
     _record("poly", cert)
-    return poly_attention(q, k, v, poly, scale=s, center=cert.centered, norms=cert.norms)
+    return poly_attention(q, k, v, poly, scale=s, center=cert.centered, norms=cert.norms, sphere=qk_sphere)

@@ -33,6 +33,7 @@ from latentdit.attention.features import FeatureBuilder, Plan, contract_rows, de
 from latentdit.attention.polynomials import ExpPoly
 from latentdit.attention.backward import poly_backward
 from latentdit.attention.products import ValueCols, key_products, peeled, query_products
+from latentdit.attention.sphere import common_radius, expand_cols, reduce_cols, reduction_matrix, sphere_plan
 
 FEATURE_BUDGET_CPU = 1 << 20   # elements of the largest per-chunk temporary (4 MiB in fp32)
 FEATURE_BUDGET_CUDA = 1 << 25
@@ -90,34 +91,42 @@ def _key_side_sum(feats: FeatureBuilder, xT: torch.Tensor, AT: torch.Tensor, ste
 class PolyAttentionFunction(torch.autograd.Function):
     """out = D^{-1} P(Xq Xk^T) V with P given by its monomial coefficients and a factorisation plan.
 
-    xq (n, Lq, m), xk (n, Lk, m), v (n, Lk, mv); the logits are R <xq_i, xk_j> with |<., .>| <= 1.
+    xq (n, Lq, m), xk (n, Lk, m), v (n, Lk, mv) or (B1, B2, Lk, mv) with n = B1 B2 in any strides
+    (then out is (B1, B2, Lq, mv), stored heads-last: :func:`latentdit.attention.products.rows_out`);
+    the logits are R <xq_i, xk_j> with |<., .>| <= 1.
     Padded key rows have V-hat = 0 (no contribution); padded query rows are discarded. The key-side
     products are kept in the layout the query-side GEMM and the backward read, (n, r2 c, r1), with W
     applied (as its transpose: the same products).
     """
 
     @staticmethod
-    def forward(ctx, xq, xk, v, coeffs, plan: Plan, chunk):  # noqa: D401
+    def forward(ctx, xq, xk, v, coeffs, plan: Plan, chunk, sphere=None):  # noqa: D401
         n, Lq, m = xq.shape
-        Lk, mv = v.shape[1], v.shape[2]
+        Lk, mv = v.shape[-2], v.shape[-1]
         c = mv + 1
         Wt = device_tables(plan, coeffs, xq.device, xq.dtype)[1]
         r1, r2 = plan.r1, plan.r2
-        peel = peeled(plan, c)
-        built = plan if peel is None else peel[0]
+        peel = None if sphere is not None else peeled(plan, c)
+        built = sphere[0] if sphere is not None else plan if peel is None else peel[0]
         width = max(built.r1, r2 * c * (m + 1))
 
         step = chunk_length(n, Lk, width, xq.device, chunk)
         feats = FeatureBuilder.get(built, n, step, xq)
         Tt = key_products(feats, _padded_T(xk, step), ValueCols(v, step), step, c, _acc_dtype(xq.dtype), peel)
-        Ut = Tt.view(n, r2, c, r1).mul_(Wt[None, :, None, :]).view(n, r2 * c, r1)
+        if sphere is None:
+            Ut = Tt.view(n, r2, c, r1).mul_(Wt[None, :, None, :]).view(n, r2 * c, r1)
+            Uq = Ut
+        else:  # T = R_k T_red; the query side reads U through R_q (:mod:`latentdit.attention.sphere`)
+            Ufull = expand_cols(Tt, sphere[2]).mul_(Wt.to(sphere[2].dtype))
+            Ut, Uq = Ufull.to(xq.dtype), reduce_cols(Ufull, sphere[1], built.r1).to(xq.dtype)
 
         step = chunk_length(n, Lq, width, xq.device, chunk)
         if feats.x.shape[-1] != step:
             feats = FeatureBuilder.get(built, n, step, xq)
-        out, den = query_products(feats, _padded_T(xq, step), Ut, step, c, Lq, peel)
+        out, den = query_products(feats, _padded_T(xq, step), Uq, step, c, Lq, peel,
+                                  tuple(v.shape[:2]) if v.dim() == 4 else None)
         if any(ctx.needs_input_grad[:3]):
-            ctx.plan, ctx.chunk, ctx.coeffs = plan, chunk, coeffs
+            ctx.plan, ctx.chunk, ctx.coeffs, ctx.sphere = plan, chunk, coeffs, sphere
             ctx.save_for_backward(xq, xk, v, Ut, out, den)
         return out
 
@@ -131,20 +140,23 @@ class PolyAttentionFunction(torch.autograd.Function):
         plan, chunk = ctx.plan, ctx.chunk
         need_q, need_k, need_v = ctx.needs_input_grad[:3]
         n, Lq, m = xq.shape
-        Lk, mv = v.shape[1], v.shape[2]
+        Lk, mv = v.shape[-2], v.shape[-1]
         c = mv + 1
         r1, r2 = plan.r1, plan.r2
         W, Wt, src, fac = device_tables(plan, ctx.coeffs, xq.device, xq.dtype)
         acc = _acc_dtype(xq.dtype)
         if plan.split == ("degree", 0) and plan.g >= 1:  # derivatives on the degree <= g - 1 prefix
-            peel = peeled(plan, c)
-            width = max(plan.r1 if peel is None else peel[0].r1, c * (m + 1))
+            peel = None if ctx.sphere is not None else peeled(plan, c)
+            built = ctx.sphere[0] if ctx.sphere is not None else plan if peel is None else peel[0]
+            width = max(built.r1, c * (m + 1))
             sq, sk = chunk_length(n, Lq, width, xq.device, chunk), chunk_length(n, Lk, width, xq.device, chunk)
-            grads = poly_backward(plan, W, (xq, xk, v, Ut, out, den), dout,
-                                  (need_q, need_k, need_v), (sq, sk), acc, (_padded_T(xq, sq), _padded_T(xk, sk)))
-            return (*grads, None, None, None)
+            grads = poly_backward(plan, W, (xq, xk, v, Ut, out, den), dout, (need_q, need_k, need_v), (sq, sk),
+                                  acc, (_padded_T(xq, sq), _padded_T(xk, sk)), ctx.sphere)
+            return (*grads, None, None, None, None)
         width = max(r1, r2 * c * (m + 1))
         dq = dk = dv = None
+        v_shape = v.shape
+        v, out, dout = v.reshape(n, Lk, mv), out.reshape(n, Lq, mv), dout.reshape(n, Lq, mv)
 
         def deriv(M: torch.Tensor, dst: torch.Tensor | None = None) -> torch.Tensor:
             """M (n, r1, r2, c) (any strides): coefficients on canonical slots -> dst (n, r2 m c, r1),
@@ -207,20 +219,24 @@ class PolyAttentionFunction(torch.autograd.Function):
                 if need_k:
                     Zk = Z[:, r2 * c:].view(n, r2 * m, c, step)
                     dk[:, :, a:a + step] = contract_rows(F2, Zk.mul_(vhT[:, None, :, a:a + step]).sum(2), m)
-            dv = None if dv is None else dv[:, :, :Lk].transpose(1, 2)
+            dv = None if dv is None else dv[:, :, :Lk].transpose(1, 2).reshape(v_shape)
             dk = None if dk is None else dk[:, :, :Lk].transpose(1, 2)
-        return dq, dk, dv, None, None, None
+        return dq, dk, dv, None, None, None, None
 
 
 def poly_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, poly: ExpPoly, *,
                    scale: float, center: bool = True, norms: tuple[float, float] | None = None,
-                   split: tuple[str, int] | None = None, chunk: int | None = None) -> torch.Tensor:
+                   split: tuple[str, int] | None = None, chunk: int | None = None,
+                   sphere: bool = False) -> torch.Tensor:
     """softmax(scale q k^T) v with exp replaced by ``poly`` (which must cover |logit| <= poly.R).
 
     q (..., Lq, m), k (..., Lk, m), v (..., Lk, mv) with broadcastable batch dimensions.
     ``center`` subtracts the mean key (softmax is invariant to it). ``norms`` = (max |q_i|,
     max |k_j (centred)|) balances the two sides so both feature inputs have norm <= 1; without it
     both are scaled by sqrt(|scale| / R). The computation runs in float32 for half inputs.
+    ``sphere``: look for one norm per head among the queries and among the keys (QK-norm) and, when
+    found, evaluate the same polynomial with the fewer features of :mod:`latentdit.attention.sphere`
+    (one host synchronisation; rows of differing norms take the full features).
     """
     m = q.shape[-1]
     mv = v.shape[-1]
@@ -249,10 +265,27 @@ def poly_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, poly: ExpP
         return (v.new_zeros(*batch, Lq, mv) + 0 * (q.sum() + k.sum() + v.sum())).to(out_dtype)
     xq = (q * aq).expand(*batch, Lq, m).reshape(n, Lq, m)
     xk = (k * ak).expand(*batch, Lk, m).reshape(n, Lk, m)
-    vv = v.expand(*batch, Lk, mv).reshape(n, Lk, mv)
+    vv = v.expand(*batch, Lk, mv)  # (B1, B2) batches (batch, heads) are read where they lie, no copy
+    vv = vv if len(batch) == 2 else vv.reshape(n, Lk, mv)
     plan = make_plan(m, poly.degree, choose_split(m, poly.degree, mv, q.device) if split is None else tuple(split))
-    out = PolyAttentionFunction.apply(xq, xk, vv, poly.coeffs, plan, chunk)
+    out = PolyAttentionFunction.apply(xq, xk, vv, poly.coeffs, plan, chunk,
+                                      sphere_inputs(plan, xq, xk, mv + 1) if sphere else None)
     return out.reshape(*batch, Lq, mv).to(out_dtype)
+
+
+def sphere_inputs(plan: Plan, xq: torch.Tensor, xk: torch.Tensor, c: int) -> tuple | None:
+    """(reduced plan, R(rho_q^2), R(rho_k^2)) when every batch entry's query rows share one norm and
+    its key rows another, the plan is unsplit and unpeeled and the sphere has fewer features; else None."""
+    if plan.split != ("degree", 0) or plan.g < 2 or peeled(plan, c) is not None:
+        return None
+    sp = sphere_plan(plan.m, plan.g)
+    if sp.r1 >= plan.r1:
+        return None
+    rq = common_radius(xq)
+    rk = None if rq is None else common_radius(xk)
+    if rk is None:
+        return None
+    return sp, reduction_matrix(sp, rq), reduction_matrix(sp, rk)
 
 
 # --------------------------------------------------------------------------- split tuning

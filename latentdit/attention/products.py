@@ -53,17 +53,35 @@ def peeled(plan: Plan, c: int) -> tuple[Plan, tuple] | None:
     return low, top
 
 
+def as_4d(x: torch.Tensor) -> torch.Tensor:
+    """(n, L, k) -> the view (1, n, L, k); (B1, B2, L, k) (any strides) as it is."""
+    return x if x.dim() == 4 else x.unsqueeze(0)
+
+
+def rows_out(like: torch.Tensor, batch: tuple[int, int], L: int, k: int, heads_last: bool) -> torch.Tensor:
+    """An output (B1, B2, L, k); with ``heads_last`` stored as (B1, L, B2, k), the layout in which the
+    attention block merges heads, so that merging them is a view rather than a copy."""
+    B1, B2 = batch
+    if heads_last:
+        return like.new_empty(B1, L, B2, k).permute(0, 2, 1, 3)
+    return like.new_empty(B1, B2, L, k)
+
+
 class ValueCols:
     """``cols(a)`` = [V, 1]^T for rows a .. a + step, (n, mv + 1, step), in one reused buffer; rows past
-    L are 0 (no contribution)."""
+    L are 0 (no contribution). V is (n, L, mv) or (B1, B2, L, mv) with n = B1 B2, in any strides:
+    the chunk's transposing copy reads it where it lies."""
 
     def __init__(self, v: torch.Tensor, step: int):
-        self.v, self.step, self.L = v, step, v.shape[1]
-        self.buf = v.new_empty(v.shape[0], v.shape[2] + 1, step)
+        self.v4, self.batched = as_4d(v), v.dim() == 4
+        B1, B2, self.L, mv = self.v4.shape
+        self.step = step
+        self.buf = v.new_empty(B1 * B2, mv + 1, step)
+        self.buf4 = self.buf.view(B1, B2, mv + 1, step)
 
     def __call__(self, a: int) -> torch.Tensor:
         b, buf = min(self.L, a + self.step) - a, self.buf
-        buf[:, :-1, :b] = self.v[:, a:a + b].transpose(1, 2)
+        self.buf4[:, :, :-1, :b] = self.v4[:, :, a:a + b].transpose(-1, -2)
         buf[:, -1, :b] = 1.0
         if b < self.step:
             buf[:, :, b:] = 0.0
@@ -126,18 +144,22 @@ def peeled_columns(feats: FeatureBuilder, peel: tuple[Plan, tuple] | None, Mt: t
 
 
 def query_products(feats: FeatureBuilder, xT: torch.Tensor, Ut: torch.Tensor, step: int, c: int, L: int,
-                   peel: tuple[Plan, tuple] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                   peel: tuple[Plan, tuple] | None = None,
+                   batch: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(out, den) of the L queries, (n, L, c - 1) and (n, L): per chunk Y = [numerator, denominator]^T
-    (:func:`column_products`) into one (n, c, step) buffer, divided and transposed while in cache."""
+    (:func:`column_products`) into one (n, c, step) buffer, divided and transposed while in cache.
+    With ``batch`` = (B1, B2) (n = B1 B2) out is (B1, B2, L, c - 1) stored heads-last (:func:`rows_out`)."""
     n, _, Lp = xT.shape
     Y = Ut.new_empty(n, c, step)
     part = None if peel is None else Ut.new_empty(n, c, step)
-    out, den = Ut.new_empty(n, L, c - 1), Ut.new_empty(n, L)
+    out4 = rows_out(Ut, batch or (1, n), L, c - 1, batch is not None)
+    den = Ut.new_empty(n, L)
+    Y4 = Y.view(*(batch or (1, n)), c, step)
     top = peeled_columns(feats, peel, Ut)
     for a in range(0, Lp, step):
         F1, F2 = feats(xT[:, :, a:a + step])
         column_products(feats, F1, F2, Ut, top, Y, part)
         b = min(L, a + step) - a
-        torch.div(Y[:, :-1, :b], Y[:, -1:, :b], out=out[:, a:a + b].transpose(1, 2))
+        torch.div(Y4[:, :, :-1, :b], Y4[:, :, -1:, :b], out=out4[:, :, a:a + b].transpose(-1, -2))
         den[:, a:a + b] = Y[:, -1, :b]
-    return out, den
+    return (out4 if batch is not None else out4[0]), den

@@ -98,26 +98,35 @@ class DiTBlock(nn.Module):
         """A bound on |logit| known before running (QK-norm), else None."""
         return float(self.temperature().max().detach()) ** 2 if self.qk_norm else None
 
+    def qk_normalized(self, qk: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """QK-norm: (N, L, 2 heads m) -> q, k = tau x / |x| per head, each (N, heads, L, m).
+
+        They are formed in one transposed copy, (N, 2 heads, m, L), so that the norm and the scaling
+        run along L rather than over rows of m = 2-4 entries, and the polynomial kernel, which
+        reads its inputs as (m, L) rows, takes them without another copy."""
+        n, L, _ = qk.shape
+        h, m = self.heads, self.qk_dim
+        t = qk.transpose(1, 2).reshape(n, 2 * h, m, L)
+        tau = self.temperature().repeat(2)[None, :, None, None]
+        t = t * (tau / torch.linalg.vector_norm(t, dim=2, keepdim=True).clamp_min(1e-12))
+        return t[:, :h].transpose(-1, -2), t[:, h:].transpose(-1, -2)
+
     def attn(self, x: torch.Tensor) -> torch.Tensor:
         n, L, w = x.shape
         h, m = self.heads, self.qk_dim
-        if m == self.head_dim:
-            q, k, v = self.qkv(x).reshape(n, L, 3, h, m).permute(2, 0, 3, 1, 4).unbind(0)
-        else:
-            q, k, v = self.qkv(x).split([h * m, h * m, w], dim=-1)
-            q, k = (z.reshape(n, L, h, m).transpose(1, 2) for z in (q, k))  # (N, heads, L, m)
-            v = v.reshape(n, L, h, self.head_dim).transpose(1, 2)  # (N, heads, L, head_dim)
+        qkv = self.qkv(x)  # fused [q | k | v]
+        v = qkv[..., 2 * h * m:].unflatten(-1, (h, self.head_dim)).transpose(1, 2)  # (N, heads, L, head_dim)
         scale = None
         bound = None
         if self.qk_norm:
-            tau = self.temperature()[None, :, None, None]
-            q = nn.functional.normalize(q, dim=-1) * tau
-            k = nn.functional.normalize(k, dim=-1) * tau
+            q, k = self.qk_normalized(qkv[..., :2 * h * m])
             scale = 1.0
             if self.attention_mode in ("poly", "auto"):
                 bound = self.logit_bound()
+        else:
+            q, k = (z.unflatten(-1, (h, m)).transpose(1, 2) for z in qkv[..., :2 * h * m].chunk(2, dim=-1))
         o = attention(q, k, v, mode=self.attention_mode, scale=scale, eps=self.attention_eps,
-                      logit_bound=bound)
+                      logit_bound=bound, qk_sphere=self.qk_norm)
         return self.proj(o.transpose(1, 2).reshape(n, L, w))
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:

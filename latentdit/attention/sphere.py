@@ -1,0 +1,114 @@
+"""Features on a sphere: fewer monomials when every query (and every key) has one norm.
+
+With QK-norm each row of q (and of k) of one head has the same norm rho. On the sphere
+``|x|^2 = rho^2`` the last coordinate's square is ``x_m^2 = rho^2 - sum_{i<m} x_i^2``, so every
+monomial of degree <= g equals, as a function on the sphere, a combination of the monomials whose
+last exponent is 0 or 1:
+
+    x^gamma = sum_p rho^(2p) sum_delta R_p[gamma, delta] x^delta     (|x| = rho, exact),
+
+with ``R_p`` integer matrices (from x_m^(2k + e) = x_m^e (rho^2 - s)^k, s = sum_{i<m} x_i^2, by the
+binomial and multinomial theorems). There are C(m + g - 1, g) + C(m + g - 2, g - 1) reduced
+monomials against C(m + g, g): 204 against 330 at head size 4 and degree 7, 140 against 210 for
+the degree <= 6 features of the backward.
+
+The kernel's weights stay on the full monomials: with ``phi = R phi_red`` on the sphere,
+
+    T = sum_j phi(k_j) vh_j^T = R_k T_red,      Y_i = phi(q_i)^T U = phi_red(q_i)^T (R_q^T U),
+
+so the two products over L run on the reduced features and only (r x r_red) matrices of the
+radius are applied to the small (r x c) products. The polynomial, its coefficients and hence the
+certificate are unchanged: this is the same operator evaluated with fewer features. Gradients
+are the Euclidean ones (the derivative coefficients are formed on the full monomials and then
+reduced), so a temperature that scales q radially still gets its gradient.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+from itertools import combinations_with_replacement
+
+import numpy as np
+import torch
+
+from latentdit.attention.cost import rank
+from latentdit.attention.features import _monomials
+
+SPHERE_RTOL = 1e-5  # relative spread of the squared row norms within which rows count as on one sphere
+
+
+@dataclass(frozen=True, eq=False)  # hashed by identity: cached singletons (feature builders key on it)
+class SpherePlan:
+    """The reduced feature builder (the fields :class:`latentdit.attention.features.FeatureBuilder`
+    reads) and the reduction ``R_p`` (p = 0 .. g // 2) from the full plan's monomials."""
+
+    m: int
+    g: int
+    r1: int                      # reduced monomials of degree <= g
+    r_low: int                   # reduced monomials of degree <= g - 1 (a prefix)
+    ops1: tuple
+    reduction: np.ndarray        # (g // 2 + 1, rank(m, g), r1), float64
+    r2: int = 1
+    ops2: tuple = ()
+    vars1: tuple[int, int] = (0, 0)
+    vars2: tuple[int, int] = (0, 0)
+    split: tuple[str, int] = ("sphere", 0)
+
+
+def _powers_of_s(j: int, k: int) -> list[tuple[np.ndarray, int]]:
+    """(exponents, multinomial coefficient) of the terms of (x_1^2 + ... + x_k^2)^j."""
+    terms = {}
+    for combo in combinations_with_replacement(range(k), j):
+        e = np.bincount(np.asarray(combo, dtype=np.int64), minlength=k)
+        terms[tuple(e)] = math.factorial(j) // math.prod(math.factorial(int(a)) for a in e)
+    return [(2 * np.asarray(e, dtype=np.int64), c) for e, c in terms.items()]
+
+
+@functools.lru_cache(maxsize=None)
+def sphere_plan(m: int, g: int) -> SpherePlan:
+    full, _ = _monomials(m, g)
+    red, ops = _monomials(m, g, sphere=True)
+    index = {tuple(e): i for i, e in enumerate(red.tolist())}
+    R = np.zeros((g // 2 + 1, len(full), len(red)))
+    for a, gamma in enumerate(full):
+        k, e = divmod(int(gamma[-1]), 2)
+        for p in range(k + 1):  # (rho^2 - s)^k = sum_p C(k, p) rho^(2p) (-s)^(k - p)
+            j = k - p
+            sign = math.comb(k, p) * (-1) ** j
+            for ex, mult in ([(np.zeros(m - 1, dtype=np.int64), 1)] if j == 0 else _powers_of_s(j, m - 1)):
+                delta = tuple(int(u) for u in gamma[:-1] + ex) + (e,)
+                R[p, a, index[delta]] += sign * mult
+    r_low = len(_monomials(m, g - 1, sphere=True)[0]) if g >= 1 else 0
+    assert len(full) == rank(m, g) and (g < 1 or red[:r_low].sum(1).max() <= g - 1)
+    return SpherePlan(m, g, len(red), r_low, tuple(ops), R, vars1=(0, m))
+
+
+def reduction_matrix(plan: SpherePlan, rho2: torch.Tensor, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """R(rho^2) = sum_p rho^(2p) R_p per batch entry: rho2 (n,) -> (n, rank(m, g), r_red)."""
+    Rp = torch.as_tensor(plan.reduction, dtype=dtype, device=rho2.device)
+    powers = rho2.to(dtype)[:, None] ** torch.arange(Rp.shape[0], device=rho2.device, dtype=dtype)
+    return torch.einsum("np,pab->nab", powers, Rp)
+
+
+def common_radius(x: torch.Tensor) -> torch.Tensor | None:
+    """Per batch entry the squared norm rho^2 shared by all rows of x (n, L, m), or None when some
+    entry's rows spread by more than SPHERE_RTOL (relative); one host synchronisation."""
+    sq = torch.linalg.vector_norm(x, dim=-1).square_()  # float32 resolves the 1e-5 spread easily
+    lo, hi = sq.aminmax(dim=-1)
+    if bool(((hi - lo) > SPHERE_RTOL * hi.clamp_min(1e-30)).any()):
+        return None
+    return sq.double().mean(-1)
+
+
+def reduce_cols(Mt: torch.Tensor, R: torch.Tensor, r_red: int) -> torch.Tensor:
+    """Coefficients on full monomials -> on reduced ones: (n, a, r) -> (n, a, r_red), Mt R[:, :r, :r_red]
+    (phi^T M = phi_red^T R^T M on the sphere), computed in R's dtype."""
+    return torch.bmm(Mt.to(R.dtype), R[:, :Mt.shape[-1], :r_red]).to(Mt.dtype)
+
+
+def expand_cols(Mt: torch.Tensor, R: torch.Tensor) -> torch.Tensor:
+    """Sums over reduced features -> over full ones: (n, a, r_red) -> (n, a, r), Mt R^T
+    (sum_j phi(x_j) a_j^T = R sum_j phi_red(x_j) a_j^T), in R's dtype."""
+    return torch.bmm(Mt.to(R.dtype), R[:, :, :Mt.shape[-1]].transpose(1, 2))
