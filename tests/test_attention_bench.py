@@ -12,11 +12,15 @@ from latentdit.bench.dit import main as dit_main
 
 def test_gemm_flops_count_every_slot_once():
     """Unsplit: 2 n L C(m + g, g) (mv + 1) per side; a split's zero slots add FLOPs, never remove them;
-    the backward is (m + 1) products per side."""
-    assert product_flops(3, 100, 4, 8, 7) == 2 * 3 * 100 * rank(4, 7) * 9
+    the backward is one product and m derivative products on the degree <= g - 1 features per side
+    (a split's: m + 1 full products); on the sphere the same with C(m+g-1, g) + C(m+g-2, g-1)."""
+    assert product_flops(3, 100, 4, 8, 7) == 2 * 3 * 100 * 330 * 9
     assert product_flops(3, 100, 4, 8, 7, ("degree", 1)) > product_flops(3, 100, 4, 8, 7)
     assert forward_flops(2, 10, 30, 4, 4, 3) == product_flops(2, 10, 4, 4, 3) + product_flops(2, 30, 4, 4, 3)
-    assert backward_flops(2, 10, 30, 4, 4, 3) == 5 * forward_flops(2, 10, 30, 4, 4, 3)
+    assert backward_flops(2, 10, 30, 4, 4, 3) == 2 * 2 * 40 * 5 * (35 + 4 * 15)
+    assert backward_flops(2, 10, 30, 4, 4, 3, ("degree", 1)) == 5 * forward_flops(2, 10, 30, 4, 4, 3, ("degree", 1))
+    assert forward_flops(2, 10, 30, 4, 4, 3, ("sphere", 0)) == 2 * 2 * 40 * 5 * 30  # C(6,3) + C(5,2)
+    assert backward_flops(2, 10, 30, 4, 4, 3, ("sphere", 0)) == 2 * 2 * 40 * 5 * (30 + 4 * 14)
 
 
 @pytest.mark.slow

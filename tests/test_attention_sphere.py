@@ -25,9 +25,12 @@ def test_reduction_reproduces_every_monomial_on_the_sphere(m, g):
     directly (closed form), and the reduced count C(m+g-1, g) + C(m+g-2, g-1)."""
     plan = sphere_plan(m, g)
     full, _ = _monomials(m, g)
-    red, _ = _monomials(m, g, sphere=True)
-    assert plan.r1 == len(red) == math.comb(m + g - 1, g) + (math.comb(m + g - 2, g - 1) if m > 1 else 1)
-    assert (red[:, -1] <= 1).all() and red[:plan.r_low].sum(1).max() == (min(g - 1, 1) if m == 1 else g - 1)
+    red = plan.exps
+    assert plan.r_red == len(red) == len({tuple(e) for e in red.tolist()})
+    assert plan.r_red == math.comb(m + g - 1, g) + (math.comb(m + g - 2, g - 1) if m > 1 else 1)
+    assert (red[:, -1] <= 1).all() and (red.sum(1) <= g).all()
+    assert red[:plan.r_low].sum(1).max() == (min(g - 1, 1) if m == 1 else g - 1)
+    assert plan.r_low == (red.sum(1) <= g - 1).sum()
     rho = torch.tensor([0.3, 0.8, 1.0], dtype=torch.float64)
     x = torch.nn.functional.normalize(torch.randn(3, 7, m, dtype=torch.float64), dim=-1) * rho[:, None, None]
     R = reduction_matrix(plan, rho ** 2)

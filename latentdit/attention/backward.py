@@ -36,9 +36,11 @@ def _deriv_coeffs(Mt: torch.Tensor, plan: Plan, r_low: int) -> torch.Tensor:
 
 
 def _contract(Z: torch.Tensor, B: torch.Tensor, m: int, b: int) -> torch.Tensor:
-    """(n, m c, step) and (n, c, step) -> (n, b, m): sum_c Z[l, c, s] B[c, s] for the first b columns."""
+    """(n, m c, step) and (n, c, step) -> (n, b, m): sum_c Z[l, c, s] B[c, s] for the first b columns.
+    Z is a temporary and is overwritten: the product is taken in place and summed along the rows
+    of c, both vectorised along the chunk (no permuted copy of Z)."""
     n, c, step = B.shape
-    return torch.einsum("nlcs,ncs->nsl", Z.view(n, m, c, step)[..., :b], B[..., :b])
+    return Z.view(n, m, c, step).mul_(B[:, None]).sum(2)[..., :b].transpose(1, 2)
 
 
 class GradientCols:
@@ -74,23 +76,24 @@ def poly_backward(plan: Plan, W: torch.Tensor, tensors: tuple, dout: torch.Tenso
     need_q, need_k, need_v = needs
     n, Lq, m = xq.shape
     Lk, mv, c = v.shape[-2], v.shape[-1], v.shape[-1] + 1
-    peel = None if sphere is not None else peeled(plan, c)
-    built = sphere[0] if sphere is not None else plan if peel is None else peel[0]
+    sp = None if sphere is None else sphere[0]
+    peel = (sp, sp.top) if sp is not None else peeled(plan, c)
+    built = plan if peel is None else peel[0]
     r_full_low = rank(m, plan.g - 1)
-    r_low = r_full_low if sphere is None else sphere[0].r_low
+    r_low = r_full_low if sp is None else sp.r_low
     sq, sk = steps
     xqT, xkT = xT
     G = GradientCols(dout.to(xq.dtype), out, den, sq)
     dq = xq.new_empty(n, Lq, m) if need_q else None
     DqT = _deriv_coeffs(Ut, plan, r_full_low) if need_q else None
-    if need_q and sphere is not None:
+    if need_q and sp is not None:
         DqT = reduce_cols(DqT, sphere[1], r_low)
+    feats = FeatureBuilder.get(built, n, sq, xq)
 
     def dq_chunk(F1: torch.Tensor, a: int) -> None:  # G.buf holds chunk a
         b = min(Lq, a + sq) - a
         dq[:, a:a + b] = _contract(torch.bmm(DqT, F1[:, :r_low]), G.buf, m, b)
 
-    feats = FeatureBuilder.get(built, n, sq, xq)
     dk = dv = None
     if need_k or need_v:
         dUt = key_products(feats, xqT, G, sq, c, acc, peel, dq_chunk if need_q else None)
@@ -100,7 +103,7 @@ def poly_backward(plan: Plan, W: torch.Tensor, tensors: tuple, dout: torch.Tenso
         else:
             dTt = expand_cols(dUt, sphere[1]).mul_(W.view(1, 1, plan.r1).to(sphere[1].dtype)).to(dUt.dtype)
             DkT = reduce_cols(_deriv_coeffs(dTt, plan, r_full_low), sphere[2], r_low) if need_k else None
-            dTt = reduce_cols(dTt, sphere[2], built.r1)
+            dTt = reduce_cols(dTt, sphere[2])
         dv, dk = _key_pass(m, built, peel, dTt, DkT, ValueCols(v, sk), xkT, r_low, (need_k, need_v), Lk)
     elif need_q:
         for a in range(0, xqT.shape[-1], sq):
@@ -113,8 +116,9 @@ def poly_backward(plan: Plan, W: torch.Tensor, tensors: tuple, dout: torch.Tenso
 def _key_pass(m: int, built: Plan, peel, dTt: torch.Tensor, DkT: torch.Tensor | None, vc: ValueCols,
               xkT: torch.Tensor, r_low: int, needs: tuple[bool, bool],
               L: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """dv (n, L, mv) and dk (n, L, m): per chunk dT^T against the built features (plus its peeled top
-    degree) and the derivative coefficients Dk^T against the degree <= g - 1 features."""
+    """dv (n, L, mv) and dk (n, L, m): per chunk dT^T against the built features (plus its peeled
+    steps) and the derivative coefficients Dk^T against the degree <= g - 1 features (a prefix of
+    ``r_low`` built rows)."""
     need_k, need_v = needs
     n, c, step = vc.buf.shape
     batch, heads_last = tuple(vc.v4.shape[:2]), vc.batched  # a 4D V: dv heads-last, like out

@@ -26,9 +26,18 @@ def rank(m: int, g: int) -> int:
     return math.comb(m + g, g)
 
 
+def sphere_rank(m: int, g: int) -> int:
+    """Monomials of degree <= g in m variables with the last exponent <= 1: C(m + g - 1, g) +
+    C(m + g - 2, g - 1), the features on a sphere (:mod:`latentdit.attention.sphere`)."""
+    return rank(m - 1, g) + rank(m - 1, g - 1) if g >= 1 else 1
+
+
 def split_ranks(m: int, g: int, split: tuple[str, int]) -> tuple[int, int]:
-    """(r1, r2) of the two factors of a plan (see latentdit.attention.features.Plan)."""
+    """(r1, r2) of the two factors of a plan (see latentdit.attention.features.Plan); ("sphere", 0):
+    the reduced features of inputs on spheres, unsplit."""
     kind, p = split
+    if kind == "sphere":
+        return sphere_rank(m, g), 1
     if kind == "degree":
         return rank(m, g - min(p, g)), rank(m, min(p, g))
     return rank(p, g), rank(m - p, g)
@@ -102,6 +111,13 @@ def forward_flops(n: int, Lq: int, Lk: int, m: int, mv: int, g: int, split: tupl
 
 def backward_flops(n: int, Lq: int, Lk: int, m: int, mv: int, g: int, split: tuple[str, int] = ("degree", 0)) -> int:
     """GEMM FLOPs of the backward pass (:class:`latentdit.attention.kernels.PolyAttentionFunction`):
-    on the queries the m derivative products and the key-side gradient, on the keys the value
-    gradient and the m derivative products, 2 (m + 1) products per side."""
+    on the queries the key-side gradient and the m derivative products, on the keys the value
+    gradient and the m derivative products. Unsplit (and on the sphere) the derivative products
+    read only the degree <= g - 1 features (:mod:`latentdit.attention.backward`):
+    2 n L (mv + 1) (r + m r_{g-1}) per side; a split plan's m + 1 products are all of its full width."""
+    kind = split[0]
+    if kind in ("degree", "sphere") and (kind == "sphere" or split[1] == 0) and g >= 1:
+        low = sphere_rank(m, g - 1) if kind == "sphere" else rank(m, g - 1)
+        r = split_ranks(m, g, split)[0]
+        return 2 * n * (Lq + Lk) * (mv + 1) * (r + m * low)
     return (m + 1) * (product_flops(n, Lq, m, mv, g, split) + product_flops(n, Lk, m, mv, g, split))

@@ -34,13 +34,9 @@ import torch
 from latentdit.attention.cost import rank
 
 
-def _monomials(m: int, g: int, sphere: bool = False) -> tuple[np.ndarray, list[tuple[int, int, int, int]]]:
+def _monomials(m: int, g: int) -> tuple[np.ndarray, list[tuple[int, int, int, int]]]:
     """Exponents (r, m) of all monomials of degree <= g in m variables in builder order, and the
-    builder steps (src, count, variable, dst): rows[dst:dst+count] = rows[src:src+count] * x_var.
-
-    ``sphere``: only the monomials whose last exponent is <= 1 (a basis of the polynomials of degree
-    <= g on a sphere |x| = rho, :mod:`latentdit.attention.sphere`); those of degree <= g - 1 are
-    again a prefix."""
+    builder steps (src, count, variable, dst): rows[dst:dst+count] = rows[src:src+count] * x_var."""
     exps = [np.zeros(m, dtype=np.int64)]
     last = [-1]
     prev = [0]
@@ -48,11 +44,8 @@ def _monomials(m: int, g: int, sphere: bool = False) -> tuple[np.ndarray, list[t
     for _ in range(1, g + 1):
         block = []
         for i in range(m):
-            lim = m - 2 if sphere and i == m - 1 else i  # sphere: x_last only times x_last-free monomials
-            cnt = sum(1 for j in prev if last[j] <= lim)
-            assert all(last[j] <= lim for j in prev[:cnt])  # a prefix by construction
-            if cnt == 0:
-                continue
+            cnt = sum(1 for j in prev if last[j] <= i)
+            assert all(last[j] <= i for j in prev[:cnt])  # a prefix by construction
             ops.append((prev[0], cnt, i, len(exps)))
             for j in prev[:cnt]:
                 e = exps[j].copy()

@@ -28,7 +28,7 @@ import time
 
 import torch
 
-from latentdit.attention.cost import best_split, candidate_splits
+from latentdit.attention.cost import best_split, candidate_splits, sphere_rank
 from latentdit.attention.features import FeatureBuilder, Plan, contract_rows, device_tables, kron_rows, make_plan
 from latentdit.attention.polynomials import ExpPoly
 from latentdit.attention.backward import poly_backward
@@ -106,8 +106,8 @@ class PolyAttentionFunction(torch.autograd.Function):
         c = mv + 1
         Wt = device_tables(plan, coeffs, xq.device, xq.dtype)[1]
         r1, r2 = plan.r1, plan.r2
-        peel = None if sphere is not None else peeled(plan, c)
-        built = sphere[0] if sphere is not None else plan if peel is None else peel[0]
+        peel = (sphere[0], sphere[0].top) if sphere is not None else peeled(plan, c)
+        built = plan if peel is None else peel[0]
         width = max(built.r1, r2 * c * (m + 1))
 
         step = chunk_length(n, Lk, width, xq.device, chunk)
@@ -118,7 +118,7 @@ class PolyAttentionFunction(torch.autograd.Function):
             Uq = Ut
         else:  # T = R_k T_red; the query side reads U through R_q (:mod:`latentdit.attention.sphere`)
             Ufull = expand_cols(Tt, sphere[2]).mul_(Wt.to(sphere[2].dtype))
-            Ut, Uq = Ufull.to(xq.dtype), reduce_cols(Ufull, sphere[1], built.r1).to(xq.dtype)
+            Ut, Uq = Ufull.to(xq.dtype), reduce_cols(Ufull, sphere[1]).to(xq.dtype)
 
         step = chunk_length(n, Lq, width, xq.device, chunk)
         if feats.x.shape[-1] != step:
@@ -146,8 +146,8 @@ class PolyAttentionFunction(torch.autograd.Function):
         W, Wt, src, fac = device_tables(plan, ctx.coeffs, xq.device, xq.dtype)
         acc = _acc_dtype(xq.dtype)
         if plan.split == ("degree", 0) and plan.g >= 1:  # derivatives on the degree <= g - 1 prefix
-            peel = None if ctx.sphere is not None else peeled(plan, c)
-            built = ctx.sphere[0] if ctx.sphere is not None else plan if peel is None else peel[0]
+            peel = (ctx.sphere[0], ctx.sphere[0].top) if ctx.sphere is not None else peeled(plan, c)
+            built = plan if peel is None else peel[0]
             width = max(built.r1, c * (m + 1))
             sq, sk = chunk_length(n, Lq, width, xq.device, chunk), chunk_length(n, Lk, width, xq.device, chunk)
             grads = poly_backward(plan, W, (xq, xk, v, Ut, out, den), dout, (need_q, need_k, need_v), (sq, sk),
@@ -273,14 +273,26 @@ def poly_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, poly: ExpP
     return out.reshape(*batch, Lq, mv).to(out_dtype)
 
 
+def sphere_applies(plan: Plan, c: int) -> bool:
+    """Whether inputs on spheres would take the reduced features: an unsplit, unpeeled plan of degree
+    >= 2 whose sphere has fewer features."""
+    return (plan.split == ("degree", 0) and plan.g >= 2 and peeled(plan, c) is None
+            and sphere_rank(plan.m, plan.g) < plan.r1)
+
+
+def executed_split(m: int, g: int, mv: int, sphere: bool = False, device: str = "cpu") -> tuple[str, int]:
+    """The factorisation :func:`poly_attention` runs for this size, ("sphere", 0) when ``sphere`` and
+    the inputs lie on spheres (for FLOP counts: :mod:`latentdit.attention.cost`)."""
+    split = choose_split(m, g, mv, torch.device(device))
+    return ("sphere", 0) if sphere and sphere_applies(make_plan(m, g, split), mv + 1) else split
+
+
 def sphere_inputs(plan: Plan, xq: torch.Tensor, xk: torch.Tensor, c: int) -> tuple | None:
     """(reduced plan, R(rho_q^2), R(rho_k^2)) when every batch entry's query rows share one norm and
     its key rows another, the plan is unsplit and unpeeled and the sphere has fewer features; else None."""
-    if plan.split != ("degree", 0) or plan.g < 2 or peeled(plan, c) is not None:
+    if not sphere_applies(plan, c):
         return None
     sp = sphere_plan(plan.m, plan.g)
-    if sp.r1 >= plan.r1:
-        return None
     rq = common_radius(xq)
     rk = None if rq is None else common_radius(xk)
     if rk is None:

@@ -41,15 +41,27 @@ SPHERE_RTOL = 1e-5  # relative spread of the squared row norms within which rows
 
 @dataclass(frozen=True, eq=False)  # hashed by identity: cached singletons (feature builders key on it)
 class SpherePlan:
-    """The reduced feature builder (the fields :class:`latentdit.attention.features.FeatureBuilder`
-    reads) and the reduction ``R_p`` (p = 0 .. g // 2) from the full plan's monomials."""
+    """The reduced features and the reduction ``R_p`` (p = 0 .. g // 2) from the full plan's monomials.
+
+    With A the monomials of degree <= g in the first m - 1 coordinates (builder order, degree by
+    degree: A[:r_b] has degree <= g - 1, A[:r_c] degree <= g - 2), the reduced monomials are
+
+        [A[:r_b], x_m A[:r_c], A[r_b:], x_m A[r_c:r_b]].
+
+    The first three blocks are built (``r1`` rows; the fields of
+    :class:`latentdit.attention.features.FeatureBuilder`); the last is the peeled step ``top``
+    (:mod:`latentdit.attention.products`): its GEMMs read A[r_c:r_b] against x_m-scaled columns.
+    The degree <= g - 1 monomials, which the backward's derivatives need, are the prefix ``r_low``."""
 
     m: int
     g: int
-    r1: int                      # reduced monomials of degree <= g
-    r_low: int                   # reduced monomials of degree <= g - 1 (a prefix)
+    r1: int                      # built rows: |A| + r_c
+    r_red: int                   # reduced monomials of degree <= g: |A| + r_b
+    r_low: int                   # reduced monomials of degree <= g - 1: r_b + r_c, a prefix
     ops1: tuple
-    reduction: np.ndarray        # (g // 2 + 1, rank(m, g), r1), float64
+    top: tuple                   # ((r_c, r_b - r_c, m - 1, r1),) or () when empty
+    exps: np.ndarray             # (r_red, m) exponents in the reduced order
+    reduction: np.ndarray        # (g // 2 + 1, rank(m, g), r_red), float64
     r2: int = 1
     ops2: tuple = ()
     vars1: tuple[int, int] = (0, 0)
@@ -66,10 +78,25 @@ def _powers_of_s(j: int, k: int) -> list[tuple[np.ndarray, int]]:
     return [(2 * np.asarray(e, dtype=np.int64), c) for e, c in terms.items()]
 
 
+def _layout(m: int, g: int) -> tuple[np.ndarray, tuple, tuple, int, int, int]:
+    """(reduced exponents, builder steps, peeled steps, r1, r_red, r_low) of :class:`SpherePlan`."""
+    A, ops = _monomials(m - 1, g) if m > 1 else (np.zeros((1, 0), dtype=np.int64), [])
+    r_a, r_b, r_c = len(A), rank(m - 1, g - 1), rank(m - 1, g - 2) if g >= 2 else 0
+    lift = (lambda E, e: np.pad(E, ((0, 0), (0, 1)), constant_values=e))
+    exps = np.concatenate([lift(A[:r_b], 0), lift(A[:r_c], 1), lift(A[r_b:], 0), lift(A[r_c:r_b], 1)])
+    low_ops = [op for op in ops if op[3] < r_b]  # A of degree <= g - 1, then x_m A[:r_c], then A's top degree
+    steps = low_ops + ([(0, r_c, m - 1, r_b)] if r_c else []) + [(s, c, i, d + r_c) for s, c, i, d in ops if d >= r_b]
+    top = ((r_c, r_b - r_c, m - 1, r_a + r_c),) if r_b > r_c else ()
+    return exps, tuple(steps), top, r_a + r_c, r_a + r_b, r_b + r_c
+
+
 @functools.lru_cache(maxsize=None)
 def sphere_plan(m: int, g: int) -> SpherePlan:
+    """The reduced features of degree g >= 1 in m >= 1 coordinates and their reduction."""
+    if m < 1 or g < 1:
+        raise ValueError(f"sphere features need head size >= 1 and degree >= 1, got {m} and {g}")
     full, _ = _monomials(m, g)
-    red, ops = _monomials(m, g, sphere=True)
+    red, steps, top, r1, r_red, r_low = _layout(m, g)
     index = {tuple(e): i for i, e in enumerate(red.tolist())}
     R = np.zeros((g // 2 + 1, len(full), len(red)))
     for a, gamma in enumerate(full):
@@ -80,9 +107,9 @@ def sphere_plan(m: int, g: int) -> SpherePlan:
             for ex, mult in ([(np.zeros(m - 1, dtype=np.int64), 1)] if j == 0 else _powers_of_s(j, m - 1)):
                 delta = tuple(int(u) for u in gamma[:-1] + ex) + (e,)
                 R[p, a, index[delta]] += sign * mult
-    r_low = len(_monomials(m, g - 1, sphere=True)[0]) if g >= 1 else 0
-    assert len(full) == rank(m, g) and (g < 1 or red[:r_low].sum(1).max() <= g - 1)
-    return SpherePlan(m, g, len(red), r_low, tuple(ops), R, vars1=(0, m))
+    assert len(full) == rank(m, g) and len(index) == r_red and red[:r_low].sum(1).max() <= g - 1
+    assert r_low == r_red or red[r_low:].sum(1).min() == g
+    return SpherePlan(m, g, r1, r_red, r_low, steps, top, red, R, vars1=(0, m))
 
 
 def reduction_matrix(plan: SpherePlan, rho2: torch.Tensor, dtype: torch.dtype = torch.float64) -> torch.Tensor:
@@ -102,9 +129,10 @@ def common_radius(x: torch.Tensor) -> torch.Tensor | None:
     return sq.double().mean(-1)
 
 
-def reduce_cols(Mt: torch.Tensor, R: torch.Tensor, r_red: int) -> torch.Tensor:
+def reduce_cols(Mt: torch.Tensor, R: torch.Tensor, r_red: int | None = None) -> torch.Tensor:
     """Coefficients on full monomials -> on reduced ones: (n, a, r) -> (n, a, r_red), Mt R[:, :r, :r_red]
-    (phi^T M = phi_red^T R^T M on the sphere), computed in R's dtype."""
+    (phi^T M = phi_red^T R^T M on the sphere; the first r monomials, of degree <= some d, reduce
+    to the reduced ones of degree <= d, a prefix), computed in R's dtype."""
     return torch.bmm(Mt.to(R.dtype), R[:, :Mt.shape[-1], :r_red]).to(Mt.dtype)
 
 

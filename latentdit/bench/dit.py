@@ -64,6 +64,7 @@ import torch
 
 from latentdit.bench import bench_parser, interleaved_times, medians, parse_bench_args
 from latentdit.attention.cost import backward_flops, forward_flops
+from latentdit.attention.kernels import executed_split
 from latentdit.bench.model import _status_kib, matmul_gflops
 from latentdit.hostmem import host_malloc_mode, release_host_memory, reuse_host_memory
 from latentdit.config import ModelConfig
@@ -218,9 +219,10 @@ def probe_fraction(c: dict, L: int, med: dict, degree: int, repeats: int) -> dic
     time, estimated as the poly time less the ReLU linear time (kept for comparison with older records:
     ReLU linear attention is not free, so this overstates the fraction; ``none`` gives the shared
     part itself); ``poly_floor_{op}_s`` = the attention-free time plus those FLOPs at the probe's rate."""
-    n, mv = c["batch"] * c["heads"], c["hidden"] // c["heads"]
-    fwd = c["depth"] * forward_flops(n, L, L, c["qk_dim"], mv, degree)
-    train = fwd + c["depth"] * backward_flops(n, L, L, c["qk_dim"], mv, degree)
+    n, mv, m = c["batch"] * c["heads"], c["hidden"] // c["heads"], c["qk_dim"]
+    split = executed_split(m, degree, mv, sphere=True)  # QK-norm: the sphere's features
+    fwd = c["depth"] * forward_flops(n, L, L, m, mv, degree, split)
+    train = fwd + c["depth"] * backward_flops(n, L, L, m, mv, degree, split)
     probe = matmul_gflops(1024, repeats) * 1e9
     rec = {"matmul_probe_gflops": probe / 1e9, "poly_attention_gflop_fwd": fwd / 1e9,
            "poly_attention_gflop_train": train / 1e9}
