@@ -115,3 +115,15 @@ def test_block_qk_norm_is_tau_times_the_unit_vector():
     for got, part in ((q, raw[:, :, 0]), (k, raw[:, :, 1])):
         want = part / part.norm(dim=-1, keepdim=True) * tau[None, None, :, None]
         assert torch.allclose(got, want.transpose(1, 2), atol=1e-6)
+
+
+def test_auto_prices_the_sphere_features_for_qk_norm():
+    """An implementation check of the cost model (not evidence): with QK-norm the criterion prices
+    204 features instead of 330 at head size 4 and degree 7, so it predicts a larger speed-up."""
+    from latentdit.attention import certify
+
+    q = torch.empty(4, 4, 4096, 4, device="meta")
+    plain = certify(q, q, 1.0, 1e-3, logit_bound=2.8, v_dim=32)
+    on_sphere = certify(q, q, 1.0, 1e-3, logit_bound=2.8, v_dim=32, sphere=True)
+    assert plain.degree == on_sphere.degree == 7 and plain.rank == on_sphere.rank == 330
+    assert on_sphere.predicted_speedup > 1.3 * plain.predicted_speedup

@@ -161,7 +161,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, mode: str = 
         return sdpa(q, k, v, scale)
     s = default_scale(q.shape[-1], scale)
     cert = certify(q, k, s, eps, logit_bound=logit_bound, v_dim=v.shape[-1], kind=kind,
-                   max_degree=max_degree)
+                   max_degree=max_degree, sphere=qk_sphere)
     if mode == "poly" and not cert.certified:
         raise ValueError(f"attention(mode='poly'): {cert.reason}. Lower the logit bound (e.g. QK-norm "
                          "with a capped temperature), raise eps or max_degree, or use mode='auto'.")

@@ -78,13 +78,14 @@ def data_logit_bound(q: torch.Tensor, k: torch.Tensor, scale: float) -> tuple[fl
 
 def certify(q: torch.Tensor, k: torch.Tensor, scale: float | None = None, eps: float = 1e-3, *,
             logit_bound: float | None = None, v_dim: int | None = None, kind: str = "chebyshev",
-            max_degree: int = MAX_DEGREE) -> Certificate:
+            max_degree: int = MAX_DEGREE, sphere: bool = False) -> Certificate:
     """The criterion: a certified logit bound, the degree that guarantees ``eps`` and whether the
     polynomial method is predicted faster than exact attention at this size.
 
     With ``logit_bound`` the data are not inspected (no synchronisation) and keys are not centred
     (a bound on raw logits can double after centring); otherwise R comes from row norms after
-    subtracting the mean key.
+    subtracting the mean key. ``sphere``: the caller normalises q and k per row (QK-norm), so the
+    cost model prices the sphere's features (:mod:`latentdit.attention.sphere`).
     """
     m = q.shape[-1]
     Lq, Lk = q.shape[-2], k.shape[-2]
@@ -119,7 +120,7 @@ def certify(q: torch.Tensor, k: torch.Tensor, scale: float | None = None, eps: f
                   f"rank {MAX_RANK}")
     else:
         certified = True
-        exact_t, poly_t = predicted_times(n, Lq, Lk, m, mv, poly.degree)
+        exact_t, poly_t = predicted_times(n, Lq, Lk, m, mv, poly.degree, sphere=sphere)
         speedup = exact_t / poly_t
         reason = "" if speedup >= 1.0 else (
             f"rank C({m}+{poly.degree},{poly.degree}) = {rank(m, poly.degree)} gives no speed-up at "

@@ -87,12 +87,17 @@ def candidate_splits(m: int, g: int, mv: int, top: int = 3) -> list[tuple[str, i
     return best + ([("degree", 0)] if ("degree", 0) not in best else [])
 
 
-def predicted_times(n: int, Lq: int, Lk: int, m: int, mv: int, g: int | None) -> tuple[float, float]:
-    """(exact, poly) modelled forward times in seconds for n = batch * heads."""
+def predicted_times(n: int, Lq: int, Lk: int, m: int, mv: int, g: int | None,
+                    sphere: bool = False) -> tuple[float, float]:
+    """(exact, poly) modelled forward times in seconds for n = batch * heads. ``sphere``: q and k rows
+    of one norm per head (QK-norm), so the unsplit, unpeeled kernel runs on the sphere's features."""
     exact = n * Lq * Lk * (EXACT_S_PER_PAIR + EXACT_S_PER_PAIR_DIM * (m + mv))
     if g is None:
         return exact, float("inf")
-    poly = n * (Lq + Lk) * _row_cost(m, g, mv, best_split(m, g, mv)) + POLY_S_PER_CALL
+    split = best_split(m, g, mv)
+    if sphere and split == ("degree", 0) and g >= 2 and not peels(m, g, mv + 1) and sphere_rank(m, g) < rank(m, g):
+        split = ("sphere", 0)
+    poly = n * (Lq + Lk) * _row_cost(m, g, mv, split) + POLY_S_PER_CALL
     return exact, poly
 
 

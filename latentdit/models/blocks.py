@@ -340,7 +340,7 @@ def attention_summary(backbone: nn.Module, *, batch: int = 1) -> dict:
             else:
                 q = torch.empty(batch, rec["heads"], L, rec["qk_dim"], device="meta")
                 cert = certify(q, q, rec["scale"], rec["eps"], logit_bound=rec["logit_bound"],
-                               v_dim=rec["v_dim"])
+                               v_dim=rec["v_dim"], sphere=bool(rec.get("qk_norm")))
                 rec["certificate"] = cert.as_dict()
                 ok = cert.ok if rec["mode"] == "auto" else cert.certified
                 kernel = "poly" if ok else ("exact" if rec["mode"] == "auto" else "raises")
