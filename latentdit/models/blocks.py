@@ -109,22 +109,23 @@ class DiTBlock(nn.Module):
         t = qk.transpose(1, 2).reshape(n, 2 * h, m, L)
         tau = self.temperature().repeat(2)[None, :, None, None]
         t = t * (tau / torch.linalg.vector_norm(t, dim=2, keepdim=True).clamp_min(1e-12))
-        return t[:, :h].transpose(-1, -2), t[:, h:].transpose(-1, -2)
+        q, k = t.split(h, dim=1)  # split, not two slices: its backward is one cat, not two zero-filled copies
+        return q.transpose(-1, -2), k.transpose(-1, -2)
 
     def attn(self, x: torch.Tensor) -> torch.Tensor:
         n, L, w = x.shape
         h, m = self.heads, self.qk_dim
-        qkv = self.qkv(x)  # fused [q | k | v]
-        v = qkv[..., 2 * h * m:].unflatten(-1, (h, self.head_dim)).transpose(1, 2)  # (N, heads, L, head_dim)
+        qk, v = self.qkv(x).split([2 * h * m, w], dim=-1)  # fused [q | k | v]
+        v = v.unflatten(-1, (h, self.head_dim)).transpose(1, 2)  # (N, heads, L, head_dim)
         scale = None
         bound = None
         if self.qk_norm:
-            q, k = self.qk_normalized(qkv[..., :2 * h * m])
+            q, k = self.qk_normalized(qk)
             scale = 1.0
             if self.attention_mode in ("poly", "auto"):
                 bound = self.logit_bound()
         else:
-            q, k = (z.unflatten(-1, (h, m)).transpose(1, 2) for z in qkv[..., :2 * h * m].chunk(2, dim=-1))
+            q, k = (z.unflatten(-1, (h, m)).transpose(1, 2) for z in qk.chunk(2, dim=-1))
         o = attention(q, k, v, mode=self.attention_mode, scale=scale, eps=self.attention_eps,
                       logit_bound=bound, qk_sphere=self.qk_norm)
         return self.proj(o.transpose(1, 2).reshape(n, L, w))
