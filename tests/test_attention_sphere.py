@@ -127,3 +127,29 @@ def test_auto_prices_the_sphere_features_for_qk_norm():
     on_sphere = certify(q, q, 1.0, 1e-3, logit_bound=2.8, v_dim=32, sphere=True)
     assert plain.degree == on_sphere.degree == 7 and plain.rank == on_sphere.rank == 330
     assert on_sphere.predicted_speedup > 1.3 * plain.predicted_speedup
+
+
+def test_rows_near_the_sphere_are_moved_onto_it_within_the_logit_bound():
+    """Rows whose squared norms spread by s <= SPHERE_RTOL take the sphere's features after being
+    scaled onto the exact sphere: every logit moves by at most R s / 2, so each output coordinate
+    moves by at most about R s times the values' range (closed form), far inside eps."""
+    from latentdit.attention.sphere import SPHERE_RTOL
+
+    R, s = 2.8, 0.8 * SPHERE_RTOL
+    poly = choose_exp_poly(R, 1e-3)
+    g = torch.Generator().manual_seed(3)
+    q, k = (torch.nn.functional.normalize(torch.randn(2, 3, 200, 4, generator=g, dtype=torch.float64), dim=-1)
+            * torch.sqrt(1 + s * torch.rand(2, 3, 200, 1, generator=g, dtype=torch.float64)) for _ in range(2))
+    v = torch.randn(2, 3, 200, 32, generator=g, dtype=torch.float64)
+    assert sphere_inputs(make_plan(4, poly.degree), q.reshape(6, 200, 4), k.reshape(6, 200, 4), 33) is not None
+    a = poly_attention(q, k, v, poly, scale=R, center=False, sphere=True)
+    b = poly_attention(q, k, v, poly, scale=R, center=False, sphere=False)
+    spread = v.amax(-2, keepdim=True) - v.amin(-2, keepdim=True)
+    assert ((a - b).abs() <= 2 * R * s * spread).all()
+    moved = []  # the rows scaled onto the sphere of their mean squared norm (closed form)
+    for x in (q, k):
+        sq = x.square().sum(-1, keepdim=True)
+        moved.append(x * (sq.mean(-2, keepdim=True) / sq).sqrt())
+    exact_move = poly_attention(*moved, v, poly, scale=R, center=False, sphere=False)
+    assert ((a - exact_move).abs() <= 1e-11 * spread).all()  # the reduction is exact on the sphere
+    assert ((b - exact_move).abs() > 1e-11 * spread).any()  # and these rows were off it

@@ -268,8 +268,10 @@ def poly_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, poly: ExpP
     vv = v.expand(*batch, Lk, mv)  # (B1, B2) batches (batch, heads) are read where they lie, no copy
     vv = vv if len(batch) == 2 else vv.reshape(n, Lk, mv)
     plan = make_plan(m, poly.degree, choose_split(m, poly.degree, mv, q.device) if split is None else tuple(split))
-    out = PolyAttentionFunction.apply(xq, xk, vv, poly.coeffs, plan, chunk,
-                                      sphere_inputs(plan, xq, xk, mv + 1) if sphere else None)
+    on_sphere = sphere_inputs(plan, xq, xk, mv + 1) if sphere else None
+    if on_sphere is not None:  # rows moved onto the exact sphere: by at most SPHERE_RTOL / 2 (relative)
+        xq, xk = xq * on_sphere[3], xk * on_sphere[4]
+    out = PolyAttentionFunction.apply(xq, xk, vv, poly.coeffs, plan, chunk, on_sphere and on_sphere[:3])
     return out.reshape(*batch, Lq, mv).to(out_dtype)
 
 
@@ -288,8 +290,10 @@ def executed_split(m: int, g: int, mv: int, sphere: bool = False, device: str = 
 
 
 def sphere_inputs(plan: Plan, xq: torch.Tensor, xk: torch.Tensor, c: int) -> tuple | None:
-    """(reduced plan, R(rho_q^2), R(rho_k^2)) when every batch entry's query rows share one norm and
-    its key rows another, the plan is unsplit and unpeeled and the sphere has fewer features; else None."""
+    """(reduced plan, R(rho_q^2), R(rho_k^2), fq, fk) when every batch entry's query rows share one
+    norm and its key rows another (to SPHERE_RTOL), the plan is unsplit and unpeeled and the sphere
+    has fewer features; else None. ``fq``, ``fk`` (n, L, 1), constants for autograd, scale each row
+    onto the exact sphere of radius rho, where the reduction is exact (:func:`common_radius`)."""
     if not sphere_applies(plan, c):
         return None
     sp = sphere_plan(plan.m, plan.g)
@@ -297,7 +301,7 @@ def sphere_inputs(plan: Plan, xq: torch.Tensor, xk: torch.Tensor, c: int) -> tup
     rk = None if rq is None else common_radius(xk)
     if rk is None:
         return None
-    return sp, reduction_matrix(sp, rq), reduction_matrix(sp, rk)
+    return sp, reduction_matrix(sp, rq[0]), reduction_matrix(sp, rk[0]), rq[1], rk[1]
 
 
 # --------------------------------------------------------------------------- split tuning
