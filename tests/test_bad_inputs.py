@@ -382,22 +382,3 @@ def test_write_errors_show_the_traceback_with_debug(trained, tmp_path, monkeypat
     monkeypatch.setattr(latentdit.io.os, "fsync", _disk_full)
     with pytest.raises(OSError, match="No space left"):
         main(["--debug", "sample", "--run", "run", "--num", "4", "--steps", "2", "--out", "x.npy"])
-
-
-def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path, monkeypatch):
-    from latentdit.io import atomic_write, atomic_write_json
-
-    p = tmp_path / "m.json"
-    atomic_write_json(p, {"a": 1})
-    old, only = p.read_bytes(), ["m.json"]
-
-    def half_then_fail(f):
-        f.write(b'{"a": 2')
-        raise RuntimeError("interrupted")
-    with pytest.raises(RuntimeError):
-        atomic_write(p, half_then_fail)
-    assert p.read_bytes() == old and sorted(x.name for x in tmp_path.iterdir()) == only
-    monkeypatch.setattr(os, "fsync", _disk_full)
-    with pytest.raises(OSError) as e:
-        atomic_write_json(p, {"a": 3})
-    assert e.value.filename == str(p) and p.read_bytes() == old and sorted(x.name for x in tmp_path.iterdir()) == only

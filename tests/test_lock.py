@@ -1,5 +1,6 @@
 """The run-directory lock: a second run on a directory in use is refused; a killed run's lock is not."""
 
+import errno
 import json
 import os
 import signal
@@ -87,3 +88,26 @@ def test_lock_of_a_killed_run_does_not_block_resume(tmp_path):
     r = cli("train", "--out", str(run), "--quiet")
     assert r.returncode == 0, r.stderr
     assert "resumed from step 2" in r.stderr
+
+
+def _no_space(*_a, **_k):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path, monkeypatch):
+    from latentdit.io import atomic_write, atomic_write_json
+
+    p = tmp_path / "m.json"
+    atomic_write_json(p, {"a": 1})
+    old, only = p.read_bytes(), ["m.json"]
+
+    def half_then_fail(f):
+        f.write(b'{"a": 2')
+        raise RuntimeError("interrupted")
+    with pytest.raises(RuntimeError):
+        atomic_write(p, half_then_fail)
+    assert p.read_bytes() == old and sorted(x.name for x in tmp_path.iterdir()) == only
+    monkeypatch.setattr(os, "fsync", _no_space)
+    with pytest.raises(OSError) as e:
+        atomic_write_json(p, {"a": 3})
+    assert e.value.filename == str(p) and p.read_bytes() == old and sorted(x.name for x in tmp_path.iterdir()) == only

@@ -215,12 +215,12 @@ def bench_length(c: dict, L: int, repeats: int, exact: bool, memory: bool, exact
 
 def probe_fraction(c: dict, L: int, med: dict, degree: int, repeats: int) -> dict:
     """The matmul probe of this run (square fp32 mm, right after the timed repeats) and the fraction of it
-    that poly attention reaches: its GEMM FLOPs (:mod:`latentdit.attention.cost`, all layers) over its
-    time, estimated as the poly time less the ReLU linear time (kept for comparison with older records:
-    ReLU linear attention is not free, so this overstates the fraction; ``none`` gives the shared
-    part itself); ``poly_floor_{op}_s`` = the attention-free time plus those FLOPs at the probe's rate."""
+    that poly attention reaches: its GEMM FLOPs (:mod:`latentdit.attention.cost`, all layers, on the
+    sphere's features of QK-norm) over the poly time less the ReLU linear time (which overstates the
+    fraction: ReLU linear attention is not free); ``poly_floor_{op}_s`` = the attention-free time plus
+    those FLOPs at the probe's rate."""
     n, mv, m = c["batch"] * c["heads"], c["hidden"] // c["heads"], c["qk_dim"]
-    split = executed_split(m, degree, mv, sphere=True)  # QK-norm: the sphere's features
+    split = executed_split(m, degree, mv, sphere=True)
     fwd = c["depth"] * forward_flops(n, L, L, m, mv, degree, split)
     train = fwd + c["depth"] * backward_flops(n, L, L, m, mv, degree, split)
     probe = matmul_gflops(1024, repeats) * 1e9
@@ -302,10 +302,8 @@ def summarise(rows: list[dict], exact_max: int) -> dict:
     if len(measured) >= 2:
         rep["exponent_exact_train"] = fit_exponent(measured, [by_L[L]["median_s"]["exact_train"] for L in measured])
     head = 16384 if 16384 in by_L else max(measured)
-    rep[f"speedup_forward_{head}"] = by_L[head]["speedup_forward"]
-    rep[f"speedup_train_{head}"] = by_L[head]["speedup_train"]
-    rep[f"fraction_of_matmul_probe_fwd_{head}"] = by_L[head].get("fraction_of_matmul_probe_fwd")
-    rep[f"fraction_of_matmul_probe_train_{head}"] = by_L[head].get("fraction_of_matmul_probe_train")
+    for k in ("speedup_forward", "speedup_train", "fraction_of_matmul_probe_fwd", "fraction_of_matmul_probe_train"):
+        rep[f"{k}_{head}"] = by_L[head].get(k)
     rep[f"poly_over_relu_linear_forward_{head}"] = by_L[head]["median_s"]["poly_fwd"] / by_L[head]["median_s"]["relu_linear_fwd"]
     for k in ("speedup_forward_no_attention", "speedup_train_no_attention", "speedup_forward_bound_at_probe",
               "speedup_train_bound_at_probe"):
