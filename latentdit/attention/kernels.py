@@ -263,14 +263,16 @@ def poly_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, poly: ExpP
     n = math.prod(batch) if len(batch) else 1
     if n == 0 or Lq == 0:
         return (v.new_zeros(*batch, Lq, mv) + 0 * (q.sum() + k.sum() + v.sum())).to(out_dtype)
-    xq = (q * aq).expand(*batch, Lq, m).reshape(n, Lq, m)
-    xk = (k * ak).expand(*batch, Lk, m).reshape(n, Lk, m)
+    xq = q.expand(*batch, Lq, m).reshape(n, Lq, m)  # scaled by aq, ak below, in one multiply each
+    xk = k.expand(*batch, Lk, m).reshape(n, Lk, m)
     vv = v.expand(*batch, Lk, mv)  # (B1, B2) batches (batch, heads) are read where they lie, no copy
     vv = vv if len(batch) == 2 else vv.reshape(n, Lk, mv)
     plan = make_plan(m, poly.degree, choose_split(m, poly.degree, mv, q.device) if split is None else tuple(split))
-    on_sphere = sphere_inputs(plan, xq, xk, mv + 1) if sphere else None
+    on_sphere = sphere_inputs(plan, xq, xk, mv + 1, (aq, ak)) if sphere else None
     if on_sphere is not None:  # rows moved onto the exact sphere: by at most SPHERE_RTOL / 2 (relative)
-        xq, xk = xq * on_sphere[3], xk * on_sphere[4]
+        xq, xk = xq * (aq * on_sphere[3]), xk * (ak * on_sphere[4])
+    else:
+        xq, xk = xq * aq, xk * ak
     out = PolyAttentionFunction.apply(xq, xk, vv, poly.coeffs, plan, chunk, on_sphere and on_sphere[:3])
     return out.reshape(*batch, Lq, mv).to(out_dtype)
 
@@ -289,11 +291,13 @@ def executed_split(m: int, g: int, mv: int, sphere: bool = False, device: str = 
     return ("sphere", 0) if sphere and sphere_applies(make_plan(m, g, split), mv + 1) else split
 
 
-def sphere_inputs(plan: Plan, xq: torch.Tensor, xk: torch.Tensor, c: int) -> tuple | None:
+def sphere_inputs(plan: Plan, xq: torch.Tensor, xk: torch.Tensor, c: int,
+                  scales: tuple[float, float] = (1.0, 1.0)) -> tuple | None:
     """(reduced plan, R(rho_q^2), R(rho_k^2), fq, fk) when every batch entry's query rows share one
     norm and its key rows another (to SPHERE_RTOL), the plan is unsplit and unpeeled and the sphere
     has fewer features; else None. ``fq``, ``fk`` (n, L, 1), constants for autograd, scale each row
-    onto the exact sphere of radius rho, where the reduction is exact (:func:`common_radius`)."""
+    onto the exact sphere of radius rho, where the reduction is exact (:func:`common_radius`). The
+    kernel's inputs are ``scales`` times xq, xk: the radii are those of the scaled rows."""
     if not sphere_applies(plan, c):
         return None
     sp = sphere_plan(plan.m, plan.g)
@@ -301,7 +305,8 @@ def sphere_inputs(plan: Plan, xq: torch.Tensor, xk: torch.Tensor, c: int) -> tup
     rk = None if rq is None else common_radius(xk)
     if rk is None:
         return None
-    return sp, reduction_matrix(sp, rq[0]), reduction_matrix(sp, rk[0]), rq[1], rk[1]
+    aq2, ak2 = scales[0] ** 2, scales[1] ** 2
+    return sp, reduction_matrix(sp, rq[0] * aq2), reduction_matrix(sp, rk[0] * ak2), rq[1], rk[1]
 
 
 # --------------------------------------------------------------------------- split tuning

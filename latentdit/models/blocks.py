@@ -108,7 +108,7 @@ class DiTBlock(nn.Module):
         h, m = self.heads, self.qk_dim
         t = qk.transpose(1, 2).reshape(n, 2 * h, m, L)
         tau = self.temperature().repeat(2)[None, :, None, None]
-        t = t * (tau / torch.linalg.vector_norm(t, dim=2, keepdim=True).clamp_min(1e-12))
+        t = t * (tau * t.square().sum(2, keepdim=True).clamp_min(1e-24).rsqrt())  # |x| >= 1e-12 as before
         q, k = t.split(h, dim=1)  # split, not two slices: its backward is one cat, not two zero-filled copies
         return q.transpose(-1, -2), k.transpose(-1, -2)
 
