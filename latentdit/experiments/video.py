@@ -260,9 +260,11 @@ def check_stage(run: Path, out: Path, prov: dict) -> int:
 
 def time_only(run: Path, out: Path, args, prov: dict) -> int:
     """``--time-only RUN``: :func:`time_poly_exact` with a trained run's configuration and first stage
-    (the timed networks are fresh: the timing does not depend on the trained weights)."""
+    (the timed networks are fresh: the timing does not depend on the trained weights). ``--set``
+    overrides apply to that configuration, e.g. ``train.threads=2`` for a run trained on one thread."""
     cfg, stage = _trained_run(run)
-    rep = {"run": str(run), "timing": time_poly_exact(cfg, stage, max(1, args.time_repeats), args.time_batch,
+    cfg = Config.from_dict(apply_overrides(cfg.to_dict(), args.overrides))
+    rep = {"run": str(run), "overrides": list(args.overrides), "timing": time_poly_exact(cfg, stage, max(1, args.time_repeats), args.time_batch,
                                                       args.sample_batch)}
     out.mkdir(parents=True, exist_ok=True)
     prov = provenance_end(prov)
