@@ -141,10 +141,10 @@ def test_video_experiment_end_to_end_merges_its_keys_into_the_shared_summary(tmp
     # the timed training steps see whole clips although the smoke config trains on 2-frame windows first
     assert rep["timing"]["train_tokens"] == {"poly": 64, "exact": 64}
     assert main(["--time-only", str(tmp_path / "v" / "run"), "--out", str(tmp_path / "t"), "--time-repeats", "1",
-                 "--set", "train.threads=1", "--summary", str(summary)]) == 0
+                 "--set", "train.threads=2", "--summary", str(summary)]) == 0
     again = json.loads((tmp_path / "t" / "timing.json").read_text())
     assert again["timing"]["train_tokens"] == {"poly": 64, "exact": 64} and again["provenance"]["command"]
-    assert again["overrides"] == ["train.threads=1"] and again["timing"]["threads"] == 1  # applied and recorded
+    assert again["overrides"] == ["train.threads=2"] and again["timing"]["threads"] == 2  # the run trained on 1
     merged = json.loads(summary.read_text())  # the re-timing's keys, under their own part
     assert merged["video_poly_speedup_train"] == again["timing"]["speedup_train"]
     assert set(merged["provenance_by_part"]) == {"gt", "video", "video_timing"} and merged["video_accuracy"] == top["video_accuracy"]
