@@ -36,6 +36,19 @@ def test_phase_profile_reports_every_phase_against_a_floor():
 
 
 @pytest.mark.slow
+def test_phase_profile_of_the_dit_call_runs_on_the_sphere():
+    """``--dit``: the block's QK-norm call, profiled on the sphere's features (degree 7 at tau^2 = 2.78:
+    204 reduced features, 176 of them built), its GEMM FLOPs counted for those features."""
+    from latentdit.attention.cost import sphere_rank
+
+    p = phase_profile(256, 0, 0.0, repeats=1, sphere=True)
+    assert p["sphere"] and p["head_dim"] == 4 and p["heads"] == 16 and p["value_dim"] == 32
+    assert p["degree"] == 7 and p["rank"] == rank(4, 7) and p["features_built"] == 176
+    assert p["forward_gflop"] == pytest.approx(2 * 2 * 16 * 256 * 33 * sphere_rank(4, 7) / 1e9)
+    assert [r["phase"] for r in p["phases"]] == list(PHASES)
+
+
+@pytest.mark.slow
 def test_dit_bench_sampling_run_follows_exact_attention(tmp_path):
     """20 NFE from the same noise with exact and with poly attention: the samples agree far below the
     certified per-entry error (1e-3); the matmul probe and the poly GEMM FLOPs are recorded per length."""

@@ -19,6 +19,10 @@ and over the rate of the same batched GEMM shapes on resident data, ``shape_gflo
 floor for the features and the normalisation (bytes written and read once over the bandwidth of a
 64 MiB copy). ``fraction_of_matmul_probe`` = forward GEMM FLOPs / forward time / peak rate.
 Both wall-clock and process CPU time are recorded (the CPU time is steadier on a shared machine).
+
+``--dit`` profiles instead the call the DiT block of ``latentdit bench dit`` makes (batch 4 x 4 heads,
+query/key size 4, value size 32, QK-norm rows of norm tau = 0.98 tau_max, |logit| <= tau^2): the
+inputs lie on spheres, so every phase runs on the sphere's features (:mod:`latentdit.attention.sphere`).
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from latentdit.attention.features import FeatureBuilder, make_plan
 from latentdit.attention.kernels import PolyAttentionFunction, _acc_dtype, _padded_T, chunk_length, poly_attention
 from latentdit.attention.polynomials import choose_exp_poly
 from latentdit.attention.products import ValueCols, key_products, peeled, query_products
+from latentdit.attention.sphere import sphere_plan
 from latentdit.bench.model import matmul_gflops
 from latentdit.bench.attention_sweep import CONFIGS, HEADS, make_inputs
 from latentdit.io import atomic_write_json
@@ -74,26 +79,53 @@ def copy_bandwidth(repeats: int = 5, mib: int = 64) -> float:
     return 2 * a.numel() * 4 / statistics.median(times)
 
 
-class _Case:
-    """The kernel's inputs and buffers for one (head size, bound, L), as the forward pass uses them."""
+DIT = {"batch": 4, "heads": 4, "head_dim": 4, "value_dim": 32, "tau": 1.7 / (1.0 + math.exp(-4.0))}
 
-    def __init__(self, L: int, m: int, R: float, heads: int, eps: float, seed: int):
-        self.q, self.k, self.v = make_inputs(L, m, R, heads=heads, seed=seed)
-        scale = 1.0 / math.sqrt(m)
-        cert = certify(self.q, self.k, scale, eps)
-        self.poly = choose_exp_poly(cert.R_used, eps)
-        self.run = lambda q, k, v: poly_attention(q, k, v, self.poly, scale=scale, norms=cert.norms, split=("degree", 0))
-        self.n, self.L, self.m, self.mv, self.c = heads, L, m, self.v.shape[-1], self.v.shape[-1] + 1
+
+def dit_inputs(L: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """q, k (batch * heads, L, 4) with every row of norm tau, as the block's QK-norm leaves them, and v."""
+    gen = torch.Generator().manual_seed(seed)
+    n = DIT["batch"] * DIT["heads"]
+    qk = torch.randn(2, n, L, DIT["head_dim"], generator=gen)
+    qk = qk * (DIT["tau"] * (qk * qk).sum(-1, keepdim=True).rsqrt())
+    return qk[0], qk[1], torch.randn(n, L, DIT["value_dim"], generator=gen)
+
+
+class _Case:
+    """The kernel's inputs and buffers for one (head size, bound, L), as the forward pass uses them;
+    ``sphere``: the DiT block's call (:data:`DIT`, m and R ignored), on the sphere's features."""
+
+    def __init__(self, L: int, m: int, R: float, heads: int, eps: float, seed: int, sphere: bool = False):
+        if sphere:
+            self.q, self.k, self.v = dit_inputs(L, seed)
+            m, R = DIT["head_dim"], DIT["tau"] ** 2
+            self.poly = choose_exp_poly(R, eps)
+            self.run = lambda q, k, v: poly_attention(q, k, v, self.poly, scale=1.0, center=False, sphere=True)
+            q3, v3 = self.q / DIT["tau"], self.v  # the kernel's inputs: |x| = 1
+        else:
+            self.q, self.k, self.v = make_inputs(L, m, R, heads=heads, seed=seed)
+            scale = 1.0 / math.sqrt(m)
+            cert = certify(self.q, self.k, scale, eps)
+            self.poly = choose_exp_poly(cert.R_used, eps)
+            self.run = lambda q, k, v: poly_attention(q, k, v, self.poly, scale=scale, norms=cert.norms,
+                                                      split=("degree", 0))
+            q3 = torch.nn.functional.normalize(self.q[0].float(), dim=-1)  # |<xq, xk>| <= 1 like the kernel's inputs
+            v3 = self.v[0].float()
+        self.n, self.L, self.m, self.mv, self.c = q3.shape[0], L, m, self.v.shape[-1], self.v.shape[-1] + 1
+        self.R, self.sphere = R, sphere
         self.plan = make_plan(m, self.poly.degree)
-        self.peel = peeled(self.plan, self.c)
-        self.built = self.plan if self.peel is None else self.peel[0]
+        if sphere:
+            sp = sphere_plan(m, self.poly.degree)
+            self.peel, self.built, r_cols = (sp, sp.top), sp, sp.r_red
+        else:
+            self.peel = peeled(self.plan, self.c)
+            self.built, r_cols = (self.plan if self.peel is None else self.peel[0]), self.plan.r1
         self.step = chunk_length(self.n, L, max(self.built.r1, self.c * (m + 1)), self.q.device)
-        x = torch.nn.functional.normalize(self.q[0].float(), dim=-1)  # |<xq, xk>| <= 1 like the kernel's inputs
-        self.xT = _padded_T(x, self.step)
-        self.vc = ValueCols(self.v[0].float(), self.step)
-        self.Ut = torch.randn(self.n, self.c, self.plan.r1)
+        self.xT = _padded_T(q3, self.step)
+        self.vc = ValueCols(v3, self.step)
+        self.Ut = torch.randn(self.n, self.c, r_cols)
         self.dout = torch.randn_like(self.v)
-        self.F = torch.randn(self.n, self.plan.r1, self.step)
+        self.F = torch.randn(self.n, self.built.r1, self.step)
 
     def features(self) -> None:
         feats = FeatureBuilder.get(self.built, self.n, self.step, self.xT)
@@ -129,20 +161,22 @@ class _Case:
         """The key- and query-side GEMM shapes of one chunk, on resident data, as many times as chunks."""
         for _ in range(self.xT.shape[-1] // self.step):
             torch.bmm(self.vc.buf, self.F.transpose(1, 2))
-            torch.bmm(self.Ut, self.F)
+            torch.bmm(self.Ut[:, :, :self.F.shape[1]], self.F)
 
 
 def phase_profile(L: int, m: int, R: float, *, heads: int = 4, eps: float = 1e-3, repeats: int = 5,
-                  seed: int = 0) -> dict:
-    """One profile (see the module doc) for head size m with |logit| <= R at L tokens."""
-    cs = _Case(L, m, R, heads, eps, seed)
+                  seed: int = 0, sphere: bool = False) -> dict:
+    """One profile (see the module doc) for head size m with |logit| <= R at L tokens (``sphere``:
+    the DiT block's call instead)."""
+    cs = _Case(L, m, R, heads, eps, seed, sphere)
+    m, R, split = cs.m, cs.R, ("sphere", 0) if sphere else ("degree", 0)
     t = _timed({"features": cs.features, "key": cs.key, "query": cs.query, "normalisation": cs.normalisation,
                 "forward": cs.forward, "fwdbwd": cs.fwdbwd, "gemm_probe": cs.gemm_probe}, repeats)
     peak = matmul_gflops(1024, repeats) * 1e9
     bandwidth = copy_bandwidth(repeats)
     n, mv, g = cs.n, cs.mv, cs.poly.degree
-    fwd_flops = forward_flops(n, L, L, m, mv, g)
-    shape_rate = forward_flops(n, cs.xT.shape[-1], cs.xT.shape[-1], m, mv, g) / t["gemm_probe"]["wall_s"]
+    fwd_flops = forward_flops(n, L, L, m, mv, g, split)
+    shape_rate = forward_flops(n, cs.xT.shape[-1], cs.xT.shape[-1], m, mv, g, split) / t["gemm_probe"]["wall_s"]
     feat_bytes = 2 * 2 * n * L * cs.built.r1 * 4  # both sides, written once and read once
     half = {k: {u: v / 2 for u, v in t["features"].items()} for k in ("key", "query")}  # one side's features
 
@@ -150,17 +184,17 @@ def phase_profile(L: int, m: int, R: float, *, heads: int = 4, eps: float = 1e-3
         return {u: max(0.0, a[u] - sum(x[u] for x in b)) for u in a}
 
     phases = {"features": (t["features"], feat_bytes / bandwidth, "memory"),
-              "key_product": (less(t["key"], half["key"]), product_flops(n, L, m, mv, g) / peak, "flop"),
+              "key_product": (less(t["key"], half["key"]), product_flops(n, L, m, mv, g, split) / peak, "flop"),
               "query_product": (less(t["query"], half["query"], t["normalisation"]),
-                                product_flops(n, L, m, mv, g) / peak, "flop"),
+                                product_flops(n, L, m, mv, g, split) / peak, "flop"),
               "normalisation": (t["normalisation"], n * L * (2 * mv + 2) * 4 / bandwidth, "memory"),
               "forward": (t["forward"], fwd_flops / peak, "flop"),
-              "backward": (less(t["fwdbwd"], t["forward"]), backward_flops(n, L, L, m, mv, g) / peak, "flop")}
+              "backward": (less(t["fwdbwd"], t["forward"]), backward_flops(n, L, L, m, mv, g, split) / peak, "flop")}
     rows = [{"phase": k, **tm, "floor_s": fl, "floor": kind, "wall_over_floor": tm["wall_s"] / fl if fl else None}
             for k, (tm, fl, kind) in phases.items()]
-    return {"L": L, "head_dim": m, "logit_bound": R, "heads": heads, "value_dim": mv, "degree": g,
+    return {"L": L, "head_dim": m, "logit_bound": R, "heads": n, "value_dim": mv, "degree": g, "sphere": sphere,
             "rank": cs.plan.r1, "features_built": cs.built.r1, "peeled": cs.peel is not None, "chunk": cs.step,
-            "forward_gflop": fwd_flops / 1e9, "backward_gflop": backward_flops(n, L, L, m, mv, g) / 1e9,
+            "forward_gflop": fwd_flops / 1e9, "backward_gflop": backward_flops(n, L, L, m, mv, g, split) / 1e9,
             "peak_gflops": peak / 1e9, "shape_gflops": shape_rate / 1e9, "copy_gbytes_per_s": bandwidth / 1e9,
             "fraction_of_matmul_probe": fwd_flops / t["forward"]["wall_s"] / peak, "phases": rows}
 
@@ -183,10 +217,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, default=None, help="JSON file (default: print only)")
+    ap.add_argument("--dit", action="store_true", help="profile the DiT block's call (QK-norm inputs on spheres)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     prov = provenance_start(["python", "-m", "latentdit.bench.attention_phases", *(sys.argv[1:] if argv is None else argv)])
-    profiles = [phase_profile(L, m, R, heads=HEADS, repeats=args.repeats) for m, R in CONFIGS for L in args.lengths]
+    cases = [(DIT["head_dim"], DIT["tau"] ** 2)] if args.dit else CONFIGS
+    profiles = [phase_profile(L, m, R, heads=HEADS, repeats=args.repeats, sphere=args.dit)
+                for m, R in cases for L in args.lengths]
     for p in profiles:
         print(format_profile(p), flush=True)
     if args.out is not None:
