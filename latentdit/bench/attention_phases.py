@@ -46,6 +46,7 @@ from latentdit.attention.products import ValueCols, key_products, peeled, query_
 from latentdit.attention.sphere import sphere_plan
 from latentdit.bench.model import matmul_gflops
 from latentdit.bench.attention_sweep import CONFIGS, HEADS, make_inputs
+from latentdit.bench.dit import FULL, TAU_RAW
 from latentdit.io import atomic_write_json
 from latentdit.provenance import provenance_end, provenance_start
 
@@ -79,7 +80,8 @@ def copy_bandwidth(repeats: int = 5, mib: int = 64) -> float:
     return 2 * a.numel() * 4 / statistics.median(times)
 
 
-DIT = {"batch": 4, "heads": 4, "head_dim": 4, "value_dim": 32, "tau": 1.7 / (1.0 + math.exp(-4.0))}
+DIT = {"batch": FULL["batch"], "heads": FULL["heads"], "head_dim": FULL["qk_dim"],
+       "value_dim": FULL["hidden"] // FULL["heads"], "tau": FULL["tau_max"] / (1.0 + math.exp(-TAU_RAW))}
 
 
 def dit_inputs(L: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -80,6 +80,7 @@ MODES = ("exact", "poly", "relu_linear", "none")
 FULL = dict(hidden=128, depth=4, heads=4, qk_dim=4, tau_max=1.7, token=4, batch=4, eps=1e-3,
             lengths=[1024, 4096, 16384])
 LONG_LENGTH = 65536  # added by --long (exact extrapolated unless --exact-max-len covers it)
+TAU_RAW = 4.0  # every temperature near its cap: tau = tau_max * sigmoid(4) = 0.98 tau_max
 QUICK = dict(hidden=32, depth=1, heads=2, qk_dim=2, tau_max=1.7, token=4, batch=2, eps=1e-3,
              lengths=[64, 256, 1024])
 
@@ -97,7 +98,7 @@ def build(c: dict, L: int, mode: str, seed: int = 0):
     with torch.no_grad():
         for name, p in model.backbone.named_parameters():
             if name.endswith("tau_raw"):
-                p.fill_(4.0)  # tau = tau_max * sigmoid(4) = 0.98 tau_max
+                p.fill_(TAU_RAW)
             elif "adaLN" in name or name.startswith("out."):
                 p.copy_(0.1 * torch.randn(p.shape, generator=g))
     return model
