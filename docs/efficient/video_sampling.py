@@ -57,6 +57,19 @@ SETTINGS = (("dpm2m", 20, 2.0), ("dpm2m", 50, 2.0), ("dpm2m", 100, 2.0), ("em", 
             ("dpm2m", 100, 4.0), ("em", 200, 4.0))
 
 
+def _setting(text: str) -> tuple[str, int, float]:
+    """'SAMPLER:STEPS:GUIDANCE' -> (sampler, steps, guidance); a one-line error otherwise."""
+    parts = text.split(":")
+    try:
+        sampler, steps, guidance = parts[0], int(parts[1]), float(parts[2])
+    except (IndexError, ValueError):
+        raise SystemExit(f"error: --settings {text!r}: expected SAMPLER:STEPS:GUIDANCE, e.g. dpm2m:20:2") from None
+    if len(parts) != 3 or not 1 <= steps <= 10_000 or not 0 <= guidance <= 100:
+        raise SystemExit(f"error: --settings {text!r}: expected SAMPLER:STEPS:GUIDANCE with 1 <= STEPS <= 10000 "
+                         "and 0 <= GUIDANCE <= 100")
+    return sampler, steps, guidance
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -76,8 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     real_b = moving_mnist_from_config(cfg.data, n=num, seed=cfg.eval.seed + 2).render()
     mnist = load_data("mnist", normalise="minmax", seed=0)
     clf, test_acc = train_classifier(mnist, epochs=8, seed=0)
-    settings = SETTINGS if a.settings is None else [(p.split(":")[0], int(p.split(":")[1]), float(p.split(":")[2]))
-                                                    for p in a.settings]
+    settings = SETTINGS if a.settings is None else [_setting(p) for p in a.settings]
     rows = []
     for sampler, steps, guidance in settings:
         t0 = time.time()
