@@ -79,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--settings", nargs="+", default=None, metavar="SAMPLER:STEPS:GUIDANCE",
                     help="the settings to sample (default: SETTINGS)")
     a = ap.parse_args(argv)
+    settings = SETTINGS if a.settings is None else [_setting(p) for p in a.settings]  # checked before any work
     if not (a.run / "run" / "config.json").is_file():
         raise SystemExit(f"error: {a.run} is not a finished video run (needs run/config.json)")
     prov = provenance_start(["python", "docs/efficient/video_sampling.py", *argv])
@@ -89,7 +90,6 @@ def main(argv: list[str] | None = None) -> int:
     real_b = moving_mnist_from_config(cfg.data, n=num, seed=cfg.eval.seed + 2).render()
     mnist = load_data("mnist", normalise="minmax", seed=0)
     clf, test_acc = train_classifier(mnist, epochs=8, seed=0)
-    settings = SETTINGS if a.settings is None else [_setting(p) for p in a.settings]
     rows = []
     for sampler, steps, guidance in settings:
         t0 = time.time()
