@@ -140,8 +140,9 @@ class OptimConfig:
 class TrainConfig:
     steps: int = 10000
     batch_size: int = 256
-    # seconds; 0 = none (the budget is `steps`). > 0 stops earlier at that wall-clock limit (the LR
-    # schedule still spans `steps`); the run then warns and records steps_trained < steps_planned.
+    # seconds; 0 = none (the budget is `steps`). > 0 stops earlier when the run's training seconds,
+    # summed over resumed segments, reach it (the LR schedule still spans `steps`); the run then warns
+    # and records steps_trained < steps_planned.
     time_limit: float = 0.0
     ema_decay: float = 0.999
     ema_warmup: bool = True  # decay min(ema_decay, (1 + step) / (10 + step))

@@ -228,11 +228,13 @@ def time_poly_exact(cfg: Config, stage, repeats: int, train_batch: int, sample_b
 
 def headline(rep: dict) -> dict:
     """The keys the summary of the long-sequence results holds for the video model (training seconds:
-    both stages, the frame autoencoder's when this process trained it)."""
+    both stages, the frame autoencoder's when this process trained it; the DiT's summed over resumed
+    segments, None when a segment resumed from a checkpoint that did not record them)."""
     ev, tm = rep.get("eval", {}), rep.get("timing", {})
     return {"video_tokens": rep["tokens"], "video_accuracy": ev.get("accuracy"),
             "video_identity_consistency": ev.get("identity_consistency"), "video_speed_w1_rel": ev.get("speed_w1_rel"),
-            "video_train_seconds": rep["train_seconds"] + (rep["autoencoder_train_seconds"] or 0.0),
+            "video_train_seconds": (None if rep["train_seconds"] is None
+                                    else rep["train_seconds"] + (rep["autoencoder_train_seconds"] or 0.0)),
             "video_poly_speedup_train": tm.get("speedup_train"),
             "video_poly_speedup_sample": tm.get("speedup_sample")}
 
@@ -317,11 +319,13 @@ def main(argv: list[str] | None = None) -> int:
     pipe, meta = LatentDiTPipeline.from_pretrained(run), read_training_record(run)
     model, stage = pipe.model, pipe.first_stage
     rep = {"variant": args.variant, "tokens": model.reshape.num_tokens, "frames": cfg.data.frames,
-           "train_seconds": meta.get("train_seconds"), "autoencoder_train_seconds": stage.train_seconds,
+           "train_seconds": meta.get("train_seconds"), "train_segments": meta.get("segments", 1),
+           "autoencoder_train_seconds": stage.train_seconds,
            "steps_trained": meta.get("steps_trained"), "wall_train_seconds": time.time() - t0,
            "attention_planned": meta.get("attention", {}).get("planned"), **loss_curve(run),
            **learning_check(model, cfg, stage, num=8 if args.smoke else 32)}
-    print(f"trained {rep['steps_trained']} steps in {rep['train_seconds']:.0f} s; held-out loss {rep['loss_trained']:.4f} "
+    print(f"trained {rep['steps_trained']} steps in {rep['train_seconds'] or float('nan'):.0f} s "
+          f"({rep['train_segments']} segment(s)); held-out loss {rep['loss_trained']:.4f} "
           f"(initialisation {rep['loss_init']:.4f}); x0 error at t = {rep['denoise_t']}: "
           f"{[round(v, 4) for v in rep['denoise_mse_trained']]} (Gaussian denoiser "
           f"{[round(v, 4) for v in rep['denoise_mse_gaussian']]})", flush=True)

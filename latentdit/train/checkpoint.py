@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import io
 import random
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -21,6 +23,44 @@ from latentdit.io import atomic_write_bytes
 CKPT_DIR = "checkpoints"
 CKPT_FORMAT = 2
 STATE_KEYS = {"format", "config", "step", "model", "ema", "opt", "sched", "rng", "order"}
+
+
+@dataclass
+class TrainClock:
+    """Seconds of training up to the current step, summed over the segments of a resumed run.
+
+    A checkpoint stores the seconds up to its step; a resumed segment adds its own. The steps trained
+    between a segment's last checkpoint and its interruption are trained again and counted once, in
+    the segment that keeps them; start-up between segments is not training and is not counted.
+    ``before`` is None after resuming from a checkpoint written before the clock existed: the total is
+    then unknown (:meth:`total` is None) and ``train.time_limit`` counts the current segment only.
+    """
+
+    before: float | None = 0.0  # seconds of the earlier segments, up to the checkpoint resumed from
+    segments: int = 1
+    t_start: float = 0.0
+
+    @classmethod
+    def resumed(cls, state: dict | None) -> "TrainClock":
+        """The clock of a segment that resumes from a checkpoint's ``clock`` state (None: unknown)."""
+        return cls(None, 2) if state is None else cls(state["train_seconds"], state["segments"] + 1)
+
+    def start(self) -> float:
+        self.t_start = time.time()
+        return self.t_start
+
+    def total(self) -> float | None:
+        return None if self.before is None else self.before + time.time() - self.t_start
+
+    def limit_reached(self, limit: float) -> bool:
+        """``train.time_limit``: the run's training seconds (this segment's when the total is unknown)."""
+        t = self.total()
+        return (time.time() - self.t_start if t is None else t) > limit
+
+    def state(self) -> dict:
+        """What a checkpoint stores, and the export's record: the total, the segments, this segment."""
+        return {"train_seconds": self.total(), "segments": self.segments,
+                "segment_seconds": time.time() - self.t_start}
 
 
 def list_checkpoints(run: Path) -> list[Path]:

@@ -6,8 +6,9 @@ the same weights as one never interrupted (bitwise on CPU with a fixed thread co
 :meth:`Trainer.fit` holds the run directory's lock (:class:`latentdit.train.rundir.RunLock`).
 
 ``train.steps`` is the budget. ``train.time_limit > 0`` (off by default) stops earlier when the
-wall-clock limit is reached; the run then says so on stderr and records ``steps_trained`` and
-``steps_planned`` in the export metadata and in the last line of metrics.jsonl. With
+run's training seconds reach it, summed over resumed segments (:class:`TrainClock`); the run then
+says so on stderr and records ``steps_trained`` and ``steps_planned`` in the export metadata and in
+the last line of metrics.jsonl. With
 ``train.val_every > 0`` the EMA model's held-out loss is logged every ``val_every`` steps and the best
 EMA weights are exported; ``train.patience > 0`` stops after that many evaluations without
 improvement (``converged`` in the export), after ``train.plateau_decays`` LR reductions if set.
@@ -36,7 +37,7 @@ from latentdit.errors import CheckpointError, ConfigError, DivergenceError
 from latentdit.models.blocks import attention_summary
 from latentdit.models.guidance import drop_labels
 from latentdit.train.batches import BatchSource, default_data, window_batch
-from latentdit.train.checkpoint import (CKPT_FORMAT, global_rng_state, list_checkpoints, read_latest,
+from latentdit.train.checkpoint import (CKPT_FORMAT, TrainClock, global_rng_state, list_checkpoints, read_latest,
                                         set_global_rng_state, write_checkpoint)
 from latentdit.train.optim import ema_decay_at, ema_update, lr_lambda, make_optimizer
 from latentdit.progress import progress_bar
@@ -117,8 +118,7 @@ class Trainer:
             self.net = DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.progress = (sys.stderr.isatty() if progress is None else progress) and self.dist.is_main
-        self._saved_step = -1
-        self._tb = None
+        self._saved_step, self._tb, self.clock = -1, None, TrainClock()
 
     # -------------------------------------------------------------- state
 
@@ -128,7 +128,7 @@ class Trainer:
             "model": self.model.state_dict(), "ema": self.ema.state_dict(), "opt": self.opt.state_dict(),
             "sched": self.sched.state_dict(), "order": self.batches.state(), "world_size": self.dist.world_size,
             "rng": {"gen": self.gen.get_state(), **global_rng_state()},
-            "early": None if self.early is None else self.early.state_dict(),
+            "early": None if self.early is None else self.early.state_dict(), "clock": self.clock.state(),
         }
 
     def load_state_dict(self, s: dict) -> None:
@@ -159,7 +159,7 @@ class Trainer:
         if self.early is not None and s.get("early") is not None:
             self.early.load_state_dict(s["early"])
         self.step = s["step"]
-        self._saved_step = self.step
+        self._saved_step, self.clock = self.step, TrainClock.resumed(s.get("clock"))
 
     def read_latest(self) -> tuple[dict | None, Path | None, list[tuple[Path, str]]]:
         """(state, its path, unreadable newer checkpoints): see :func:`latentdit.train.checkpoint.read_latest`."""
@@ -264,11 +264,11 @@ class Trainer:
         if main and tc.time_limit > 0:
             print(f"train.time_limit={tc.time_limit:g}s: training stops at that limit even before "
                   f"train.steps={tc.steps}", file=sys.stderr)
-        t_start = time.time()
+        t_start = self.clock.start()
         try:
             timed_out = self._loop(log, bar, t_start)
             if main:
-                self._log(log, {"step": self.step, **self._budget(), "train_seconds": time.time() - t_start})
+                self._log(log, {"step": self.step, **self._budget(), **self.clock.state()})
         finally:
             bar.close()
             if log is not None:
@@ -276,14 +276,14 @@ class Trainer:
             if self._tb is not None:
                 self._tb.close()
         if main:
-            self._finish(timed_out, t_start)
+            self._finish(timed_out)
         self.dist.barrier()
         return self.run
 
     def _loop(self, log, bar, t_start: float) -> bool:
         """The steps to ``train.steps`` (or early stopping); True when ``train.time_limit`` stopped them."""
         tc, main = self.cfg.train, self.dist.is_main
-        meter = _Meter(self.step, t_start)
+        meter = _Meter(self.step, t_start, self.clock.before or 0.0)
         while self.step < tc.steps and not (self.early is not None and self.early.stopped):
             window = self.in_window_phase()
             loss = self.train_step()
@@ -308,11 +308,11 @@ class Trainer:
             if main and tc.eval_every > 0 and self.step % tc.eval_every == 0:
                 self._log(log, {"step": self.step, **self.evaluate_snapshot()})
                 meter.last_t = time.time()  # steps/s counts training only
-            if tc.time_limit > 0 and self.dist.any(time.time() - t_start > tc.time_limit, self.device):
+            if tc.time_limit > 0 and self.dist.any(self.clock.limit_reached(tc.time_limit), self.device):
                 return True
         return False
 
-    def _finish(self, timed_out: bool, t_start: float) -> None:
+    def _finish(self, timed_out: bool) -> None:
         """Rank 0 after the last step: the final checkpoint and the export of the (best) EMA pipeline."""
         tc = self.cfg.train
         if self._saved_step != self.step:
@@ -321,7 +321,7 @@ class Trainer:
             self.early.restore(self.ema)
         attn = attention_summary(self.ema.backbone, batch=self.local_batch)
         training = {"config": self.cfg.to_dict(), "step": self.step, **self._budget(),
-                    "train_seconds": time.time() - t_start, "attention": attn}
+                    **self.clock.state(), "attention": attn}
         make_pipeline(self.ema, self.cfg, self.data).save_pretrained(self.run / "model", training=training)
         if attn["planned"] != {"exact": len(attn["layers"])}:  # say what ran when it is not plain SDPA
             print(f"attention: {attn['planned']} layers; calls {_attention_counts()}; fallbacks "
@@ -354,10 +354,12 @@ class Trainer:
 
 @dataclass
 class _Meter:
-    """Losses since the last log line and the time and step it was written at."""
+    """Losses since the last log line and the time and step it was written at; ``time`` in a line
+    counts the run's training seconds (``offset``: those of its earlier segments)."""
 
     last_step: int
     last_t: float
+    offset: float = 0.0
 
     def __post_init__(self):
         self.t_start, self.losses = self.last_t, []
@@ -366,7 +368,7 @@ class _Meter:
         now = time.time()
         rate = (step - self.last_step) / max(now - self.last_t, 1e-9)
         rec = {"step": step, "loss": sum(self.losses) / len(self.losses), "lr": lr, "steps_per_s": rate,
-               "eta_s": (total - step) / max(rate, 1e-9), "time": now - self.t_start, **_attention_counts()}
+               "eta_s": (total - step) / max(rate, 1e-9), "time": self.offset + now - self.t_start, **_attention_counts()}
         self.losses, self.last_t, self.last_step = [], now, step
         return rec
 
