@@ -137,6 +137,37 @@ def test_first_stage_resume_equals_an_uninterrupted_run(tmp_path):
         train_first_stage(changed, data, tmp_path / "cut")
 
 
+def test_first_stage_training_seconds_are_summed_over_resumed_segments(tmp_path, monkeypatch):
+    """A training clock that moves 10 s per step: cut at step 5 (checkpoint at 3) and resumed, the
+    stage records 3 + 13 steps of training, 160 s; the 2 steps after the checkpoint count once."""
+    from latentdit.train import checkpoint
+
+    class Clock:
+        now = 0.0
+
+        def time(self):
+            return self.now
+
+    clock = Clock()
+    monkeypatch.setattr(checkpoint, "time", clock)
+
+    class Stop(Exception):
+        pass
+
+    def tick(step):
+        clock.now += 10.0
+        if cut and step == 5:
+            raise Stop
+
+    cfg, cut = _cfg(checkpoint_every=3), True  # 2 epochs of 8 steps
+    data = build_data(cfg)
+    with pytest.raises(Stop):
+        train_first_stage(cfg, data, tmp_path / "cut", on_step=tick)
+    cut = False
+    clock.now += 1000.0  # between the two processes: not training
+    assert train_first_stage(cfg, data, tmp_path / "cut", on_step=tick).train_seconds == 160.0
+
+
 @pytest.mark.slow
 def test_export_round_trip_gives_identical_pixels(tmp_path):
     from latentdit.build import make_pipeline

@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import time
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Callable
@@ -41,7 +40,7 @@ from latentdit.data.video import VideoData, moving_mnist_from_config
 from latentdit.errors import CheckpointError, ConfigError
 from latentdit.io import atomic_write_json
 from latentdit.progress import progress_bar
-from latentdit.train.checkpoint import (CKPT_FORMAT, DataOrder, global_rng_state, read_latest,
+from latentdit.train.checkpoint import (CKPT_FORMAT, DataOrder, TrainClock, global_rng_state, read_latest,
                                         set_global_rng_state, write_checkpoint)
 from latentdit.train.rundir import RunLock
 
@@ -71,7 +70,7 @@ class FirstStageTrainer:
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: _lr_factor(s, self.total))
         self.order = DataOrder(n, self.batch, a.seed)
         self.gen = torch.Generator().manual_seed(a.seed + 29)
-        self.step = 0
+        self.step, self.clock = 0, TrainClock()
 
     def _key(self) -> dict:
         """What the checkpoints must have been trained with to be resumed."""
@@ -80,7 +79,8 @@ class FirstStageTrainer:
     def state_dict(self) -> dict:
         return {"format": CKPT_FORMAT, "config": self._key(), "step": self.step, "model": self.model.state_dict(),
                 "ema": None, "opt": self.opt.state_dict(), "sched": self.sched.state_dict(),
-                "order": self.order.state(), "rng": {"gen": self.gen.get_state(), **global_rng_state()}}
+                "order": self.order.state(), "rng": {"gen": self.gen.get_state(), **global_rng_state()},
+                "clock": self.clock.state()}
 
     def load_state_dict(self, s: dict) -> None:
         if s["config"] != self._key():
@@ -92,7 +92,7 @@ class FirstStageTrainer:
         self.gen.set_state(s["rng"]["gen"])
         set_global_rng_state(s["rng"])
         self.order = DataOrder(self.order.n, self.order.bs, self.a.seed, **s["order"])
-        self.step = s["step"]
+        self.step, self.clock = s["step"], TrainClock.resumed(s.get("clock"))
 
     def train_step(self) -> float:
         x = self.images[self.order.next()]
@@ -117,6 +117,7 @@ class FirstStageTrainer:
             self.load_state_dict(state)
         every = self.a.checkpoint_every or max(1, self.total // max(self.a.epochs, 1))
         bar = progress_bar(total=self.total, initial=self.step, desc="autoencoder", unit="step", enabled=self.progress)
+        self.clock.start()
         try:
             while self.step < self.total:
                 loss = self.train_step()
@@ -167,12 +168,11 @@ def train_first_stage(cfg: Config, data: TrainData, folder: str | Path, *, progr
                                   "or [data] config; use a new --out directory")
         return FirstStage.load(folder).with_layout(lp)
     trainer = FirstStageTrainer(cfg, images, folder, progress=progress, on_step=on_step)
-    t0 = time.time()
     ae = trainer.fit()
     stage = FirstStage(ae, image_shape=loaded.image_shape, side=side, normalisation=loaded.norm,
                        pixel_range=loaded.pixel_range)
     stage.scale = latent_scale(stage.encode_images(images))
-    stage.train_seconds = time.time() - t0  # this process's share when resumed
+    stage.train_seconds = trainer.clock.total()  # summed over resumed segments, with the latent scale
     stage.save(folder, {"trained_with": key, "step": trainer.step})
     return stage.with_layout(lp)
 
