@@ -12,7 +12,9 @@ large blocks and no trimming of the heap, so that once a step or two have shaped
 activations are reused by the next step without faulting. This is what a caching allocator (jemalloc, tcmalloc) buys a CPU PyTorch job, without a
 preloaded library. The price: memory freed during the run is kept by the process until it exits
 (the resident size stays at its high-water mark; :func:`release_host_memory` hands the free part
-back, as ``latentdit bench dit`` does before its peak-memory subprocesses). The CLI calls it for every command on CPU;
+back, as ``latentdit bench dit`` does before its peak-memory subprocesses). The CLI calls it for every command on CPU,
+as do the ``python -m`` entry points that train or time (``latentdit.experiments.efficient`` and ``.video``,
+``latentdit.bench.attention_phases``);
 ``LATENTDIT_HOST_MALLOC=system`` keeps the C library's defaults. Anything other than glibc on
 Linux is left alone.
 """

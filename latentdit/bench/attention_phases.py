@@ -47,6 +47,7 @@ from latentdit.attention.sphere import sphere_plan
 from latentdit.bench.model import matmul_gflops
 from latentdit.bench.attention_sweep import CONFIGS, HEADS, make_inputs
 from latentdit.bench.dit import FULL, TAU_RAW
+from latentdit.hostmem import reuse_host_memory
 from latentdit.io import atomic_write_json
 from latentdit.provenance import provenance_end, provenance_start
 
@@ -222,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dit", action="store_true", help="profile the DiT block's call (QK-norm inputs on spheres)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    reuse_host_memory()  # the allocator of every `latentdit` command, `bench dit` included (latentdit.hostmem)
     prov = provenance_start(["python", "-m", "latentdit.bench.attention_phases", *(sys.argv[1:] if argv is None else argv)])
     cases = [(DIT["head_dim"], DIT["tau"] ** 2)] if args.dit else CONFIGS
     profiles = [phase_profile(L, m, R, heads=HEADS, repeats=args.repeats, sphere=args.dit)

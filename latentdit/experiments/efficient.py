@@ -53,6 +53,7 @@ from latentdit.evaluation.long import ground_truth, long_quality
 from latentdit.experiments.efficient_report import (loss_curve, plot_loss_curves, summary_values, write_rows,
                                                     write_summary)
 from latentdit.export import EXPORT_CONFIG, read_training_record
+from latentdit.hostmem import reuse_host_memory
 from latentdit.io import atomic_write_json
 from latentdit.pipeline import LatentDiTPipeline
 from latentdit.provenance import provenance_end, provenance_start
@@ -190,6 +191,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="run only these sequence lengths of the plan (a part of it: the summary's gt_tokens "
                          "names the longest length run)")
     args = ap.parse_args(argv)
+    reuse_host_memory()  # the allocator of every `latentdit` command (latentdit.hostmem)
     plan = PLANS["smoke" if args.smoke else "full"]
     if args.lengths:
         unknown = sorted(set(args.lengths) - {r.tokens for r in plan})

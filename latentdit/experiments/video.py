@@ -66,6 +66,7 @@ from latentdit.evaluation.video import frame_classes, identity_metrics, video_me
 from latentdit.experiments.efficient_report import write_summary
 from latentdit.export import read_training_record
 from latentdit.firststage.stage import padded_side
+from latentdit.hostmem import reuse_host_memory
 from latentdit.io import atomic_write, atomic_write_json
 from latentdit.metrics.classifier import train_classifier
 from latentdit.output import save_clips_gif
@@ -306,6 +307,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
+    reuse_host_memory()  # the allocator of every `latentdit` command (latentdit.hostmem)
     prov = provenance_start(["python", "-m", "latentdit.experiments.video", *argv])
     if args.check_stage is not None:
         return check_stage(args.check_stage, args.out, prov)
