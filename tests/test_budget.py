@@ -80,6 +80,8 @@ def test_time_limit_counts_the_seconds_of_earlier_segments(tmp_path, monkeypatch
     train(load_config(TINY, SETS + ["train.time_limit=35"]), run, progress=False, callbacks=hooks)
     meta = read_training_record(run)
     assert (meta["steps_trained"], meta["train_seconds"], meta["segments"]) == (4, 40.0, 1)
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["time"]) for r in lines if "loss" in r] == [(2, 20.0), (4, 40.0)]
     # resumed with a limit of 45 s, the run has 5 s left: one more step (a per-segment clock would
     # allow 4 more and train to step 6)
     train(load_config(run / "config.json", ["train.time_limit=45"]), run, progress=False, callbacks=hooks)

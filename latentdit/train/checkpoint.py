@@ -52,10 +52,14 @@ class TrainClock:
     def total(self) -> float | None:
         return None if self.before is None else self.before + time.time() - self.t_start
 
-    def limit_reached(self, limit: float) -> bool:
-        """``train.time_limit``: the run's training seconds (this segment's when the total is unknown)."""
+    def seconds(self) -> float:
+        """The run's training seconds, this segment's when the total is unknown: what
+        ``train.time_limit`` and the ``time`` of a metrics line count."""
         t = self.total()
-        return (time.time() - self.t_start if t is None else t) > limit
+        return time.time() - self.t_start if t is None else t
+
+    def limit_reached(self, limit: float) -> bool:
+        return self.seconds() > limit
 
     def state(self) -> dict:
         """What a checkpoint stores, and the export's record: the total, the segments, this segment."""

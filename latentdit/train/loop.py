@@ -283,7 +283,7 @@ class Trainer:
     def _loop(self, log, bar, t_start: float) -> bool:
         """The steps to ``train.steps`` (or early stopping); True when ``train.time_limit`` stopped them."""
         tc, main = self.cfg.train, self.dist.is_main
-        meter = _Meter(self.step, t_start, self.clock.before or 0.0)
+        meter = _Meter(self.step, t_start, self.clock)
         while self.step < tc.steps and not (self.early is not None and self.early.stopped):
             window = self.in_window_phase()
             loss = self.train_step()
@@ -355,20 +355,20 @@ class Trainer:
 @dataclass
 class _Meter:
     """Losses since the last log line and the time and step it was written at; ``time`` in a line
-    counts the run's training seconds (``offset``: those of its earlier segments)."""
+    is the run's training seconds (:meth:`TrainClock.seconds`)."""
 
     last_step: int
     last_t: float
-    offset: float = 0.0
+    clock: TrainClock
 
     def __post_init__(self):
-        self.t_start, self.losses = self.last_t, []
+        self.losses = []
 
     def record(self, step: int, total: int, lr: float) -> dict:
         now = time.time()
         rate = (step - self.last_step) / max(now - self.last_t, 1e-9)
         rec = {"step": step, "loss": sum(self.losses) / len(self.losses), "lr": lr, "steps_per_s": rate,
-               "eta_s": (total - step) / max(rate, 1e-9), "time": self.offset + now - self.t_start, **_attention_counts()}
+               "eta_s": (total - step) / max(rate, 1e-9), "time": self.clock.seconds(), **_attention_counts()}
         self.losses, self.last_t, self.last_step = [], now, step
         return rec
 
