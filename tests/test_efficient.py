@@ -14,7 +14,7 @@ from latentdit.config import load_config
 from latentdit.data.stationary import StationaryMixture
 from latentdit.diffusion import DSMLoss, sample_times
 from latentdit.evaluation.long import band_edges, spectral_summary
-from latentdit.experiments.efficient_report import loss_curve, write_summary
+from latentdit.experiments.efficient_report import budget_values, loss_curve, write_summary
 from latentdit.models.blocks import DiTBackbone
 
 
@@ -132,6 +132,55 @@ def test_experiment_end_to_end_smoke(tmp_path):
     assert part["gt_tokens"] == 16 and part["poly_exact_ratio_1024"] is not None
     with pytest.raises(SystemExit):
         main(["--smoke", "--lengths", "7", "--out", str(tmp_path / "bad")])
+
+
+@pytest.mark.slow
+def test_budget_plan_smoke_merges_by_its_rule(tmp_path, monkeypatch):
+    """The budget plan at smoke sizes: W2 at every seed for poly, none and the exact-score control;
+    its L keys merged into --summary only when the poly model trained within the budget."""
+    import latentdit.experiments.efficient as eff
+
+    target = tmp_path / "summary.json"
+    write_summary(target, "video", {"video_tokens": 4100}, {"command": "v"})
+    monkeypatch.setattr(eff, "BUDGET_SECONDS", 0.0)  # over the budget: nothing merged
+    assert eff.main(["--plan", "budget", "--smoke", "--out", str(tmp_path / "b"), "--summary", str(target)]) == 0
+    assert "gt_plan" not in json.loads(target.read_text())
+    d = json.loads((tmp_path / "b" / "summary.json").read_text())
+    assert set(d["w2_excess_by_seed"]) == {"poly", "none", "exact_score"}
+    assert all(set(v) == {"0", "1"} for v in d["w2_excess_by_seed"].values())
+    assert d["gt_w2_excess_ratio_vs_no_attention"] == pytest.approx(d["w2_excess_ratio_by_seed"]["0"])
+    monkeypatch.setattr(eff, "BUDGET_SECONDS", 1e9)  # within it: the runs reused, the keys merged
+    assert eff.main(["--plan", "budget", "--smoke", "--out", str(tmp_path / "b"), "--summary", str(target)]) == 0
+    merged = json.loads(target.read_text())
+    assert merged["gt_plan"] == "budget" and merged["video_tokens"] == 4100
+    assert merged["gt_score_ratio_vs_f0"] == pytest.approx(d["gt_score_ratio_vs_f0"])
+
+
+def test_budget_values_ratio_per_seed():
+    """The budget plan's W2 reading: the poly / none ratio at each seed, their mean and standard
+    error (ddof 1), the control's excesses carried as they are."""
+    recs = [{"model": "f0", "tokens": 8, "evaluated_with": "none (F = 0)",
+             "exact_score_w2_excess_by_seed": {"0": 0.01, "1": -0.02}},
+            {"model": "poly", "tokens": 8, "evaluated_with": "poly", "w2_excess_by_seed": {"0": 0.4, "1": 0.6}},
+            {"model": "none", "tokens": 8, "evaluated_with": "none", "w2_excess_by_seed": {"0": 1.0, "1": 1.0}}]
+    v = budget_values(recs, {"gt_tokens": 8}, 8)
+    assert v["w2_excess_ratio_by_seed"] == {"0": 0.4, "1": 0.6} and v["gt_plan"] == "budget"
+    assert v["w2_excess_ratio_mean"] == pytest.approx(0.5) and v["w2_excess_ratio_se"] == pytest.approx(0.1)
+    assert v["w2_excess_by_seed"]["exact_score"] == {"0": 0.01, "1": -0.02}
+
+
+def test_exact_score_control_draws_the_law():
+    """The control's samples (the law's exact score through the pipeline's sampler) have the law's
+    moments: every coordinate has second moment 1 and the mixture's mean level."""
+    from latentdit.evaluation.long import exact_score_samples
+    from latentdit.experiments.efficient import Length, initial_pipeline, variant_config
+
+    cfg = variant_config(Length(16, 1, 4, ("poly",), 8, 8, threads=1), "poly")
+    pipe, law = initial_pipeline(cfg), build_stationary_law(cfg)
+    x = exact_score_samples(pipe, law, 2000, seed=0)
+    assert x.dtype == torch.float64 and x.shape == (2000, 64)
+    level = float((law.weights * law.levels).sum())
+    assert abs(float(x.mean()) - level) < 0.03 and abs(float(x.pow(2).mean()) - 1.0) < 0.05
 
 
 def test_evaluate_a_stationary_run_against_the_dense_score(tmp_path):

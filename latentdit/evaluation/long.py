@@ -36,6 +36,7 @@ from latentdit.config import Config
 from latentdit.evaluation.gmm import log_times, score_error_profile, score_integral_error
 from latentdit.metrics.distances import w2
 from latentdit.pipeline import LatentDiTPipeline
+from latentdit.sampling import denoiser_from_score, sample
 
 BANDS = 4  # frequency bands of the spectral summary
 
@@ -92,6 +93,23 @@ def sample_distances(x: torch.Tensor, law, T0: float, seed: int) -> dict:
     out = {"w2_summary": w2(spectral_summary(x), st), "w2_floor": w2(spectral_summary(ref), st)}
     out["w2_excess"] = out["w2_summary"] - out["w2_floor"]
     return out
+
+
+@torch.no_grad()
+def exact_score_samples(pipe: LatentDiTPipeline, law, num: int, seed: int) -> torch.Tensor:
+    """``num`` samples drawn with the law's exact score (float64) by the pipeline's own sampler
+    settings and seed: the control whose W2 excess is the sampler's share, with no score error."""
+    d = pipe.defaults
+    return sample(denoiser_from_score(law.score), (num, law.ambient_dim), sampler=d.sampler, steps=d.steps, T0=pipe.T0,
+                  T=pipe.T, grid=d.grid, rho=d.rho, denoise=d.denoise, dtype=torch.float64,
+                  generator=torch.Generator().manual_seed(seed))
+
+
+@torch.no_grad()
+def w2_excess_by_seed(draw, law, T0: float, num: int, seeds: list[int]) -> dict[str, float]:
+    """The W2 excess of :func:`sample_distances` for ``draw(num, seed)`` at each seed (the true
+    samples and the floor drawn again with each seed): the spread of the 128-sample estimator."""
+    return {str(s): sample_distances(draw(num, s).double(), law, T0, s)["w2_excess"] for s in seeds}
 
 
 @torch.no_grad()

@@ -2,6 +2,9 @@
 
 ``python -m latentdit.experiments.efficient --out docs/efficient``   (the plan below; resumable)
 ``python -m latentdit.experiments.efficient --out /tmp/eff --smoke`` (tiny sizes, seconds: a test)
+``python -m latentdit.experiments.efficient --plan budget --out docs/efficient/budget --summary
+docs/efficient/summary.json`` (L = 4,096 at the target's training budget, with the W2 excess at
+four sampling seeds and the exact-score control: ``docs/efficient/budget_plan.md``)
 
 Data: the mixture of stationary Gaussian processes of :mod:`latentdit.data.stationary`
 (``data.source = "stationary"``, B = I, the identity encoder, fresh draws every step), whose
@@ -49,9 +52,9 @@ import torch
 
 from latentdit.build import build_model, make_pipeline
 from latentdit.config import Config, load_config
-from latentdit.evaluation.long import ground_truth, long_quality
-from latentdit.experiments.efficient_report import (loss_curve, plot_loss_curves, summary_values, write_rows,
-                                                    write_summary)
+from latentdit.evaluation.long import exact_score_samples, ground_truth, long_quality, w2_excess_by_seed
+from latentdit.experiments.efficient_report import (BUDGET_KEYS, budget_values, loss_curve, plot_loss_curves,
+                                                    summary_values, write_rows, write_summary)
 from latentdit.export import EXPORT_CONFIG, read_training_record
 from latentdit.hostmem import reuse_host_memory
 from latentdit.io import atomic_write_json
@@ -82,14 +85,20 @@ class Length:
     samples: int  # generated samples for the W2 of spectral summaries (0: none)
     exact_seconds: float = 0.0  # > 0: the exact model stops after this training time
     threads: int = 2  # torch CPU threads for training and evaluation
+    w2_seeds: tuple[int, ...] = ()  # further sampling seeds of the W2 excess, with the exact-score control
 
 
-PLANS = {
+PLANS = {  # docs/efficient-dit.md (full) and docs/efficient/budget_plan.md (budget)
     "full": (Length(1024, 3000, 8, ("poly", "exact", "relu_linear", "none"), 64, 256),
              Length(4096, 3000, 8, ("poly", "relu_linear", "none", "exact"), 64, 128, exact_seconds=1200.0)),
-    "smoke": (Length(16, 6, 4, ("poly", "exact", "relu_linear", "none"), 8, 8, threads=1),
-              Length(32, 6, 4, ("poly", "none", "exact"), 8, 8, exact_seconds=60.0, threads=1)),
+    "budget": (Length(4096, 6000, 8, ("poly", "none"), 64, 128, w2_seeds=(1, 2, 3)),),
 }
+SMOKE = {
+    "full": (Length(16, 6, 4, ("poly", "exact", "relu_linear", "none"), 8, 8, threads=1),
+             Length(32, 6, 4, ("poly", "none", "exact"), 8, 8, exact_seconds=60.0, threads=1)),
+    "budget": (Length(32, 8, 4, ("poly", "none"), 8, 8, threads=1, w2_seeds=(1,)),),
+}
+BUDGET_SECONDS = 1800.0  # the target's training budget at L = 4,096 (budget plan: its reading rule)
 
 
 def base_overrides(length: "Length") -> list[str]:
@@ -149,12 +158,28 @@ def evaluation(out: Path, key: str, pipe: LatentDiTPipeline, cfg: Config, length
     if path.exists():
         return json.loads(path.read_text())
     t0 = time.time()
-    q = long_quality(pipe, ground_truth(cfg), length.score_points, seed=0, score_times=cfg.eval.score_times,
-                     n_samples=samples)
+    law = ground_truth(cfg)
+    q = long_quality(pipe, law, length.score_points, seed=0, score_times=cfg.eval.score_times, n_samples=samples)
+    if samples and length.w2_seeds:  # the estimator's spread over sampling seeds (seed 0 is the headline)
+        draw = lambda n, s: pipe.sample_model_space(n, seed=s, batch_size=64)  # noqa: E731
+        q["w2_excess_by_seed"] = {"0": q["w2_excess"], **w2_excess_by_seed(draw, law, pipe.T0, samples,
+                                                                            list(length.w2_seeds))}
     q["eval_seconds"] = time.time() - t0
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(path, q)
     return q
+
+
+def exact_score_control(out: Path, cfg: Config, pipe: LatentDiTPipeline, length: Length) -> dict:
+    """The W2 excess of samples drawn with the law's exact score by the pipeline's sampler settings, at
+    seed 0 and every ``w2_seeds`` (cached in ``out/runs/evals``): the sampler's share of the excess."""
+    path = out / "runs" / "evals" / f"exact_score_L{length.tokens}.json"
+    if not path.exists():
+        law = ground_truth(cfg)
+        draw = lambda n, s: exact_score_samples(pipe, law, n, s)  # noqa: E731
+        atomic_write_json(path, {"w2_excess_by_seed": w2_excess_by_seed(draw, law, pipe.T0, length.samples,
+                                                                        [0, *length.w2_seeds])})
+    return json.loads(path.read_text())
 
 
 def run_length(out: Path, length: Length) -> list[dict]:
@@ -177,6 +202,9 @@ def run_length(out: Path, length: Length) -> list[dict]:
             records.append({**base, "evaluated_with": SWAPS[variant], **qs})
         print(f"  {variant} L {length.tokens}: score_integral {q['score_integral']:.4g} "
               f"(F = 0: {init['score_integral']:.4g}), w2_excess {q.get('w2_excess', float('nan')):.4g}", flush=True)
+    if length.w2_seeds and length.samples:
+        control = exact_score_control(out, cfg0, initial_pipeline(cfg0), length)
+        records[0]["exact_score_w2_excess_by_seed"] = control["w2_excess_by_seed"]
     for r in records:  # per-t comparison with the same architecture at initialisation
         r["mse_over_init"] = [m / m0 for m, m0 in zip(r["score_profile"]["mse"], init["score_profile"]["mse"])]
         r["beats_init_every_t"] = all(x < 1 for x in r["mse_over_init"])
@@ -186,13 +214,19 @@ def run_length(out: Path, length: Length) -> list[dict]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m latentdit.experiments.efficient", description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, required=True, help="directory for the runs, rows, figures and summary")
+    ap.add_argument("--plan", choices=sorted(PLANS), default="full",
+                    help="full: docs/efficient-dit.md; budget: L = 4,096 at the target's training budget "
+                         "(docs/efficient/budget_plan.md)")
     ap.add_argument("--smoke", action="store_true", help="tiny lengths and a few steps (seconds; for tests)")
+    ap.add_argument("--summary", type=Path, default=None,
+                    help="budget plan: merge its L = 4,096 keys into this summary if the poly model trained "
+                         "within the budget (the plan's rule)")
     ap.add_argument("--lengths", type=int, nargs="+", default=None,
                     help="run only these sequence lengths of the plan (a part of it: the summary's gt_tokens "
                          "names the longest length run)")
     args = ap.parse_args(argv)
     reuse_host_memory()  # the allocator of every `latentdit` command (latentdit.hostmem)
-    plan = PLANS["smoke" if args.smoke else "full"]
+    plan = (SMOKE if args.smoke else PLANS)[args.plan]
     if args.lengths:
         unknown = sorted(set(args.lengths) - {r.tokens for r in plan})
         if unknown:
@@ -211,6 +245,11 @@ def main(argv: list[str] | None = None) -> int:
     write_rows(args.out, records, done)
     plot_loss_curves(args.out, [(r.tokens, args.out / "runs" / run_name(r, v)) for r in plan for v in r.variants])
     values = summary_values(records, plan[-1].tokens, plan[0].tokens)
+    if args.plan == "budget":
+        values = budget_values(records, values, plan[-1].tokens)
+        if args.summary is not None and (values["gt_train_seconds"] or float("inf")) <= BUDGET_SECONDS:
+            write_summary(args.summary, "gt_budget", {k: values[k] for k in BUDGET_KEYS}, done)
+            print(f"merged {', '.join(BUDGET_KEYS)} into {args.summary}", flush=True)
     write_summary(args.out / "summary.json", "gt", values, done)
     print(f"wrote {args.out / 'summary.json'}: " + ", ".join(f"{k} {v:.4g}" for k, v in values.items()
                                                               if isinstance(v, float)), flush=True)

@@ -130,6 +130,28 @@ def summary_values(records: list[dict], long_tokens: int, short_tokens: int) -> 
     }
 
 
+BUDGET_KEYS = ("gt_plan", "gt_tokens", "gt_score_ratio_vs_no_attention", "gt_score_ratio_vs_f0",
+               "gt_w2_excess_ratio_vs_no_attention", "gt_train_seconds", "gt_beats_init_every_t")
+
+
+def budget_values(records: list[dict], values: dict, tokens: int) -> dict:
+    """The budget plan's summary (docs/efficient/budget_plan.md): the headline keys of
+    :func:`summary_values` and the W2 excess at every sampling seed for poly, none and the exact-score
+    control, with the poly / none ratio per seed and its mean and standard error."""
+    import numpy as np
+
+    poly, none, f0 = (_find(records, "poly", tokens), _find(records, "none", tokens),
+                      _find(records, "f0", tokens, "none (F = 0)"))
+    by_seed = {"poly": _get(poly, "w2_excess_by_seed") or {}, "none": _get(none, "w2_excess_by_seed") or {},
+               "exact_score": _get(f0, "exact_score_w2_excess_by_seed") or {}}
+    ratios = {s: by_seed["poly"][s] / by_seed["none"][s] for s in by_seed["poly"]
+              if by_seed["none"].get(s, 0) > 0}
+    r = np.array(list(ratios.values()), dtype=float)
+    return {**values, "gt_plan": "budget", "w2_excess_by_seed": by_seed, "w2_excess_ratio_by_seed": ratios,
+            "w2_excess_ratio_mean": float(r.mean()) if r.size else None,
+            "w2_excess_ratio_se": float(r.std(ddof=1) / np.sqrt(r.size)) if r.size > 1 else None}
+
+
 def write_summary(path: Path, part: str, values: dict, provenance: dict) -> Path:
     """Merge ``values`` into the summary JSON at ``path`` (created if absent), with ``provenance`` as
     the file's latest record and under ``provenance_by_part[part]``; other parts' keys are kept."""
