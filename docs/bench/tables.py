@@ -25,6 +25,8 @@ def g(x, digits: int = 3) -> str:
         return "yes" if x else "no"
     if isinstance(x, int):
         return f"{x:,}"
+    if isinstance(x, str):
+        return x
     return f"{x:.{digits}g}"
 
 
@@ -133,7 +135,7 @@ def dit(path: Path) -> list[str]:
     return out
 
 
-SUMMARY_KEYS = ("gt_tokens", "gt_score_ratio_vs_no_attention", "gt_score_ratio_vs_f0", "gt_w2_excess_ratio_vs_no_attention",
+SUMMARY_KEYS = ("gt_plan", "gt_tokens", "gt_score_ratio_vs_no_attention", "gt_score_ratio_vs_f0", "gt_w2_excess_ratio_vs_no_attention",
                 "gt_train_seconds", "gt_beats_init_every_t", "poly_exact_ratio_1024", "operator_swap_change",
                 "gt_relu_linear_swap_change")
 
