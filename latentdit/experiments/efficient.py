@@ -86,17 +86,20 @@ class Length:
     exact_seconds: float = 0.0  # > 0: the exact model stops after this training time
     threads: int = 2  # torch CPU threads for training and evaluation
     w2_seeds: tuple[int, ...] = ()  # further sampling seeds of the W2 excess, with the exact-score control
+    train_seed: int = 0  # the networks' initialisation and training draws (the law stays data.seed = 0)
 
 
 PLANS = {  # docs/efficient-dit.md (full) and docs/efficient/budget_plan.md (budget)
     "full": (Length(1024, 3000, 8, ("poly", "exact", "relu_linear", "none"), 64, 256),
              Length(4096, 3000, 8, ("poly", "relu_linear", "none", "exact"), 64, 128, exact_seconds=1200.0)),
     "budget": (Length(4096, 6000, 8, ("poly", "none"), 64, 128, w2_seeds=(1, 2, 3)),),
+    "budget_seed1": (Length(4096, 6000, 8, ("poly", "none"), 64, 128, w2_seeds=(1, 2, 3), train_seed=1),),
 }
 SMOKE = {
     "full": (Length(16, 6, 4, ("poly", "exact", "relu_linear", "none"), 8, 8, threads=1),
              Length(32, 6, 4, ("poly", "none", "exact"), 8, 8, exact_seconds=60.0, threads=1)),
     "budget": (Length(32, 8, 4, ("poly", "none"), 8, 8, threads=1, w2_seeds=(1,)),),
+    "budget_seed1": (Length(32, 8, 4, ("poly", "none"), 8, 8, threads=1, w2_seeds=(1,), train_seed=1),),
 }
 BUDGET_SECONDS = 1800.0  # the target's training budget at L = 4,096 (budget plan: its reading rule)
 
@@ -110,7 +113,7 @@ def base_overrides(length: "Length") -> list[str]:
         "model.block=dit", f"model.patch={TOKEN_SIZE}", "model.patching=1d", "model.hidden=64", "model.depth=2",
         "model.heads=8", "model.qk_dim=2", "model.tau_max=1.7", "model.mlp_ratio=2.0",
         "diffusion.times=log", "diffusion.weighting=edm",
-        f"train.steps={steps}", f"train.batch_size={batch}", "train.seed=0", f"train.threads={length.threads}",
+        f"train.steps={steps}", f"train.batch_size={batch}", f"train.seed={length.train_seed}", f"train.threads={length.threads}",
         "train.log_every=10", f"train.checkpoint_every={max(10, steps // 10)}", "optim.lr=1e-3",
         f"optim.warmup_steps={max(1, steps // 20)}", "train.ema_decay=0.99",
         "sample.sampler=dpm2m", "sample.steps=20", "eval.score_times=16",
@@ -215,8 +218,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m latentdit.experiments.efficient", description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, required=True, help="directory for the runs, rows, figures and summary")
     ap.add_argument("--plan", choices=sorted(PLANS), default="full",
-                    help="full: docs/efficient-dit.md; budget: L = 4,096 at the target's training budget "
-                         "(docs/efficient/budget_plan.md)")
+                    help="full: docs/efficient-dit.md; budget: L = 4,096 at the target's training budget, "
+                         "budget_seed1: the same with training seed 1 (docs/efficient/budget_plan.md)")
     ap.add_argument("--smoke", action="store_true", help="tiny lengths and a few steps (seconds; for tests)")
     ap.add_argument("--summary", type=Path, default=None,
                     help="budget plan: merge its L = 4,096 keys into this summary if the poly model trained "
@@ -226,6 +229,8 @@ def main(argv: list[str] | None = None) -> int:
                          "names the longest length run)")
     args = ap.parse_args(argv)
     reuse_host_memory()  # the allocator of every `latentdit` command (latentdit.hostmem)
+    if args.summary is not None and args.plan != "budget":
+        ap.error(f"--summary merges the budget plan's keys only; plan {args.plan} writes its own summary in --out")
     plan = (SMOKE if args.smoke else PLANS)[args.plan]
     if args.lengths:
         unknown = sorted(set(args.lengths) - {r.tokens for r in plan})
@@ -245,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     write_rows(args.out, records, done)
     plot_loss_curves(args.out, [(r.tokens, args.out / "runs" / run_name(r, v)) for r in plan for v in r.variants])
     values = summary_values(records, plan[-1].tokens, plan[0].tokens)
-    if args.plan == "budget":
+    if args.plan.startswith("budget"):
         values = budget_values(records, values, plan[-1].tokens)
         if args.summary is not None and (values["gt_train_seconds"] or float("inf")) <= BUDGET_SECONDS:
             write_summary(args.summary, "gt_budget", {k: values[k] for k in BUDGET_KEYS}, done)
