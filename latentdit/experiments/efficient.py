@@ -191,7 +191,8 @@ def run_length(out: Path, length: Length) -> list[dict]:
     records = []
     torch.set_num_threads(length.threads)
     cfg0 = variant_config(length, "poly")
-    init = evaluation(out, f"f0_L{length.tokens}", initial_pipeline(cfg0), cfg0, length, length.samples)
+    pipe0 = initial_pipeline(cfg0)
+    init = evaluation(out, f"f0_L{length.tokens}", pipe0, cfg0, length, length.samples)
     records.append({"model": "f0", "tokens": length.tokens, "evaluated_with": "none (F = 0)", "steps": 0,
                     "train_seconds": 0.0, **init})
     for variant in length.variants:
@@ -207,7 +208,7 @@ def run_length(out: Path, length: Length) -> list[dict]:
         print(f"  {variant} L {length.tokens}: score_integral {q['score_integral']:.4g} "
               f"(F = 0: {init['score_integral']:.4g}), w2_excess {q.get('w2_excess', float('nan')):.4g}", flush=True)
     if length.w2_seeds and length.samples:
-        control = exact_score_control(out, cfg0, initial_pipeline(cfg0), length)
+        control = exact_score_control(out, cfg0, pipe0, length)
         records[0]["exact_score_w2_excess_by_seed"] = control["w2_excess_by_seed"]
     for r in records:  # per-t comparison with the same architecture at initialisation
         r["mse_over_init"] = [m / m0 for m, m0 in zip(r["score_profile"]["mse"], init["score_profile"]["mse"])]
