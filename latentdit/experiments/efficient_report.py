@@ -23,9 +23,10 @@ ROW_FIELDS = ("model", "tokens", "evaluated_with", "steps", "train_seconds", "t"
 def loss_curve(run: Path) -> dict:
     """Steps, losses and cumulative training seconds logged in ``run/metrics.jsonl``.
 
-    A resumed run logs its time from the start of each session; the sessions are chained (a
-    session starts where the time falls back), so ``seconds`` is the training time over all of
-    them, up to the last log line of an interrupted session."""
+    A run's log lines carry its training clock (:class:`latentdit.train.checkpoint.TrainClock`),
+    summed over resumed segments; logs whose time falls back (written before the clock, or resumed
+    from a checkpoint that did not record it) are chained segment by segment, so ``seconds`` is the
+    training time over all of them, up to the last log line of an interrupted segment."""
     steps, loss, secs = [], [], []
     offset = last = 0.0
     path = run / "metrics.jsonl"
