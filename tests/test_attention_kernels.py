@@ -14,7 +14,7 @@ from latentdit.attention import attention, certify, choose_exp_poly
 from latentdit.attention.cost import rank
 from latentdit.attention.exact import reference_attention_grads
 from latentdit.attention.features import make_plan
-from latentdit.attention.kernels import poly_attention
+from latentdit.attention.kernels import CHUNK_ALIGN, FEATURE_BUDGET_CPU, chunk_length, poly_attention
 from latentdit.attention.polynomials import exp_poly
 from latentdit.attention.products import peeled
 from latentdit.diffusion import DSMLoss
@@ -46,6 +46,22 @@ def test_peeling_covers_every_top_degree_monomial_once():
     assert all(src == rank(8, 3) for src, *_ in top)                     # prefixes of the degree-4 block
     assert peeled(make_plan(4, 7), 33) is None                           # 120 top rows <= 4 * 33
     assert peeled(make_plan(4, 7, ("degree", 1)), 5) is None             # split plans are built in full
+
+
+@pytest.mark.parametrize("n,L,width", [(16, 16384, 176), (16, 4096, 176), (8, 16384, 495), (2, 45, 15),
+                                         (4, 1, 10), (1, 100_000, 1)])
+def test_chunk_lengths_are_aligned_balanced_and_within_the_budget(n, L, width):
+    """Default chunks: a multiple of CHUNK_ALIGN rows, less than CHUNK_ALIGN rows over the feature
+    budget's, no more chunks than the budget needs, padding < CHUNK_ALIGN + 1 rows per chunk; an
+    explicit chunk is kept (at most L)."""
+    cpu = torch.device("cpu")
+    step = chunk_length(n, L, width, cpu)
+    chunks = -(-L // step)
+    budget_rows = max(1, min(L, max(64, FEATURE_BUDGET_CPU // (n * width))))
+    assert step % CHUNK_ALIGN == 0
+    assert step < budget_rows + CHUNK_ALIGN and chunks <= -(-L // budget_rows)
+    assert 0 <= chunks * step - L < chunks * (CHUNK_ALIGN + 1)
+    assert chunk_length(n, L, width, cpu, chunk=37) == min(37, L)
 
 
 @pytest.mark.parametrize("m,mv,L,chunk", [(3, 1, 7, 4), (2, 1, 9, 4), (3, 2, 6, None)])

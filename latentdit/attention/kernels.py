@@ -37,6 +37,7 @@ from latentdit.attention.sphere import common_radius, expand_cols, reduce_cols, 
 
 FEATURE_BUDGET_CPU = 1 << 20   # elements of the largest per-chunk temporary (4 MiB in fp32)
 FEATURE_BUDGET_CUDA = 1 << 25
+CHUNK_ALIGN = 16               # chunk lengths are multiples of this (64 bytes of float32)
 
 
 def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -44,13 +45,20 @@ def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def chunk_length(n: int, L: int, width: int, device: torch.device, chunk: int | None = None) -> int:
-    """Rows per chunk so that the largest temporary (n x width x rows) fits the feature budget."""
+    """Rows per chunk so that the largest temporary (n x width x rows) fits the feature budget.
+
+    The chunks are balanced (as many as the budget needs, of nearly equal length) and their length
+    is rounded up to a multiple of ``CHUNK_ALIGN``, so that every row of a chunk's buffers starts on
+    a 64-byte boundary in float32: the feature multiplies and the GEMMs then run on aligned rows
+    (an odd length such as 365 costs 7-20% of the kernel's time on an AVX-512 CPU,
+    ``docs/performance.md``). Padding is < ``CHUNK_ALIGN`` + 1 rows per chunk, computed on zeros
+    and discarded. An explicit ``chunk`` is taken as it is (at most L)."""
     if chunk is not None:
         return max(1, min(int(chunk), L))
     budget = FEATURE_BUDGET_CUDA if device.type == "cuda" else FEATURE_BUDGET_CPU
     step = max(1, min(L, max(64, budget // max(1, n * width))))
     chunks = -(-L // step)
-    return -(-L // chunks)  # balanced chunks: padding is < one row per chunk
+    return -(-L // (chunks * CHUNK_ALIGN)) * CHUNK_ALIGN
 
 
 def _padded_T(x: torch.Tensor, step: int, ones: bool = False) -> torch.Tensor:
