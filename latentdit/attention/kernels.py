@@ -50,7 +50,7 @@ def chunk_length(n: int, L: int, width: int, device: torch.device, chunk: int | 
     The chunks are balanced (as many as the budget needs, of nearly equal length) and their length
     is rounded up to a multiple of ``CHUNK_ALIGN``, so that every row of a chunk's buffers starts on
     a 64-byte boundary in float32: the feature multiplies and the GEMMs then run on aligned rows
-    (at the DiT's call, L = 16384, 368 rows instead of 365 took 14% off the forward and 5% off
+    (at the DiT's call, L = 16384, 368 rows instead of 365 took 13% off the forward and 10% off
     forward + backward on an AVX-512 CPU: ``docs/bench/chunk_align.json``). Padding is
     < ``CHUNK_ALIGN`` + 1 rows per chunk, computed on zeros and discarded. An explicit ``chunk`` is
     taken as it is (at most L)."""
